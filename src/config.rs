@@ -1,0 +1,357 @@
+//! Configuration: one `Settings` tree, layered by the `config` crate.
+//!
+//! Order (later wins): `config/default.toml` (compiled into the binary, so the
+//! defaults hold wherever the binary runs), the file named by `--config` or
+//! `BORA_CONFIG`, then `BORA__SECTION__KEY` environment variables. Secrets (broker
+//! URLs with passwords, API tokens) are wrapped so `Debug` never prints them.
+//! This module knows nothing of how the settings are used.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The checked-in defaults, embedded so a binary copied anywhere still has them.
+const DEFAULTS: &str = include_str!("../config/default.toml");
+
+/// A string that must not appear in logs: `Debug` and `Display` redact it.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself, for the one place that needs it (a connection, a comparison).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// A URL whose password is hidden when printed.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct SecretUrl(String);
+
+impl SecretUrl {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with its password replaced by `***`, for logs and errors.
+    pub fn redacted(&self) -> String {
+        match url::Url::parse(&self.0) {
+            Ok(mut u) if u.password().is_some() => {
+                // Cannot fail for a URL that already has a password (it has a host).
+                let _ = u.set_password(Some("***"));
+                u.to_string()
+            }
+            Ok(u) => u.to_string(),
+            Err(_) => "<unparsable url>".to_owned(),
+        }
+    }
+}
+
+impl fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.redacted())
+    }
+}
+
+impl fmt::Display for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    pub api: ApiSettings,
+    pub store: StoreSettings,
+    pub amqp: AmqpSettings,
+    pub dispatch: DispatchSettings,
+    pub worker: WorkerSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ApiSettings {
+    pub listen: SocketAddr,
+    pub tokens: Vec<Secret>,
+    pub max_body_bytes: usize,
+    pub max_page_size: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct StoreSettings {
+    pub url: SecretUrl,
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueType {
+    Classic,
+    Quorum,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AmqpSettings {
+    pub url: SecretUrl,
+    pub management_url: SecretUrl,
+    pub exchange: String,
+    pub task_topic: String,
+    pub reply_queue: String,
+    pub queue_type: QueueType,
+    pub reply_prefetch: u16,
+}
+
+impl AmqpSettings {
+    /// The queue (and routing key) of one server's tasks: `bora_tasks.<server_id>`.
+    pub fn task_queue(&self, server_id: &str) -> String {
+        format!("{}.{}", self.task_topic, server_id)
+    }
+
+    /// The queue (and routing key) of one server's control messages (cancels):
+    /// `bora_control.<server_id>`. Separate from the task queue so a cancel never
+    /// waits behind tasks that fill the worker's prefetch window.
+    pub fn control_queue(&self, server_id: &str) -> String {
+        format!("bora_control.{server_id}")
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DispatchSettings {
+    pub require_registration: bool,
+    pub heartbeat_timeout_s: u64,
+    pub max_redeliveries: u32,
+    pub relay_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct WorkerSettings {
+    pub server_id: Option<String>,
+    pub amqp_url: Option<SecretUrl>,
+    pub hooks_dir: PathBuf,
+    pub concurrency: u16,
+    pub max_output_bytes: usize,
+    pub heartbeat_s: u64,
+    pub state_dir: PathBuf,
+    pub shutdown_grace_s: u64,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+/// Why the settings could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration file {path}: {source}")]
+    File {
+        path: PathBuf,
+        source: config::ConfigError,
+    },
+    #[error("invalid configuration: {0}")]
+    Invalid(#[from] config::ConfigError),
+    #[error("invalid configuration: {0}")]
+    Check(String),
+}
+
+impl Settings {
+    /// Loads the layered settings. `file` is `--config` (or `BORA_CONFIG`).
+    ///
+    /// # Errors
+    /// A missing or unparsable file, a value of the wrong type, or a value out of range.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_with_env(file, std::env::vars())
+    }
+
+    /// As [`Settings::load`], with the environment given explicitly (for tests).
+    ///
+    /// # Errors
+    /// As [`Settings::load`].
+    pub fn load_with_env(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError::File {
+                    path: path.to_owned(),
+                    source: config::ConfigError::Message("no such file".into()),
+                });
+            }
+            builder = builder.add_source(config::File::from(path).required(true));
+        }
+        let vars: config::Map<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("BORA__"))
+            .collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix("BORA")
+                .prefix_separator("__")
+                .separator("__")
+                .list_separator(",")
+                .with_list_parse_key("api.tokens")
+                .try_parsing(true)
+                .source(Some(vars)),
+        );
+        let settings: Settings = builder
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| match file {
+                Some(path) if matches!(e, config::ConfigError::FileParse { .. }) => {
+                    ConfigError::File {
+                        path: path.to_owned(),
+                        source: e,
+                    }
+                }
+                _ => ConfigError::Invalid(e),
+            })?;
+        settings.check()?;
+        Ok(settings)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Check(m.to_owned()));
+        if self.worker.concurrency == 0 {
+            return bad("worker.concurrency must be at least 1");
+        }
+        if self.worker.heartbeat_s == 0 {
+            return bad("worker.heartbeat_s must be at least 1");
+        }
+        if self.dispatch.heartbeat_timeout_s == 0 {
+            return bad("dispatch.heartbeat_timeout_s must be at least 1");
+        }
+        if self.api.max_page_size == 0 {
+            return bad("api.max_page_size must be at least 1");
+        }
+        if self.amqp.reply_prefetch == 0 {
+            return bad("amqp.reply_prefetch must be at least 1");
+        }
+        if self.worker.max_output_bytes < 1024 {
+            return bad("worker.max_output_bytes must be at least 1024");
+        }
+        Ok(())
+    }
+
+    /// The worker's broker URL: `worker.amqp_url`, else `amqp.url`.
+    pub fn worker_amqp_url(&self) -> &SecretUrl {
+        self.worker.amqp_url.as_ref().unwrap_or(&self.amqp.url)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_load_with_no_file_and_no_env() {
+        let s = Settings::load_with_env(None, env(&[])).unwrap();
+        assert_eq!(s.api.listen.to_string(), "127.0.0.1:8080");
+        assert!(s.api.tokens.is_empty());
+        assert_eq!(s.store.url.expose(), "sqlite://bora.db");
+        assert_eq!(s.amqp.exchange, "bora");
+        assert_eq!(s.amqp.queue_type, QueueType::Classic);
+        assert!(!s.dispatch.require_registration);
+        assert_eq!(s.dispatch.heartbeat_timeout_s, 30);
+        assert_eq!(s.dispatch.max_redeliveries, 3);
+        assert_eq!(s.worker.concurrency, 4);
+        assert_eq!(s.worker.max_output_bytes, 1_048_576);
+        assert_eq!(s.worker.heartbeat_s, 10);
+        assert!(s.worker.server_id.is_none());
+        assert_eq!(s.worker_amqp_url(), &s.amqp.url);
+    }
+
+    #[test]
+    fn environment_overrides_and_token_lists() {
+        let s = Settings::load_with_env(
+            None,
+            env(&[
+                ("BORA__API__LISTEN", "0.0.0.0:9000"),
+                ("BORA__API__TOKENS", "t1,t2"),
+                ("BORA__AMQP__QUEUE_TYPE", "quorum"),
+                ("BORA__WORKER__CONCURRENCY", "7"),
+                ("BORA__DISPATCH__REQUIRE_REGISTRATION", "true"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.api.listen.port(), 9000);
+        let tokens: Vec<&str> = s.api.tokens.iter().map(Secret::expose).collect();
+        assert_eq!(tokens, ["t1", "t2"]);
+        assert_eq!(s.amqp.queue_type, QueueType::Quorum);
+        assert_eq!(s.worker.concurrency, 7);
+        assert!(s.dispatch.require_registration);
+    }
+
+    #[test]
+    fn file_layer_sits_between_defaults_and_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bora.toml");
+        std::fs::write(
+            &path,
+            "[worker]\nserver_id = \"from-file\"\nconcurrency = 2\n[api]\nlisten = \"127.0.0.1:1\"\n",
+        )
+        .unwrap();
+        let s =
+            Settings::load_with_env(Some(&path), env(&[("BORA__API__LISTEN", "127.0.0.1:2")]))
+                .unwrap();
+        assert_eq!(s.worker.server_id.as_deref(), Some("from-file"));
+        assert_eq!(s.worker.concurrency, 2);
+        assert_eq!(s.api.listen.port(), 2);
+    }
+
+    #[test]
+    fn bad_values_are_clear_errors() {
+        let err = Settings::load_with_env(None, env(&[("BORA__WORKER__CONCURRENCY", "0")]))
+            .unwrap_err();
+        assert!(err.to_string().contains("worker.concurrency"), "{err}");
+        let err = Settings::load_with_env(None, env(&[("BORA__AMQP__QUEUE_TYPE", "stream")]))
+            .unwrap_err();
+        assert!(err.to_string().contains("invalid configuration"), "{err}");
+        let err = Settings::load_with_env(Some(Path::new("/nonexistent/bora.toml")), env(&[]))
+            .unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/bora.toml"), "{err}");
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let s = Settings::load_with_env(None, env(&[("BORA__API__TOKENS", "hunter2")])).unwrap();
+        let dbg = format!("{s:?}");
+        assert!(!dbg.contains("hunter2"));
+        assert!(!dbg.contains("guest:guest"), "{dbg}");
+        assert!(dbg.contains("guest:***"), "{dbg}");
+    }
+}

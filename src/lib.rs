@@ -1,0 +1,14 @@
+//! bora: a message-queue-driven task dispatcher for configuring servers.
+//!
+//! # Layout
+//! - [`config`]: the layered `Settings` tree.
+//! - [`telemetry`]: the tracing subscriber.
+//! - [`domain`]: ids, names, the task state machine, validated specs.
+//! - [`protocol`]: oslo.messaging wire types (task calls, replies, results).
+//!
+//! `ARCHITECTURE.md` at the repository root draws how a task flows through them.
+
+pub mod config;
+pub mod domain;
+pub mod protocol;
+pub mod telemetry;
