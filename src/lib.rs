@@ -12,3 +12,6 @@ pub mod config;
 pub mod domain;
 pub mod protocol;
 pub mod telemetry;
+pub mod cli;
+pub mod serve;
+pub mod worker;
