@@ -12,7 +12,11 @@ use crate::config::{LogFormat, Settings};
 use crate::domain::ServerId;
 
 #[derive(Debug, Parser)]
-#[command(name = "bora", version, about = "Message-queue-driven task dispatcher for configuring servers")]
+#[command(
+    name = "bora",
+    version,
+    about = "Message-queue-driven task dispatcher for configuring servers"
+)]
 pub struct Cli {
     /// Configuration file layered over config/default.toml.
     #[arg(long, global = true, env = "BORA_CONFIG")]

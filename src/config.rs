@@ -221,18 +221,19 @@ impl Settings {
                 .try_parsing(true)
                 .source(Some(vars)),
         );
-        let settings: Settings = builder
-            .build()
-            .and_then(|c| c.try_deserialize())
-            .map_err(|e| match file {
-                Some(path) if matches!(e, config::ConfigError::FileParse { .. }) => {
-                    ConfigError::File {
-                        path: path.to_owned(),
-                        source: e,
+        let settings: Settings =
+            builder
+                .build()
+                .and_then(|c| c.try_deserialize())
+                .map_err(|e| match file {
+                    Some(path) if matches!(e, config::ConfigError::FileParse { .. }) => {
+                        ConfigError::File {
+                            path: path.to_owned(),
+                            source: e,
+                        }
                     }
-                }
-                _ => ConfigError::Invalid(e),
-            })?;
+                    _ => ConfigError::Invalid(e),
+                })?;
         settings.check()?;
         Ok(settings)
     }
@@ -325,9 +326,8 @@ mod tests {
             "[worker]\nserver_id = \"from-file\"\nconcurrency = 2\n[api]\nlisten = \"127.0.0.1:1\"\n",
         )
         .unwrap();
-        let s =
-            Settings::load_with_env(Some(&path), env(&[("BORA__API__LISTEN", "127.0.0.1:2")]))
-                .unwrap();
+        let s = Settings::load_with_env(Some(&path), env(&[("BORA__API__LISTEN", "127.0.0.1:2")]))
+            .unwrap();
         assert_eq!(s.worker.server_id.as_deref(), Some("from-file"));
         assert_eq!(s.worker.concurrency, 2);
         assert_eq!(s.api.listen.port(), 2);
@@ -335,8 +335,8 @@ mod tests {
 
     #[test]
     fn bad_values_are_clear_errors() {
-        let err = Settings::load_with_env(None, env(&[("BORA__WORKER__CONCURRENCY", "0")]))
-            .unwrap_err();
+        let err =
+            Settings::load_with_env(None, env(&[("BORA__WORKER__CONCURRENCY", "0")])).unwrap_err();
         assert!(err.to_string().contains("worker.concurrency"), "{err}");
         let err = Settings::load_with_env(None, env(&[("BORA__AMQP__QUEUE_TYPE", "stream")]))
             .unwrap_err();

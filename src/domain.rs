@@ -26,7 +26,9 @@ pub const MAX_GROUP_LEN: usize = 255;
 macro_rules! uuid_id {
     ($name:ident, $what:literal) => {
         #[doc = concat!("The id of a ", $what, " (a UUIDv7, so ids sort by creation time).")]
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[derive(
+            Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+        )]
         #[serde(transparent)]
         pub struct $name(pub Uuid);
 
@@ -261,8 +263,7 @@ impl WorkflowState {
             WorkflowState::Running
         } else if get(TaskState::Succeeded) == total {
             WorkflowState::Succeeded
-        } else if get(TaskState::Failed) + get(TaskState::TimedOut) + get(TaskState::Skipped) > 0
-        {
+        } else if get(TaskState::Failed) + get(TaskState::TimedOut) + get(TaskState::Skipped) > 0 {
             WorkflowState::Failed
         } else {
             WorkflowState::Cancelled
@@ -713,10 +714,26 @@ mod tests {
                 assert!(from.check_transition(to).is_err(), "{from} -> {to}");
             }
         }
-        assert!(TaskState::Waiting.check_transition(TaskState::Queued).is_ok());
-        assert!(TaskState::Queued.check_transition(TaskState::Skipped).is_err());
-        assert!(TaskState::Running.check_transition(TaskState::Queued).is_err());
-        assert!(TaskState::Running.check_transition(TaskState::Running).is_err());
+        assert!(
+            TaskState::Waiting
+                .check_transition(TaskState::Queued)
+                .is_ok()
+        );
+        assert!(
+            TaskState::Queued
+                .check_transition(TaskState::Skipped)
+                .is_err()
+        );
+        assert!(
+            TaskState::Running
+                .check_transition(TaskState::Queued)
+                .is_err()
+        );
+        assert!(
+            TaskState::Running
+                .check_transition(TaskState::Running)
+                .is_err()
+        );
     }
 
     #[test]
@@ -736,7 +753,10 @@ mod tests {
     #[test]
     fn workflow_state_is_derived() {
         use TaskState::*;
-        assert_eq!(WorkflowState::derive(false, &counts(&[])), WorkflowState::Empty);
+        assert_eq!(
+            WorkflowState::derive(false, &counts(&[])),
+            WorkflowState::Empty
+        );
         assert_eq!(
             WorkflowState::derive(false, &counts(&[(Succeeded, 2), (Queued, 1)])),
             WorkflowState::Running
@@ -835,23 +855,33 @@ mod tests {
         assert_eq!(
             t.outputs,
             vec![
-                OutputSpec { name: "a".into(), error_output: false },
-                OutputSpec { name: "b".into(), error_output: true },
+                OutputSpec {
+                    name: "a".into(),
+                    error_output: false
+                },
+                OutputSpec {
+                    name: "b".into(),
+                    error_output: true
+                },
             ]
         );
-        assert!(serde_json::from_value::<NewTask>(json!({"server_id": "x", "outputs": [1]})).is_err());
+        assert!(
+            serde_json::from_value::<NewTask>(json!({"server_id": "x", "outputs": [1]})).is_err()
+        );
     }
 
     #[test]
     fn unknown_fields_are_refused() {
-        let e = serde_json::from_value::<NewTask>(json!({"server_id": "x", "timeout": 5}))
-            .unwrap_err();
+        let e =
+            serde_json::from_value::<NewTask>(json!({"server_id": "x", "timeout": 5})).unwrap_err();
         assert!(e.to_string().contains("unknown field `timeout`"), "{e}");
     }
 
     #[test]
     fn patch_keeps_id_and_revalidates() {
-        let t = new_task(json!({"server_id": "x", "name": "a"})).validate("").unwrap();
+        let t = new_task(json!({"server_id": "x", "name": "a"}))
+            .validate("")
+            .unwrap();
         let p: TaskPatch = serde_json::from_value(json!({"timeout_s": 5})).unwrap();
         let t2 = p.apply(&t).unwrap();
         assert_eq!(t2.id, t.id);

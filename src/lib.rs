@@ -8,10 +8,15 @@
 //!
 //! `ARCHITECTURE.md` at the repository root draws how a task flows through them.
 
+pub mod api;
+pub mod backoff;
+pub mod broker;
+pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod protocol;
-pub mod telemetry;
-pub mod cli;
 pub mod serve;
+pub mod store;
+pub mod telemetry;
+pub mod tracker;
 pub mod worker;

@@ -109,7 +109,11 @@ pub struct RpcRequest {
     #[serde(rename = "_timeout", default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<f64>,
     /// Deduplication key: an oslo server drops a repeated one silently.
-    #[serde(rename = "_unique_id", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "_unique_id",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub unique_id: Option<String>,
     /// `_context_*` entries and anything else, kept as they came (never logged:
     /// `_context_auth_token` travels in clear).
@@ -561,7 +565,10 @@ mod tests {
     use serde_json::json;
 
     fn captures() -> Value {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/oslo-captures.json");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/oslo-captures.json"
+        );
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
     }
 
@@ -577,7 +584,10 @@ mod tests {
         let req = RpcRequest::decode(raw).unwrap();
         assert_eq!(req.method, "run_task");
         assert_eq!(req.args["task"]["id"], "t-call");
-        assert_eq!(req.msg_id.as_deref(), Some("a5c5079321ab49ddbfe5cd57f9a2b57c"));
+        assert_eq!(
+            req.msg_id.as_deref(),
+            Some("a5c5079321ab49ddbfe5cd57f9a2b57c")
+        );
         assert_eq!(
             req.reply_q.as_deref(),
             Some("reply_51b1585f189c4a2fbdeb8029699e58d9")
@@ -610,9 +620,10 @@ mod tests {
     #[test]
     fn captured_failure_becomes_failed_result() {
         let c = captures();
-        let reply =
-            RpcReply::decode(&raw_body(&c["A"]["A4_call_builtin_exception"]["firehose"][1]))
-                .unwrap();
+        let reply = RpcReply::decode(&raw_body(
+            &c["A"]["A4_call_builtin_exception"]["firehose"][1],
+        ))
+        .unwrap();
         let f = Failure::decode(reply.failure.as_deref().unwrap());
         assert_eq!(f.class, "ValueError");
         assert_eq!(f.module, "builtins");
@@ -635,16 +646,21 @@ mod tests {
     fn captured_none_result_is_success() {
         let c = captures();
         let reply =
-            RpcReply::decode(&raw_body(&c["A"]["A9_call_returning_none"]["firehose"][1]))
-                .unwrap();
+            RpcReply::decode(&raw_body(&c["A"]["A9_call_returning_none"]["firehose"][1])).unwrap();
         let r = TaskResult::from_reply(1, reply.result, reply.failure.as_deref());
         assert!(r.succeeded(&[]));
     }
 
     #[test]
     fn undecodable_bodies_are_errors() {
-        assert!(matches!(decode_envelope(b"nope"), Err(ProtocolError::NotJson(_))));
-        assert!(matches!(decode_envelope(b"[1]"), Err(ProtocolError::NotObject)));
+        assert!(matches!(
+            decode_envelope(b"nope"),
+            Err(ProtocolError::NotJson(_))
+        ));
+        assert!(matches!(
+            decode_envelope(b"[1]"),
+            Err(ProtocolError::NotObject)
+        ));
         assert!(matches!(
             decode_envelope(br#"{"oslo.version":"3.0","oslo.message":"{}"}"#),
             Err(ProtocolError::Version(_))
@@ -693,7 +709,10 @@ mod tests {
         assert_eq!(inner["_reply_q"], "reply_bora");
         assert_eq!(inner["_timeout"], 20.0);
         assert_eq!(inner["_unique_id"], attempt_unique_id(t.id, 3));
-        assert!(!inner.contains_key("version"), "version must be omitted (oslo-wire 11.7)");
+        assert!(
+            !inner.contains_key("version"),
+            "version must be omitted (oslo-wire 11.7)"
+        );
         let back = TaskMessage::from_call(&RpcRequest::decode(&body).unwrap()).unwrap();
         assert_eq!(back, t);
     }
@@ -711,7 +730,10 @@ mod tests {
         let id = TaskId::new();
         assert_eq!(
             parse_msg_id(&task_msg_id(id, 7)).unwrap(),
-            MsgTarget::Attempt { task: id, attempt: 7 }
+            MsgTarget::Attempt {
+                task: id,
+                attempt: 7
+            }
         );
         assert_eq!(
             parse_msg_id("server.web-1").unwrap(),
@@ -761,7 +783,8 @@ mod tests {
 
     #[test]
     fn heat_mapping_both_ways() {
-        let heat = json!({"deploy_stdout": "o", "deploy_stderr": "e", "deploy_status_code": 3, "x": 1});
+        let heat =
+            json!({"deploy_stdout": "o", "deploy_stderr": "e", "deploy_status_code": 3, "x": 1});
         let r = TaskResult::from_reply(1, heat, None);
         assert_eq!(r.exit_code, 3);
         assert_eq!(r.stderr, "e");

@@ -23,3 +23,19 @@ pub fn init(format: LogFormat, level: &str) {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
 }
+
+/// The process-wide Prometheus recorder, installed on first use. Every
+/// `metrics::counter!` in bora lands here; `GET /metrics` renders it.
+pub fn metrics_handle() -> metrics_exporter_prometheus::PrometheusHandle {
+    use std::sync::OnceLock;
+    static HANDLE: OnceLock<metrics_exporter_prometheus::PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            // Fails only if another recorder was installed first; bora installs none.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}

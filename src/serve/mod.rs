@@ -1,11 +1,124 @@
-//! The dispatcher process (`bora serve`). Being written.
+//! The dispatcher process (`bora serve`): wires the store, the tracker, the
+//! broker, the REST API, the outbox relay and the result consumer together,
+//! and shuts them down in order.
+//!
+//! Start-up refuses an unsafe API address (non-loopback without tokens) and a
+//! store it cannot open; a broker that is down is not fatal: the relay and the
+//! consumer retry in the background and `/readyz` says 503 meanwhile.
 
+mod relay;
+mod replies;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::info;
 
+use crate::api::{self, AppState};
+use crate::broker::Broker;
 use crate::config::Settings;
+use crate::store::Store;
+use crate::tracker::{Tracker, TrackerConfig};
 
+/// A running dispatcher.
+pub struct Dispatcher {
+    /// The address the API listens on (the real port when configured as 0).
+    pub addr: SocketAddr,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+    store: Store,
+}
+
+/// Starts every component and returns once the API listens.
+///
 /// # Errors
-/// Always, for now.
-pub async fn run(_settings: Settings, _shutdown: CancellationToken) -> anyhow::Result<()> {
-    anyhow::bail!("bora serve is not built yet")
+/// Unsafe API address, unusable store, invalid broker URL, or a port in use.
+pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<Dispatcher> {
+    let settings = Arc::new(settings);
+    crate::telemetry::metrics_handle();
+    if !settings.api.listen.ip().is_loopback() && settings.api.tokens.is_empty() {
+        anyhow::bail!(
+            "refusing to listen on {} without API tokens: set api.tokens (BORA__API__TOKENS) or listen on loopback",
+            settings.api.listen
+        );
+    }
+    let store = Store::open(settings.store.url.expose(), settings.store.max_connections)
+        .await
+        .with_context(|| format!("opening the store {}", settings.store.url))?;
+    let broker = Broker::new(&settings.amqp.url, &settings.amqp, "bora-serve")
+        .context("configuring the broker connection")?;
+    let tracker = Tracker::new(
+        store.clone(),
+        TrackerConfig {
+            require_registration: settings.dispatch.require_registration,
+            max_redeliveries: settings.dispatch.max_redeliveries,
+        },
+    );
+    let listener = tokio::net::TcpListener::bind(settings.api.listen)
+        .await
+        .with_context(|| format!("binding {}", settings.api.listen))?;
+    let addr = listener.local_addr()?;
+
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(relay::run(
+        tracker.clone(),
+        broker.clone(),
+        settings.clone(),
+        shutdown.clone(),
+    )));
+    tasks.push(tokio::spawn(replies::run(
+        tracker.clone(),
+        broker.clone(),
+        shutdown.clone(),
+    )));
+    let app = api::router(AppState {
+        tracker,
+        broker,
+        settings: settings.clone(),
+    });
+    let stop = shutdown.clone();
+    tasks.push(tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "API server failed");
+        }
+    }));
+    info!(%addr, store = %settings.store.url, broker = %settings.amqp.url, "bora serve started");
+    Ok(Dispatcher {
+        addr,
+        shutdown,
+        tasks,
+        store,
+    })
+}
+
+impl Dispatcher {
+    /// Waits until shutdown is requested and every component stopped.
+    pub async fn wait(self) {
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        self.store.close().await;
+        info!("bora serve stopped");
+    }
+
+    /// Requests shutdown and waits for it.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.wait().await;
+    }
+}
+
+/// `bora serve`: runs until `shutdown` fires.
+///
+/// # Errors
+/// See [`start`].
+pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    start(settings, shutdown).await?.wait().await;
+    Ok(())
 }

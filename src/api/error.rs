@@ -1,0 +1,115 @@
+//! The API's one error type and its JSON body:
+//! `{"error": {"code": "snake_case", "message": "...", "details": [...]}}`.
+//! Every refusal, including those of extractors and unknown routes, goes
+//! through here, so a client never sees a body of another shape.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::domain::FieldError;
+use crate::store::StoreError;
+use crate::tracker::TrackerError;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub details: Vec<FieldError>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: Inner<'a>,
+}
+
+#[derive(Serialize)]
+struct Inner<'a> {
+    code: &'a str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "<[FieldError]>::is_empty")]
+    details: &'a [FieldError],
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            details: Vec::new(),
+        }
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    pub fn unprocessable(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
+    }
+
+    /// 422 listing every invalid field.
+    pub fn validation(details: Vec<FieldError>) -> Self {
+        let message = details
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ");
+        Self {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            code: "validation_failed",
+            message,
+            details,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Body {
+            error: Inner {
+                code: self.code,
+                message: &self.message,
+                details: &self.details,
+            },
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        // Not the client's fault: log it, and say only that the store failed.
+        tracing::error!(error = %e, "store failure while serving a request");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            "the store failed to answer; try again",
+        )
+    }
+}
+
+impl From<TrackerError> for ApiError {
+    fn from(e: TrackerError) -> Self {
+        match e {
+            TrackerError::NotFound(what) => ApiError::not_found(format!("{what} not found")),
+            TrackerError::Conflict { code, message } => {
+                ApiError::new(StatusCode::CONFLICT, code, message)
+            }
+            TrackerError::Invalid {
+                code,
+                message,
+                details,
+            } => ApiError {
+                status: StatusCode::UNPROCESSABLE_ENTITY,
+                code,
+                message,
+                details,
+            },
+            TrackerError::Store(e) => e.into(),
+        }
+    }
+}

@@ -1,0 +1,428 @@
+//! The dispatcher's side of RabbitMQ: connections (a deadpool-lapin pool),
+//! the topology of SPEC 5, a confirming publisher, and the reply consumer.
+//!
+//! All of the dispatcher's AMQP lives here; callers hand over bytes and
+//! routing keys and get outcomes back. It knows nothing of tasks' states or
+//! of the store. The topology is declared exactly as an oslo.messaging RPC
+//! server with `amqp_durable_queues=true` (or `rabbit_quorum_queue=true`)
+//! declares it, so either side may declare first (oslo-wire 8).
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use deadpool_lapin::{Object, Pool, PoolConfig, Runtime, Timeouts};
+use futures_util::StreamExt;
+use lapin::Confirmation;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, ConnectionProperties, Consumer, ExchangeKind};
+
+use crate::config::{AmqpSettings, QueueType, SecretUrl};
+use crate::protocol::{CONTENT_ENCODING, CONTENT_TYPE};
+
+/// A broker failure. The caller reconnects; nothing is lost because the
+/// outbox keeps unconfirmed messages and unacked replies are redelivered.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("broker connection: {0}")]
+    Pool(String),
+    #[error("AMQP error: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("broker did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Properties every bora message carries (oslo-wire 4.2): JSON, UTF-8, persistent.
+pub fn message_properties() -> BasicProperties {
+    BasicProperties::default()
+        .with_content_type(CONTENT_TYPE.into())
+        .with_content_encoding(CONTENT_ENCODING.into())
+        .with_delivery_mode(2)
+        .with_priority(0)
+        .with_headers(FieldTable::default())
+}
+
+/// Queue arguments for the configured queue type: none for classic (what oslo
+/// declares with `amqp_durable_queues=true`), `x-queue-type: quorum` otherwise.
+pub fn queue_arguments(queue_type: QueueType) -> FieldTable {
+    let mut args = FieldTable::default();
+    if queue_type == QueueType::Quorum {
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+    }
+    args
+}
+
+fn durable_queue() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    }
+}
+
+/// Connections to the broker, and the names of bora's objects on it.
+#[derive(Clone)]
+pub struct Broker {
+    pool: Pool,
+    settings: AmqpSettings,
+}
+
+impl Broker {
+    /// Creates the pool; no connection is made until one is needed.
+    ///
+    /// # Errors
+    /// An invalid URL.
+    pub fn new(url: &SecretUrl, settings: &AmqpSettings, name: &str) -> Result<Self, BrokerError> {
+        let url = url.expose().to_owned();
+        url.parse::<lapin::uri::AMQPUri>()
+            .map_err(|e| BrokerError::Pool(format!("invalid amqp url: {e}")))?;
+        let conn_name = format!(
+            "{name}:{}:{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        );
+        let mut pool_config = PoolConfig::new(4);
+        pool_config.timeouts = Timeouts {
+            wait: Some(Duration::from_secs(10)),
+            create: Some(Duration::from_secs(10)),
+            recycle: Some(Duration::from_secs(5)),
+        };
+        let config = deadpool_lapin::Config {
+            url: Some(url),
+            pool: Some(pool_config),
+        };
+        let pool = config
+            .create_pool(
+                move || {
+                    ConnectionProperties::default().with_connection_name(conn_name.clone().into())
+                },
+                Runtime::Tokio1,
+            )
+            .map_err(|e| BrokerError::Pool(e.to_string()))?;
+        Ok(Self {
+            pool,
+            settings: settings.clone(),
+        })
+    }
+
+    pub fn settings(&self) -> &AmqpSettings {
+        &self.settings
+    }
+
+    async fn connection(&self) -> Result<Object, BrokerError> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| BrokerError::Pool(e.to_string()))
+    }
+
+    /// Whether a connection to the broker is up (for `/readyz`).
+    pub async fn ping(&self) -> bool {
+        let check = async {
+            let conn = self.connection().await.ok()?;
+            conn.status().connected().then_some(())
+        };
+        matches!(
+            tokio::time::timeout(Duration::from_secs(3), check).await,
+            Ok(Some(()))
+        )
+    }
+
+    /// Declares the dispatcher's fixed topology: the task exchange, the reply
+    /// exchange and queue, and their binding.
+    ///
+    /// # Errors
+    /// The broker is unreachable or refuses a declare (e.g. a non-durable
+    /// exchange of the same name made by a default-config oslo peer).
+    pub async fn declare_topology(&self) -> Result<(), BrokerError> {
+        let conn = self.connection().await?;
+        let ch = conn.create_channel().await?;
+        let s = &self.settings;
+        let durable_exchange = ExchangeDeclareOptions {
+            durable: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        ch.exchange_declare(
+            s.exchange.as_str().into(),
+            ExchangeKind::Topic,
+            durable_exchange,
+            FieldTable::default(),
+        )
+        .await?;
+        ch.exchange_declare(
+            s.reply_queue.as_str().into(),
+            ExchangeKind::Direct,
+            durable_exchange,
+            FieldTable::default(),
+        )
+        .await?;
+        ch.queue_declare(
+            s.reply_queue.as_str().into(),
+            durable_queue(),
+            queue_arguments(s.queue_type),
+        )
+        .await?;
+        ch.queue_bind(
+            s.reply_queue.as_str().into(),
+            s.reply_queue.as_str().into(),
+            s.reply_queue.as_str().into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+        let _ = ch.close(200, "topology declared".into()).await;
+        Ok(())
+    }
+
+    /// A publisher on its own channel with publisher confirms.
+    ///
+    /// # Errors
+    /// The broker is unreachable.
+    pub async fn publisher(&self) -> Result<Publisher, BrokerError> {
+        let conn = self.connection().await?;
+        let channel = conn.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        let topology = conn.create_channel().await?;
+        Ok(Publisher {
+            _conn: conn,
+            channel,
+            topology,
+            declared: HashSet::new(),
+            settings: self.settings.clone(),
+        })
+    }
+
+    /// A consumer of the reply queue with manual acks.
+    ///
+    /// # Errors
+    /// The broker is unreachable or the reply queue does not exist.
+    pub async fn reply_consumer(&self) -> Result<ReplyConsumer, BrokerError> {
+        let conn = self.connection().await?;
+        let channel = conn.create_channel().await?;
+        channel
+            .basic_qos(self.settings.reply_prefetch, BasicQosOptions::default())
+            .await?;
+        let consumer = channel
+            .basic_consume(
+                self.settings.reply_queue.as_str().into(),
+                "bora-replies".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(ReplyConsumer {
+            _conn: conn,
+            channel,
+            consumer,
+            max_batch: usize::from(self.settings.reply_prefetch),
+        })
+    }
+}
+
+/// One message for the publisher.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub routing_key: String,
+    pub body: Vec<u8>,
+}
+
+/// What the broker said about one published message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Published {
+    /// Stored by the broker and routed to a queue.
+    Confirmed,
+    /// No queue is bound to the routing key (mandatory publish returned).
+    Unroutable,
+    /// The broker refused to take responsibility for it.
+    Nacked,
+}
+
+/// Publishes with confirms; owns the server queues it declared.
+pub struct Publisher {
+    /// Kept so the pooled connection stays checked out while in use.
+    _conn: Object,
+    channel: Channel,
+    /// Declares run on their own channel: a refused declare closes its channel.
+    topology: Channel,
+    /// Server ids whose queues this publisher declared.
+    declared: HashSet<String>,
+    settings: AmqpSettings,
+}
+
+impl Publisher {
+    /// Whether the channels are still usable.
+    pub fn is_open(&self) -> bool {
+        self.channel.status().connected() && self.topology.status().connected()
+    }
+
+    /// Makes sure a server's task and control queues exist and are bound
+    /// (durable, no expiry: tasks wait for a worker that boots late).
+    ///
+    /// # Errors
+    /// A refused declare (a queue made with other flags) or a broken channel.
+    pub async fn ensure_server_queues(&mut self, server_id: &str) -> Result<(), BrokerError> {
+        if self.declared.contains(server_id) {
+            return Ok(());
+        }
+        if !self.topology.status().connected() {
+            self.topology = self._conn.create_channel().await?;
+        }
+        for queue in [
+            self.settings.task_queue(server_id),
+            self.settings.control_queue(server_id),
+        ] {
+            self.topology
+                .queue_declare(
+                    queue.as_str().into(),
+                    durable_queue(),
+                    queue_arguments(self.settings.queue_type),
+                )
+                .await?;
+            self.topology
+                .queue_bind(
+                    queue.as_str().into(),
+                    self.settings.exchange.as_str().into(),
+                    queue.as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
+        self.declared.insert(server_id.to_owned());
+        Ok(())
+    }
+
+    /// Forgets that a server's queues exist (after an unroutable publish).
+    pub fn forget_server(&mut self, server_id: &str) {
+        self.declared.remove(server_id);
+    }
+
+    /// Publishes a batch to the task exchange, mandatory and persistent, and
+    /// waits for every confirm: the publishes are pipelined, so a batch costs
+    /// about one round trip.
+    ///
+    /// # Errors
+    /// The channel broke; outcomes of the batch are unknown (the caller
+    /// publishes it again: workers and oslo servers tolerate a re-sent attempt).
+    pub async fn publish_batch(
+        &mut self,
+        batch: &[Outgoing],
+    ) -> Result<Vec<Published>, BrokerError> {
+        let mut pending = Vec::with_capacity(batch.len());
+        for msg in batch {
+            let confirm = self
+                .channel
+                .basic_publish(
+                    self.settings.exchange.as_str().into(),
+                    msg.routing_key.as_str().into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
+                    &msg.body,
+                    message_properties(),
+                )
+                .await?;
+            pending.push(confirm);
+        }
+        let mut outcomes = Vec::with_capacity(pending.len());
+        for confirm in pending {
+            outcomes.push(match confirm.await? {
+                Confirmation::Ack(None) | Confirmation::NotRequested => Published::Confirmed,
+                Confirmation::Ack(Some(_)) => Published::Unroutable,
+                Confirmation::Nack(_) => Published::Nacked,
+            });
+        }
+        Ok(outcomes)
+    }
+}
+
+/// One reply taken off the reply queue.
+#[derive(Debug, Clone)]
+pub struct ReplyDelivery {
+    pub delivery_tag: u64,
+    pub body: Vec<u8>,
+    /// The exchange it was published to: `""` for the default exchange.
+    pub exchange: String,
+    /// The broker-validated `user_id` property.
+    pub user_id: Option<String>,
+}
+
+/// Consumes the reply queue in batches; acks after the caller committed.
+pub struct ReplyConsumer {
+    _conn: Object,
+    channel: Channel,
+    consumer: Consumer,
+    max_batch: usize,
+}
+
+impl ReplyConsumer {
+    /// Waits for at least one reply and returns every reply already
+    /// delivered, up to the prefetch. `Ok(None)` when the consumer ended.
+    ///
+    /// # Errors
+    /// The channel or connection broke.
+    pub async fn next_batch(&mut self) -> Result<Option<Vec<ReplyDelivery>>, BrokerError> {
+        let mut batch = Vec::new();
+        let Some(first) = self.consumer.next().await else {
+            return Ok(None);
+        };
+        batch.push(convert(first?));
+        while batch.len() < self.max_batch {
+            match futures_util::FutureExt::now_or_never(self.consumer.next()) {
+                Some(Some(d)) => batch.push(convert(d?)),
+                Some(None) | None => break,
+            }
+        }
+        Ok(Some(batch))
+    }
+
+    /// Acks every delivery up to and including `delivery_tag`.
+    ///
+    /// # Errors
+    /// The channel broke: the broker redelivers, and recording is idempotent.
+    pub async fn ack_through(&self, delivery_tag: u64) -> Result<(), BrokerError> {
+        self.channel
+            .basic_ack(delivery_tag, BasicAckOptions { multiple: true })
+            .await?;
+        Ok(())
+    }
+
+    /// Returns every unacked delivery up to `delivery_tag` to the queue.
+    ///
+    /// # Errors
+    /// The channel broke (the broker requeues them anyway).
+    pub async fn requeue_through(&self, delivery_tag: u64) -> Result<(), BrokerError> {
+        self.channel
+            .basic_nack(
+                delivery_tag,
+                BasicNackOptions {
+                    multiple: true,
+                    requeue: true,
+                },
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Closes the channel cleanly (unacked deliveries go back to the queue).
+    pub async fn close(self) {
+        let _ = self.channel.close(200, "shutting down".into()).await;
+    }
+}
+
+fn convert(d: lapin::message::Delivery) -> ReplyDelivery {
+    ReplyDelivery {
+        delivery_tag: d.delivery_tag,
+        exchange: d.exchange.to_string(),
+        user_id: d.properties.user_id().as_ref().map(ShortString::to_string),
+        body: d.data,
+    }
+}

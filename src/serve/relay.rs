@@ -1,0 +1,184 @@
+//! The outbox relay: publishes what committed transactions queued, with
+//! confirms, and records the confirms (attempts become `queued`).
+//!
+//! Woken by every commit that queues a message, and by a timer for messages
+//! due later (retry delays) and as a safety sweep. A message leaves the
+//! outbox only once the broker confirmed it, so a crash or a broken
+//! connection re-sends it; workers and oslo servers tolerate the duplicate
+//! (fixed `_unique_id`, results recorded once per attempt).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::backoff::Backoff;
+use crate::broker::{Broker, BrokerError, Outgoing, Published, Publisher};
+use crate::config::Settings;
+use crate::domain::TaskState;
+use crate::protocol::CancelMessage;
+use crate::store::{OutboxItem, OutboxKind, StoreError, now_us};
+use crate::tracker::Tracker;
+
+/// Messages taken from the outbox per round.
+const BATCH: u32 = 500;
+/// Delay before a refused or unroutable publish is tried again.
+const RETRY_US: i64 = 1_000_000;
+
+#[derive(Debug, thiserror::Error)]
+enum RelayError {
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub async fn run(
+    tracker: Tracker,
+    broker: Broker,
+    settings: Arc<Settings>,
+    shutdown: CancellationToken,
+) {
+    let wake = tracker.relay_wake();
+    let interval = Duration::from_millis(settings.dispatch.relay_interval_ms.max(10));
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+    'connect: while !shutdown.is_cancelled() {
+        let connected = async {
+            broker.declare_topology().await?;
+            broker.publisher().await
+        };
+        let mut publisher = match connected.await {
+            Ok(p) => {
+                info!("relay connected to the broker");
+                backoff.reset();
+                p
+            }
+            Err(e) => {
+                warn!(error = %e, "relay cannot reach the broker; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(backoff.next_delay()) => continue 'connect,
+                }
+            }
+        };
+        loop {
+            match relay_once(&tracker, &mut publisher, &settings).await {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(RelayError::Broker(e)) => {
+                    warn!(error = %e, "publish failed; reconnecting (unconfirmed messages stay in the outbox)");
+                    continue 'connect;
+                }
+                Err(RelayError::Store(e)) => {
+                    error!(error = %e, "relay cannot read or update the store");
+                }
+            }
+            if !publisher.is_open() {
+                continue 'connect;
+            }
+            let wait = match tracker.store().next_outbox_due().await {
+                Ok(Some(due)) => {
+                    Duration::from_micros((due - now_us()).max(0) as u64).min(interval)
+                }
+                _ => interval,
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+}
+
+/// Publishes one batch of due messages. Returns whether the batch was full
+/// (more may be due at once).
+async fn relay_once(
+    tracker: &Tracker,
+    publisher: &mut Publisher,
+    settings: &Settings,
+) -> Result<bool, RelayError> {
+    let now = now_us();
+    let items = tracker.store().due_outbox(now, BATCH).await?;
+    if items.is_empty() {
+        return Ok(false);
+    }
+    let full = items.len() == BATCH as usize;
+    let mut moot = Vec::new();
+    let mut sending: Vec<(OutboxItem, Outgoing)> = Vec::with_capacity(items.len());
+    for item in items {
+        match render(&item, settings) {
+            Some(msg) => sending.push((item, msg)),
+            None => moot.push(item),
+        }
+    }
+    let servers: BTreeSet<&str> = sending.iter().map(|(i, _)| i.server_id.as_str()).collect();
+    for server in servers {
+        publisher.ensure_server_queues(server).await?;
+    }
+    let batch: Vec<Outgoing> = sending.iter().map(|(_, m)| m.clone()).collect();
+    let outcomes = publisher.publish_batch(&batch).await?;
+    let mut confirmed = Vec::with_capacity(outcomes.len());
+    let mut failed = Vec::new();
+    for ((item, _), outcome) in sending.into_iter().zip(outcomes) {
+        match outcome {
+            Published::Confirmed => confirmed.push(item),
+            Published::Unroutable => {
+                warn!(server_id = %item.server_id, task_id = %item.task_id, "publish returned unroutable; redeclaring the server's queues");
+                publisher.forget_server(&item.server_id);
+                failed.push(item);
+            }
+            Published::Nacked => {
+                warn!(server_id = %item.server_id, task_id = %item.task_id, "broker nacked a publish; retrying");
+                failed.push(item);
+            }
+        }
+    }
+    debug!(
+        confirmed = confirmed.len(),
+        failed = failed.len(),
+        moot = moot.len(),
+        "relay round"
+    );
+    metrics::counter!("bora_messages_published_total").increment(confirmed.len() as u64);
+    tracker.confirm_published(&confirmed).await?;
+    tracker.postpone(&failed, now_us() + RETRY_US).await?;
+    tracker.discard(&moot).await?;
+    Ok(full)
+}
+
+/// The message an outbox row stands for, or `None` if it is moot (its task
+/// was deleted or moved to another attempt).
+fn render(item: &OutboxItem, settings: &Settings) -> Option<Outgoing> {
+    match item.kind {
+        OutboxKind::Cancel => Some(Outgoing {
+            routing_key: settings.amqp.control_queue(&item.server_id),
+            body: CancelMessage {
+                task_id: item.task_id,
+                attempt: item.attempt as u32,
+            }
+            .to_cast()
+            .encode(),
+        }),
+        OutboxKind::Task => {
+            let task = item.task.as_ref()?;
+            if task.attempt != item.attempt || task.state != TaskState::Waiting {
+                return None;
+            }
+            match task.message() {
+                Ok(m) => Some(Outgoing {
+                    routing_key: settings.amqp.task_queue(&item.server_id),
+                    body: m
+                        .to_call(&settings.amqp.reply_queue, settings.worker.heartbeat_s)
+                        .encode(),
+                }),
+                Err(e) => {
+                    error!(task_id = %item.task_id, error = %e, "cannot render a task message; dropping it");
+                    None
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! The result consumer: takes replies off `reply_bora` in batches, records a
+//! batch in one transaction, and acks it only after the commit. A crash
+//! between commit and ack redelivers the batch; recording is once per
+//! (task, attempt), so the redelivery changes nothing and is counted.
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::backoff::Backoff;
+use crate::broker::Broker;
+use crate::tracker::{Incoming, Tracker, Verdict};
+
+pub async fn run(tracker: Tracker, broker: Broker, shutdown: CancellationToken) {
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+    'connect: while !shutdown.is_cancelled() {
+        let connected = async {
+            broker.declare_topology().await?;
+            broker.reply_consumer().await
+        };
+        let mut consumer = match connected.await {
+            Ok(c) => {
+                info!("result consumer connected to the broker");
+                backoff.reset();
+                c
+            }
+            Err(e) => {
+                warn!(error = %e, "result consumer cannot reach the broker; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(backoff.next_delay()) => continue 'connect,
+                }
+            }
+        };
+        loop {
+            let batch = tokio::select! {
+                _ = shutdown.cancelled() => {
+                    consumer.close().await;
+                    return;
+                }
+                b = consumer.next_batch() => b,
+            };
+            let batch = match batch {
+                Ok(Some(b)) if !b.is_empty() => b,
+                Ok(_) => {
+                    warn!("the broker cancelled the result consumer; reconnecting");
+                    continue 'connect;
+                }
+                Err(e) => {
+                    warn!(error = %e, "result consumer lost the broker; reconnecting");
+                    continue 'connect;
+                }
+            };
+            let last = batch.iter().map(|d| d.delivery_tag).max().unwrap_or(0);
+            let incoming: Vec<Incoming> = batch
+                .into_iter()
+                .map(|d| Incoming {
+                    via_default_exchange: d.exchange.is_empty(),
+                    user_id: d.user_id,
+                    body: d.body,
+                })
+                .collect();
+            match tracker.record_replies(incoming).await {
+                Ok(verdicts) => {
+                    for v in verdicts {
+                        match v {
+                            Verdict::Recorded => {
+                                metrics::counter!("bora_results_recorded_total").increment(1)
+                            }
+                            Verdict::Heartbeat => {
+                                metrics::counter!("bora_heartbeats_total").increment(1)
+                            }
+                            Verdict::Dropped(reason) => {
+                                // Never the payload: it may carry credentials.
+                                warn!(reason, "reply dropped");
+                                metrics::counter!("bora_results_rejected_total", "reason" => reason)
+                                    .increment(1);
+                            }
+                        }
+                    }
+                    if let Err(e) = consumer.ack_through(last).await {
+                        warn!(error = %e, "ack failed after commit; the broker will redeliver and the duplicates will be dropped");
+                        continue 'connect;
+                    }
+                }
+                Err(e) => {
+                    error!(error = %e, "cannot record replies; returning them to the queue");
+                    let _ = consumer.requeue_through(last).await;
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(backoff.next_delay()) => {}
+                    }
+                }
+            }
+        }
+    }
+}

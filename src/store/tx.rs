@@ -1,0 +1,474 @@
+//! The write transaction: the primitives the tracker composes into one state
+//! change. Nothing is visible to anyone until [`WriteTx::commit`]; dropping a
+//! `WriteTx` rolls it back.
+
+use std::str::FromStr;
+
+use sqlx::{Any, Row, Transaction};
+
+use super::rows::{parse_id, task_by_ref};
+use super::{OutboxKind, StoreError, TaskRow, WorkflowRow};
+use crate::domain::{OnDependencyFailure, TaskId, TaskState, WorkflowId};
+
+pub struct WriteTx {
+    tx: Transaction<'static, Any>,
+    /// Whether this transaction queued an outbox message (the relay is woken
+    /// after commit only then).
+    queued_messages: bool,
+}
+
+/// A dependent of a task, as the release step needs it.
+#[derive(Debug, Clone)]
+pub struct Dependent {
+    pub id: TaskId,
+    pub state: TaskState,
+    pub on_dependency_failure: OnDependencyFailure,
+}
+
+impl WriteTx {
+    pub(super) fn new(tx: Transaction<'static, Any>) -> Self {
+        Self {
+            tx,
+            queued_messages: false,
+        }
+    }
+
+    /// Commits; returns whether outbox messages were queued.
+    ///
+    /// # Errors
+    /// The commit failed (nothing was written).
+    pub async fn commit(self) -> Result<bool, StoreError> {
+        self.tx.commit().await?;
+        Ok(self.queued_messages)
+    }
+
+    /// # Errors
+    /// A database failure.
+    pub async fn insert_workflow(&mut self, w: &WorkflowRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO workflows (id, name, description, cancelled, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(w.id.to_string())
+        .bind(&w.name)
+        .bind(&w.description)
+        .bind(i64::from(w.cancelled))
+        .bind(w.created_at)
+        .bind(w.updated_at)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    /// # Errors
+    /// A database failure.
+    pub async fn workflow(&mut self, id: WorkflowId) -> Result<Option<WorkflowRow>, StoreError> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            workflow_columns!(),
+            " FROM workflows WHERE id = $1"
+        ))
+        .bind(id.to_string())
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        row.as_ref().map(WorkflowRow::from_row).transpose()
+    }
+
+    /// Writes name, description, cancelled and updated_at.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn update_workflow(&mut self, w: &WorkflowRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE workflows SET name = $2, description = $3, cancelled = $4, updated_at = $5 \
+             WHERE id = $1",
+        )
+        .bind(w.id.to_string())
+        .bind(&w.name)
+        .bind(&w.description)
+        .bind(i64::from(w.cancelled))
+        .bind(w.updated_at)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Deletes a workflow with its tasks and their edges (outbox cancels stay).
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn delete_workflow(&mut self, id: WorkflowId) -> Result<(), StoreError> {
+        let id = id.to_string();
+        sqlx::query(
+            "DELETE FROM outbox WHERE kind = 'task' AND task_id IN \
+             (SELECT id FROM tasks WHERE workflow_id = $1)",
+        )
+        .bind(&id)
+        .execute(&mut *self.tx)
+        .await?;
+        sqlx::query(
+            "DELETE FROM task_deps WHERE task_id IN (SELECT id FROM tasks WHERE workflow_id = $1)",
+        )
+        .bind(&id)
+        .execute(&mut *self.tx)
+        .await?;
+        sqlx::query("DELETE FROM tasks WHERE workflow_id = $1")
+            .bind(&id)
+            .execute(&mut *self.tx)
+            .await?;
+        sqlx::query("DELETE FROM workflows WHERE id = $1")
+            .bind(&id)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    /// # Errors
+    /// A database failure, or a duplicate name (see [`StoreError::is_unique_violation`]).
+    pub async fn insert_task(&mut self, t: &TaskRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO tasks (id, workflow_id, name, server_id, task_group, config, inputs, \
+             outputs, options, on_dependency_failure, timeout_s, retries, retry_delay_s, \
+             delivery, state, attempt, failures, redeliveries, result, created_at, queued_at, \
+             started_at, finished_at, last_heartbeat_at, updated_at) VALUES ($1, $2, $3, $4, $5, \
+             $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, \
+             $23, $24, $25)",
+        )
+        .bind(t.id.to_string())
+        .bind(t.workflow_id.to_string())
+        .bind(&t.name)
+        .bind(&t.server_id)
+        .bind(&t.group)
+        .bind(&t.config)
+        .bind(&t.inputs)
+        .bind(&t.outputs)
+        .bind(&t.options)
+        .bind(t.on_dependency_failure.as_str())
+        .bind(t.timeout_s)
+        .bind(t.retries)
+        .bind(t.retry_delay_s)
+        .bind(t.delivery.as_str())
+        .bind(t.state.as_str())
+        .bind(t.attempt)
+        .bind(t.failures)
+        .bind(t.redeliveries)
+        .bind(&t.result)
+        .bind(t.created_at)
+        .bind(t.queued_at)
+        .bind(t.started_at)
+        .bind(t.finished_at)
+        .bind(t.last_heartbeat_at)
+        .bind(t.updated_at)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Writes every column of `t` but its id and workflow.
+    ///
+    /// # Errors
+    /// A database failure, or a duplicate name.
+    pub async fn update_task(&mut self, t: &TaskRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE tasks SET name = $2, server_id = $3, task_group = $4, config = $5, \
+             inputs = $6, outputs = $7, options = $8, on_dependency_failure = $9, timeout_s = $10, \
+             retries = $11, retry_delay_s = $12, delivery = $13, state = $14, attempt = $15, \
+             failures = $16, redeliveries = $17, result = $18, queued_at = $19, started_at = $20, \
+             finished_at = $21, last_heartbeat_at = $22, updated_at = $23 WHERE id = $1",
+        )
+        .bind(t.id.to_string())
+        .bind(&t.name)
+        .bind(&t.server_id)
+        .bind(&t.group)
+        .bind(&t.config)
+        .bind(&t.inputs)
+        .bind(&t.outputs)
+        .bind(&t.options)
+        .bind(t.on_dependency_failure.as_str())
+        .bind(t.timeout_s)
+        .bind(t.retries)
+        .bind(t.retry_delay_s)
+        .bind(t.delivery.as_str())
+        .bind(t.state.as_str())
+        .bind(t.attempt)
+        .bind(t.failures)
+        .bind(t.redeliveries)
+        .bind(&t.result)
+        .bind(t.queued_at)
+        .bind(t.started_at)
+        .bind(t.finished_at)
+        .bind(t.last_heartbeat_at)
+        .bind(t.updated_at)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    /// # Errors
+    /// A database failure.
+    pub async fn delete_task(&mut self, id: TaskId) -> Result<(), StoreError> {
+        let id = id.to_string();
+        sqlx::query("DELETE FROM outbox WHERE kind = 'task' AND task_id = $1")
+            .bind(&id)
+            .execute(&mut *self.tx)
+            .await?;
+        sqlx::query("DELETE FROM task_deps WHERE task_id = $1 OR dep_id = $1")
+            .bind(&id)
+            .execute(&mut *self.tx)
+            .await?;
+        sqlx::query("DELETE FROM tasks WHERE id = $1")
+            .bind(&id)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    /// # Errors
+    /// A database failure.
+    pub async fn task(&mut self, id: TaskId) -> Result<Option<TaskRow>, StoreError> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            task_columns!(),
+            " FROM tasks WHERE id = $1"
+        ))
+        .bind(id.to_string())
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        row.as_ref().map(TaskRow::from_row).transpose()
+    }
+
+    /// A task by id or, failing that, by name.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn task_by_ref(
+        &mut self,
+        workflow: WorkflowId,
+        reference: &str,
+    ) -> Result<Option<TaskRow>, StoreError> {
+        task_by_ref(&mut self.tx, workflow, reference).await
+    }
+
+    /// The tasks of a workflow that are not in a terminal state.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn unfinished_tasks(
+        &mut self,
+        workflow: WorkflowId,
+    ) -> Result<Vec<TaskRow>, StoreError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            task_columns!(),
+            " FROM tasks WHERE workflow_id = $1 AND state IN ('waiting', 'queued', 'running') \
+             ORDER BY id"
+        ))
+        .bind(workflow.to_string())
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.iter().map(TaskRow::from_row).collect()
+    }
+
+    /// # Errors
+    /// A database failure.
+    pub async fn add_dependency(&mut self, task: TaskId, dep: TaskId) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO task_deps (task_id, dep_id) VALUES ($1, $2)")
+            .bind(task.to_string())
+            .bind(dep.to_string())
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    /// # Errors
+    /// A database failure.
+    pub async fn clear_dependencies(&mut self, task: TaskId) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM task_deps WHERE task_id = $1")
+            .bind(task.to_string())
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    /// The states of a task's dependencies.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn dependency_states(&mut self, task: TaskId) -> Result<Vec<TaskState>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT t.state AS state FROM task_deps d JOIN tasks t ON t.id = d.dep_id \
+             WHERE d.task_id = $1",
+        )
+        .bind(task.to_string())
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let s: String = r.try_get("state")?;
+                TaskState::from_str(&s).map_err(StoreError::Corrupt)
+            })
+            .collect()
+    }
+
+    /// The tasks that depend on `task`.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn dependents(&mut self, task: TaskId) -> Result<Vec<Dependent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT t.id AS id, t.state AS state, t.on_dependency_failure AS odf \
+             FROM task_deps d JOIN tasks t ON t.id = d.task_id WHERE d.dep_id = $1",
+        )
+        .bind(task.to_string())
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let id: String = r.try_get("id")?;
+                let state: String = r.try_get("state")?;
+                let odf: String = r.try_get("odf")?;
+                Ok(Dependent {
+                    id: parse_id(&id)?,
+                    state: TaskState::from_str(&state).map_err(StoreError::Corrupt)?,
+                    on_dependency_failure: OnDependencyFailure::from_str(&odf)
+                        .map_err(StoreError::Corrupt)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Every dependency edge `(task, dependency)` among a workflow's tasks.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn workflow_edges(
+        &mut self,
+        workflow: WorkflowId,
+    ) -> Result<Vec<(TaskId, TaskId)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT d.task_id AS task_id, d.dep_id AS dep_id FROM task_deps d \
+             JOIN tasks t ON t.id = d.task_id WHERE t.workflow_id = $1",
+        )
+        .bind(workflow.to_string())
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let a: String = r.try_get("task_id")?;
+                let b: String = r.try_get("dep_id")?;
+                Ok((parse_id(&a)?, parse_id(&b)?))
+            })
+            .collect()
+    }
+
+    /// The names of a task's dependencies (for `depends_on` on re-validation).
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn dependency_names(&mut self, task: TaskId) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT t.name AS name FROM task_deps d JOIN tasks t ON t.id = d.dep_id \
+             WHERE d.task_id = $1 ORDER BY t.id",
+        )
+        .bind(task.to_string())
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.iter()
+            .map(|r| r.try_get("name").map_err(StoreError::from))
+            .collect()
+    }
+
+    /// Queues a message for the relay, due at `not_before`.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn enqueue(
+        &mut self,
+        kind: OutboxKind,
+        task: &TaskRow,
+        not_before: i64,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO outbox (kind, task_id, attempt, server_id, not_before, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(kind.as_str())
+        .bind(task.id.to_string())
+        .bind(task.attempt)
+        .bind(&task.server_id)
+        .bind(not_before)
+        .bind(now)
+        .execute(&mut *self.tx)
+        .await?;
+        self.queued_messages = true;
+        Ok(())
+    }
+
+    /// Drops a task's queued `run_task` messages that were not yet confirmed.
+    /// Returns how many there were.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn drop_pending_publish(&mut self, task: TaskId) -> Result<u64, StoreError> {
+        let r = sqlx::query("DELETE FROM outbox WHERE kind = 'task' AND task_id = $1")
+            .bind(task.to_string())
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(r.rows_affected())
+    }
+
+    /// Removes one outbox message (it was confirmed, or it is moot).
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn delete_outbox(&mut self, id: i64) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM outbox WHERE id = $1")
+            .bind(id)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    /// Postpones one outbox message (a failed publish, retried later).
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn postpone_outbox(&mut self, id: i64, not_before: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE outbox SET not_before = $2 WHERE id = $1")
+            .bind(id)
+            .bind(not_before)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    /// Whether `server` was registered through the API.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn is_registered(&mut self, server: &str) -> Result<bool, StoreError> {
+        let v: Option<i64> =
+            sqlx::query_scalar("SELECT registered FROM servers WHERE server_id = $1")
+                .bind(server)
+                .fetch_optional(&mut *self.tx)
+                .await?;
+        Ok(v.unwrap_or(0) != 0)
+    }
+
+    /// Records a heartbeat of `server` at `now`.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn touch_server(&mut self, server: &str, now: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO servers (server_id, last_seen, created_at) VALUES ($1, $2, $2) \
+             ON CONFLICT (server_id) DO UPDATE SET last_seen = excluded.last_seen",
+        )
+        .bind(server)
+        .bind(now)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,633 @@
+//! The state tracker: every change of a workflow's or a task's state.
+//!
+//! Each public operation is one store transaction that changes rows and queues
+//! the messages the change causes (the outbox), so a state change and its
+//! messages commit together or not at all. Every task state move goes through
+//! [`TaskState::check_transition`]. The tracker decides; the store executes
+//! SQL; the relay (in `serve`) publishes what was queued. The tracker knows
+//! nothing of AMQP or HTTP.
+
+mod release;
+mod replies;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+
+pub use replies::{Incoming, Verdict};
+
+use crate::domain::{
+    FieldError, NewWorkflow, TaskId, TaskPatch, TaskSpec, WorkflowId, WorkflowPatch, check_name,
+};
+use crate::store::{
+    OutboxItem, OutboxKind, Store, StoreError, TaskRow, WorkflowRow, WriteTx, now_us,
+};
+
+/// Why an operation was refused. Each maps to one HTTP status in the API.
+#[derive(Debug, thiserror::Error)]
+pub enum TrackerError {
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The operation conflicts with the current state (409).
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
+    /// Valid JSON, invalid content (422).
+    #[error("{message}")]
+    Invalid {
+        code: &'static str,
+        message: String,
+        details: Vec<FieldError>,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl TrackerError {
+    fn invalid(code: &'static str, message: impl Into<String>) -> Self {
+        TrackerError::Invalid {
+            code,
+            message: message.into(),
+            details: Vec::new(),
+        }
+    }
+
+    fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        TrackerError::Conflict {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Tracker settings (from `dispatch.*`).
+#[derive(Debug, Clone)]
+pub struct TrackerConfig {
+    pub require_registration: bool,
+    pub max_redeliveries: u32,
+}
+
+/// Cheap handle; clone it into every component that changes state.
+#[derive(Clone)]
+pub struct Tracker {
+    store: Store,
+    config: TrackerConfig,
+    /// Woken after each commit that queued outbox messages.
+    relay_wake: Arc<Notify>,
+}
+
+impl Tracker {
+    pub fn new(store: Store, config: TrackerConfig) -> Self {
+        Self {
+            store,
+            config,
+            relay_wake: Arc::new(Notify::new()),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The signal the relay waits on.
+    pub fn relay_wake(&self) -> Arc<Notify> {
+        self.relay_wake.clone()
+    }
+
+    async fn commit(&self, tx: WriteTx) -> Result<(), StoreError> {
+        if tx.commit().await? {
+            self.relay_wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Creates a workflow and its first batch of tasks (validated already).
+    ///
+    /// # Errors
+    /// Invalid name, or any error of [`Tracker::add_tasks`].
+    pub async fn create_workflow(
+        &self,
+        new: NewWorkflow,
+        tasks: Vec<TaskSpec>,
+    ) -> Result<WorkflowId, TrackerError> {
+        check_workflow_name(&new.name)?;
+        let now = now_us();
+        let row = WorkflowRow {
+            id: WorkflowId::new(),
+            name: new.name,
+            description: new.description,
+            cancelled: false,
+            created_at: now,
+            updated_at: now,
+        };
+        let mut tx = self.store.begin().await?;
+        tx.insert_workflow(&row).await?;
+        self.insert_tasks(&mut tx, &row, tasks, now).await?;
+        self.commit(tx).await?;
+        Ok(row.id)
+    }
+
+    /// Adds a batch of tasks to a workflow. Tasks in the batch may refer to each
+    /// other by name in any order, and to existing tasks by id or name.
+    ///
+    /// # Errors
+    /// Unknown workflow (404), cancelled workflow or duplicate name (409),
+    /// unknown dependency, cycle or unregistered server (422).
+    pub async fn add_tasks(
+        &self,
+        workflow: WorkflowId,
+        tasks: Vec<TaskSpec>,
+    ) -> Result<Vec<TaskId>, TrackerError> {
+        let now = now_us();
+        let mut tx = self.store.begin().await?;
+        let wf = tx
+            .workflow(workflow)
+            .await?
+            .ok_or_else(|| TrackerError::NotFound(format!("workflow {workflow}")))?;
+        let ids = self.insert_tasks(&mut tx, &wf, tasks, now).await?;
+        self.commit(tx).await?;
+        Ok(ids)
+    }
+
+    async fn insert_tasks(
+        &self,
+        tx: &mut WriteTx,
+        wf: &WorkflowRow,
+        tasks: Vec<TaskSpec>,
+        now: i64,
+    ) -> Result<Vec<TaskId>, TrackerError> {
+        if tasks.is_empty() {
+            return Ok(Vec::new());
+        }
+        if wf.cancelled {
+            return Err(TrackerError::conflict(
+                "workflow_cancelled",
+                format!("workflow {} is cancelled: it takes no new tasks", wf.id),
+            ));
+        }
+        // Names are unique within the batch and the workflow.
+        let mut by_name: HashMap<&str, usize> = HashMap::new();
+        for (i, t) in tasks.iter().enumerate() {
+            if by_name.insert(t.name.as_str(), i).is_some() {
+                return Err(TrackerError::conflict(
+                    "duplicate_name",
+                    format!("task name {:?} appears twice in the request", t.name),
+                ));
+            }
+            if tx
+                .task_by_ref(wf.id, &t.name)
+                .await?
+                .is_some_and(|e| e.name == t.name)
+            {
+                return Err(TrackerError::conflict(
+                    "duplicate_name",
+                    format!("workflow already has a task named {:?}", t.name),
+                ));
+            }
+            if self.config.require_registration && !tx.is_registered(t.server_id.as_str()).await? {
+                return Err(TrackerError::invalid(
+                    "unregistered_server",
+                    format!(
+                        "tasks[{i}].server_id: server {:?} is not registered (dispatch.require_registration is on)",
+                        t.server_id.as_str()
+                    ),
+                ));
+            }
+        }
+        // Resolve references: first within the batch (by name), then existing tasks.
+        let mut batch_edges: Vec<Vec<usize>> = vec![Vec::new(); tasks.len()];
+        let mut existing_deps: Vec<Vec<TaskId>> = vec![Vec::new(); tasks.len()];
+        for (i, t) in tasks.iter().enumerate() {
+            for r in &t.depends_on {
+                if let Some(&j) = by_name.get(r.as_str()) {
+                    if j == i {
+                        return Err(TrackerError::invalid(
+                            "dependency_cycle",
+                            format!("task {:?} depends on itself", t.name),
+                        ));
+                    }
+                    batch_edges[i].push(j);
+                } else if let Some(dep) = tx.task_by_ref(wf.id, r).await? {
+                    existing_deps[i].push(dep.id);
+                } else {
+                    return Err(TrackerError::invalid(
+                        "unknown_dependency",
+                        format!(
+                            "task {:?} depends on {r:?}, which is neither in this request nor in workflow {}",
+                            t.name, wf.id
+                        ),
+                    ));
+                }
+            }
+        }
+        let order = topological_order(&batch_edges).map_err(|cycle| {
+            let names: Vec<&str> = cycle.iter().map(|&i| tasks[i].name.as_str()).collect();
+            TrackerError::invalid(
+                "dependency_cycle",
+                format!("dependency cycle among tasks {names:?}"),
+            )
+        })?;
+        let mut rows: Vec<TaskRow> = tasks
+            .iter()
+            .map(|spec| TaskRow::new(wf.id, spec, now))
+            .collect();
+        for row in &rows {
+            tx.insert_task(row).await.map_err(|e| {
+                if e.is_unique_violation() {
+                    TrackerError::conflict(
+                        "duplicate_name",
+                        format!("workflow already has a task named {:?}", row.name),
+                    )
+                } else {
+                    e.into()
+                }
+            })?;
+        }
+        for i in 0..rows.len() {
+            for &j in &batch_edges[i] {
+                tx.add_dependency(rows[i].id, rows[j].id).await?;
+            }
+            for &d in &existing_deps[i] {
+                tx.add_dependency(rows[i].id, d).await?;
+            }
+        }
+        // Dependencies first, so a skip travels down the batch in one pass.
+        for i in order {
+            let mut row = rows[i].clone();
+            // An earlier evaluation may have skipped it already.
+            if let Some(current) = tx.task(row.id).await? {
+                row = current;
+            }
+            release::evaluate_and_release(tx, &mut row, now).await?;
+            rows[i] = row;
+        }
+        Ok(rows.iter().map(|r| r.id).collect())
+    }
+
+    /// Changes a workflow's name or description.
+    ///
+    /// # Errors
+    /// Unknown workflow (404), invalid name (422).
+    pub async fn patch_workflow(
+        &self,
+        workflow: WorkflowId,
+        patch: WorkflowPatch,
+    ) -> Result<(), TrackerError> {
+        let mut tx = self.store.begin().await?;
+        let mut wf = tx
+            .workflow(workflow)
+            .await?
+            .ok_or_else(|| TrackerError::NotFound(format!("workflow {workflow}")))?;
+        if let Some(name) = patch.name {
+            check_workflow_name(&name)?;
+            wf.name = name;
+        }
+        if let Some(d) = patch.description {
+            wf.description = Some(d);
+        }
+        wf.updated_at = now_us();
+        tx.update_workflow(&wf).await?;
+        self.commit(tx).await?;
+        Ok(())
+    }
+
+    /// Cancels every unfinished task and marks the workflow cancelled.
+    ///
+    /// # Errors
+    /// Unknown workflow (404).
+    pub async fn cancel_workflow(&self, workflow: WorkflowId) -> Result<(), TrackerError> {
+        let now = now_us();
+        let mut tx = self.store.begin().await?;
+        self.cancel_all(&mut tx, workflow, now).await?;
+        self.commit(tx).await?;
+        Ok(())
+    }
+
+    async fn cancel_all(
+        &self,
+        tx: &mut WriteTx,
+        workflow: WorkflowId,
+        now: i64,
+    ) -> Result<(), TrackerError> {
+        let mut wf = tx
+            .workflow(workflow)
+            .await?
+            .ok_or_else(|| TrackerError::NotFound(format!("workflow {workflow}")))?;
+        if !wf.cancelled {
+            wf.cancelled = true;
+            wf.updated_at = now;
+            tx.update_workflow(&wf).await?;
+        }
+        // Every unfinished task is cancelled, so there is nothing to release.
+        for mut task in tx.unfinished_tasks(workflow).await? {
+            release::cancel(tx, &mut task, now).await?;
+        }
+        Ok(())
+    }
+
+    /// Cancels every unfinished task (workers are told), then deletes the workflow.
+    ///
+    /// # Errors
+    /// Unknown workflow (404).
+    pub async fn delete_workflow(&self, workflow: WorkflowId) -> Result<(), TrackerError> {
+        let now = now_us();
+        let mut tx = self.store.begin().await?;
+        self.cancel_all(&mut tx, workflow, now).await?;
+        tx.delete_workflow(workflow).await?;
+        self.commit(tx).await?;
+        Ok(())
+    }
+
+    /// Changes a task that is still waiting for its dependencies.
+    ///
+    /// # Errors
+    /// Unknown workflow or task (404), task no longer waiting or duplicate name
+    /// (409), invalid fields, unknown dependency or cycle (422).
+    pub async fn patch_task(
+        &self,
+        workflow: WorkflowId,
+        reference: &str,
+        patch: TaskPatch,
+    ) -> Result<TaskId, TrackerError> {
+        let now = now_us();
+        let mut tx = self.store.begin().await?;
+        let wf = tx
+            .workflow(workflow)
+            .await?
+            .ok_or_else(|| TrackerError::NotFound(format!("workflow {workflow}")))?;
+        let mut row = tx
+            .task_by_ref(workflow, reference)
+            .await?
+            .ok_or_else(|| TrackerError::NotFound(format!("task {reference:?}")))?;
+        if wf.cancelled || row.state != crate::domain::TaskState::Waiting || row.attempt != 0 {
+            return Err(TrackerError::conflict(
+                "task_not_waiting",
+                format!(
+                    "task {:?} is {} and was already handed to the broker or finished; only waiting tasks can change",
+                    row.name, row.state
+                ),
+            ));
+        }
+        let deps_changed = patch.depends_on.is_some();
+        let old_deps = tx.dependency_names(row.id).await?;
+        let spec = patch
+            .apply(&row.spec(old_deps)?)
+            .map_err(|details| TrackerError::Invalid {
+                code: "validation_failed",
+                message: details
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+                details,
+            })?;
+        if self.config.require_registration && !tx.is_registered(spec.server_id.as_str()).await? {
+            return Err(TrackerError::invalid(
+                "unregistered_server",
+                format!("server {:?} is not registered", spec.server_id.as_str()),
+            ));
+        }
+        if deps_changed {
+            let mut deps = Vec::new();
+            for r in &spec.depends_on {
+                let dep = tx.task_by_ref(workflow, r).await?.ok_or_else(|| {
+                    TrackerError::invalid(
+                        "unknown_dependency",
+                        format!(
+                            "task {:?} depends on {r:?}, which is not in workflow {workflow}",
+                            spec.name
+                        ),
+                    )
+                })?;
+                deps.push(dep.id);
+            }
+            let edges = tx.workflow_edges(workflow).await?;
+            if creates_cycle(row.id, &deps, &edges) {
+                return Err(TrackerError::invalid(
+                    "dependency_cycle",
+                    format!(
+                        "the new dependencies of task {:?} would form a cycle",
+                        spec.name
+                    ),
+                ));
+            }
+            tx.clear_dependencies(row.id).await?;
+            for d in deps {
+                tx.add_dependency(row.id, d).await?;
+            }
+        }
+        row.set_spec(&spec);
+        row.updated_at = now;
+        tx.update_task(&row).await.map_err(|e| {
+            if e.is_unique_violation() {
+                TrackerError::conflict(
+                    "duplicate_name",
+                    format!("workflow already has a task named {:?}", row.name),
+                )
+            } else {
+                e.into()
+            }
+        })?;
+        release::evaluate_and_release(&mut tx, &mut row, now).await?;
+        self.commit(tx).await?;
+        Ok(row.id)
+    }
+
+    /// Cancels one task; deletes it if it was never handed to the broker.
+    /// Its dependents are skipped or released as for any unsuccessful end.
+    ///
+    /// # Errors
+    /// Unknown workflow or task (404), task already finished (409).
+    pub async fn cancel_task(
+        &self,
+        workflow: WorkflowId,
+        reference: &str,
+    ) -> Result<(), TrackerError> {
+        let now = now_us();
+        let mut tx = self.store.begin().await?;
+        tx.workflow(workflow)
+            .await?
+            .ok_or_else(|| TrackerError::NotFound(format!("workflow {workflow}")))?;
+        let mut row = tx
+            .task_by_ref(workflow, reference)
+            .await?
+            .ok_or_else(|| TrackerError::NotFound(format!("task {reference:?}")))?;
+        if row.state.is_terminal() {
+            return Err(TrackerError::conflict(
+                "task_finished",
+                format!("task {:?} already ended ({})", row.name, row.state),
+            ));
+        }
+        release::cancel(&mut tx, &mut row, now).await?;
+        release::release_dependents(&mut tx, &row, now).await?;
+        if row.attempt == 0 {
+            tx.delete_task(row.id).await?;
+        }
+        self.commit(tx).await?;
+        Ok(())
+    }
+
+    /// Records replies from workers in one transaction, returning a verdict per reply.
+    ///
+    /// # Errors
+    /// A store failure: nothing was recorded, the caller must not ack.
+    pub async fn record_replies(&self, batch: Vec<Incoming>) -> Result<Vec<Verdict>, StoreError> {
+        let now = now_us();
+        let mut tx = self.store.begin().await?;
+        let mut verdicts = Vec::with_capacity(batch.len());
+        for incoming in batch {
+            verdicts.push(replies::record(&mut tx, &self.config, incoming, now).await?);
+        }
+        self.commit(tx).await?;
+        Ok(verdicts)
+    }
+
+    /// Records what the broker confirmed: published attempts become `queued`
+    /// and their outbox rows go.
+    ///
+    /// # Errors
+    /// A store failure: the messages stay in the outbox and are sent again.
+    pub async fn confirm_published(&self, confirmed: &[OutboxItem]) -> Result<(), StoreError> {
+        if confirmed.is_empty() {
+            return Ok(());
+        }
+        let now = now_us();
+        let mut tx = self.store.begin().await?;
+        for item in confirmed {
+            tx.delete_outbox(item.id).await?;
+            if item.kind != OutboxKind::Task {
+                continue;
+            }
+            if let Some(mut task) = tx.task(item.task_id).await? {
+                release::mark_queued(&mut tx, &mut task, item.attempt, now).await?;
+            }
+        }
+        self.commit(tx).await?;
+        Ok(())
+    }
+
+    /// Postpones messages whose publish failed; they are tried again at `retry_at`.
+    ///
+    /// # Errors
+    /// A store failure.
+    pub async fn postpone(&self, failed: &[OutboxItem], retry_at: i64) -> Result<(), StoreError> {
+        if failed.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.store.begin().await?;
+        for item in failed {
+            tx.postpone_outbox(item.id, retry_at).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Drops outbox messages that are moot (their task is gone or moved on).
+    ///
+    /// # Errors
+    /// A store failure.
+    pub async fn discard(&self, moot: &[OutboxItem]) -> Result<(), StoreError> {
+        if moot.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.store.begin().await?;
+        for item in moot {
+            tx.delete_outbox(item.id).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+fn check_workflow_name(name: &str) -> Result<(), TrackerError> {
+    check_name(name).map_err(|e| TrackerError::Invalid {
+        code: "validation_failed",
+        message: format!("name: {e}"),
+        details: vec![FieldError {
+            field: "name".into(),
+            message: e,
+        }],
+    })
+}
+
+/// Kahn's algorithm over `edges[i]` = the batch indexes task `i` depends on.
+/// Returns dependencies before dependents, or the tasks left in a cycle.
+fn topological_order(edges: &[Vec<usize>]) -> Result<Vec<usize>, Vec<usize>> {
+    let n = edges.len();
+    let mut pending: Vec<usize> = edges.iter().map(Vec::len).collect();
+    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for (i, deps) in edges.iter().enumerate() {
+        for &d in deps {
+            dependents[d].push(i);
+        }
+    }
+    let mut ready: VecDeque<usize> = (0..n).filter(|&i| pending[i] == 0).collect();
+    let mut order = Vec::with_capacity(n);
+    while let Some(i) = ready.pop_front() {
+        order.push(i);
+        for &d in &dependents[i] {
+            pending[d] -= 1;
+            if pending[d] == 0 {
+                ready.push_back(d);
+            }
+        }
+    }
+    if order.len() == n {
+        Ok(order)
+    } else {
+        Err((0..n).filter(|&i| pending[i] > 0).collect())
+    }
+}
+
+/// Whether making `task` depend on `deps` closes a cycle, given the existing
+/// `(task, dependency)` edges: true if `task` is reachable from any new dependency.
+fn creates_cycle(task: TaskId, deps: &[TaskId], edges: &[(TaskId, TaskId)]) -> bool {
+    let mut graph: HashMap<TaskId, Vec<TaskId>> = HashMap::new();
+    for &(t, d) in edges {
+        if t != task {
+            graph.entry(t).or_default().push(d);
+        }
+    }
+    let mut seen = HashSet::new();
+    let mut stack: Vec<TaskId> = deps.to_vec();
+    while let Some(n) = stack.pop() {
+        if n == task {
+            return true;
+        }
+        if seen.insert(n)
+            && let Some(next) = graph.get(&n)
+        {
+            stack.extend(next.iter().copied());
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topological_order_puts_dependencies_first() {
+        // 0 depends on 2, 2 depends on 1.
+        let order = topological_order(&[vec![2], vec![], vec![1]]).unwrap();
+        assert_eq!(order, vec![1, 2, 0]);
+    }
+
+    #[test]
+    fn topological_order_reports_the_cycle() {
+        // 0 -> 1 -> 2 -> 1, 3 free.
+        let cycle = topological_order(&[vec![1], vec![2], vec![1], vec![]]).unwrap_err();
+        assert_eq!(cycle, vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn cycle_through_existing_edges() {
+        let (a, b, c) = (TaskId::new(), TaskId::new(), TaskId::new());
+        // b depends on a, c depends on b.
+        let edges = [(b, a), (c, b)];
+        assert!(creates_cycle(a, &[c], &edges));
+        assert!(!creates_cycle(c, &[a], &edges));
+        assert!(creates_cycle(a, &[a], &edges));
+    }
+}

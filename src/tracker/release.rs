@@ -1,0 +1,197 @@
+//! The moves of one task inside a transaction: dispatch (hand an attempt to
+//! the outbox), finish (end it and release its dependents), cancel, and the
+//! release walk that skips or dispatches dependents.
+
+use crate::domain::{OnDependencyFailure, TaskState};
+use crate::protocol::TaskResult;
+use crate::store::{OutboxKind, StoreError, TaskRow, WriteTx};
+
+/// Moves `task` to `to`, refusing illegal moves (a bug, so it is a store-level
+/// corruption error rather than a client error).
+fn transition(task: &mut TaskRow, to: TaskState, now: i64) -> Result<(), StoreError> {
+    task.state
+        .check_transition(to)
+        .map_err(|e| StoreError::Corrupt(format!("task {}: {e}", task.id)))?;
+    task.state = to;
+    task.updated_at = now;
+    Ok(())
+}
+
+/// [`evaluate`], then the release walk if the task was skipped.
+pub(super) async fn evaluate_and_release(
+    tx: &mut WriteTx,
+    task: &mut TaskRow,
+    now: i64,
+) -> Result<(), StoreError> {
+    if evaluate(tx, task, now).await? {
+        release_dependents(tx, task, now).await?;
+    }
+    Ok(())
+}
+
+/// Decides what a task that is waiting for its dependencies does now: stays,
+/// is dispatched (all satisfied), or is skipped (one ended badly and its
+/// policy is `skip`). Tasks already handed to the broker are left alone.
+/// Returns whether the task was skipped (its dependents are the caller's).
+async fn evaluate(tx: &mut WriteTx, task: &mut TaskRow, now: i64) -> Result<bool, StoreError> {
+    if task.state != TaskState::Waiting || task.attempt != 0 {
+        return Ok(false);
+    }
+    let states = tx.dependency_states(task.id).await?;
+    let mut all_satisfied = true;
+    for s in states {
+        match s.satisfies(task.on_dependency_failure) {
+            Some(true) => {}
+            Some(false) => {
+                transition(task, TaskState::Skipped, now)?;
+                task.finished_at = Some(now);
+                tx.update_task(task).await?;
+                return Ok(true);
+            }
+            None => all_satisfied = false,
+        }
+    }
+    if all_satisfied {
+        dispatch(tx, task, now, 0).await?;
+    }
+    Ok(false)
+}
+
+/// Hands the next attempt to the outbox, due after `delay_s`. The task stays
+/// `waiting` until the broker confirms the publish.
+pub(super) async fn dispatch(
+    tx: &mut WriteTx,
+    task: &mut TaskRow,
+    now: i64,
+    delay_s: i64,
+) -> Result<(), StoreError> {
+    if task.state != TaskState::Waiting {
+        transition(task, TaskState::Waiting, now)?;
+    }
+    task.attempt += 1;
+    task.queued_at = None;
+    task.started_at = None;
+    task.last_heartbeat_at = None;
+    task.updated_at = now;
+    tx.update_task(task).await?;
+    tx.enqueue(OutboxKind::Task, task, now + delay_s * 1_000_000, now)
+        .await
+}
+
+/// The broker confirmed attempt `attempt` of `task`.
+pub(super) async fn mark_queued(
+    tx: &mut WriteTx,
+    task: &mut TaskRow,
+    attempt: i64,
+    now: i64,
+) -> Result<(), StoreError> {
+    // A fast worker may have reported already; a newer attempt may exist.
+    if task.attempt != attempt || task.state != TaskState::Waiting {
+        return Ok(());
+    }
+    transition(task, TaskState::Queued, now)?;
+    task.queued_at = Some(now);
+    tx.update_task(task).await
+}
+
+/// The worker reported that the current attempt runs (its first heartbeat).
+pub(super) async fn mark_running(
+    tx: &mut WriteTx,
+    task: &mut TaskRow,
+    now: i64,
+) -> Result<(), StoreError> {
+    if matches!(task.state, TaskState::Waiting | TaskState::Queued) {
+        transition(task, TaskState::Running, now)?;
+        task.queued_at.get_or_insert(now);
+        task.started_at = Some(now);
+    }
+    task.last_heartbeat_at = Some(now);
+    task.updated_at = now;
+    tx.update_task(task).await
+}
+
+/// Records the final result of the current attempt: the task ends, or a new
+/// attempt is scheduled while `retries` allow.
+pub(super) async fn finish(
+    tx: &mut WriteTx,
+    task: &mut TaskRow,
+    result: &TaskResult,
+    now: i64,
+) -> Result<(), StoreError> {
+    let declared = task.outputs()?;
+    let end = if result.succeeded(&declared) {
+        TaskState::Succeeded
+    } else if result.timed_out {
+        TaskState::TimedOut
+    } else {
+        TaskState::Failed
+    };
+    task.result =
+        Some(serde_json::to_string(result).map_err(|e| StoreError::Corrupt(e.to_string()))?);
+    if task.state != TaskState::Running {
+        // A result without a started report (instant runners, oslo servers).
+        task.queued_at.get_or_insert(now);
+        task.started_at.get_or_insert(now);
+    }
+    if end != TaskState::Succeeded && task.failures < task.retries {
+        task.failures += 1;
+        let delay = task.retry_delay_s;
+        return dispatch(tx, task, now, delay).await;
+    }
+    transition(task, end, now)?;
+    task.finished_at = Some(now);
+    tx.update_task(task).await?;
+    release_dependents(tx, task, now).await
+}
+
+/// Cancels a task that has not ended. Workers that may hold the current
+/// attempt are told; a message not yet confirmed is dropped from the outbox.
+pub(super) async fn cancel(
+    tx: &mut WriteTx,
+    task: &mut TaskRow,
+    now: i64,
+) -> Result<(), StoreError> {
+    transition(task, TaskState::Cancelled, now)?;
+    task.finished_at = Some(now);
+    tx.update_task(task).await?;
+    if task.attempt > 0 {
+        tx.drop_pending_publish(task.id).await?;
+        // The publish may be in flight right now: always tell the worker.
+        tx.enqueue(OutboxKind::Cancel, task, now, now).await?;
+    }
+    Ok(())
+}
+
+/// After `ended` reached a terminal state: skip or dispatch each dependent
+/// that was waiting for it, and so on down the graph.
+pub(super) async fn release_dependents(
+    tx: &mut WriteTx,
+    ended: &TaskRow,
+    now: i64,
+) -> Result<(), StoreError> {
+    let mut work = vec![(ended.id, ended.state)];
+    while let Some((id, state)) = work.pop() {
+        for dep in tx.dependents(id).await? {
+            if dep.state != TaskState::Waiting {
+                continue;
+            }
+            let Some(mut task) = tx.task(dep.id).await? else {
+                continue;
+            };
+            if task.attempt != 0 {
+                continue;
+            }
+            if state.satisfies(dep.on_dependency_failure) == Some(false) {
+                debug_assert_eq!(dep.on_dependency_failure, OnDependencyFailure::Skip);
+                transition(&mut task, TaskState::Skipped, now)?;
+                task.finished_at = Some(now);
+                tx.update_task(&task).await?;
+                work.push((task.id, TaskState::Skipped));
+            } else if evaluate(tx, &mut task, now).await? {
+                // Another dependency had ended badly already.
+                work.push((task.id, TaskState::Skipped));
+            }
+        }
+    }
+    Ok(())
+}
