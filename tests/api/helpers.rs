@@ -1,0 +1,432 @@
+//! Test harness: the real dispatcher on a random port, a fresh SQLite file
+//! and a fresh RabbitMQ vhost per test, plus a scripted stand-in worker that
+//! speaks the real wire format (for tests that must control each result).
+
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+use bora::config::Settings;
+use bora::protocol::{RpcReply, RpcRequest, TaskMessage, TaskResult};
+use futures_util::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+pub const MGMT: &str = "http://127.0.0.1:15672";
+
+pub fn amqp_base() -> String {
+    std::env::var("BORA_TEST_AMQP").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672".into())
+}
+
+/// A vhost that exists for one test and is deleted when dropped.
+pub struct Vhost {
+    pub name: String,
+}
+
+impl Vhost {
+    pub async fn create() -> Self {
+        let name = format!("bora-test-{}", uuid::Uuid::new_v4().simple());
+        let http = reqwest::Client::new();
+        let r = http
+            .put(format!("{MGMT}/api/vhosts/{name}"))
+            .basic_auth("guest", Some("guest"))
+            .send()
+            .await
+            .expect("management API reachable (run .ci/setup)");
+        assert!(r.status().is_success(), "create vhost: {}", r.status());
+        let r = http
+            .put(format!("{MGMT}/api/permissions/{name}/guest"))
+            .basic_auth("guest", Some("guest"))
+            .json(&json!({"configure": ".*", "write": ".*", "read": ".*"}))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "set permissions: {}", r.status());
+        Self { name }
+    }
+
+    pub fn amqp_url(&self) -> String {
+        format!("{}/{}", amqp_base(), self.name)
+    }
+
+    /// Messages ready in a queue, straight from the broker (no stats lag).
+    pub async fn queue_depth(&self, queue: &str) -> u32 {
+        let conn = Connection::connect(&self.amqp_url(), ConnectionProperties::default())
+            .await
+            .unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        let q = ch
+            .queue_declare(
+                queue.into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let _ = conn.close(200, "bye".into()).await;
+        q.message_count()
+    }
+}
+
+impl Drop for Vhost {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop cannot await: delete from a thread with its own runtime.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let _ = reqwest::Client::new()
+                    .delete(format!("{MGMT}/api/vhosts/{name}"))
+                    .basic_auth("guest", Some("guest"))
+                    .send()
+                    .await;
+            });
+        })
+        .join();
+    }
+}
+
+pub struct TestApp {
+    pub addr: std::net::SocketAddr,
+    pub base: String,
+    pub http: reqwest::Client,
+    pub vhost: Vhost,
+    pub settings: Settings,
+    pub dir: tempfile::TempDir,
+    shutdown: CancellationToken,
+    dispatcher: Option<bora::serve::Dispatcher>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(&[]).await
+}
+
+/// Starts the dispatcher with extra `BORA__...` settings.
+pub async fn spawn_app_with(extra: &[(&str, &str)]) -> TestApp {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    if std::env::var("TEST_LOG").is_ok() {
+        bora::telemetry::init(bora::config::LogFormat::Human, "info,bora=debug");
+    }
+    let vhost = Vhost::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut env: Vec<(String, String)> = vec![
+        ("BORA__API__LISTEN".into(), "127.0.0.1:0".into()),
+        (
+            "BORA__STORE__URL".into(),
+            format!("sqlite://{}", dir.path().join("bora.db").display()),
+        ),
+        ("BORA__AMQP__URL".into(), vhost.amqp_url()),
+        ("BORA__DISPATCH__RELAY_INTERVAL_MS".into(), "200".into()),
+    ];
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let settings = Settings::load_with_env(None, env).unwrap();
+    let shutdown = CancellationToken::new();
+    let dispatcher = bora::serve::start(settings.clone(), shutdown.clone())
+        .await
+        .unwrap();
+    let addr = dispatcher.addr;
+    let app = TestApp {
+        addr,
+        base: format!("http://{addr}"),
+        http: reqwest::Client::new(),
+        vhost,
+        settings,
+        dir,
+        shutdown,
+        dispatcher: Some(dispatcher),
+    };
+    app.wait_ready().await;
+    app
+}
+
+impl TestApp {
+    pub async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let r = self.http.get(format!("{}/readyz", self.base)).send().await;
+            if r.is_ok_and(|r| r.status() == StatusCode::OK) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "dispatcher never became ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(d) = self.dispatcher.take() {
+            d.wait().await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        let r = self
+            .http
+            .post(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        split(r).await
+    }
+
+    pub async fn post_raw(&self, path: &str, body: Vec<u8>) -> (StatusCode, Value) {
+        let r = self
+            .http
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        split(r).await
+    }
+
+    pub async fn patch(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        let r = self
+            .http
+            .patch(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        split(r).await
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        let r = self.http.get(self.url(path)).send().await.unwrap();
+        split(r).await
+    }
+
+    pub async fn delete(&self, path: &str) -> (StatusCode, Value) {
+        let r = self.http.delete(self.url(path)).send().await.unwrap();
+        split(r).await
+    }
+
+    /// Creates a workflow and returns its body (asserting 201).
+    pub async fn create_workflow(&self, body: Value) -> Value {
+        let (status, wf) = self.post("/v1/workflows", body).await;
+        assert_eq!(status, StatusCode::CREATED, "{wf}");
+        wf
+    }
+
+    pub async fn task(&self, wf: &str, task: &str) -> Value {
+        let (status, t) = self.get(&format!("/v1/workflows/{wf}/tasks/{task}")).await;
+        assert_eq!(status, StatusCode::OK, "{t}");
+        t
+    }
+
+    pub async fn workflow(&self, wf: &str) -> Value {
+        let (status, w) = self.get(&format!("/v1/workflows/{wf}")).await;
+        assert_eq!(status, StatusCode::OK, "{w}");
+        w
+    }
+
+    /// Polls until the task reaches `state`, returning it.
+    pub async fn wait_task_state(&self, wf: &str, task: &str, state: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let t = self.task(wf, task).await;
+            if t["state"] == state {
+                return t;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "task {task} never reached {state}: {t}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Polls until the workflow reaches `state`, returning it.
+    pub async fn wait_workflow_state(&self, wf: &str, state: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let w = self.workflow(wf).await;
+            if w["state"] == state {
+                return w;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "workflow never reached {state}: {w}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A scripted worker for one server on this app's vhost.
+    pub async fn fake_worker(&self, server: &str) -> FakeWorker {
+        FakeWorker::connect(&self.vhost.amqp_url(), &self.settings, server).await
+    }
+}
+
+async fn split(r: reqwest::Response) -> (StatusCode, Value) {
+    let status = r.status();
+    let text = r.text().await.unwrap();
+    let body = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(Value::String(text))
+    };
+    (status, body)
+}
+
+/// Asserts an error response: status and the JSON error body's code.
+pub fn assert_error(resp: &(StatusCode, Value), status: StatusCode, code: &str) {
+    assert_eq!(resp.0, status, "{}", resp.1);
+    assert_eq!(resp.1["error"]["code"], code, "{}", resp.1);
+    assert!(
+        resp.1["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "error without message: {}",
+        resp.1
+    );
+}
+
+/// Stands in for `bora worker` in tests that must choose each result: it
+/// consumes the server's queue and answers with the real reply format
+/// through the `reply_bora` exchange.
+pub struct FakeWorker {
+    conn: Connection,
+    channel: Channel,
+    consumer: Consumer,
+    exchange: String,
+}
+
+impl FakeWorker {
+    pub async fn connect(url: &str, settings: &Settings, server: &str) -> Self {
+        let conn = Connection::connect(url, ConnectionProperties::default())
+            .await
+            .unwrap();
+        let channel = conn.create_channel().await.unwrap();
+        channel
+            .basic_qos(100, BasicQosOptions::default())
+            .await
+            .unwrap();
+        let queue = settings.amqp.task_queue(server);
+        // The dispatcher declares the queue when it first publishes to it;
+        // declaring it here too (same flags) lets a worker start first.
+        channel
+            .queue_declare(
+                queue.as_str().into(),
+                lapin::options::QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let consumer = channel
+            .basic_consume(
+                queue.as_str().into(),
+                format!("fake-{server}").as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        Self {
+            conn,
+            channel,
+            consumer,
+            exchange: settings.amqp.reply_queue.clone(),
+        }
+    }
+
+    /// The next task delivered (acked at once).
+    pub async fn next_task(&mut self) -> TaskMessage {
+        let d = tokio::time::timeout(Duration::from_secs(20), self.consumer.next())
+            .await
+            .expect("no task arrived within 20 s")
+            .unwrap()
+            .unwrap();
+        d.ack(BasicAckOptions::default()).await.unwrap();
+        let req = RpcRequest::decode(&d.data).unwrap();
+        TaskMessage::from_call(&req).unwrap()
+    }
+
+    /// Asserts that no task arrives within `wait`.
+    pub async fn expect_nothing(&mut self, wait: Duration) {
+        if let Ok(Some(Ok(d))) = tokio::time::timeout(wait, self.consumer.next()).await {
+            let req = RpcRequest::decode(&d.data).unwrap();
+            panic!("unexpected task: {:?}", req.args["task"]["name"]);
+        }
+    }
+
+    async fn send(&self, reply: RpcReply) {
+        self.channel
+            .basic_publish(
+                self.exchange.as_str().into(),
+                self.exchange.as_str().into(),
+                BasicPublishOptions::default(),
+                &reply.encode(),
+                BasicProperties::default()
+                    .with_content_type("application/json".into())
+                    .with_delivery_mode(2),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+
+    pub async fn started(&self, task: &TaskMessage) {
+        self.send(RpcReply::heartbeat(bora::protocol::task_msg_id(
+            task.id,
+            task.attempt,
+        )))
+        .await;
+    }
+
+    pub async fn finish(&self, task: &TaskMessage, exit_code: i64) {
+        self.finish_with(
+            task,
+            TaskResult::from_streams(task.attempt, exit_code, "out\n".into(), String::new()),
+        )
+        .await;
+    }
+
+    pub async fn finish_with(&self, task: &TaskMessage, result: TaskResult) {
+        self.send(RpcReply::final_result(
+            bora::protocol::task_msg_id(task.id, task.attempt),
+            serde_json::to_value(result).unwrap(),
+        ))
+        .await;
+    }
+
+    /// Sends raw bytes to the reply queue (for poison-message tests).
+    pub async fn send_raw(&self, body: &[u8]) {
+        self.channel
+            .basic_publish(
+                self.exchange.as_str().into(),
+                self.exchange.as_str().into(),
+                BasicPublishOptions::default(),
+                body,
+                BasicProperties::default().with_content_type("application/json".into()),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+
+    pub async fn close(self) {
+        let _ = self.conn.close(200, "bye".into()).await;
+    }
+}
