@@ -3,6 +3,7 @@
 //! state changes to the tracker and read through the store; they never touch
 //! AMQP or SQL themselves.
 
+mod auth;
 mod error;
 mod extract;
 mod tasks;
@@ -106,7 +107,11 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/workflows/{wf}/tasks/{task}",
             get(tasks::show).patch(tasks::patch).delete(tasks::cancel),
-        );
+        )
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ));
     Router::new()
         .nest("/v1", v1)
         .route("/healthz", get(healthz))

@@ -760,3 +760,34 @@ async fn non_loopback_without_tokens_refuses_to_start() {
         .expect("must refuse");
     assert!(err.to_string().contains("without API tokens"), "{err}");
 }
+
+#[tokio::test]
+async fn configured_tokens_are_required_on_v1() {
+    let app = spawn_app_with(&[("BORA__API__TOKENS", "s3cret,other")]).await;
+    let r = app.get("/v1/workflows").await;
+    assert_error(&r, StatusCode::UNAUTHORIZED, "unauthorized");
+    let r = app
+        .http
+        .get(app.url("/v1/workflows"))
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(r.headers()["www-authenticate"], "Bearer");
+    for token in ["s3cret", "other"] {
+        let r = app
+            .http
+            .post(app.url("/v1/workflows"))
+            .bearer_auth(token)
+            .json(&json!({"name": "authorized"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+    }
+    // Probes stay open for load balancers and orchestrators.
+    assert_eq!(app.get("/healthz").await.0, StatusCode::OK);
+    assert_eq!(app.get("/readyz").await.0, StatusCode::OK);
+    app.stop().await;
+}
