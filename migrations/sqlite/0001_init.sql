@@ -73,3 +73,18 @@ CREATE TABLE servers (
     last_seen  BIGINT,
     created_at BIGINT NOT NULL
 );
+
+-- One row per state change, in commit order: the source of the SSE stream
+-- (`id` is the event id a client resumes from with Last-Event-ID).
+CREATE TABLE events (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    workflow_id TEXT NOT NULL,
+    task_id     TEXT,
+    task_name   TEXT,
+    server_id   TEXT,
+    kind        TEXT NOT NULL,   -- 'task' or 'workflow'
+    state       TEXT NOT NULL,
+    attempt     BIGINT,
+    at          BIGINT NOT NULL
+);
+CREATE INDEX events_by_workflow ON events (workflow_id, id);

@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Row};
 
-pub use rows::{OutboxItem, OutboxKind, TaskRow, WorkflowRow};
+pub use rows::{EventRow, OutboxItem, OutboxKind, TaskRow, WorkflowRow};
 pub use tx::{Dependent, WriteTx};
 
 use crate::domain::{ServerId, TaskCounts, TaskId, TaskState, WorkflowId};
@@ -351,6 +351,28 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(OutboxItem::from_row).collect()
+    }
+
+    /// A workflow's events after event id `after`, oldest first.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn events_after(
+        &self,
+        workflow: WorkflowId,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<EventRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, workflow_id, task_id, task_name, server_id, kind, state, attempt, at \
+             FROM events WHERE workflow_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+        )
+        .bind(workflow.to_string())
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(EventRow::from_row).collect()
     }
 
     /// When the next not-yet-due outbox message falls due.

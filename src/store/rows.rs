@@ -352,3 +352,43 @@ pub(super) async fn task_by_ref(
     };
     row.as_ref().map(TaskRow::from_row).transpose()
 }
+
+/// One recorded state change.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EventRow {
+    /// Increasing in commit order; the SSE event id.
+    pub id: i64,
+    pub workflow_id: WorkflowId,
+    /// `task` or `workflow`.
+    pub kind: String,
+    /// The new state (a task state, or a workflow state for `workflow` events).
+    pub state: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<TaskId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<i64>,
+    /// Microseconds since the epoch.
+    pub at: i64,
+}
+
+impl EventRow {
+    pub(super) fn from_row(row: &AnyRow) -> Result<Self, StoreError> {
+        let wf: String = row.try_get("workflow_id")?;
+        let task: Option<String> = row.try_get("task_id")?;
+        Ok(Self {
+            id: row.try_get("id")?,
+            workflow_id: parse_id(&wf)?,
+            kind: row.try_get("kind")?,
+            state: row.try_get("state")?,
+            task_id: task.as_deref().map(parse_id).transpose()?,
+            task_name: row.try_get("task_name")?,
+            server_id: row.try_get("server_id")?,
+            attempt: row.try_get("attempt")?,
+            at: row.try_get("at")?,
+        })
+    }
+}

@@ -456,6 +456,48 @@ impl WriteTx {
         Ok(v.unwrap_or(0) != 0)
     }
 
+    /// Appends a task's state change to the event log.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn task_event(&mut self, task: &TaskRow, now: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO events (workflow_id, task_id, task_name, server_id, kind, state, attempt, at) \
+             VALUES ($1, $2, $3, $4, 'task', $5, $6, $7)",
+        )
+        .bind(task.workflow_id.to_string())
+        .bind(task.id.to_string())
+        .bind(&task.name)
+        .bind(&task.server_id)
+        .bind(task.state.as_str())
+        .bind(task.attempt)
+        .bind(now)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Appends a workflow-level event (`state` is a workflow state).
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn workflow_event(
+        &mut self,
+        workflow: WorkflowId,
+        state: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO events (workflow_id, kind, state, at) VALUES ($1, 'workflow', $2, $3)",
+        )
+        .bind(workflow.to_string())
+        .bind(state)
+        .bind(now)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
     /// Records a heartbeat of `server` at `now`.
     ///
     /// # Errors

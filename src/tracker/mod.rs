@@ -232,6 +232,7 @@ impl Tracker {
             .map(|spec| TaskRow::new(wf.id, spec, now))
             .collect();
         for row in &rows {
+            tx.task_event(row, now).await?;
             tx.insert_task(row).await.map_err(|e| {
                 if e.is_unique_violation() {
                     TrackerError::conflict(
@@ -317,6 +318,7 @@ impl Tracker {
             wf.cancelled = true;
             wf.updated_at = now;
             tx.update_workflow(&wf).await?;
+            tx.workflow_event(workflow, "cancelled", now).await?;
         }
         // Every unfinished task is cancelled, so there is nothing to release.
         for mut task in tx.unfinished_tasks(workflow).await? {

@@ -6,15 +6,21 @@ use crate::domain::{OnDependencyFailure, TaskState};
 use crate::protocol::TaskResult;
 use crate::store::{OutboxKind, StoreError, TaskRow, WriteTx};
 
-/// Moves `task` to `to`, refusing illegal moves (a bug, so it is a store-level
-/// corruption error rather than a client error).
-fn transition(task: &mut TaskRow, to: TaskState, now: i64) -> Result<(), StoreError> {
+/// Moves `task` to `to` and logs the event, refusing illegal moves (a bug,
+/// so it is a store-level corruption error rather than a client error). The
+/// caller writes the row.
+async fn transition(
+    tx: &mut WriteTx,
+    task: &mut TaskRow,
+    to: TaskState,
+    now: i64,
+) -> Result<(), StoreError> {
     task.state
         .check_transition(to)
         .map_err(|e| StoreError::Corrupt(format!("task {}: {e}", task.id)))?;
     task.state = to;
     task.updated_at = now;
-    Ok(())
+    tx.task_event(task, now).await
 }
 
 /// [`evaluate`], then the release walk if the task was skipped.
@@ -43,7 +49,7 @@ async fn evaluate(tx: &mut WriteTx, task: &mut TaskRow, now: i64) -> Result<bool
         match s.satisfies(task.on_dependency_failure) {
             Some(true) => {}
             Some(false) => {
-                transition(task, TaskState::Skipped, now)?;
+                transition(tx, task, TaskState::Skipped, now).await?;
                 task.finished_at = Some(now);
                 tx.update_task(task).await?;
                 return Ok(true);
@@ -65,10 +71,10 @@ pub(super) async fn dispatch(
     now: i64,
     delay_s: i64,
 ) -> Result<(), StoreError> {
-    if task.state != TaskState::Waiting {
-        transition(task, TaskState::Waiting, now)?;
-    }
     task.attempt += 1;
+    if task.state != TaskState::Waiting {
+        transition(tx, task, TaskState::Waiting, now).await?;
+    }
     task.queued_at = None;
     task.started_at = None;
     task.last_heartbeat_at = None;
@@ -89,7 +95,7 @@ pub(super) async fn mark_queued(
     if task.attempt != attempt || task.state != TaskState::Waiting {
         return Ok(());
     }
-    transition(task, TaskState::Queued, now)?;
+    transition(tx, task, TaskState::Queued, now).await?;
     task.queued_at = Some(now);
     tx.update_task(task).await
 }
@@ -101,7 +107,7 @@ pub(super) async fn mark_running(
     now: i64,
 ) -> Result<(), StoreError> {
     if matches!(task.state, TaskState::Waiting | TaskState::Queued) {
-        transition(task, TaskState::Running, now)?;
+        transition(tx, task, TaskState::Running, now).await?;
         task.queued_at.get_or_insert(now);
         task.started_at = Some(now);
     }
@@ -138,7 +144,7 @@ pub(super) async fn finish(
         let delay = task.retry_delay_s;
         return dispatch(tx, task, now, delay).await;
     }
-    transition(task, end, now)?;
+    transition(tx, task, end, now).await?;
     task.finished_at = Some(now);
     tx.update_task(task).await?;
     release_dependents(tx, task, now).await
@@ -151,7 +157,7 @@ pub(super) async fn cancel(
     task: &mut TaskRow,
     now: i64,
 ) -> Result<(), StoreError> {
-    transition(task, TaskState::Cancelled, now)?;
+    transition(tx, task, TaskState::Cancelled, now).await?;
     task.finished_at = Some(now);
     tx.update_task(task).await?;
     if task.attempt > 0 {
@@ -183,7 +189,7 @@ pub(super) async fn release_dependents(
             }
             if state.satisfies(dep.on_dependency_failure) == Some(false) {
                 debug_assert_eq!(dep.on_dependency_failure, OnDependencyFailure::Skip);
-                transition(&mut task, TaskState::Skipped, now)?;
+                transition(tx, &mut task, TaskState::Skipped, now).await?;
                 task.finished_at = Some(now);
                 tx.update_task(&task).await?;
                 work.push((task.id, TaskState::Skipped));
