@@ -136,6 +136,10 @@ impl AmqpSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct DispatchSettings {
     pub require_registration: bool,
+    pub max_result_bytes: usize,
+    pub max_tasks_per_workflow: u64,
+    pub guest_max_connections: u32,
+    pub oslo_max_connections: u32,
     pub heartbeat_timeout_s: u64,
     pub max_redeliveries: u32,
     pub relay_interval_ms: u64,

@@ -358,6 +358,47 @@ impl FromStr for Delivery {
     }
 }
 
+/// What consumes a server's queue (SPEC 2, 5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServerKind {
+    /// A bora worker on an untrusted machine: least-privilege broker user,
+    /// results accepted only with its broker-validated `user_id`.
+    #[default]
+    Guest,
+    /// A stock oslo.messaging RPC server: a trusted service.
+    Oslo,
+}
+
+impl ServerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerKind::Guest => "guest",
+            ServerKind::Oslo => "oslo",
+        }
+    }
+}
+
+impl FromStr for ServerKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "guest" => Ok(Self::Guest),
+            "oslo" => Ok(Self::Oslo),
+            _ => Err(format!("unknown server kind {s:?}: guest or oslo")),
+        }
+    }
+}
+
+/// A registration request (`POST /v1/servers`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewServer {
+    pub server_id: String,
+    #[serde(default)]
+    pub kind: ServerKind,
+}
+
 /// A declared output. In JSON either a bare name or `{name, error_output}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct OutputSpec {

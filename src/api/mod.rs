@@ -6,6 +6,7 @@
 mod auth;
 mod error;
 mod extract;
+mod servers;
 mod tasks;
 pub mod views;
 mod workflows;
@@ -34,6 +35,7 @@ use views::{TaskView, WorkflowView};
 pub struct AppState {
     pub tracker: Tracker,
     pub broker: Broker,
+    pub registry: crate::registry::Registry,
     pub settings: Arc<Settings>,
 }
 
@@ -103,6 +105,8 @@ pub fn router(state: AppState) -> Router {
                 .delete(workflows::delete),
         )
         .route("/workflows/{wf}/cancel", post(workflows::cancel))
+        .route("/servers", post(servers::register).get(servers::list))
+        .route("/servers/{id}", get(servers::show).delete(servers::revoke))
         .route("/workflows/{wf}/tasks", post(tasks::add).get(tasks::list))
         .route(
             "/workflows/{wf}/tasks/{task}",

@@ -7,6 +7,8 @@
 //! server with `amqp_durable_queues=true` (or `rabbit_quorum_queue=true`)
 //! declares it, so either side may declare first (oslo-wire 8).
 
+pub mod management;
+
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -179,6 +181,21 @@ impl Broker {
         Ok(())
     }
 
+    /// Declares and binds one server's task and control queues (for
+    /// registration, so a worker can consume before any task exists).
+    ///
+    /// # Errors
+    /// The broker is unreachable or refuses (a queue made with other flags).
+    pub async fn declare_server_queues(&self, server_id: &str) -> Result<(), BrokerError> {
+        // The exchange must exist to bind to; at start-up it may not yet.
+        self.declare_topology().await?;
+        let conn = self.connection().await?;
+        let ch = conn.create_channel().await?;
+        declare_server_queues(&ch, &self.settings, server_id).await?;
+        let _ = ch.close(200, "declared".into()).await;
+        Ok(())
+    }
+
     /// A publisher on its own channel with publisher confirms.
     ///
     /// # Errors
@@ -224,6 +241,36 @@ impl Broker {
             max_batch: usize::from(self.settings.reply_prefetch),
         })
     }
+}
+
+/// Declares a server's task and control queues, bound to the task exchange
+/// with their own names, exactly as an oslo RPC server with durable (or
+/// quorum) queues declares `bora_tasks.<server_id>`.
+async fn declare_server_queues(
+    ch: &Channel,
+    settings: &AmqpSettings,
+    server_id: &str,
+) -> Result<(), BrokerError> {
+    for queue in [
+        settings.task_queue(server_id),
+        settings.control_queue(server_id),
+    ] {
+        ch.queue_declare(
+            queue.as_str().into(),
+            durable_queue(),
+            queue_arguments(settings.queue_type),
+        )
+        .await?;
+        ch.queue_bind(
+            queue.as_str().into(),
+            settings.exchange.as_str().into(),
+            queue.as_str().into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// One message for the publisher.
@@ -274,27 +321,7 @@ impl Publisher {
         if !self.topology.status().connected() {
             self.topology = self._conn.create_channel().await?;
         }
-        for queue in [
-            self.settings.task_queue(server_id),
-            self.settings.control_queue(server_id),
-        ] {
-            self.topology
-                .queue_declare(
-                    queue.as_str().into(),
-                    durable_queue(),
-                    queue_arguments(self.settings.queue_type),
-                )
-                .await?;
-            self.topology
-                .queue_bind(
-                    queue.as_str().into(),
-                    self.settings.exchange.as_str().into(),
-                    queue.as_str().into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
-        }
+        declare_server_queues(&self.topology, &self.settings, server_id).await?;
         self.declared.insert(server_id.to_owned());
         Ok(())
     }

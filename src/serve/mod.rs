@@ -55,6 +55,10 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         TrackerConfig {
             require_registration: settings.dispatch.require_registration,
             max_redeliveries: settings.dispatch.max_redeliveries,
+            dispatcher_user: crate::broker::management::user_of(settings.amqp.url.expose()),
+            reply_exchange: settings.amqp.reply_queue.clone(),
+            max_result_bytes: settings.dispatch.max_result_bytes,
+            max_tasks_per_workflow: settings.dispatch.max_tasks_per_workflow,
         },
     );
     let listener = tokio::net::TcpListener::bind(settings.api.listen)
@@ -74,7 +78,11 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         broker.clone(),
         shutdown.clone(),
     )));
+    let registry =
+        crate::registry::Registry::new(settings.clone(), broker.clone(), tracker.clone())
+            .context("configuring the management API client")?;
     let app = api::router(AppState {
+        registry,
         tracker,
         broker,
         settings: settings.clone(),

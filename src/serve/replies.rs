@@ -56,7 +56,7 @@ pub async fn run(tracker: Tracker, broker: Broker, shutdown: CancellationToken) 
             let incoming: Vec<Incoming> = batch
                 .into_iter()
                 .map(|d| Incoming {
-                    via_default_exchange: d.exchange.is_empty(),
+                    exchange: d.exchange,
                     user_id: d.user_id,
                     body: d.body,
                 })

@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Row};
 
-pub use rows::{EventRow, OutboxItem, OutboxKind, TaskRow, WorkflowRow};
+pub use rows::{EventRow, OutboxItem, OutboxKind, ServerRow, TaskRow, WorkflowRow};
 pub use tx::{Dependent, WriteTx};
 
 use crate::domain::{ServerId, TaskCounts, TaskId, TaskState, WorkflowId};
@@ -318,6 +318,33 @@ impl Store {
         rows.iter()
             .map(|r| Ok((r.try_get("server_id")?, r.try_get("last_seen")?)))
             .collect()
+    }
+
+    /// Every server known, by id.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn servers(&self) -> Result<Vec<ServerRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT server_id, kind, registered, last_seen, created_at FROM servers ORDER BY server_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(ServerRow::from_row).collect()
+    }
+
+    /// One server.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn server(&self, server: &str) -> Result<Option<ServerRow>, StoreError> {
+        let row = sqlx::query(
+            "SELECT server_id, kind, registered, last_seen, created_at FROM servers WHERE server_id = $1",
+        )
+        .bind(server)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(ServerRow::from_row).transpose()
     }
 
     /// The last heartbeat of one server.

@@ -9,7 +9,8 @@ use sqlx::{AnyConnection, Row};
 
 use super::StoreError;
 use crate::domain::{
-    Delivery, OnDependencyFailure, OutputSpec, ServerId, TaskId, TaskSpec, TaskState, WorkflowId,
+    Delivery, OnDependencyFailure, OutputSpec, ServerId, ServerKind, TaskId, TaskSpec, TaskState,
+    WorkflowId,
 };
 use crate::protocol::{TaskMessage, TaskResult};
 
@@ -389,6 +390,29 @@ impl EventRow {
             server_id: row.try_get("server_id")?,
             attempt: row.try_get("attempt")?,
             at: row.try_get("at")?,
+        })
+    }
+}
+
+/// A server bora knows: registered through the API, or seen in a heartbeat.
+#[derive(Debug, Clone)]
+pub struct ServerRow {
+    pub server_id: String,
+    pub kind: ServerKind,
+    pub registered: bool,
+    pub last_seen: Option<i64>,
+    pub created_at: i64,
+}
+
+impl ServerRow {
+    pub(super) fn from_row(row: &AnyRow) -> Result<Self, StoreError> {
+        let kind: String = row.try_get("kind")?;
+        Ok(Self {
+            server_id: row.try_get("server_id")?,
+            kind: parse(&kind)?,
+            registered: row.try_get::<i64, _>("registered")? != 0,
+            last_seen: row.try_get("last_seen")?,
+            created_at: row.try_get("created_at")?,
         })
     }
 }

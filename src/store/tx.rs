@@ -7,8 +7,8 @@ use std::str::FromStr;
 use sqlx::{Any, Row, Transaction};
 
 use super::rows::{parse_id, task_by_ref};
-use super::{OutboxKind, StoreError, TaskRow, WorkflowRow};
-use crate::domain::{OnDependencyFailure, TaskId, TaskState, WorkflowId};
+use super::{OutboxKind, ServerRow, StoreError, TaskRow, WorkflowRow};
+use crate::domain::{OnDependencyFailure, ServerKind, TaskId, TaskState, WorkflowId};
 
 pub struct WriteTx {
     tx: Transaction<'static, Any>,
@@ -269,6 +269,18 @@ impl WriteTx {
         rows.iter().map(TaskRow::from_row).collect()
     }
 
+    /// How many tasks a workflow holds.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn count_tasks(&mut self, workflow: WorkflowId) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tasks WHERE workflow_id = $1")
+            .bind(workflow.to_string())
+            .fetch_one(&mut *self.tx)
+            .await?;
+        Ok(n as u64)
+    }
+
     /// # Errors
     /// A database failure.
     pub async fn add_dependency(&mut self, task: TaskId, dep: TaskId) -> Result<(), StoreError> {
@@ -441,6 +453,73 @@ impl WriteTx {
             .execute(&mut *self.tx)
             .await?;
         Ok(())
+    }
+
+    /// One server, as the reply check needs it.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn server(&mut self, server: &str) -> Result<Option<ServerRow>, StoreError> {
+        let row = sqlx::query(
+            "SELECT server_id, kind, registered, last_seen, created_at FROM servers WHERE server_id = $1",
+        )
+        .bind(server)
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        row.as_ref().map(ServerRow::from_row).transpose()
+    }
+
+    /// Marks a server registered, with its kind.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn register_server(
+        &mut self,
+        server: &str,
+        kind: ServerKind,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO servers (server_id, kind, registered, created_at) VALUES ($1, $2, 1, $3) \
+             ON CONFLICT (server_id) DO UPDATE SET kind = excluded.kind, registered = 1",
+        )
+        .bind(server)
+        .bind(kind.as_str())
+        .bind(now)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Forgets a server.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn delete_server(&mut self, server: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM servers WHERE server_id = $1")
+            .bind(server)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    /// The unfinished tasks aimed at a server.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn unfinished_tasks_of_server(
+        &mut self,
+        server: &str,
+    ) -> Result<Vec<TaskRow>, StoreError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            task_columns!(),
+            " FROM tasks WHERE server_id = $1 AND state IN ('waiting', 'queued', 'running') ORDER BY id"
+        ))
+        .bind(server)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.iter().map(TaskRow::from_row).collect()
     }
 
     /// Whether `server` was registered through the API.

@@ -18,7 +18,8 @@ use tokio::sync::Notify;
 pub use replies::{Incoming, Verdict};
 
 use crate::domain::{
-    FieldError, NewWorkflow, TaskId, TaskPatch, TaskSpec, WorkflowId, WorkflowPatch, check_name,
+    FieldError, NewWorkflow, ServerId, ServerKind, TaskId, TaskPatch, TaskSpec, WorkflowId,
+    WorkflowPatch, check_name,
 };
 use crate::store::{
     OutboxItem, OutboxKind, Store, StoreError, TaskRow, WorkflowRow, WriteTx, now_us,
@@ -65,6 +66,15 @@ impl TrackerError {
 pub struct TrackerConfig {
     pub require_registration: bool,
     pub max_redeliveries: u32,
+    /// The dispatcher's own broker user: accepted as a result's `user_id`
+    /// while registration is not required (quick start).
+    pub dispatcher_user: String,
+    /// The direct exchange bora's workers publish results to.
+    pub reply_exchange: String,
+    /// Larger replies are dropped unread.
+    pub max_result_bytes: usize,
+    /// Most tasks one workflow may hold.
+    pub max_tasks_per_workflow: u64,
 }
 
 /// Cheap handle; clone it into every component that changes state.
@@ -163,6 +173,18 @@ impl Tracker {
             return Err(TrackerError::conflict(
                 "workflow_cancelled",
                 format!("workflow {} is cancelled: it takes no new tasks", wf.id),
+            ));
+        }
+        let existing = tx.count_tasks(wf.id).await?;
+        if existing + tasks.len() as u64 > self.config.max_tasks_per_workflow {
+            return Err(TrackerError::invalid(
+                "too_many_tasks",
+                format!(
+                    "workflow {} would hold {} tasks; the limit is {} (dispatch.max_tasks_per_workflow)",
+                    wf.id,
+                    existing + tasks.len() as u64,
+                    self.config.max_tasks_per_workflow
+                ),
             ));
         }
         // Names are unique within the batch and the workflow.
@@ -467,6 +489,49 @@ impl Tracker {
         }
         self.commit(tx).await?;
         Ok(())
+    }
+
+    /// Marks a server registered (its broker user exists).
+    ///
+    /// # Errors
+    /// A store failure.
+    pub async fn register_server(
+        &self,
+        server: &ServerId,
+        kind: ServerKind,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.store.begin().await?;
+        tx.register_server(server.as_str(), kind, now_us()).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Forgets a server whose broker user was removed: cancels its unfinished
+    /// tasks (their dependents are skipped or released) and deletes its row.
+    /// Returns how many tasks were cancelled.
+    ///
+    /// # Errors
+    /// A store failure.
+    pub async fn forget_server(&self, server: &ServerId) -> Result<usize, StoreError> {
+        let now = now_us();
+        let mut tx = self.store.begin().await?;
+        let tasks = tx.unfinished_tasks_of_server(server.as_str()).await?;
+        let mut cancelled = 0;
+        for t in tasks {
+            // An earlier release in this loop may have skipped it already.
+            let Some(mut task) = tx.task(t.id).await? else {
+                continue;
+            };
+            if task.state.is_terminal() {
+                continue;
+            }
+            release::cancel(&mut tx, &mut task, now).await?;
+            release::release_dependents(&mut tx, &task, now).await?;
+            cancelled += 1;
+        }
+        tx.delete_server(server.as_str()).await?;
+        self.commit(tx).await?;
+        Ok(cancelled)
     }
 
     /// Records replies from workers in one transaction, returning a verdict per reply.

@@ -306,6 +306,8 @@ pub struct FakeWorker {
     channel: Channel,
     consumer: Consumer,
     exchange: String,
+    /// The broker user, sent as `user_id` (the broker checks it).
+    user: String,
 }
 
 impl FakeWorker {
@@ -320,18 +322,21 @@ impl FakeWorker {
             .unwrap();
         let queue = settings.amqp.task_queue(server);
         // The dispatcher declares the queue when it first publishes to it;
-        // declaring it here too (same flags) lets a worker start first.
-        channel
-            .queue_declare(
-                queue.as_str().into(),
-                lapin::options::QueueDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
+        // declaring it here too (same flags) lets a worker start first. A
+        // registered server's user may not declare: its queue exists already.
+        if url.contains("guest:guest@") {
+            channel
+                .queue_declare(
+                    queue.as_str().into(),
+                    lapin::options::QueueDeclareOptions {
+                        durable: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .unwrap();
+        }
         let consumer = channel
             .basic_consume(
                 queue.as_str().into(),
@@ -346,6 +351,7 @@ impl FakeWorker {
             channel,
             consumer,
             exchange: settings.amqp.reply_queue.clone(),
+            user: bora::broker::management::user_of(url),
         }
     }
 
@@ -378,7 +384,8 @@ impl FakeWorker {
                 &reply.encode(),
                 BasicProperties::default()
                     .with_content_type("application/json".into())
-                    .with_delivery_mode(2),
+                    .with_delivery_mode(2)
+                    .with_user_id(self.user.as_str().into()),
             )
             .await
             .unwrap()
@@ -418,7 +425,9 @@ impl FakeWorker {
                 self.exchange.as_str().into(),
                 BasicPublishOptions::default(),
                 body,
-                BasicProperties::default().with_content_type("application/json".into()),
+                BasicProperties::default()
+                    .with_content_type("application/json".into())
+                    .with_user_id(self.user.as_str().into()),
             )
             .await
             .unwrap()

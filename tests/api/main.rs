@@ -4,6 +4,7 @@
 //! `tests/e2e`.)
 
 mod helpers;
+mod security;
 
 use std::time::Duration;
 

@@ -1,0 +1,115 @@
+//! Handlers of `/v1/servers`: registration (broker credentials returned
+//! once), listing with `last_seen`, and revocation.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::JsonBody;
+use super::views::timestamp;
+use crate::domain::{NewServer, ServerId, ServerKind};
+use crate::registry::{Registration, RegistryError};
+use crate::store::ServerRow;
+
+#[derive(Debug, Serialize)]
+pub struct ServerView {
+    pub server_id: String,
+    pub kind: ServerKind,
+    /// Registered through the API (else only seen in heartbeats).
+    pub registered: bool,
+    pub last_seen: Option<String>,
+    pub online: bool,
+    pub created_at: String,
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> Self {
+        match e {
+            RegistryError::Store(e) => e.into(),
+            other => {
+                tracing::error!(error = %other, "broker refused a registration step");
+                ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "broker_unavailable",
+                    format!("the broker did not complete the change: {other}"),
+                )
+            }
+        }
+    }
+}
+
+fn server_id(raw: &str) -> Result<ServerId, ApiError> {
+    ServerId::parse(raw).map_err(|_| ApiError::not_found(format!("server {raw:?} not found")))
+}
+
+impl AppState {
+    fn server_view(&self, row: ServerRow) -> ServerView {
+        ServerView {
+            online: self.online(row.last_seen),
+            server_id: row.server_id,
+            kind: row.kind,
+            registered: row.registered,
+            last_seen: row.last_seen.map(timestamp),
+            created_at: timestamp(row.created_at),
+        }
+    }
+}
+
+pub(super) async fn register(
+    State(state): State<AppState>,
+    JsonBody(new): JsonBody<NewServer>,
+) -> Result<(StatusCode, Json<Registration>), ApiError> {
+    let id = ServerId::parse(&new.server_id).map_err(|e| {
+        ApiError::validation(vec![crate::domain::FieldError {
+            field: "server_id".into(),
+            message: e,
+        }])
+    })?;
+    let reg = state.registry.register(&id, new.kind).await?;
+    tracing::info!(server_id = %id, kind = new.kind.as_str(), rotated = reg.rotated, "server registered");
+    let status = if reg.rotated {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, Json(reg)))
+}
+
+pub(super) async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let rows = state.store().servers().await?;
+    let servers: Vec<ServerView> = rows.into_iter().map(|r| state.server_view(r)).collect();
+    Ok(Json(json!({ "servers": servers })))
+}
+
+pub(super) async fn show(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<ServerView>, ApiError> {
+    let id = server_id(&id)?;
+    let row = state
+        .store()
+        .server(id.as_str())
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("server {id} not found")))?;
+    Ok(Json(state.server_view(row)))
+}
+
+pub(super) async fn revoke(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = server_id(&id)?;
+    let known = state.store().server(id.as_str()).await?;
+    if !known.is_some_and(|s| s.registered) {
+        return Err(ApiError::not_found(format!(
+            "server {id} is not registered"
+        )));
+    }
+    let cancelled = state.registry.revoke(&id).await?;
+    tracing::info!(server_id = %id, cancelled, "server revoked");
+    Ok(StatusCode::NO_CONTENT)
+}

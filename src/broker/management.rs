@@ -1,0 +1,273 @@
+//! The RabbitMQ management HTTP API (`amqp.management_url`), through reqwest:
+//! the broker users, permissions and limits of registered servers, the
+//! deletion of their queues and connections, and policies. Only the calls
+//! bora needs, each checked against RabbitMQ 3.10.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::config::SecretUrl;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManagementError {
+    #[error("invalid management url: {0}")]
+    Url(String),
+    #[error("management API unreachable: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error("management API refused {what}: HTTP {status}: {body}")]
+    Refused {
+        what: String,
+        status: StatusCode,
+        body: String,
+    },
+}
+
+/// A client of the management API; cheap to clone.
+#[derive(Clone)]
+pub struct Management {
+    http: reqwest::Client,
+    base: String,
+    user: String,
+    password: String,
+}
+
+/// Percent-encodes one path segment (vhost, user or queue name).
+fn seg(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+fn decode(s: &str) -> String {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+#[derive(Deserialize)]
+struct ConnectionInfo {
+    name: String,
+    #[serde(default)]
+    user: String,
+}
+
+impl Management {
+    /// # Errors
+    /// A URL that does not parse.
+    pub fn new(url: &SecretUrl) -> Result<Self, ManagementError> {
+        let mut u =
+            url::Url::parse(url.expose()).map_err(|e| ManagementError::Url(e.to_string()))?;
+        let user = decode(u.username());
+        let password = u.password().map(decode).unwrap_or_default();
+        let _ = u.set_username("");
+        let _ = u.set_password(None);
+        let base = u.as_str().trim_end_matches('/').to_owned();
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(15))
+            .build()?;
+        Ok(Self {
+            http,
+            base,
+            user,
+            password,
+        })
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        what: &str,
+    ) -> Result<StatusCode, ManagementError> {
+        let mut req = self
+            .http
+            .request(method, format!("{}/api/{path}", self.base))
+            .basic_auth(&self.user, Some(&self.password));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await?;
+        let status = resp.status();
+        if status.is_success() || status == StatusCode::NOT_FOUND {
+            return Ok(status);
+        }
+        let body: String = resp
+            .text()
+            .await
+            .unwrap_or_default()
+            .chars()
+            .take(300)
+            .collect();
+        Err(ManagementError::Refused {
+            what: what.to_owned(),
+            status,
+            body,
+        })
+    }
+
+    /// Creates the user or sets its new password. Returns true if it was created.
+    ///
+    /// # Errors
+    /// The API is unreachable or refuses.
+    pub async fn put_user(&self, name: &str, password: &str) -> Result<bool, ManagementError> {
+        let status = self
+            .call(
+                Method::PUT,
+                &format!("users/{}", seg(name)),
+                Some(json!({"password": password, "tags": ""})),
+                "creating a user",
+            )
+            .await?;
+        Ok(status == StatusCode::CREATED)
+    }
+
+    /// Deletes a user (absent is fine).
+    ///
+    /// # Errors
+    /// The API is unreachable or refuses.
+    pub async fn delete_user(&self, name: &str) -> Result<(), ManagementError> {
+        self.call(
+            Method::DELETE,
+            &format!("users/{}", seg(name)),
+            None,
+            "deleting a user",
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Sets a user's permissions on a vhost (regular expressions).
+    ///
+    /// # Errors
+    /// The API is unreachable or refuses.
+    pub async fn set_permissions(
+        &self,
+        vhost: &str,
+        user: &str,
+        configure: &str,
+        write: &str,
+        read: &str,
+    ) -> Result<(), ManagementError> {
+        self.call(
+            Method::PUT,
+            &format!("permissions/{}/{}", seg(vhost), seg(user)),
+            Some(json!({"configure": configure, "write": write, "read": read})),
+            "setting permissions",
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Limits how many connections a user may hold at once.
+    ///
+    /// # Errors
+    /// The API is unreachable or refuses.
+    pub async fn set_connection_limit(&self, user: &str, max: u32) -> Result<(), ManagementError> {
+        self.call(
+            Method::PUT,
+            &format!("user-limits/{}/max-connections", seg(user)),
+            Some(json!({"value": max})),
+            "setting a connection limit",
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Closes every connection of a user.
+    ///
+    /// # Errors
+    /// The API is unreachable or refuses.
+    pub async fn close_connections_of(&self, user: &str) -> Result<usize, ManagementError> {
+        let resp = self
+            .http
+            .get(format!("{}/api/connections?columns=name,user", self.base))
+            .basic_auth(&self.user, Some(&self.password))
+            .send()
+            .await?
+            .error_for_status()?;
+        let conns: Vec<ConnectionInfo> = resp.json().await?;
+        let mut closed = 0;
+        for c in conns.into_iter().filter(|c| c.user == user) {
+            self.call(
+                Method::DELETE,
+                &format!("connections/{}", seg(&c.name)),
+                None,
+                "closing a connection",
+            )
+            .await?;
+            closed += 1;
+        }
+        Ok(closed)
+    }
+
+    /// Deletes a queue (absent is fine).
+    ///
+    /// # Errors
+    /// The API is unreachable or refuses.
+    pub async fn delete_queue(&self, vhost: &str, queue: &str) -> Result<(), ManagementError> {
+        self.call(
+            Method::DELETE,
+            &format!("queues/{}/{}", seg(vhost), seg(queue)),
+            None,
+            "deleting a queue",
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Sets (creates or replaces) a policy on a vhost.
+    ///
+    /// # Errors
+    /// The API is unreachable or refuses.
+    pub async fn set_policy(
+        &self,
+        vhost: &str,
+        name: &str,
+        pattern: &str,
+        apply_to: &str,
+        definition: Value,
+    ) -> Result<(), ManagementError> {
+        self.call(
+            Method::PUT,
+            &format!("policies/{}/{}", seg(vhost), seg(name)),
+            Some(json!({"pattern": pattern, "apply-to": apply_to, "definition": definition, "priority": 0})),
+            "setting a policy",
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+/// The vhost named by an AMQP URL's path (`/` when empty).
+pub fn vhost_of(amqp_url: &str) -> String {
+    let path = url::Url::parse(amqp_url)
+        .map(|u| u.path().trim_start_matches('/').to_owned())
+        .unwrap_or_default();
+    if path.is_empty() {
+        return "/".to_owned();
+    }
+    decode(&path)
+}
+
+/// The user named by an AMQP URL (percent-decoded).
+pub fn user_of(amqp_url: &str) -> String {
+    url::Url::parse(amqp_url)
+        .map(|u| decode(u.username()))
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vhosts_and_users_from_urls() {
+        assert_eq!(vhost_of("amqp://guest:guest@127.0.0.1:5672/%2f"), "/");
+        assert_eq!(vhost_of("amqp://guest:guest@127.0.0.1:5672"), "/");
+        assert_eq!(vhost_of("amqp://g:g@h:5672/bora-test-1"), "bora-test-1");
+        assert_eq!(user_of("amqp://bora-srv-x:pw@h/%2f"), "bora-srv-x");
+        assert_eq!(seg("/"), "%2F");
+    }
+}

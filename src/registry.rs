@@ -1,0 +1,211 @@
+//! Server registration (SPEC 2, 3, 5): each registered server gets its own
+//! broker user `bora-srv-<server_id>` with a random password, the least
+//! permissions its kind needs, a connection limit, and its queues. The
+//! password is returned once and never stored by bora.
+//!
+//! Broker side through the management API and AMQP (`broker`), state through
+//! the tracker (cancelling a revoked server's tasks). Nothing here touches SQL.
+
+use rand::RngCore;
+
+use crate::broker::management::{Management, ManagementError, vhost_of};
+use crate::broker::{Broker, BrokerError};
+use crate::config::Settings;
+use crate::domain::{ServerId, ServerKind};
+use crate::store::StoreError;
+use crate::tracker::Tracker;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("{0}")]
+    Management(#[from] ManagementError),
+    #[error("{0}")]
+    Broker(#[from] BrokerError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What a registration returns, once.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Registration {
+    pub server_id: ServerId,
+    pub kind: ServerKind,
+    pub username: String,
+    pub password: String,
+    /// Ready for `worker.amqp_url` (guest) or oslo's `transport_url` (with the `rabbit` scheme).
+    pub amqp_url: String,
+    /// Whether the server was registered already and its password replaced.
+    pub rotated: bool,
+    pub task_queue: String,
+    pub control_queue: String,
+}
+
+/// The broker user of a server.
+pub fn broker_user(server: &ServerId) -> String {
+    format!("bora-srv-{server}")
+}
+
+/// Escapes a name for use inside a RabbitMQ permission regex.
+fn re(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if "\\.+*?()|[]{}^$".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// `(configure, write, read)` permission regexes of a server's broker user.
+pub fn permissions(
+    settings: &Settings,
+    server: &ServerId,
+    kind: ServerKind,
+) -> (String, String, String) {
+    let a = &settings.amqp;
+    let tasks = re(&a.task_queue(server.as_str()));
+    match kind {
+        // Configure nothing, publish only to the reply exchange, read only
+        // its own task and control queues.
+        ServerKind::Guest => (
+            "^$".to_owned(),
+            format!("^{}$", re(&a.reply_queue)),
+            format!("^({tasks}|{})$", re(&a.control_queue(server.as_str()))),
+        ),
+        // What a stock oslo RPC server with Target(topic, server) needs
+        // (oslo-wire 9, X8). Write on amq.default lets it publish into any
+        // queue by name: such servers are trusted services.
+        ServerKind::Oslo => {
+            let topic = re(&a.task_topic);
+            let exchange = re(&a.exchange);
+            (
+                format!("^({exchange}|{topic}|{tasks}|{topic}_fanout.*)$"),
+                format!("^(amq\\.default|{topic}|{tasks}|{topic}_fanout.*)$"),
+                format!("^({exchange}|{topic}|{tasks}|{topic}_fanout.*)$"),
+            )
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Registry {
+    management: Management,
+    broker: Broker,
+    tracker: Tracker,
+    settings: std::sync::Arc<Settings>,
+    vhost: String,
+}
+
+impl Registry {
+    /// # Errors
+    /// An unparsable management URL.
+    pub fn new(
+        settings: std::sync::Arc<Settings>,
+        broker: Broker,
+        tracker: Tracker,
+    ) -> Result<Self, ManagementError> {
+        Ok(Self {
+            management: Management::new(&settings.amqp.management_url)?,
+            vhost: vhost_of(settings.amqp.url.expose()),
+            broker,
+            tracker,
+            settings,
+        })
+    }
+
+    /// Registers a server, or rotates the password of a registered one.
+    ///
+    /// # Errors
+    /// The broker or its management API refused or is unreachable; calling
+    /// again is safe (every step is idempotent).
+    pub async fn register(
+        &self,
+        server: &ServerId,
+        kind: ServerKind,
+    ) -> Result<Registration, RegistryError> {
+        // Queues first, so the worker can consume as soon as it has its password.
+        self.broker.declare_server_queues(server.as_str()).await?;
+        let user = broker_user(server);
+        let mut secret = [0u8; 24];
+        rand::rng().fill_bytes(&mut secret);
+        let password: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+        let created = self.management.put_user(&user, &password).await?;
+        let (configure, write, read) = permissions(&self.settings, server, kind);
+        self.management
+            .set_permissions(&self.vhost, &user, &configure, &write, &read)
+            .await?;
+        let limit = match kind {
+            ServerKind::Guest => self.settings.dispatch.guest_max_connections,
+            ServerKind::Oslo => self.settings.dispatch.oslo_max_connections,
+        };
+        self.management.set_connection_limit(&user, limit).await?;
+        let was_registered = self
+            .tracker
+            .store()
+            .server(server.as_str())
+            .await?
+            .is_some_and(|s| s.registered);
+        self.tracker.register_server(server, kind).await?;
+        Ok(Registration {
+            server_id: server.clone(),
+            kind,
+            amqp_url: self.url_for(&user, &password),
+            username: user,
+            password,
+            rotated: !created || was_registered,
+            task_queue: self.settings.amqp.task_queue(server.as_str()),
+            control_queue: self.settings.amqp.control_queue(server.as_str()),
+        })
+    }
+
+    /// Revokes a server: deletes its broker user and closes its connections,
+    /// cancels its unfinished tasks, deletes its queues. Returns how many
+    /// tasks were cancelled.
+    ///
+    /// # Errors
+    /// The broker or its management API refused or is unreachable.
+    pub async fn revoke(&self, server: &ServerId) -> Result<usize, RegistryError> {
+        let user = broker_user(server);
+        self.management.delete_user(&user).await?;
+        self.management.close_connections_of(&user).await?;
+        let cancelled = self.tracker.forget_server(server).await?;
+        for q in [
+            self.settings.amqp.task_queue(server.as_str()),
+            self.settings.amqp.control_queue(server.as_str()),
+        ] {
+            self.management.delete_queue(&self.vhost, &q).await?;
+        }
+        Ok(cancelled)
+    }
+
+    /// The dispatcher's broker URL with a server's credentials in it.
+    fn url_for(&self, user: &str, password: &str) -> String {
+        match url::Url::parse(self.settings.amqp.url.expose()) {
+            Ok(mut u) => {
+                let _ = u.set_username(user);
+                let _ = u.set_password(Some(password));
+                u.to_string()
+            }
+            Err(_) => String::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_permissions_are_least_privilege() {
+        let s = Settings::load_with_env(None, Vec::<(String, String)>::new()).unwrap();
+        let id = ServerId::parse("web-1").unwrap();
+        let (c, w, r) = permissions(&s, &id, ServerKind::Guest);
+        assert_eq!(c, "^$");
+        assert_eq!(w, "^reply_bora$");
+        assert_eq!(r, r"^(bora_tasks\.web-1|bora_control\.web-1)$");
+        let (c, w, _) = permissions(&s, &id, ServerKind::Oslo);
+        assert!(c.contains(r"bora_tasks\.web-1"));
+        assert!(w.starts_with(r"^(amq\.default|"));
+    }
+}

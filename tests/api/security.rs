@@ -1,0 +1,436 @@
+//! Untrusted guests (SPEC 5): a hostile guest, holding the credentials bora
+//! issued to it, tries everything it should not be able to do.
+
+use std::time::Duration;
+
+use bora::protocol::{RpcReply, TaskResult, task_msg_id};
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..10]
+    )
+}
+
+async fn register(app: &TestApp, server: &str, kind: &str) -> Value {
+    let (s, reg) = app
+        .post("/v1/servers", json!({"server_id": server, "kind": kind}))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{reg}");
+    reg
+}
+
+/// Revokes test servers even when an assertion failed (users are global).
+struct Revoke<'a>(&'a TestApp, Vec<String>);
+
+impl Revoke<'_> {
+    async fn run(self) {
+        for s in &self.1 {
+            let _ = self.0.delete(&format!("/v1/servers/{s}")).await;
+        }
+    }
+}
+
+fn refused(err: impl std::fmt::Display, code: &str) {
+    let text = err.to_string();
+    assert!(text.contains(code), "expected {code}, got: {text}");
+}
+
+async fn connect(url: &str) -> Connection {
+    Connection::connect(url, ConnectionProperties::default())
+        .await
+        .unwrap()
+}
+
+/// Publishes on a fresh confirming channel and returns the outcome.
+async fn try_publish(
+    conn: &Connection,
+    exchange: &str,
+    key: &str,
+    props: BasicProperties,
+) -> Result<(), lapin::Error> {
+    let ch = conn.create_channel().await?;
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    let body = RpcReply::final_result("x.1", json!({"exit_code": 0})).encode();
+    ch.basic_publish(
+        exchange.into(),
+        key.into(),
+        BasicPublishOptions::default(),
+        &body,
+        props,
+    )
+    .await?
+    .await?;
+    // A refused publish closes the channel; make sure we see it.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    ch.basic_qos(1, Default::default()).await
+}
+
+#[tokio::test]
+async fn registration_issues_least_privilege_credentials_once() {
+    let app = spawn_app().await;
+    let id = unique("reg");
+    let guard = Revoke(&app, vec![id.clone()]);
+    let reg = register(&app, &id, "guest").await;
+    assert_eq!(reg["username"], format!("bora-srv-{id}"));
+    assert_eq!(reg["kind"], "guest");
+    assert_eq!(reg["rotated"], false);
+    let password = reg["password"].as_str().unwrap().to_owned();
+    assert!(password.len() >= 32, "at least 128 bits");
+    let url = reg["amqp_url"].as_str().unwrap().to_owned();
+    assert!(url.contains(&password));
+    assert!(url.ends_with(&app.vhost.name));
+    // The queues exist before any task: a worker may start first.
+    assert_eq!(app.vhost.queue_depth(&format!("bora_tasks.{id}")).await, 0);
+    assert_eq!(
+        app.vhost.queue_depth(&format!("bora_control.{id}")).await,
+        0
+    );
+    let conn = connect(&url).await;
+    // Listed with its kind; not online before a heartbeat.
+    let (_, list) = app.get("/v1/servers").await;
+    let me = list["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["server_id"] == id.as_str())
+        .cloned()
+        .expect("listed");
+    assert_eq!(me["registered"], true);
+    assert_eq!(me["online"], false);
+    let (s, one) = app.get(&format!("/v1/servers/{id}")).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(one["kind"], "guest");
+    assert!(
+        one.get("password").is_none(),
+        "the password is never shown again"
+    );
+    // A second registration rotates the password and says so.
+    let (s, again) = app
+        .post("/v1/servers", json!({"server_id": id, "kind": "guest"}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{again}");
+    assert_eq!(again["rotated"], true);
+    assert_ne!(again["password"], password.as_str());
+    assert!(
+        Connection::connect(&url, ConnectionProperties::default())
+            .await
+            .is_err(),
+        "the old password no longer works"
+    );
+    connect(again["amqp_url"].as_str().unwrap()).await;
+    // Bad input.
+    let r = app.post("/v1/servers", json!({"server_id": "a b"})).await;
+    assert_error(&r, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
+    let r = app
+        .post("/v1/servers", json!({"server_id": "x", "kind": "root"}))
+        .await;
+    assert_error(&r, StatusCode::UNPROCESSABLE_ENTITY, "invalid_body");
+    let r = app.delete("/v1/servers/never-registered").await;
+    assert_error(&r, StatusCode::NOT_FOUND, "not_found");
+    drop(conn);
+    guard.run().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_hostile_guest_cannot_read_write_or_configure_beyond_its_own_queue() {
+    let app = spawn_app().await;
+    let (a, b) = (unique("evil"), unique("victim"));
+    let guard = Revoke(&app, vec![a.clone(), b.clone()]);
+    let reg_a = register(&app, &a, "guest").await;
+    register(&app, &b, "guest").await;
+    let url_a = reg_a["amqp_url"].as_str().unwrap().to_owned();
+    let conn = connect(&url_a).await;
+    let user_a = format!("bora-srv-{a}");
+
+    // Its own queues: fine.
+    let ch = conn.create_channel().await.unwrap();
+    ch.basic_consume(
+        format!("bora_tasks.{a}").as_str().into(),
+        "mine".into(),
+        BasicConsumeOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    // Another server's queue: refused.
+    let ch = conn.create_channel().await.unwrap();
+    let err = ch
+        .basic_consume(
+            format!("bora_tasks.{b}").as_str().into(),
+            "theirs".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
+    refused(err, "ACCESS_REFUSED");
+    // Declare, bind, delete: refused.
+    let ch = conn.create_channel().await.unwrap();
+    let err = ch
+        .queue_declare(
+            "evil".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
+    refused(err, "ACCESS_REFUSED");
+    let ch = conn.create_channel().await.unwrap();
+    let err = ch
+        .exchange_declare(
+            "evil".into(),
+            lapin::ExchangeKind::Fanout,
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
+    refused(err, "ACCESS_REFUSED");
+    let ch = conn.create_channel().await.unwrap();
+    let err = ch
+        .queue_bind(
+            format!("bora_tasks.{a}").as_str().into(),
+            "bora".into(),
+            format!("bora_tasks.{b}").as_str().into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
+    refused(err, "ACCESS_REFUSED");
+    let ch = conn.create_channel().await.unwrap();
+    let err = ch
+        .queue_delete(
+            format!("bora_tasks.{a}").as_str().into(),
+            QueueDeleteOptions::default(),
+        )
+        .await
+        .unwrap_err();
+    refused(err, "ACCESS_REFUSED");
+    // Publish to the task exchange (inject a task) or the default exchange: refused.
+    let err = try_publish(
+        &conn,
+        "bora",
+        &format!("bora_tasks.{b}"),
+        BasicProperties::default(),
+    )
+    .await
+    .unwrap_err();
+    refused(err, "ACCESS_REFUSED");
+    let err = try_publish(&conn, "", "reply_bora", BasicProperties::default())
+        .await
+        .unwrap_err();
+    refused(err, "ACCESS_REFUSED");
+    // Spoof another user in user_id: the broker refuses.
+    let err = try_publish(
+        &conn,
+        "reply_bora",
+        "reply_bora",
+        BasicProperties::default().with_user_id(format!("bora-srv-{b}").as_str().into()),
+    )
+    .await
+    .unwrap_err();
+    refused(err, "PRECONDITION_FAILED");
+    // Its own identity through the reply exchange: allowed by the broker.
+    try_publish(
+        &conn,
+        "reply_bora",
+        "reply_bora",
+        BasicProperties::default().with_user_id(user_a.as_str().into()),
+    )
+    .await
+    .unwrap();
+    drop(conn);
+    guard.run().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_forged_result_is_ignored_until_the_real_worker_reports() {
+    let app = spawn_app().await;
+    let (a, b) = (unique("forger"), unique("target"));
+    let guard = Revoke(&app, vec![a.clone(), b.clone()]);
+    let reg_a = register(&app, &a, "guest").await;
+    let reg_b = register(&app, &b, "guest").await;
+    let wf = app
+        .create_workflow(json!({"name": "forge", "tasks": [{"name": "t", "server_id": b}]}))
+        .await;
+    let wf_id = wf["id"].as_str().unwrap().to_owned();
+    app.wait_task_state(&wf_id, "t", "queued").await;
+    let task = app.task(&wf_id, "t").await;
+    let task_id: bora::domain::TaskId = task["id"].as_str().unwrap().parse().unwrap();
+
+    // A forges a success for B's task under its own (valid) identity.
+    let forger = FakeWorker::connect(reg_a["amqp_url"].as_str().unwrap(), &app.settings, &a).await;
+    forger
+        .send_raw(
+            &RpcReply::final_result(
+                task_msg_id(task_id, 1),
+                serde_json::to_value(TaskResult::from_streams(
+                    1,
+                    0,
+                    "pwned".into(),
+                    String::new(),
+                ))
+                .unwrap(),
+            )
+            .encode(),
+        )
+        .await;
+    // Heartbeats pretending to be B change nothing either.
+    forger
+        .send_raw(&RpcReply::heartbeat(task_msg_id(task_id, 1)).encode())
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let t = app.task(&wf_id, "t").await;
+    assert_eq!(t["state"], "queued", "{t}");
+    assert_eq!(t["result"], Value::Null);
+    let (_, metrics) = app.get("/metrics").await;
+    assert!(
+        metrics
+            .as_str()
+            .unwrap_or_default()
+            .contains("bora_results_rejected_total{reason=\"wrong_user\"}"),
+        "forgery not counted"
+    );
+
+    // The real worker completes it.
+    let mut real =
+        FakeWorker::connect(reg_b["amqp_url"].as_str().unwrap(), &app.settings, &b).await;
+    let msg = real.next_task().await;
+    real.finish(&msg, 0).await;
+    let t = app.wait_task_state(&wf_id, "t", "succeeded").await;
+    assert_eq!(t["result"]["stdout"], "out\n");
+    forger.close().await;
+    real.close().await;
+    guard.run().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_revoked_server_cannot_reconnect_and_its_tasks_are_cancelled() {
+    let app = spawn_app().await;
+    let (gone, other) = (unique("revoked"), unique("other"));
+    let guard = Revoke(&app, vec![gone.clone(), other.clone()]);
+    let reg = register(&app, &gone, "guest").await;
+    let url = reg["amqp_url"].as_str().unwrap().to_owned();
+    let wf = app
+        .create_workflow(json!({"name": "revoke", "tasks": [
+            {"name": "t", "server_id": gone},
+            {"name": "after", "server_id": other, "depends_on": ["t"]},
+            {"name": "cleanup", "server_id": other, "depends_on": ["t"], "on_dependency_failure": "run"}
+        ]}))
+        .await;
+    let wf_id = wf["id"].as_str().unwrap().to_owned();
+    app.wait_task_state(&wf_id, "t", "queued").await;
+    let conn = connect(&url).await;
+    assert!(conn.status().connected());
+
+    let (s, _) = app.delete(&format!("/v1/servers/{gone}")).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    // Its live connection is dropped, and it cannot come back.
+    let mut closed = false;
+    for _ in 0..50 {
+        if !conn.status().connected() {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(closed, "the revoked server's connection stayed open");
+    let again = Connection::connect(&url, ConnectionProperties::default()).await;
+    assert!(again.is_err(), "a revoked server reconnected");
+    // Its tasks are cancelled; dependents are skipped or released.
+    assert_eq!(app.task(&wf_id, "t").await["state"], "cancelled");
+    assert_eq!(app.task(&wf_id, "after").await["state"], "skipped");
+    let cleanup = app.wait_task_state(&wf_id, "cleanup", "queued").await;
+    assert_eq!(cleanup["server_id"], other.as_str());
+    let r = app.get(&format!("/v1/servers/{gone}")).await;
+    assert_error(&r, StatusCode::NOT_FOUND, "not_found");
+    guard.run().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn with_registration_required_only_the_servers_own_user_counts() {
+    let app = spawn_app_with(&[
+        ("BORA__DISPATCH__REQUIRE_REGISTRATION", "true"),
+        ("BORA__DISPATCH__MAX_RESULT_BYTES", "4096"),
+        ("BORA__DISPATCH__MAX_TASKS_PER_WORKFLOW", "3"),
+    ])
+    .await;
+    let s = unique("strict");
+    let guard = Revoke(&app, vec![s.clone()]);
+    let reg = register(&app, &s, "guest").await;
+    let wf = app
+        .create_workflow(json!({"name": "strict", "tasks": [{"name": "t", "server_id": s}]}))
+        .await;
+    let wf_id = wf["id"].as_str().unwrap().to_owned();
+    app.wait_task_state(&wf_id, "t", "queued").await;
+    let task = app.task(&wf_id, "t").await;
+    let task_id: bora::domain::TaskId = task["id"].as_str().unwrap().parse().unwrap();
+    // The dispatcher's own user is no longer accepted for a registered server.
+    let admin = app.fake_worker("unrelated").await;
+    admin
+        .send_raw(
+            &RpcReply::final_result(task_msg_id(task_id, 1), json!({"exit_code": 0})).encode(),
+        )
+        .await;
+    // Nor is the default exchange for a guest server.
+    let conn = connect(&app.vhost.amqp_url()).await;
+    try_publish(&conn, "", "reply_bora", BasicProperties::default())
+        .await
+        .unwrap();
+    // An oversized reply from the right user is dropped unread.
+    let mut real = FakeWorker::connect(reg["amqp_url"].as_str().unwrap(), &app.settings, &s).await;
+    let msg = real.next_task().await;
+    real.finish_with(
+        &msg,
+        TaskResult::from_streams(1, 0, "x".repeat(8192), String::new()),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(app.task(&wf_id, "t").await["state"], "queued");
+    let (_, metrics) = app.get("/metrics").await;
+    let text = metrics.as_str().unwrap_or_default().to_owned();
+    for reason in ["wrong_user", "oversized"] {
+        assert!(
+            text.contains(&format!("reason=\"{reason}\"")),
+            "{reason} not counted"
+        );
+    }
+    real.finish(&msg, 0).await;
+    app.wait_task_state(&wf_id, "t", "succeeded").await;
+    // Tasks per workflow are limited.
+    let r = app
+        .post(
+            &format!("/v1/workflows/{wf_id}/tasks"),
+            json!({"server_id": s}),
+        )
+        .await;
+    assert_eq!(r.0, StatusCode::CREATED);
+    let r = app
+        .post(
+            "/v1/workflows",
+            json!({"name": "big", "tasks": [
+            {"server_id": s}, {"server_id": s}, {"server_id": s}, {"server_id": s}]}),
+        )
+        .await;
+    assert_error(&r, StatusCode::UNPROCESSABLE_ENTITY, "too_many_tasks");
+    admin.close().await;
+    real.close().await;
+    guard.run().await;
+    app.stop().await;
+}
