@@ -70,7 +70,7 @@ pub async fn supervise(worker: Arc<Worker>, stop: CancellationToken) {
         match result {
             Ok(()) => break,
             Err(SessionError::Waiting(why)) => {
-                tracing::warn!(why, "queues not ready; retrying");
+                tracing::warn!(why, "waiting for the dispatcher to create it; retrying");
             }
             Err(e) => tracing::warn!(error = %e, "broker connection lost; reconnecting"),
         }

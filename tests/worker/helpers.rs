@@ -59,6 +59,8 @@ pub struct TestApp {
     pub state_dir: PathBuf,
     pub hooks_dir: PathBuf,
     pub env: Vec<(String, String)>,
+    /// Broker users made for this test, deleted with it.
+    users: Vec<String>,
 }
 
 pub struct Options {
@@ -222,6 +224,7 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
         hooks_dir,
         dir,
         env: Vec::new(),
+        users: Vec::new(),
     }
 }
 
@@ -243,8 +246,27 @@ impl TestApp {
         self.dir.path().join("worker.log")
     }
 
-    /// Starts `bora worker` with heartbeat 1 s and the given extra settings.
+    /// Starts `bora worker` with heartbeat 1 s and the given extra settings,
+    /// and waits until it consumes its task queue.
     pub async fn start_worker(&mut self, extra: &[(&str, &str)]) {
+        self.spawn_worker(extra);
+        self.wait_consuming().await;
+    }
+
+    pub async fn wait_consuming(&self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while self.consumers(&task_queue(&self.server_id)).await < 1 {
+            assert!(
+                Instant::now() < deadline,
+                "worker did not start:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Starts `bora worker` without waiting for it.
+    pub fn spawn_worker(&mut self, extra: &[(&str, &str)]) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -269,16 +291,6 @@ impl TestApp {
             cmd.env(k, v);
         }
         self.worker = Some(cmd.spawn().expect("bora binary runs"));
-        // Ready once its task consumer is attached.
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while self.consumers(&task_queue(&self.server_id)).await < 1 {
-            assert!(
-                Instant::now() < deadline,
-                "worker did not start:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
     }
 
     pub fn worker_pid(&self) -> i32 {
@@ -319,6 +331,64 @@ impl TestApp {
             .unwrap();
         let _ = ch.close(200, "ok".into()).await;
         (q.message_count(), q.consumer_count())
+    }
+
+    /// Creates a broker user with a guest worker's rights (SPEC 5) on this
+    /// vhost and returns the worker URL for it; deleted with the app.
+    pub async fn restricted_user(&mut self) -> String {
+        let user = format!("bora-srv-{}", self.server_id);
+        let http = reqwest::Client::new();
+        let enc: String = url::form_urlencoded::byte_serialize(self.vhost.as_bytes()).collect();
+        http.put(mgmt(&format!("/users/{user}")))
+            .basic_auth("guest", Some("guest"))
+            .json(&json!({"password": "pw", "tags": ""}))
+            .send()
+            .await
+            .unwrap()
+            .error_for_status()
+            .unwrap();
+        let id = self.server_id.as_str();
+        http.put(mgmt(&format!("/permissions/{enc}/{user}")))
+            .basic_auth("guest", Some("guest"))
+            .json(&json!({
+                "configure": "^$",
+                "write": "^reply_bora$",
+                "read": format!("^bora_tasks\\.{id}$|^bora_control\\.{id}$"),
+            }))
+            .send()
+            .await
+            .unwrap()
+            .error_for_status()
+            .unwrap();
+        self.users.push(user.clone());
+        format!("amqp://{user}:pw@{}:5672/{enc}", host())
+    }
+
+    /// Declares and binds the server's task and control queues, as the dispatcher does.
+    pub async fn declare_server_queues(&self) {
+        for q in [task_queue(&self.server_id), control_queue(&self.server_id)] {
+            self.channel
+                .queue_declare(
+                    q.as_str().into(),
+                    QueueDeclareOptions {
+                        durable: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .unwrap();
+            self.channel
+                .queue_bind(
+                    q.as_str().into(),
+                    EXCHANGE.into(),
+                    q.as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .unwrap();
+        }
     }
 
     async fn consumers(&self, queue: &str) -> u32 {
@@ -515,6 +585,12 @@ impl Drop for TestApp {
             eprintln!("---- worker log ({}) ----\n{}", self.server_id, self.log());
         }
         // Synchronous clean-up: curl is enough and needs no runtime.
+        for user in &self.users {
+            let _ = std::process::Command::new("curl")
+                .args(["-s", "-o", "/dev/null", "-u", "guest:guest", "-X", "DELETE"])
+                .arg(mgmt(&format!("/users/{user}")))
+                .status();
+        }
         let enc: String = url::form_urlencoded::byte_serialize(self.vhost.as_bytes()).collect();
         let _ = std::process::Command::new("curl")
             .args(["-s", "-o", "/dev/null", "-u", "guest:guest", "-X", "DELETE"])
@@ -593,4 +669,100 @@ pub fn heat_script_hook() -> PathBuf {
             PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
         })
         .clone()
+}
+
+/// Shortens RabbitMQ's global `consumer_timeout` for channels opened until
+/// [`ShortConsumerTimeout::close_window`] (a channel reads it when it opens),
+/// and the channel tick that enforces it (60 s by default; re-read at every
+/// tick) until drop. Restores 1800000 / 60000. One at a time across processes
+/// (a file lock).
+pub struct ShortConsumerTimeout {
+    _lock: std::fs::File,
+}
+
+impl ShortConsumerTimeout {
+    pub async fn set(ms: u32) -> Self {
+        let lock = tokio::task::spawn_blocking(|| {
+            use std::os::fd::AsRawFd;
+            let f = std::fs::File::create("/tmp/bora-test-consumer-timeout.lock").unwrap();
+            assert_eq!(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) }, 0);
+            f
+        })
+        .await
+        .unwrap();
+        rabbit_eval(&format!(
+            "application:set_env(rabbit, consumer_timeout, {ms}), \
+             application:set_env(rabbit, channel_tick_interval, 1000)."
+        ));
+        Self { _lock: lock }
+    }
+
+    /// Channels opened from now on get the default timeout again.
+    pub fn close_window(&self) {
+        rabbit_eval("application:set_env(rabbit, consumer_timeout, 1800000).");
+    }
+}
+
+impl Drop for ShortConsumerTimeout {
+    fn drop(&mut self) {
+        rabbit_eval(
+            "application:set_env(rabbit, consumer_timeout, 1800000), \
+             application:set_env(rabbit, channel_tick_interval, 60000).",
+        );
+    }
+}
+
+fn rabbit_eval(expr: &str) {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(["eval", expr])
+        .output()
+        .expect("rabbitmqctl runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl TestApp {
+    /// A channel of a new connection, holding one delivery unacked (on a
+    /// queue of its own).
+    pub async fn unacked_probe(&self) -> (Connection, Channel) {
+        let conn = Connection::connect(&self.amqp_url, ConnectionProperties::default())
+            .await
+            .unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        ch.queue_declare(
+            "probe".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+        self.channel
+            .basic_publish(
+                "".into(),
+                "probe".into(),
+                BasicPublishOptions::default(),
+                b"x",
+                BasicProperties::default(),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        let mut c = ch
+            .basic_consume(
+                "probe".into(),
+                "probe".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let d = c.next().await.unwrap().unwrap();
+        std::mem::forget(d);
+        tokio::spawn(async move { while c.next().await.is_some() {} });
+        (conn, ch)
+    }
 }

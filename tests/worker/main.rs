@@ -458,6 +458,7 @@ async fn task_is_acked_at_start_so_a_lost_connection_neither_redelivers_nor_lose
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(app.finals(&msg_id), 1);
     assert_eq!(std::fs::read_to_string(&runs).unwrap(), "run\n");
+    assert!(app.log().contains("broker connection lost; reconnecting"));
     // And takes new tasks on the new connection.
     let n = app.publish(&app.task("std.noop", "")).await;
     app.result(&n, SHORT).await;
@@ -518,4 +519,66 @@ async fn worker_declares_missing_queues_for_a_quick_start() {
     assert_eq!(consumers, 1);
     let t = app.publish(&app.task("std.echo", "")).await;
     app.result(&t, SHORT).await;
+}
+
+#[tokio::test]
+async fn a_task_longer_than_the_consumer_timeout_runs_once() {
+    let mut app = spawn_app().await;
+    // RabbitMQ reads consumer_timeout when a channel opens: shorten it only
+    // while the worker and a probe open theirs (and tick every second meanwhile).
+    let short = ShortConsumerTimeout::set(4000).await;
+    app.start_worker(&[]).await;
+    let (_probe_conn, probe) = app.unacked_probe().await;
+    short.close_window();
+    let runs = app.path("runs");
+    let t = app.task(
+        "script",
+        &format!(
+            "#!/bin/sh\necho run >> {}\nsleep 7\necho done\n",
+            runs.display()
+        ),
+    );
+    let msg_id = app.publish(&t).await;
+    let r = app.result(&msg_id, Duration::from_secs(30)).await;
+    assert_eq!((r.exit_code, r.stdout.as_str()), (0, "done\n"));
+    // The probe, which held a delivery unacked, was closed by the broker: the
+    // short timeout was in force; the worker's task outlived it and ran once.
+    assert!(
+        !probe.status().connected(),
+        "the consumer timeout did not apply"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(app.finals(&msg_id), 1);
+    assert_eq!(std::fs::read_to_string(&runs).unwrap(), "run\n");
+    assert!(!app.log().contains("reconnecting"), "{}", app.log());
+    drop(short);
+}
+
+#[tokio::test]
+async fn a_least_privilege_worker_waits_for_its_queues_then_works() {
+    let mut app = spawn_app_with(Options {
+        declare_queues: false,
+    })
+    .await;
+    let url = app.restricted_user().await;
+    app.spawn_worker(&[("BORA__AMQP__URL", url.as_str())]);
+    // It may not declare its queues (configure ^$): it waits, it does not crash.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !app.log().contains("waiting for the dispatcher") {
+        assert!(Instant::now() < deadline, "{}", app.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(app.worker.as_mut().unwrap().try_wait().unwrap().is_none());
+
+    app.declare_server_queues().await;
+    app.wait_consuming().await;
+    let msg_id = app
+        .publish(&app.task("script", "#!/bin/sh\necho least privilege\n"))
+        .await;
+    let r = app.result(&msg_id, SHORT).await;
+    assert_eq!(r.stdout, "least privilege\n");
+    let user = format!("bora-srv-{}", app.server_id);
+    for reply in app.replies_for(&msg_id) {
+        assert_eq!(reply.user_id.as_deref(), Some(user.as_str()));
+    }
 }
