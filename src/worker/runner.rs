@@ -21,8 +21,6 @@ use crate::protocol::{TaskMessage, TaskResult};
 
 /// How much of a hook's stdout (its JSON answer) is read at most.
 const HOOK_JSON_MIN_LIMIT: usize = 8 * 1024 * 1024;
-/// How many characters of a hook's unparsable stdout its error quotes.
-const SHOWN_IN_ERRORS: usize = 200;
 
 /// Where and how runners run; built once from the settings.
 #[derive(Debug, Clone)]
@@ -358,11 +356,10 @@ async fn run_hook(
                 Some(Err(_)) if outcome.stdout.bytes == 0 => "printed nothing".to_owned(),
                 Some(Err(_)) => "printed no JSON object".to_owned(),
             };
-            let head: String = outcome.stdout.text.chars().take(SHOWN_IN_ERRORS).collect();
             let mut r = with_streams(task.attempt, code, &outcome.stdout, &outcome.stderr);
             cap_streams(&mut r, config.max_output_bytes);
             r.error = Some(format!(
-                "hook {} {why} (exit code {code}); stdout began: {head:?}",
+                "hook {} {why} (exit code {code}); what it printed is in stdout and stderr",
                 path.display()
             ));
             return Ok(r);

@@ -196,7 +196,7 @@ async fn a_hook_gets_the_heat_deployment_and_its_answer_is_mapped() {
     let r = app.result(&msg_id, SHORT).await;
     let err = r.error.as_deref().unwrap();
     assert!(err.contains("printed no JSON object"), "{err}");
-    assert!(err.contains("not json at all"), "{err}");
+    assert_eq!(r.stdout, "not json at all\n");
     assert_eq!(r.exit_code, 2);
     assert_eq!(r.stderr, "err\n");
 }
