@@ -15,7 +15,7 @@ pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod protocol;
-pub mod registry;
+pub mod registration;
 pub mod serve;
 pub mod store;
 pub mod telemetry;

@@ -35,7 +35,7 @@ use views::{TaskView, WorkflowView};
 pub struct AppState {
     pub tracker: Tracker,
     pub broker: Broker,
-    pub registry: crate::registry::Registry,
+    pub registry: crate::registration::Registry,
     pub settings: Arc<Settings>,
 }
 

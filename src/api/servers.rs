@@ -12,7 +12,7 @@ use super::error::ApiError;
 use super::extract::JsonBody;
 use super::views::timestamp;
 use crate::domain::{NewServer, ServerId, ServerKind};
-use crate::registry::{Registration, RegistryError};
+use crate::registration::{Registration, RegistryError};
 use crate::store::ServerRow;
 
 #[derive(Debug, Serialize)]

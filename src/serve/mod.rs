@@ -79,7 +79,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         shutdown.clone(),
     )));
     let registry =
-        crate::registry::Registry::new(settings.clone(), broker.clone(), tracker.clone())
+        crate::registration::Registry::new(settings.clone(), broker.clone(), tracker.clone())
             .context("configuring the management API client")?;
     let app = api::router(AppState {
         registry,
