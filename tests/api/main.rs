@@ -3,6 +3,7 @@
 //! format. (End-to-end runs with real `bora worker` processes are in
 //! `tests/e2e`.)
 
+mod e2e;
 mod helpers;
 mod security;
 
