@@ -10,7 +10,7 @@ use crate::helpers::*;
 
 /// A `bora worker` process, killed when dropped.
 struct Worker {
-    child: tokio::process::Child,
+    _child: tokio::process::Child,
     _dir: tempfile::TempDir,
 }
 
@@ -28,7 +28,7 @@ async fn start_worker(app: &TestApp, server: &str, extra: &[(&str, &str)]) -> Wo
         cmd.env(k, v);
     }
     Worker {
-        child: cmd.spawn().unwrap(),
+        _child: cmd.spawn().unwrap(),
         _dir: dir,
     }
 }
