@@ -8,6 +8,7 @@
 
 mod relay;
 mod replies;
+mod scanner;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -70,6 +71,11 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
     tasks.push(tokio::spawn(relay::run(
         tracker.clone(),
         broker.clone(),
+        settings.clone(),
+        shutdown.clone(),
+    )));
+    tasks.push(tokio::spawn(scanner::run(
+        tracker.clone(),
         settings.clone(),
         shutdown.clone(),
     )));

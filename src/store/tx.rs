@@ -592,4 +592,40 @@ impl WriteTx {
         .await?;
         Ok(())
     }
+
+    /// Running attempts whose last heartbeat is older than `cutoff`.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn silent_running(&mut self, cutoff: i64) -> Result<Vec<TaskRow>, StoreError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            task_columns!(),
+            " FROM tasks WHERE state = 'running' AND COALESCE(last_heartbeat_at, started_at, 0) < $1 \
+             ORDER BY id LIMIT 1000"
+        ))
+        .bind(cutoff)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.iter().map(TaskRow::from_row).collect()
+    }
+
+    /// Queued or running attempts published more than their `timeout_s`
+    /// (plus `grace_us`) before `now`.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn overdue(&mut self, now: i64, grace_us: i64) -> Result<Vec<TaskRow>, StoreError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            task_columns!(),
+            " FROM tasks WHERE state IN ('queued', 'running') AND queued_at IS NOT NULL \
+             AND queued_at + timeout_s * 1000000 + $2 < $1 ORDER BY id LIMIT 1000"
+        ))
+        .bind(now)
+        .bind(grace_us)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.iter().map(TaskRow::from_row).collect()
+    }
 }

@@ -606,6 +606,70 @@ impl Tracker {
     }
 }
 
+/// What one scan ended.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ScanReport {
+    /// Attempts whose worker went silent.
+    pub lost: usize,
+    /// Attempts past their deadline.
+    pub expired: usize,
+}
+
+impl Tracker {
+    /// Ends attempts whose worker went silent for `heartbeat_timeout_s`, and
+    /// attempts with no result `timeout_s` (+ `grace_s`) after their publish,
+    /// so no task stays `queued` or `running` forever. One transaction.
+    ///
+    /// # Errors
+    /// A store failure (nothing changed; the next scan tries again).
+    pub async fn scan(
+        &self,
+        heartbeat_timeout_s: u64,
+        grace_s: u64,
+    ) -> Result<ScanReport, StoreError> {
+        let now = now_us();
+        let mut report = ScanReport::default();
+        let mut tx = self.store.begin().await?;
+        let cutoff = now - heartbeat_timeout_s as i64 * 1_000_000;
+        for mut task in tx.silent_running(cutoff).await? {
+            tracing::warn!(task_id = %task.id, server_id = %task.server_id, attempt = task.attempt, "worker went silent; attempt lost");
+            release::lose(
+                &mut tx,
+                &mut task,
+                self.config.max_redeliveries,
+                heartbeat_timeout_s,
+                now,
+            )
+            .await?;
+            report.lost += 1;
+        }
+        for t in tx.overdue(now, grace_s as i64 * 1_000_000).await? {
+            // A lost attempt above may have moved on already.
+            let Some(mut task) = tx.task(t.id).await? else {
+                continue;
+            };
+            if task.attempt != t.attempt
+                || !matches!(
+                    task.state,
+                    crate::domain::TaskState::Queued | crate::domain::TaskState::Running
+                )
+            {
+                continue;
+            }
+            tracing::warn!(task_id = %task.id, server_id = %task.server_id, attempt = task.attempt, "no result within the task's timeout");
+            release::expire(&mut tx, &mut task, now).await?;
+            report.expired += 1;
+        }
+        if report == ScanReport::default() {
+            // Nothing changed: no need to hold the write lock for a commit.
+            drop(tx);
+            return Ok(report);
+        }
+        self.commit(tx).await?;
+        Ok(report)
+    }
+}
+
 fn check_workflow_name(name: &str) -> Result<(), TrackerError> {
     check_name(name).map_err(|e| TrackerError::Invalid {
         code: "validation_failed",

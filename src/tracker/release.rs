@@ -2,7 +2,7 @@
 //! the outbox), finish (end it and release its dependents), cancel, and the
 //! release walk that skips or dispatches dependents.
 
-use crate::domain::{OnDependencyFailure, TaskState};
+use crate::domain::{Delivery, OnDependencyFailure, TaskState};
 use crate::protocol::TaskResult;
 use crate::store::{OutboxKind, StoreError, TaskRow, WriteTx};
 
@@ -124,6 +124,17 @@ pub(super) async fn finish(
     result: &TaskResult,
     now: i64,
 ) -> Result<(), StoreError> {
+    end_attempt(tx, task, result, now, true).await
+}
+
+/// [`finish`], with retries allowed or not.
+async fn end_attempt(
+    tx: &mut WriteTx,
+    task: &mut TaskRow,
+    result: &TaskResult,
+    now: i64,
+    may_retry: bool,
+) -> Result<(), StoreError> {
     let declared = task.outputs()?;
     let end = if result.succeeded(&declared) {
         TaskState::Succeeded
@@ -139,7 +150,7 @@ pub(super) async fn finish(
         task.queued_at.get_or_insert(now);
         task.started_at.get_or_insert(now);
     }
-    if end != TaskState::Succeeded && task.failures < task.retries {
+    if end != TaskState::Succeeded && may_retry && task.failures < task.retries {
         task.failures += 1;
         let delay = task.retry_delay_s;
         return dispatch(tx, task, now, delay).await;
@@ -200,4 +211,55 @@ pub(super) async fn release_dependents(
         }
     }
     Ok(())
+}
+
+/// The worker of the current attempt went silent after acking it. An
+/// `at_least_once` task gets a new attempt (not counted against `retries`,
+/// at most `max_redeliveries` times); an `at_most_once` task fails with
+/// `worker lost`, since running it again could run it twice. The old attempt
+/// is cancelled in case its worker is alive but cut off.
+pub(super) async fn lose(
+    tx: &mut WriteTx,
+    task: &mut TaskRow,
+    max_redeliveries: u32,
+    silence_s: u64,
+    now: i64,
+) -> Result<(), StoreError> {
+    tx.enqueue(OutboxKind::Cancel, task, now, now).await?;
+    if task.delivery == Delivery::AtLeastOnce && task.redeliveries < i64::from(max_redeliveries) {
+        task.redeliveries += 1;
+        return dispatch(tx, task, now, 0).await;
+    }
+    let message = if task.delivery == Delivery::AtMostOnce {
+        format!("worker lost: no heartbeat for {silence_s} s (at_most_once: not run again)")
+    } else {
+        format!(
+            "worker lost: no heartbeat for {silence_s} s, after {} redeliveries",
+            task.redeliveries
+        )
+    };
+    let result = TaskResult::error(task.attempt as u32, message);
+    // An at_most_once attempt may have run: never start it again.
+    let may_retry = task.delivery == Delivery::AtLeastOnce;
+    end_attempt(tx, task, &result, now, may_retry).await
+}
+
+/// The current attempt got no result within `timeout_s` of its publish: it
+/// ends `timed_out` (or is retried while `retries` allow) and its worker is
+/// told to stop.
+pub(super) async fn expire(
+    tx: &mut WriteTx,
+    task: &mut TaskRow,
+    now: i64,
+) -> Result<(), StoreError> {
+    tx.enqueue(OutboxKind::Cancel, task, now, now).await?;
+    let mut result = TaskResult::error(
+        task.attempt as u32,
+        format!(
+            "timed out: no result within {} s of publish",
+            task.timeout_s
+        ),
+    );
+    result.timed_out = true;
+    finish(tx, task, &result, now).await
 }

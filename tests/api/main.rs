@@ -5,6 +5,7 @@
 
 mod e2e;
 mod helpers;
+mod scanner;
 mod security;
 
 use std::time::Duration;

@@ -1,0 +1,122 @@
+//! The dispatcher's own deadlines: lost workers and tasks with no result.
+
+use std::time::Duration;
+
+use bora::protocol::RpcRequest;
+use serde_json::json;
+
+use crate::helpers::*;
+
+async fn next_cancel(app: &TestApp, server: &str) -> RpcRequest {
+    let conn = lapin::Connection::connect(&app.vhost.amqp_url(), Default::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let control = app.settings.amqp.control_queue(server);
+    for _ in 0..200 {
+        if let Some(m) = ch
+            .basic_get(
+                control.as_str().into(),
+                lapin::options::BasicGetOptions { no_ack: true },
+            )
+            .await
+            .unwrap()
+        {
+            return RpcRequest::decode(&m.delivery.data).unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no cancel on {control}");
+}
+
+#[tokio::test]
+async fn a_silent_worker_loses_its_attempt_and_the_task_runs_again() {
+    let app = spawn_app_with(&[
+        ("BORA__DISPATCH__HEARTBEAT_TIMEOUT_S", "1"),
+        ("BORA__DISPATCH__MAX_REDELIVERIES", "1"),
+    ])
+    .await;
+    let wf = app
+        .create_workflow(
+            json!({"name": "lost", "tasks": [{"name": "t", "server_id": "s", "retries": 0}]}),
+        )
+        .await;
+    let id = wf["id"].as_str().unwrap().to_owned();
+    let mut w = app.fake_worker("s").await;
+    let first = w.next_task().await;
+    w.started(&first).await;
+    app.wait_task_state(&id, "t", "running").await;
+    // The worker dies after acking: silence. A new attempt comes.
+    let second = w.next_task().await;
+    assert_eq!(second.id, first.id);
+    assert_eq!(second.attempt, 2);
+    // The lost attempt is cancelled in case its worker still lives.
+    let cancel = next_cancel(&app, "s").await;
+    assert_eq!(cancel.args["attempt"], 1);
+    // A late result of the lost attempt changes nothing.
+    w.finish(&first, 1).await;
+    w.started(&second).await;
+    // Silent again: redeliveries (1) are used up, so it fails.
+    let t = app.wait_task_state(&id, "t", "failed").await;
+    assert_eq!(t["attempt"], 2);
+    assert!(
+        t["result"]["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("worker lost"),
+        "{t}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_at_most_once_task_is_never_sent_again_after_its_worker_is_lost() {
+    let app = spawn_app_with(&[("BORA__DISPATCH__HEARTBEAT_TIMEOUT_S", "1")]).await;
+    let wf = app
+        .create_workflow(json!({"name": "amo", "tasks": [
+            {"name": "t", "server_id": "s", "delivery": "at_most_once", "retries": 3}
+        ]}))
+        .await;
+    let id = wf["id"].as_str().unwrap().to_owned();
+    let mut w = app.fake_worker("s").await;
+    let first = w.next_task().await;
+    w.started(&first).await;
+    let t = app.wait_task_state(&id, "t", "failed").await;
+    assert_eq!(t["attempt"], 1);
+    assert!(
+        t["result"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("worker lost"),
+        "{t}"
+    );
+    w.expect_nothing(Duration::from_millis(500)).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_task_with_no_result_within_its_timeout_ends_timed_out() {
+    // Nobody serves "nobody": the task is published and never answered.
+    let app = spawn_app_with(&[("BORA__DISPATCH__HEARTBEAT_TIMEOUT_S", "1")]).await;
+    let wf = app
+        .create_workflow(json!({"name": "deadline", "tasks": [
+            {"name": "t", "server_id": "nobody", "timeout_s": 1},
+            {"name": "next", "server_id": "nobody", "depends_on": ["t"]}
+        ]}))
+        .await;
+    let id = wf["id"].as_str().unwrap().to_owned();
+    let t = app.wait_task_state(&id, "t", "timed_out").await;
+    assert_eq!(t["result"]["timed_out"], true);
+    assert!(
+        t["result"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("no result within 1 s")
+    );
+    assert_eq!(app.task(&id, "next").await["state"], "skipped");
+    // The worker that boots late is told not to run it.
+    let cancel = next_cancel(&app, "nobody").await;
+    assert_eq!(cancel.method, "cancel_task");
+    app.wait_workflow_state(&id, "failed").await;
+    app.stop().await;
+}
