@@ -84,7 +84,18 @@ pub struct Settings {
     pub amqp: AmqpSettings,
     pub dispatch: DispatchSettings,
     pub worker: WorkerSettings,
+    pub notifications: NotificationSettings,
     pub log: LogSettings,
+}
+
+/// oslo-style notifications on task and workflow ends.
+#[derive(Debug, Clone, Deserialize)]
+pub struct NotificationSettings {
+    pub enabled: bool,
+    /// Routing keys are `<topic>.info` and `<topic>.error` on `amqp.exchange`.
+    pub topic: String,
+    /// Empty: `bora.<hostname>`.
+    pub publisher_id: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -395,6 +395,49 @@ impl CancelMessage {
     }
 }
 
+/// An oslo.messaging Notifier message (messaging v2 driver): what a
+/// `NotificationListener` receives as `(ctxt, publisher_id, event_type,
+/// payload, metadata)`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Notification {
+    pub message_id: String,
+    pub publisher_id: String,
+    pub event_type: String,
+    /// `INFO` or `ERROR` (upper case, as oslo's Notifier sends it).
+    pub priority: String,
+    pub payload: Value,
+    /// Python's `str(datetime.utcnow())`: `2026-11-25 04:51:47.722413`.
+    pub timestamp: String,
+    #[serde(rename = "_unique_id")]
+    pub unique_id: String,
+}
+
+impl Notification {
+    pub fn new(publisher_id: &str, event_type: &str, error: bool, payload: Value) -> Self {
+        Self {
+            message_id: Uuid::new_v4().to_string(),
+            publisher_id: publisher_id.to_owned(),
+            event_type: event_type.to_owned(),
+            priority: if error { "ERROR" } else { "INFO" }.to_owned(),
+            payload,
+            timestamp: chrono::Utc::now()
+                .naive_utc()
+                .format("%Y-%m-%d %H:%M:%S%.6f")
+                .to_string(),
+            unique_id: fresh_unique_id(),
+        }
+    }
+
+    /// The routing key under `topic`: `<topic>.info` or `<topic>.error`.
+    pub fn routing_key(&self, topic: &str) -> String {
+        format!("{topic}.{}", self.priority.to_lowercase())
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        encode_envelope(self)
+    }
+}
+
 /// The result of one attempt (SPEC 2), also Heat's `deploy_*` signal under plain names.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskResult {
@@ -794,6 +837,29 @@ mod tests {
         assert_eq!(h["deploy_status_code"], 3);
         assert_eq!(h["deploy_stdout"], "o");
         assert_eq!(h["x"], 1);
+    }
+
+    #[test]
+    fn notifications_look_like_oslo_notifier_messages() {
+        let n = Notification::new("bora.host", "bora.task.end", true, json!({"id": "x"}));
+        assert_eq!(n.routing_key("notifications"), "notifications.error");
+        let inner = decode_envelope(&n.encode()).unwrap();
+        for k in [
+            "message_id",
+            "publisher_id",
+            "event_type",
+            "priority",
+            "payload",
+            "timestamp",
+            "_unique_id",
+        ] {
+            assert!(inner.contains_key(k), "{k} missing");
+        }
+        assert_eq!(inner["priority"], "ERROR");
+        // Python's str(datetime): a space, microseconds.
+        let ts = inner["timestamp"].as_str().unwrap();
+        assert_eq!(ts.len(), 26, "{ts}");
+        assert_eq!(&ts[10..11], " ");
     }
 
     #[test]

@@ -278,6 +278,9 @@ async fn declare_server_queues(
 pub struct Outgoing {
     pub routing_key: String,
     pub body: Vec<u8>,
+    /// Returned when no queue takes it (tasks, cancels); notifications are
+    /// not, as oslo's Notifier does.
+    pub mandatory: bool,
 }
 
 /// What the broker said about one published message.
@@ -326,6 +329,40 @@ impl Publisher {
         Ok(())
     }
 
+    /// Makes sure a notification queue exists, as oslo's Notifier declares it
+    /// on send (durable, named and bound by its routing key), so notifications
+    /// wait for a listener that starts later.
+    ///
+    /// # Errors
+    /// A refused declare or a broken channel.
+    pub async fn ensure_notification_queue(&mut self, name: &str) -> Result<(), BrokerError> {
+        let key = format!("notify:{name}");
+        if self.declared.contains(&key) {
+            return Ok(());
+        }
+        if !self.topology.status().connected() {
+            self.topology = self._conn.create_channel().await?;
+        }
+        self.topology
+            .queue_declare(
+                name.into(),
+                durable_queue(),
+                queue_arguments(self.settings.queue_type),
+            )
+            .await?;
+        self.topology
+            .queue_bind(
+                name.into(),
+                self.settings.exchange.as_str().into(),
+                name.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        self.declared.insert(key);
+        Ok(())
+    }
+
     /// Forgets that a server's queues exist (after an unroutable publish).
     pub fn forget_server(&mut self, server_id: &str) {
         self.declared.remove(server_id);
@@ -350,7 +387,7 @@ impl Publisher {
                     self.settings.exchange.as_str().into(),
                     msg.routing_key.as_str().into(),
                     BasicPublishOptions {
-                        mandatory: true,
+                        mandatory: msg.mandatory,
                         ..BasicPublishOptions::default()
                     },
                     &msg.body,

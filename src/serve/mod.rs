@@ -60,6 +60,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
             reply_exchange: settings.amqp.reply_queue.clone(),
             max_result_bytes: settings.dispatch.max_result_bytes,
             max_tasks_per_workflow: settings.dispatch.max_tasks_per_workflow,
+            notifications: settings.notifications.enabled,
         },
     );
     let listener = tokio::net::TcpListener::bind(settings.api.listen)

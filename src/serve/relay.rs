@@ -14,11 +14,12 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use crate::api::views::{TaskView, WorkflowView};
 use crate::backoff::Backoff;
 use crate::broker::{Broker, BrokerError, Outgoing, Published, Publisher};
 use crate::config::Settings;
-use crate::domain::TaskState;
-use crate::protocol::CancelMessage;
+use crate::domain::{TaskState, WorkflowState};
+use crate::protocol::{CancelMessage, Notification};
 use crate::store::{OutboxItem, OutboxKind, StoreError, now_us};
 use crate::tracker::Tracker;
 
@@ -109,14 +110,26 @@ async fn relay_once(
     let mut moot = Vec::new();
     let mut sending: Vec<(OutboxItem, Outgoing)> = Vec::with_capacity(items.len());
     for item in items {
-        match render(&item, settings) {
+        match render(&item, tracker, settings).await? {
             Some(msg) => sending.push((item, msg)),
             None => moot.push(item),
         }
     }
-    let servers: BTreeSet<&str> = sending.iter().map(|(i, _)| i.server_id.as_str()).collect();
+    let mut servers = BTreeSet::new();
+    let mut notification_queues = BTreeSet::new();
+    for (item, msg) in &sending {
+        match item.kind {
+            OutboxKind::Task | OutboxKind::Cancel => servers.insert(item.server_id.as_str()),
+            OutboxKind::TaskEnd | OutboxKind::WorkflowEnd => {
+                notification_queues.insert(msg.routing_key.as_str())
+            }
+        };
+    }
     for server in servers {
         publisher.ensure_server_queues(server).await?;
+    }
+    for queue in notification_queues {
+        publisher.ensure_notification_queue(queue).await?;
     }
     let batch: Vec<Outgoing> = sending.iter().map(|(_, m)| m.clone()).collect();
     let outcomes = publisher.publish_batch(&batch).await?;
@@ -126,12 +139,12 @@ async fn relay_once(
         match outcome {
             Published::Confirmed => confirmed.push(item),
             Published::Unroutable => {
-                warn!(server_id = %item.server_id, task_id = %item.task_id, "publish returned unroutable; redeclaring the server's queues");
+                warn!(server_id = %item.server_id, kind = item.kind.as_str(), "publish returned unroutable; redeclaring the server's queues");
                 publisher.forget_server(&item.server_id);
                 failed.push(item);
             }
             Published::Nacked => {
-                warn!(server_id = %item.server_id, task_id = %item.task_id, "broker nacked a publish; retrying");
+                warn!(server_id = %item.server_id, kind = item.kind.as_str(), "broker nacked a publish; retrying");
                 failed.push(item);
             }
         }
@@ -151,21 +164,29 @@ async fn relay_once(
 
 /// The message an outbox row stands for, or `None` if it is moot (its task
 /// was deleted or moved to another attempt).
-fn render(item: &OutboxItem, settings: &Settings) -> Option<Outgoing> {
-    match item.kind {
-        OutboxKind::Cancel => Some(Outgoing {
+async fn render(
+    item: &OutboxItem,
+    tracker: &Tracker,
+    settings: &Settings,
+) -> Result<Option<Outgoing>, StoreError> {
+    let store = tracker.store();
+    Ok(match item.kind {
+        OutboxKind::Cancel => item.task_id.map(|task_id| Outgoing {
             routing_key: settings.amqp.control_queue(&item.server_id),
             body: CancelMessage {
-                task_id: item.task_id,
+                task_id,
                 attempt: item.attempt as u32,
             }
             .to_cast()
             .encode(),
+            mandatory: true,
         }),
         OutboxKind::Task => {
-            let task = item.task.as_ref()?;
+            let Some(task) = item.task.as_ref() else {
+                return Ok(None);
+            };
             if task.attempt != item.attempt || task.state != TaskState::Waiting {
-                return None;
+                return Ok(None);
             }
             match task.message() {
                 Ok(m) => Some(Outgoing {
@@ -173,12 +194,71 @@ fn render(item: &OutboxItem, settings: &Settings) -> Option<Outgoing> {
                     body: m
                         .to_call(&settings.amqp.reply_queue, settings.worker.heartbeat_s)
                         .encode(),
+                    mandatory: true,
                 }),
                 Err(e) => {
-                    error!(task_id = %item.task_id, error = %e, "cannot render a task message; dropping it");
+                    error!(task_id = %task.id, error = %e, "cannot render a task message; dropping it");
                     None
                 }
             }
         }
+        OutboxKind::TaskEnd => {
+            let Some(task) = item.task.clone() else {
+                return Ok(None);
+            };
+            let error = task.state != TaskState::Succeeded;
+            let deps = store.dependencies(task.id).await?;
+            let window = settings.dispatch.heartbeat_timeout_s as i64 * 1_000_000;
+            let online = store
+                .server_last_seen(&task.server_id)
+                .await?
+                .is_some_and(|t| now_us() - t <= window);
+            let mut view = TaskView::new(task, &deps, online)?;
+            // Without the streams: notifications are summaries.
+            if let Some(r) = view.result.as_mut() {
+                r.stdout.clear();
+                r.stderr.clear();
+            }
+            let payload = serde_json::to_value(view).unwrap_or_default();
+            Some(notification(settings, "bora.task.end", error, payload))
+        }
+        OutboxKind::WorkflowEnd => {
+            let Some(wf) = item.workflow_id else {
+                return Ok(None);
+            };
+            let Some(row) = store.workflow(wf).await? else {
+                return Ok(None);
+            };
+            let counts = store.task_counts(wf).await?;
+            let view = WorkflowView::new(row, counts);
+            let error = view.state != WorkflowState::Succeeded;
+            let payload = serde_json::to_value(view).unwrap_or_default();
+            Some(notification(settings, "bora.workflow.end", error, payload))
+        }
+    })
+}
+
+fn notification(
+    settings: &Settings,
+    event_type: &str,
+    error: bool,
+    payload: serde_json::Value,
+) -> Outgoing {
+    let n = Notification::new(&publisher_id(settings), event_type, error, payload);
+    Outgoing {
+        routing_key: n.routing_key(&settings.notifications.topic),
+        body: n.encode(),
+        mandatory: false,
     }
+}
+
+/// `notifications.publisher_id`, else `bora.<hostname>`.
+fn publisher_id(settings: &Settings) -> String {
+    if !settings.notifications.publisher_id.is_empty() {
+        return settings.notifications.publisher_id.clone();
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".to_owned());
+    format!("bora.{host}")
 }

@@ -368,7 +368,8 @@ impl Store {
     pub async fn due_outbox(&self, now: i64, limit: u32) -> Result<Vec<OutboxItem>, StoreError> {
         let rows = sqlx::query(concat!(
             "SELECT o.id AS o_id, o.kind AS o_kind, o.task_id AS o_task_id, ",
-            "o.attempt AS o_attempt, o.server_id AS o_server_id, t.state AS t_state, ",
+            "o.attempt AS o_attempt, o.server_id AS o_server_id, o.workflow_id AS o_workflow_id, ",
+            "t.state AS t_state, ",
             task_columns!(t),
             " FROM outbox o LEFT JOIN tasks t ON t.id = o.task_id ",
             "WHERE o.not_before <= $1 ORDER BY o.id LIMIT $2"

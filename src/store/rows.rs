@@ -271,6 +271,10 @@ pub enum OutboxKind {
     Task,
     /// A `cancel_task` cast, to the server's control queue.
     Cancel,
+    /// An oslo notification `bora.task.end`.
+    TaskEnd,
+    /// An oslo notification `bora.workflow.end`.
+    WorkflowEnd,
 }
 
 impl OutboxKind {
@@ -278,6 +282,8 @@ impl OutboxKind {
         match self {
             OutboxKind::Task => "task",
             OutboxKind::Cancel => "cancel",
+            OutboxKind::TaskEnd => "task_end",
+            OutboxKind::WorkflowEnd => "workflow_end",
         }
     }
 }
@@ -287,7 +293,10 @@ impl OutboxKind {
 pub struct OutboxItem {
     pub id: i64,
     pub kind: OutboxKind,
-    pub task_id: TaskId,
+    /// The task concerned; `None` for a workflow's end.
+    pub task_id: Option<TaskId>,
+    /// The workflow of a workflow's end.
+    pub workflow_id: Option<WorkflowId>,
     pub attempt: i64,
     pub server_id: String,
     /// The task as it is now; `None` once deleted (a cancel may outlive it).
@@ -298,15 +307,21 @@ impl OutboxItem {
     pub(super) fn from_row(row: &AnyRow) -> Result<Self, StoreError> {
         let kind: String = row.try_get("o_kind")?;
         let task_id: String = row.try_get("o_task_id")?;
+        let workflow_id: Option<String> = row.try_get("o_workflow_id")?;
         let t_state: Option<String> = row.try_get("t_state")?;
         Ok(Self {
             id: row.try_get("o_id")?,
             kind: match kind.as_str() {
                 "task" => OutboxKind::Task,
                 "cancel" => OutboxKind::Cancel,
+                "task_end" => OutboxKind::TaskEnd,
+                "workflow_end" => OutboxKind::WorkflowEnd,
                 other => return Err(StoreError::Corrupt(format!("outbox kind {other:?}"))),
             },
-            task_id: parse_id(&task_id)?,
+            task_id: (!task_id.is_empty())
+                .then(|| parse_id(&task_id))
+                .transpose()?,
+            workflow_id: workflow_id.as_deref().map(parse_id).transpose()?,
             attempt: row.try_get("o_attempt")?,
             server_id: row.try_get("o_server_id")?,
             task: match t_state {

@@ -15,6 +15,8 @@ pub struct WriteTx {
     /// Whether this transaction queued an outbox message (the relay is woken
     /// after commit only then).
     queued_messages: bool,
+    /// Tasks that reached a terminal state in this transaction, as they were then.
+    ended: Vec<TaskRow>,
 }
 
 /// A dependent of a task, as the release step needs it.
@@ -30,6 +32,7 @@ impl WriteTx {
         Self {
             tx,
             queued_messages: false,
+            ended: Vec::new(),
         }
     }
 
@@ -402,11 +405,12 @@ impl WriteTx {
         now: i64,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO outbox (kind, task_id, attempt, server_id, not_before, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO outbox (kind, task_id, workflow_id, attempt, server_id, not_before, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(kind.as_str())
         .bind(task.id.to_string())
+        .bind(task.workflow_id.to_string())
         .bind(task.attempt)
         .bind(&task.server_id)
         .bind(not_before)
@@ -415,6 +419,46 @@ impl WriteTx {
         .await?;
         self.queued_messages = true;
         Ok(())
+    }
+
+    /// Queues the notification of a workflow's end.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn enqueue_workflow_end(
+        &mut self,
+        workflow: WorkflowId,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO outbox (kind, task_id, workflow_id, attempt, server_id, not_before, created_at) \
+             VALUES ('workflow_end', '', $1, 0, '', $2, $2)",
+        )
+        .bind(workflow.to_string())
+        .bind(now)
+        .execute(&mut *self.tx)
+        .await?;
+        self.queued_messages = true;
+        Ok(())
+    }
+
+    /// The tasks this transaction ended so far (emptied on read).
+    pub fn take_ended(&mut self) -> Vec<TaskRow> {
+        std::mem::take(&mut self.ended)
+    }
+
+    /// Whether a workflow has no unfinished task left.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn workflow_done(&mut self, workflow: WorkflowId) -> Result<bool, StoreError> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM tasks WHERE workflow_id = $1 AND state IN ('waiting', 'queued', 'running')",
+        )
+        .bind(workflow.to_string())
+        .fetch_one(&mut *self.tx)
+        .await?;
+        Ok(n == 0)
     }
 
     /// Drops a task's queued `run_task` messages that were not yet confirmed.
@@ -540,6 +584,9 @@ impl WriteTx {
     /// # Errors
     /// A database failure.
     pub async fn task_event(&mut self, task: &TaskRow, now: i64) -> Result<(), StoreError> {
+        if task.state.is_terminal() {
+            self.ended.push(task.clone());
+        }
         sqlx::query(
             "INSERT INTO events (workflow_id, task_id, task_name, server_id, kind, state, attempt, at) \
              VALUES ($1, $2, $3, $4, 'task', $5, $6, $7)",

@@ -75,6 +75,8 @@ pub struct TrackerConfig {
     pub max_result_bytes: usize,
     /// Most tasks one workflow may hold.
     pub max_tasks_per_workflow: u64,
+    /// Queue oslo notifications on task and workflow ends.
+    pub notifications: bool,
 }
 
 /// Cheap handle; clone it into every component that changes state.
@@ -104,7 +106,23 @@ impl Tracker {
         self.relay_wake.clone()
     }
 
-    async fn commit(&self, tx: WriteTx) -> Result<(), StoreError> {
+    async fn commit(&self, mut tx: WriteTx) -> Result<(), StoreError> {
+        if self.config.notifications {
+            // Every task end is announced; a workflow whose last unfinished
+            // task ended here ends with this commit.
+            let now = now_us();
+            let ended = tx.take_ended();
+            let mut workflows = std::collections::BTreeSet::new();
+            for task in &ended {
+                tx.enqueue(OutboxKind::TaskEnd, task, now, now).await?;
+                workflows.insert(task.workflow_id);
+            }
+            for wf in workflows {
+                if tx.workflow_done(wf).await? {
+                    tx.enqueue_workflow_end(wf, now).await?;
+                }
+            }
+        }
         if tx.commit().await? {
             self.relay_wake.notify_one();
         }
@@ -562,10 +580,10 @@ impl Tracker {
         let mut tx = self.store.begin().await?;
         for item in confirmed {
             tx.delete_outbox(item.id).await?;
-            if item.kind != OutboxKind::Task {
+            let (OutboxKind::Task, Some(task_id)) = (item.kind, item.task_id) else {
                 continue;
-            }
-            if let Some(mut task) = tx.task(item.task_id).await? {
+            };
+            if let Some(mut task) = tx.task(task_id).await? {
                 release::mark_queued(&mut tx, &mut task, item.attempt, now).await?;
             }
         }

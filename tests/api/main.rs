@@ -794,3 +794,69 @@ async fn configured_tokens_are_required_on_v1() {
     assert_eq!(app.get("/readyz").await.0, StatusCode::OK);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn task_and_workflow_ends_are_announced_as_oslo_notifications() {
+    let app = spawn_app().await;
+    let wf = app
+        .create_workflow(json!({"name": "notify", "tasks": [
+            {"name": "ok", "server_id": "s"},
+            {"name": "bad", "server_id": "s", "depends_on": ["ok"]}
+        ]}))
+        .await;
+    let id = wf_id(&wf);
+    let mut w = app.fake_worker("s").await;
+    let ok = w.next_task().await;
+    w.finish(&ok, 0).await;
+    let bad = w.next_task().await;
+    w.finish(&bad, 2).await;
+    app.wait_workflow_state(&id, "failed").await;
+    // The notifier declares notifications.<priority> as oslo's does, so they wait for a listener.
+    let conn = lapin::Connection::connect(&app.vhost.amqp_url(), Default::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..100 {
+        for queue in ["notifications.info", "notifications.error"] {
+            if let Ok(Some(m)) = ch
+                .basic_get(
+                    queue.into(),
+                    lapin::options::BasicGetOptions { no_ack: true },
+                )
+                .await
+            {
+                let n: bora::protocol::Notification = serde_json::from_value(Value::Object(
+                    bora::protocol::decode_envelope(&m.delivery.data).unwrap(),
+                ))
+                .unwrap();
+                assert_eq!(m.delivery.routing_key.as_str(), queue);
+                seen.push((n.event_type, n.priority, n.payload));
+            }
+        }
+        if seen.len() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    let find = |e: &str, name: Option<&str>| {
+        seen.iter()
+            .find(|(ev, _, p)| ev == e && name.is_none_or(|n| p["name"] == n))
+            .cloned()
+            .unwrap_or_else(|| panic!("{e} {name:?} missing from {seen:?}"))
+    };
+    let (_, prio, payload) = find("bora.task.end", Some("ok"));
+    assert_eq!(prio, "INFO");
+    assert_eq!(payload["state"], "succeeded");
+    assert_eq!(payload["result"]["stdout"], "", "streams are left out");
+    assert_eq!(payload["result"]["stdout_bytes"], 4);
+    let (_, prio, payload) = find("bora.task.end", Some("bad"));
+    assert_eq!(prio, "ERROR");
+    assert_eq!(payload["result"]["exit_code"], 2);
+    let (_, prio, payload) = find("bora.workflow.end", None);
+    assert_eq!(prio, "ERROR");
+    assert_eq!(payload["id"], id.as_str());
+    assert_eq!(payload["state"], "failed");
+    app.stop().await;
+}
