@@ -85,7 +85,27 @@ pub struct Settings {
     pub dispatch: DispatchSettings,
     pub worker: WorkerSettings,
     pub notifications: NotificationSettings,
+    pub rpc: RpcSettings,
     pub log: LogSettings,
+}
+
+/// The oslo RPC API (`bora_api`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct RpcSettings {
+    pub enabled: bool,
+    /// Queues `<topic>` (shared by every dispatcher) and `<topic>.<server>`.
+    pub topic: String,
+    /// Empty: the hostname.
+    pub server: String,
+}
+
+/// This machine's host name (for `bora.<host>` and `bora_api.<host>`).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
 }
 
 /// oslo-style notifications on task and workflow ends.
@@ -274,6 +294,24 @@ impl Settings {
             return bad("worker.max_output_bytes must be at least 1024");
         }
         Ok(())
+    }
+
+    /// The RPC API's server name: `rpc.server`, else the hostname.
+    pub fn rpc_server_name(&self) -> String {
+        if self.rpc.server.is_empty() {
+            hostname()
+        } else {
+            self.rpc.server.clone()
+        }
+    }
+
+    /// The notifications' publisher id: `notifications.publisher_id`, else `bora.<hostname>`.
+    pub fn publisher_id(&self) -> String {
+        if self.notifications.publisher_id.is_empty() {
+            format!("bora.{}", hostname())
+        } else {
+            self.notifications.publisher_id.clone()
+        }
     }
 
     /// The worker's broker URL: `worker.amqp_url`, else `amqp.url`.

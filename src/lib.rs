@@ -16,6 +16,7 @@ pub mod config;
 pub mod domain;
 pub mod protocol;
 pub mod registration;
+pub mod rpc;
 pub mod serve;
 pub mod store;
 pub mod telemetry;

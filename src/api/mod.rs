@@ -7,9 +7,9 @@ mod auth;
 mod error;
 mod extract;
 mod servers;
-mod tasks;
+pub(crate) mod tasks;
 pub mod views;
-mod workflows;
+pub(crate) mod workflows;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -40,7 +40,7 @@ pub struct AppState {
 }
 
 impl AppState {
-    fn store(&self) -> &Store {
+    pub(crate) fn store(&self) -> &Store {
         self.tracker.store()
     }
 
@@ -50,7 +50,7 @@ impl AppState {
         last_seen.is_some_and(|t| now_us() - t <= window)
     }
 
-    async fn workflow_view(&self, id: WorkflowId) -> Result<WorkflowView, ApiError> {
+    pub(crate) async fn workflow_view(&self, id: WorkflowId) -> Result<WorkflowView, ApiError> {
         let row = self
             .store()
             .workflow(id)
@@ -60,14 +60,14 @@ impl AppState {
         Ok(WorkflowView::new(row, counts))
     }
 
-    async fn task_view(&self, row: TaskRow) -> Result<TaskView, ApiError> {
+    pub(crate) async fn task_view(&self, row: TaskRow) -> Result<TaskView, ApiError> {
         let deps = self.store().dependencies(row.id).await?;
         let online = self.online(self.store().server_last_seen(&row.server_id).await?);
         Ok(TaskView::new(row, &deps, online)?)
     }
 
     /// Views of many tasks of one workflow, with two extra queries in all.
-    async fn task_views(
+    pub(crate) async fn task_views(
         &self,
         workflow: WorkflowId,
         rows: Vec<TaskRow>,
@@ -88,7 +88,7 @@ impl AppState {
 }
 
 /// Parses a workflow id from a path; anything else names no workflow.
-fn workflow_id(raw: &str) -> Result<WorkflowId, ApiError> {
+pub(crate) fn workflow_id(raw: &str) -> Result<WorkflowId, ApiError> {
     raw.parse()
         .map_err(|_| ApiError::not_found(format!("workflow {raw:?} not found")))
 }

@@ -15,7 +15,7 @@ use super::{AppState, workflow_id};
 use crate::domain::{NewTask, ServerId, TaskPatch, TaskState, WorkflowId};
 use crate::store::TaskRow;
 
-async fn existing_workflow(state: &AppState, raw: &str) -> Result<WorkflowId, ApiError> {
+pub(crate) async fn existing_workflow(state: &AppState, raw: &str) -> Result<WorkflowId, ApiError> {
     let id = workflow_id(raw)?;
     state
         .store()
@@ -25,7 +25,11 @@ async fn existing_workflow(state: &AppState, raw: &str) -> Result<WorkflowId, Ap
     Ok(id)
 }
 
-async fn task_row(state: &AppState, wf: WorkflowId, reference: &str) -> Result<TaskRow, ApiError> {
+pub(crate) async fn task_row(
+    state: &AppState,
+    wf: WorkflowId,
+    reference: &str,
+) -> Result<TaskRow, ApiError> {
     state
         .store()
         .task_by_ref(wf, reference)

@@ -13,7 +13,7 @@ use super::{AppState, workflow_id};
 use crate::domain::{NewWorkflow, TaskSpec, WorkflowId, WorkflowPatch, WorkflowState};
 
 /// Validates every task of a batch, reporting all invalid fields at once.
-pub(super) fn validate_tasks(
+pub(crate) fn validate_tasks(
     tasks: Vec<crate::domain::NewTask>,
     prefix: &str,
 ) -> Result<Vec<TaskSpec>, ApiError> {

@@ -8,6 +8,7 @@
 //! declares it, so either side may declare first (oslo-wire 8).
 
 pub mod management;
+pub mod rpc;
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -255,21 +256,32 @@ async fn declare_server_queues(
         settings.task_queue(server_id),
         settings.control_queue(server_id),
     ] {
-        ch.queue_declare(
-            queue.as_str().into(),
-            durable_queue(),
-            queue_arguments(settings.queue_type),
-        )
-        .await?;
-        ch.queue_bind(
-            queue.as_str().into(),
-            settings.exchange.as_str().into(),
-            queue.as_str().into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+        declare_bound_queue(ch, settings, &queue).await?;
     }
+    Ok(())
+}
+
+/// Declares a durable (or quorum) queue bound to the task exchange with its
+/// own name as the key: the shape of every queue oslo peers share with bora.
+async fn declare_bound_queue(
+    ch: &Channel,
+    settings: &AmqpSettings,
+    queue: &str,
+) -> Result<(), BrokerError> {
+    ch.queue_declare(
+        queue.into(),
+        durable_queue(),
+        queue_arguments(settings.queue_type),
+    )
+    .await?;
+    ch.queue_bind(
+        queue.into(),
+        settings.exchange.as_str().into(),
+        queue.into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
     Ok(())
 }
 
@@ -343,22 +355,7 @@ impl Publisher {
         if !self.topology.status().connected() {
             self.topology = self._conn.create_channel().await?;
         }
-        self.topology
-            .queue_declare(
-                name.into(),
-                durable_queue(),
-                queue_arguments(self.settings.queue_type),
-            )
-            .await?;
-        self.topology
-            .queue_bind(
-                name.into(),
-                self.settings.exchange.as_str().into(),
-                name.into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        declare_bound_queue(&self.topology, &self.settings, name).await?;
         self.declared.insert(key);
         Ok(())
     }

@@ -88,12 +88,19 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
     let registry =
         crate::registration::Registry::new(settings.clone(), broker.clone(), tracker.clone())
             .context("configuring the management API client")?;
-    let app = api::router(AppState {
+    let state = AppState {
         registry,
         tracker,
         broker,
         settings: settings.clone(),
-    });
+    };
+    if settings.rpc.enabled {
+        tasks.push(tokio::spawn(crate::rpc::run(
+            state.clone(),
+            shutdown.clone(),
+        )));
+    }
+    let app = api::router(state);
     let stop = shutdown.clone();
     tasks.push(tokio::spawn(async move {
         let served = axum::serve(listener, app)

@@ -244,21 +244,10 @@ fn notification(
     error: bool,
     payload: serde_json::Value,
 ) -> Outgoing {
-    let n = Notification::new(&publisher_id(settings), event_type, error, payload);
+    let n = Notification::new(&settings.publisher_id(), event_type, error, payload);
     Outgoing {
         routing_key: n.routing_key(&settings.notifications.topic),
         body: n.encode(),
         mandatory: false,
     }
-}
-
-/// `notifications.publisher_id`, else `bora.<hostname>`.
-fn publisher_id(settings: &Settings) -> String {
-    if !settings.notifications.publisher_id.is_empty() {
-        return settings.notifications.publisher_id.clone();
-    }
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "localhost".to_owned());
-    format!("bora.{host}")
 }

@@ -5,6 +5,7 @@
 
 mod e2e;
 mod helpers;
+mod oslo;
 mod scanner;
 mod security;
 

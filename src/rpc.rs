@@ -1,0 +1,348 @@
+//! The oslo RPC API (SPEC 5): bora answers calls on topic `bora_api` (and
+//! `bora_api.<server>`) as an oslo.messaging RPC server would, with the same
+//! arguments, validation and results as REST, so Heat can drive bora with the
+//! library it already uses.
+//!
+//! Requests are decoded by `protocol`, served through the same `api` code as
+//! REST (views, validation, tracker), and answered like oslo (oslo-wire 5):
+//! `result`, `failure`, `ending: true`, `_msg_id`; errors as failures of
+//! module `bora.errors` that an oslo client raises as `RemoteError`. Casts
+//! (no `_msg_id`) run and get no reply. A repeated `_unique_id` is dropped
+//! silently, as oslo does. This module knows no AMQP (that is `broker::rpc`)
+//! and no SQL.
+
+use std::collections::{HashSet, VecDeque};
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value, json};
+use subtle::ConstantTimeEq;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::api::{ApiError, AppState, tasks, workflow_id, workflows};
+use crate::backoff::Backoff;
+use crate::broker::rpc::RpcEndpoint;
+use crate::domain::{NewTask, NewWorkflow, ServerId, ServerKind};
+use crate::protocol::{Failure, RpcReply, RpcRequest};
+
+/// How many recent `_unique_id`s are remembered to drop re-sent requests.
+const DEDUP_WINDOW: usize = 1024;
+
+/// The exception classes an oslo client sees (`RemoteError.exc_type`).
+fn failure_class(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::NOT_FOUND => "NotFound",
+        StatusCode::CONFLICT => "Conflict",
+        StatusCode::UNAUTHORIZED => "Unauthorized",
+        s if s.is_client_error() => "ValidationError",
+        _ => "ServiceUnavailable",
+    }
+}
+
+fn failure_of(e: &ApiError) -> Failure {
+    let mut f = Failure::new("bora.errors", failure_class(e.status), e.message.clone());
+    f.kwargs
+        .insert("code".into(), Value::String(e.code.to_owned()));
+    f
+}
+
+fn no_such_method(method: &str) -> Failure {
+    Failure::new(
+        "oslo_messaging.rpc.dispatcher",
+        "NoSuchMethod",
+        format!("Endpoint does not support RPC method {method}"),
+    )
+}
+
+/// Parses a call's keyword arguments into `T`; a mismatch is a ValidationError.
+fn kwargs<T: DeserializeOwned>(args: &Map<String, Value>) -> Result<T, ApiError> {
+    serde_json::from_value(Value::Object(args.clone()))
+        .map_err(|e| ApiError::unprocessable("invalid_arguments", e.to_string()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WorkflowArg {
+    workflow_id: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddTaskArgs {
+    workflow_id: String,
+    task: NewTask,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GetTaskArgs {
+    workflow_id: String,
+    task: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegisterArgs {
+    server_id: String,
+    #[serde(default)]
+    kind: ServerKind,
+}
+
+fn to_value<T: serde::Serialize>(v: T) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
+/// Runs one method; `Err(None)` for an unknown method.
+async fn call(
+    state: &AppState,
+    method: &str,
+    args: &Map<String, Value>,
+) -> Result<Value, Option<ApiError>> {
+    let r = match method {
+        "create_workflow" => create_workflow(state, args).await,
+        "add_task" => add_task(state, args).await,
+        "get_workflow" => get_workflow(state, args).await,
+        "get_task" => get_task(state, args).await,
+        "list_tasks" => list_tasks(state, args).await,
+        "cancel_workflow" => cancel_workflow(state, args).await,
+        "register_server" => register_server(state, args).await,
+        _ => return Err(None),
+    };
+    r.map_err(Some)
+}
+
+async fn create_workflow(state: &AppState, args: &Map<String, Value>) -> Result<Value, ApiError> {
+    let mut new: NewWorkflow = kwargs(args)?;
+    let tasks = new.tasks.take();
+    let with_tasks = tasks.is_some();
+    let specs = workflows::validate_tasks(tasks.unwrap_or_default(), "tasks")?;
+    let id = state.tracker.create_workflow(new, specs).await?;
+    let mut view = state.workflow_view(id).await?;
+    if with_tasks {
+        let rows = state.store().tasks(id, None, None).await?;
+        view.tasks = Some(state.task_views(id, rows).await?);
+    }
+    Ok(to_value(view))
+}
+
+async fn add_task(state: &AppState, args: &Map<String, Value>) -> Result<Value, ApiError> {
+    let a: AddTaskArgs = kwargs(args)?;
+    let wf = workflow_id(&a.workflow_id)?;
+    let specs = workflows::validate_tasks(vec![a.task], "task")?;
+    let ids = state.tracker.add_tasks(wf, specs).await?;
+    let id = ids
+        .first()
+        .ok_or_else(|| ApiError::not_found("task vanished"))?;
+    let row = tasks::task_row(state, wf, &id.to_string()).await?;
+    Ok(to_value(state.task_view(row).await?))
+}
+
+async fn get_workflow(state: &AppState, args: &Map<String, Value>) -> Result<Value, ApiError> {
+    let a: WorkflowArg = kwargs(args)?;
+    Ok(to_value(
+        state.workflow_view(workflow_id(&a.workflow_id)?).await?,
+    ))
+}
+
+async fn get_task(state: &AppState, args: &Map<String, Value>) -> Result<Value, ApiError> {
+    let a: GetTaskArgs = kwargs(args)?;
+    let wf = tasks::existing_workflow(state, &a.workflow_id).await?;
+    let row = tasks::task_row(state, wf, &a.task).await?;
+    Ok(to_value(state.task_view(row).await?))
+}
+
+async fn list_tasks(state: &AppState, args: &Map<String, Value>) -> Result<Value, ApiError> {
+    let a: WorkflowArg = kwargs(args)?;
+    let wf = tasks::existing_workflow(state, &a.workflow_id).await?;
+    let rows = state.store().tasks(wf, None, None).await?;
+    Ok(json!({ "tasks": state.task_views(wf, rows).await? }))
+}
+
+async fn cancel_workflow(state: &AppState, args: &Map<String, Value>) -> Result<Value, ApiError> {
+    let a: WorkflowArg = kwargs(args)?;
+    let id = workflow_id(&a.workflow_id)?;
+    state.tracker.cancel_workflow(id).await?;
+    Ok(to_value(state.workflow_view(id).await?))
+}
+
+async fn register_server(state: &AppState, args: &Map<String, Value>) -> Result<Value, ApiError> {
+    let a: RegisterArgs = kwargs(args)?;
+    let id = ServerId::parse(&a.server_id)
+        .map_err(|e| ApiError::unprocessable("validation_failed", format!("server_id: {e}")))?;
+    Ok(to_value(state.registry.register(&id, a.kind).await?))
+}
+
+/// With API tokens configured, a call must carry one as its context's
+/// `auth_token` (`_context_auth_token`, as oslo's RequestContext sends it).
+fn authorized(state: &AppState, req: &RpcRequest) -> bool {
+    let tokens = &state.settings.api.tokens;
+    if tokens.is_empty() {
+        return true;
+    }
+    let Some(presented) = req
+        .context
+        .get("_context_auth_token")
+        .and_then(Value::as_str)
+    else {
+        return false;
+    };
+    tokens.iter().fold(false, |acc, t| {
+        acc | bool::from(t.expose().as_bytes().ct_eq(presented.as_bytes()))
+    })
+}
+
+/// Whether the request's `version`/`namespace` are ones bora's endpoint
+/// (unversioned = 1.0, no namespace) accepts, with oslo's rule: same major,
+/// minor not above ours.
+fn compatible(req: &RpcRequest) -> bool {
+    if req.namespace.is_some() {
+        return false;
+    }
+    match req.version.as_deref() {
+        None => true,
+        Some(v) => matches!(v.split_once('.'), Some(("1", "0"))) || v == "1",
+    }
+}
+
+/// Serves the RPC API until shutdown, reconnecting after broker failures.
+pub async fn run(state: AppState, shutdown: CancellationToken) {
+    let topic = state.settings.rpc.topic.clone();
+    let server = state.settings.rpc_server_name();
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+    let mut seen: (HashSet<String>, VecDeque<String>) = (HashSet::new(), VecDeque::new());
+    'connect: while !shutdown.is_cancelled() {
+        let mut endpoint = match state.broker.rpc_endpoint(&topic, &server).await {
+            Ok(e) => {
+                info!(topic, server, "RPC API consuming");
+                backoff.reset();
+                e
+            }
+            Err(e) => {
+                warn!(error = %e, "RPC API cannot reach the broker; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(backoff.next_delay()) => continue 'connect,
+                }
+            }
+        };
+        loop {
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                n = endpoint.next() => n,
+            };
+            let delivery = match next {
+                Ok(Some(d)) => d,
+                Ok(None) | Err(_) => {
+                    warn!("RPC API lost its consumer; reconnecting");
+                    continue 'connect;
+                }
+            };
+            if let Err(e) = serve_one(&state, &endpoint, delivery, &mut seen).await {
+                warn!(error = %e, "RPC API channel failed; reconnecting");
+                continue 'connect;
+            }
+        }
+    }
+}
+
+async fn serve_one(
+    state: &AppState,
+    endpoint: &RpcEndpoint,
+    delivery: crate::broker::rpc::RpcDelivery,
+    seen: &mut (HashSet<String>, VecDeque<String>),
+) -> Result<(), crate::broker::BrokerError> {
+    let req = match RpcRequest::decode(&delivery.body) {
+        Ok(r) => r,
+        Err(e) => {
+            // As oslo: rejected without requeue, no reply. Never the payload.
+            warn!(error = %e, "undecodable RPC request dropped");
+            metrics::counter!("bora_rpc_rejected_total", "reason" => "malformed").increment(1);
+            return endpoint.reject(delivery.delivery_tag).await;
+        }
+    };
+    if let Some(id) = &req.unique_id {
+        if seen.0.contains(id) {
+            metrics::counter!("bora_rpc_rejected_total", "reason" => "duplicate").increment(1);
+            return endpoint.ack(delivery.delivery_tag).await;
+        }
+        seen.0.insert(id.clone());
+        seen.1.push_back(id.clone());
+        if seen.1.len() > DEDUP_WINDOW
+            && let Some(old) = seen.1.pop_front()
+        {
+            seen.0.remove(&old);
+        }
+    }
+    let outcome = if req.method.starts_with('_') {
+        Err(no_such_method(&req.method))
+    } else if !compatible(&req) {
+        Err(Failure::new(
+            "oslo_messaging.rpc.dispatcher",
+            "UnsupportedVersion",
+            format!(
+                "Endpoint does not support RPC version {}. Attempted method: {}",
+                req.version.as_deref().unwrap_or("1.0"),
+                req.method
+            ),
+        ))
+    } else if !authorized(state, &req) {
+        Err(failure_of(&ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid API token is required as the context's auth_token",
+        )))
+    } else {
+        match call(state, &req.method, &req.args).await {
+            Ok(v) => Ok(v),
+            Err(None) => Err(no_such_method(&req.method)),
+            Err(Some(e)) => Err(failure_of(&e)),
+        }
+    };
+    metrics::counter!("bora_rpc_calls_total", "method" => method_label(&req.method), "ok" => if outcome.is_ok() { "true" } else { "false" }).increment(1);
+    if let (Some(msg_id), Some(reply_q)) = (&req.msg_id, &req.reply_q) {
+        let reply = match outcome {
+            Ok(v) => RpcReply::final_result(msg_id.clone(), v),
+            Err(f) => RpcReply::final_failure(msg_id.clone(), &f),
+        };
+        if !endpoint.reply(reply_q, &reply.encode()).await? {
+            warn!(reply_q, "the caller's reply queue is gone; reply dropped");
+        }
+    }
+    endpoint.ack(delivery.delivery_tag).await
+}
+
+/// A bounded label: known methods by name, anything else as `other`.
+fn method_label(method: &str) -> &'static str {
+    match method {
+        "create_workflow" => "create_workflow",
+        "add_task" => "add_task",
+        "get_workflow" => "get_workflow",
+        "get_task" => "get_task",
+        "list_tasks" => "list_tasks",
+        "cancel_workflow" => "cancel_workflow",
+        "register_server" => "register_server",
+        _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_map_to_oslo_failure_classes() {
+        let f = failure_of(&ApiError::not_found("workflow x not found"));
+        assert_eq!(f.module, "bora.errors");
+        assert_eq!(f.class, "NotFound");
+        assert_eq!(f.message, "workflow x not found");
+        assert_eq!(
+            failure_class(StatusCode::UNPROCESSABLE_ENTITY),
+            "ValidationError"
+        );
+        assert_eq!(failure_class(StatusCode::CONFLICT), "Conflict");
+        assert_eq!(failure_class(StatusCode::UNAUTHORIZED), "Unauthorized");
+    }
+}
