@@ -78,6 +78,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         tracker,
         broker,
         settings: settings.clone(),
+        shutdown: shutdown.clone(),
     });
     let stop = shutdown.clone();
     tasks.push(tokio::spawn(async move {

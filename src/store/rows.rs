@@ -289,6 +289,9 @@ pub struct OutboxItem {
     pub task_id: TaskId,
     pub attempt: i64,
     pub server_id: String,
+    /// When the transaction that queued it committed (microseconds); the
+    /// start of the publish latency.
+    pub created_at: i64,
     /// The task as it is now; `None` once deleted (a cancel may outlive it).
     pub task: Option<TaskRow>,
 }
@@ -308,6 +311,7 @@ impl OutboxItem {
             task_id: parse_id(&task_id)?,
             attempt: row.try_get("o_attempt")?,
             server_id: row.try_get("o_server_id")?,
+            created_at: row.try_get("o_created_at")?,
             task: match t_state {
                 Some(_) => Some(TaskRow::from_row(row)?),
                 None => None,

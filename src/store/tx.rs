@@ -15,6 +15,9 @@ pub struct WriteTx {
     /// Whether this transaction queued an outbox message (the relay is woken
     /// after commit only then).
     queued_messages: bool,
+    /// The state of every task event appended, in order (counted by the
+    /// tracker as transitions once the commit succeeded).
+    entered: Vec<TaskState>,
 }
 
 /// A dependent of a task, as the release step needs it.
@@ -30,6 +33,7 @@ impl WriteTx {
         Self {
             tx,
             queued_messages: false,
+            entered: Vec::new(),
         }
     }
 
@@ -40,6 +44,11 @@ impl WriteTx {
     pub async fn commit(self) -> Result<bool, StoreError> {
         self.tx.commit().await?;
         Ok(self.queued_messages)
+    }
+
+    /// The states tasks entered in this transaction (one per task event).
+    pub fn entered_states(&self) -> &[TaskState] {
+        &self.entered
     }
 
     /// # Errors
@@ -474,6 +483,7 @@ impl WriteTx {
         .bind(now)
         .execute(&mut *self.tx)
         .await?;
+        self.entered.push(task.state);
         Ok(())
     }
 
