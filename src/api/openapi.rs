@@ -68,6 +68,15 @@ pub(super) fn finish(mut doc: OpenApi) -> OpenApi {
             .into()
     };
     for (path, item) in doc.paths.paths.iter_mut() {
+        if path.ends_with("/events")
+            && let Some(op) = &mut item.get
+            && let Some(RefOr::T(ok)) = op.responses.responses.get_mut("200")
+        {
+            ok.content.insert(
+                "text/event-stream".into(),
+                RefOr::T(Content::new(Some(sse_event_schema()))),
+            );
+        }
         if !path.starts_with("/v1/") {
             continue;
         }
@@ -96,6 +105,55 @@ pub(super) fn finish(mut doc: OpenApi) -> OpenApi {
         }
     }
     doc
+}
+
+/// One event of the stream, as OpenAPI 3.1 describes a `text/event-stream`
+/// item: `{event, data, id}`, `data` being JSON of the schema named by the
+/// event (`contentMediaType`/`contentSchema`).
+fn sse_event_schema() -> RefOr<Schema> {
+    let schema_ref = |name: Cow<'static, str>| -> RefOr<Schema> {
+        RefOr::Ref(utoipa::openapi::Ref::from_schema_name(name))
+    };
+    let event = |names: &[&str], data: RefOr<Schema>, with_id: bool| {
+        let mut obj = ObjectBuilder::new()
+            .property(
+                "event",
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .enum_values(Some(names.iter().copied())),
+            )
+            .required("event")
+            .property(
+                "data",
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .content_media_type("application/json")
+                    .content_schema(Some(data)),
+            )
+            .required("data");
+        if with_id {
+            obj = obj
+                .property(
+                    "id",
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .description(Some(
+                            "The event's id in the log; send it back as Last-Event-ID",
+                        )),
+                )
+                .required("id");
+        }
+        obj
+    };
+    RefOr::T(Schema::OneOf(
+        OneOfBuilder::new()
+            .description(Some(
+                "`task` and `workflow` events (with an id) carry an EventView; the final `end` event a StreamEnd",
+            ))
+            .item(event(&["task", "workflow"], schema_ref(EventView::name()), true))
+            .item(event(&["end"], schema_ref(StreamEnd::name()), false))
+            .build(),
+    ))
 }
 
 /// The OpenAPI document of this API.

@@ -119,7 +119,7 @@ pub(super) enum Format {
 #[into_params(parameter_in = Query)]
 pub(super) struct ShowQuery {
     /// `heat` for the result as Heat's signal body.
-    #[param(value_type = Option<Format>)]
+    #[param(inline, value_type = Option<Format>)]
     format: Option<String>,
 }
 
