@@ -1,6 +1,7 @@
-//! The command line: `bora serve`, `bora worker`, and (later) the REST client
-//! verbs. Parses arguments, loads settings, installs logging and the crypto
-//! provider, and hands over to the library. Nothing else lives here.
+//! The command line: `bora serve`, `bora worker`, and the REST client verbs
+//! (`bora workflow ...`, `bora task ...`, in `client`). Parses arguments,
+//! loads settings, installs logging, and hands over to the library. Nothing
+//! else lives here.
 
 use std::path::PathBuf;
 
@@ -46,13 +47,24 @@ pub enum Command {
         #[arg(long, env = "BORA_SERVER_ID")]
         server_id: Option<String>,
     },
+    /// Manage workflows through the REST API (--url / BORA_URL).
+    Workflow(crate::client::WorkflowArgs),
+    /// Manage tasks through the REST API (--url / BORA_URL).
+    Task(crate::client::TaskArgs),
 }
 
-/// Entry point of the binary.
+/// Entry point of the binary; returns the process exit code.
 ///
 /// # Errors
-/// Bad configuration, or a component that could not start or failed.
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
+/// Bad configuration, a component that could not start or failed, or a
+/// client request that failed.
+pub async fn run(cli: Cli) -> anyhow::Result<u8> {
+    // The client verbs need no settings and no logging: only a URL.
+    match cli.command {
+        Command::Workflow(args) => return Ok(crate::client::run_workflow(args).await?.exit_code()),
+        Command::Task(args) => return Ok(crate::client::run_task(args).await?.exit_code()),
+        Command::Serve | Command::Worker { .. } => {}
+    }
     let settings = Settings::load(cli.config.as_deref()).context("loading configuration")?;
     let format = match cli.log_format {
         Some(LogFormatArg::Human) => LogFormat::Human,
@@ -62,7 +74,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     crate::telemetry::init(format, &settings.log.level);
     let shutdown = shutdown_on_signal();
     match cli.command {
-        Command::Serve => crate::serve::run(settings, shutdown).await,
+        Command::Serve => crate::serve::run(settings, shutdown).await.map(|()| 0),
+        Command::Workflow(_) | Command::Task(_) => Ok(0),
         Command::Worker { server_id } => {
             let id = server_id
                 .or_else(|| settings.worker.server_id.clone())
@@ -72,6 +85,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             crate::worker::run(settings, id, shutdown)
                 .await
                 .context("worker failed")
+                .map(|()| 0)
         }
     }
 }

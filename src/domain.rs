@@ -27,7 +27,17 @@ macro_rules! uuid_id {
     ($name:ident, $what:literal) => {
         #[doc = concat!("The id of a ", $what, " (a UUIDv7, so ids sort by creation time).")]
         #[derive(
-            Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+            Debug,
+            Clone,
+            Copy,
+            PartialEq,
+            Eq,
+            Hash,
+            PartialOrd,
+            Ord,
+            Serialize,
+            Deserialize,
+            utoipa::ToSchema,
         )]
         #[serde(transparent)]
         pub struct $name(pub Uuid);
@@ -105,7 +115,19 @@ impl<'de> Deserialize<'de> for ServerId {
 }
 
 /// Where a task is in its life. One closed set; the store persists these names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskState {
     /// Some dependency is not finished, or the task is handed to the outbox and
@@ -221,7 +243,7 @@ pub struct IllegalTransition {
 }
 
 /// Derived from a workflow's tasks (and its cancel flag).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum WorkflowState {
     Empty,
@@ -302,7 +324,7 @@ impl Serialize for TaskCounts {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OnDependencyFailure {
     #[default]
@@ -330,7 +352,7 @@ impl FromStr for OnDependencyFailure {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Delivery {
     #[default]
@@ -359,7 +381,7 @@ impl FromStr for Delivery {
 }
 
 /// What consumes a server's queue (SPEC 2, 5).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ServerKind {
     /// A bora worker on an untrusted machine: least-privilege broker user,
@@ -391,7 +413,7 @@ impl FromStr for ServerKind {
 }
 
 /// A registration request (`POST /v1/servers`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewServer {
     pub server_id: String,
@@ -438,7 +460,7 @@ impl<'de> Deserialize<'de> for OutputSpec {
 }
 
 /// A task as a client submits it (REST body or RPC argument), before validation.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewTask {
     pub name: Option<String>,
@@ -478,7 +500,7 @@ pub struct TaskSpec {
 }
 
 /// One problem with a submitted value: where it is, and what is wrong.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct FieldError {
     pub field: String,
     pub message: String,
@@ -667,7 +689,7 @@ impl NewTask {
 }
 
 /// A change to a waiting task (`PATCH`): absent fields stay as they are.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TaskPatch {
     pub name: Option<String>,
@@ -718,7 +740,7 @@ impl TaskPatch {
 }
 
 /// A new workflow with its optional first batch of tasks.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewWorkflow {
     pub name: String,
@@ -727,7 +749,7 @@ pub struct NewWorkflow {
 }
 
 /// A change to a workflow's name or description.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WorkflowPatch {
     pub name: Option<String>,

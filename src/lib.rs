@@ -5,6 +5,7 @@
 //! - [`telemetry`]: the tracing subscriber.
 //! - [`domain`]: ids, names, the task state machine, validated specs.
 //! - [`protocol`]: oslo.messaging wire types (task calls, replies, results).
+//! - [`client`]: the CLI client of the REST API (`bora workflow|task ...`).
 //!
 //! `ARCHITECTURE.md` at the repository root draws how a task flows through them.
 
@@ -12,6 +13,7 @@ pub mod api;
 pub mod backoff;
 pub mod broker;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod domain;
 pub mod protocol;

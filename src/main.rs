@@ -7,7 +7,7 @@ async fn main() -> std::process::ExitCode {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = bora::cli::Cli::parse();
     match bora::cli::run(cli).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {
             eprintln!("bora: {e:#}");
             std::process::ExitCode::FAILURE

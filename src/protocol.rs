@@ -439,7 +439,7 @@ impl Notification {
 }
 
 /// The result of one attempt (SPEC 2), also Heat's `deploy_*` signal under plain names.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TaskResult {
     /// The process exit code; -1 when no process ran or it was killed.
     #[serde(default)]

@@ -26,8 +26,9 @@ pub enum RegistryError {
 }
 
 /// What a registration returns, once.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct Registration {
+    #[schema(value_type = String)]
     pub server_id: ServerId,
     pub kind: ServerKind,
     pub username: String,

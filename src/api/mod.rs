@@ -1,11 +1,15 @@
-//! The REST API (SPEC 3): routes, shared state, readiness, and the views
-//! built from the store. Handlers validate input (parse at the edge), hand
-//! state changes to the tracker and read through the store; they never touch
-//! AMQP or SQL themselves.
+//! The REST API (SPEC 3): routes, shared state, readiness, metrics, and the
+//! views built from the store. Handlers validate input (parse at the edge),
+//! hand state changes to the tracker and read through the store; they never
+//! touch AMQP or SQL themselves (the one broker question, a queue's depth,
+//! goes through `broker`). Every route is registered through utoipa-axum,
+//! so `/openapi.json` cannot miss one.
 
 mod auth;
 mod error;
+mod events;
 mod extract;
+pub mod openapi;
 mod servers;
 pub(crate) mod tasks;
 pub mod views;
@@ -17,18 +21,19 @@ use std::sync::Arc;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use serde_json::json;
+use axum::{Extension, Json, Router};
+use tokio_util::sync::CancellationToken;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub use error::ApiError;
+pub use error::{ApiError, ErrorBody};
 
 use crate::broker::Broker;
 use crate::config::Settings;
 use crate::domain::{TaskState, WorkflowId};
 use crate::store::{Store, TaskRow, now_us};
 use crate::tracker::Tracker;
-use views::{TaskView, WorkflowView};
+use views::{Health, Readiness, TaskView, WorkflowView};
 
 /// What every handler can reach; cheap to clone.
 #[derive(Clone)]
@@ -37,6 +42,9 @@ pub struct AppState {
     pub broker: Broker,
     pub registry: crate::registration::Registry,
     pub settings: Arc<Settings>,
+    /// Cancelled at shutdown: ends event streams, which would otherwise
+    /// hold the graceful shutdown open forever.
+    pub shutdown: CancellationToken,
 }
 
 impl AppState {
@@ -62,8 +70,8 @@ impl AppState {
 
     pub(crate) async fn task_view(&self, row: TaskRow) -> Result<TaskView, ApiError> {
         let deps = self.store().dependencies(row.id).await?;
-        let online = self.online(self.store().server_last_seen(&row.server_id).await?);
-        Ok(TaskView::new(row, &deps, online)?)
+        let seen = self.store().server_last_seen(&row.server_id).await?;
+        Ok(TaskView::new(row, &deps, seen, self.online(seen))?)
     }
 
     /// Views of many tasks of one workflow, with two extra queries in all.
@@ -79,9 +87,9 @@ impl AppState {
         let seen = self.store().servers_last_seen().await?;
         rows.into_iter()
             .map(|row| {
-                let online = self.online(seen.get(&row.server_id).copied());
+                let last = seen.get(&row.server_id).copied();
                 let d = deps.get(&row.id).map(Vec::as_slice).unwrap_or(&[]);
-                TaskView::new(row, d, online).map_err(ApiError::from)
+                TaskView::new(row, d, last, self.online(last)).map_err(ApiError::from)
             })
             .collect()
     }
@@ -93,45 +101,67 @@ pub(crate) fn workflow_id(raw: &str) -> Result<WorkflowId, ApiError> {
         .map_err(|_| ApiError::not_found(format!("workflow {raw:?} not found")))
 }
 
-/// The application's router.
-pub fn router(state: AppState) -> Router {
-    let max_body = state.settings.api.max_body_bytes;
-    let v1 = Router::new()
-        .route("/workflows", post(workflows::create).get(workflows::list))
-        .route(
-            "/workflows/{wf}",
-            get(workflows::show)
-                .patch(workflows::patch)
-                .delete(workflows::delete),
-        )
-        .route("/workflows/{wf}/cancel", post(workflows::cancel))
-        .route("/servers", post(servers::register).get(servers::list))
-        .route("/servers/{id}", get(servers::show).delete(servers::revoke))
-        .route("/workflows/{wf}/tasks", post(tasks::add).get(tasks::list))
-        .route(
-            "/workflows/{wf}/tasks/{task}",
-            get(tasks::show).patch(tasks::patch).delete(tasks::cancel),
-        )
+/// Every documented route, with its OpenAPI description.
+fn api_routes(state: &AppState) -> OpenApiRouter<AppState> {
+    let v1 = OpenApiRouter::new()
+        .routes(routes!(workflows::create, workflows::list))
+        .routes(routes!(
+            workflows::show,
+            workflows::patch,
+            workflows::delete
+        ))
+        .routes(routes!(workflows::cancel))
+        .routes(routes!(tasks::add, tasks::list))
+        .routes(routes!(tasks::show, tasks::patch, tasks::cancel))
+        .routes(routes!(events::stream))
+        .routes(routes!(servers::register, servers::list))
+        .routes(routes!(servers::show, servers::revoke))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
         ));
-    Router::new()
+    OpenApiRouter::with_openapi(openapi::base())
         .nest("/v1", v1)
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+        .routes(routes!(openapi::document))
+}
+
+/// The OpenAPI document of [`router`], complete.
+pub fn openapi_document(state: &AppState) -> utoipa::openapi::OpenApi {
+    openapi::finish(api_routes(state).into_openapi())
+}
+
+/// The application's router.
+pub fn router(state: AppState) -> Router {
+    let max_body = state.settings.api.max_body_bytes;
+    let (router, doc) = api_routes(&state).split_for_parts();
+    let doc = Arc::new(openapi::finish(doc));
+    router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(Extension(doc))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }
 
-async fn healthz() -> impl IntoResponse {
-    Json(json!({"status": "ok"}))
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "health",
+    responses((status = 200, description = "Alive", body = Health)))]
+async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+    })
 }
 
+/// Readiness: the store and the broker are reachable.
+#[utoipa::path(get, path = "/readyz", tag = "health",
+    responses(
+        (status = 200, description = "Store and broker reachable", body = Readiness),
+        (status = 503, description = "The store or the broker is unreachable", body = Readiness),
+    ))]
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let store = state.store().ping().await.is_ok();
     let broker = state.broker.ping().await;
@@ -140,16 +170,35 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let word = |ok: bool| if ok { "ok" } else { "unreachable" };
+    let word = |ok: bool| if ok { "ok" } else { "unreachable" }.to_owned();
     (
         status,
-        Json(
-            json!({"status": word(store && broker), "store": word(store), "broker": word(broker)}),
-        ),
+        Json(Readiness {
+            status: word(store && broker),
+            store: word(store),
+            broker: word(broker),
+        }),
     )
 }
 
-async fn metrics() -> impl IntoResponse {
+/// Prometheus metrics (text exposition format). The gauges `bora_tasks` and
+/// `bora_servers_online` are computed from the store at each scrape.
+#[utoipa::path(get, path = "/metrics", tag = "health",
+    responses((status = 200, description = "Prometheus text format", body = String,
+        content_type = "text/plain")))]
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    // A store that does not answer leaves the last values in place; the
+    // counters still render.
+    if let Ok(counts) = state.store().task_counts_all().await {
+        for st in TaskState::ALL {
+            let n = counts.0.get(&st).copied().unwrap_or(0);
+            metrics::gauge!("bora_tasks", "state" => st.as_str()).set(n as f64);
+        }
+    }
+    if let Ok(seen) = state.store().servers_last_seen().await {
+        let online = seen.values().filter(|&&t| state.online(Some(t))).count();
+        metrics::gauge!("bora_servers_online").set(online as f64);
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -5,17 +5,16 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::Serialize;
-use serde_json::{Value, json};
 
 use super::AppState;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::extract::JsonBody;
 use super::views::timestamp;
 use crate::domain::{NewServer, ServerId, ServerKind};
 use crate::registration::{Registration, RegistryError};
 use crate::store::ServerRow;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ServerView {
     pub server_id: String,
     pub kind: ServerKind,
@@ -59,6 +58,24 @@ impl AppState {
     }
 }
 
+/// The servers bora knows.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ServerList {
+    pub servers: Vec<ServerView>,
+}
+
+/// Registers a server: its broker user, permissions and queues. The
+/// password is returned here once.
+#[utoipa::path(post, path = "/servers", tag = "servers",
+    request_body = NewServer,
+    responses(
+        (status = 201, description = "Registered", body = Registration),
+        (status = 200, description = "Already registered: password rotated", body = Registration),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 422, description = "Invalid server id or kind", body = ErrorBody),
+        (status = 502, description = "The broker did not complete a step", body = ErrorBody),
+    ))]
 pub(super) async fn register(
     State(state): State<AppState>,
     JsonBody(new): JsonBody<NewServer>,
@@ -79,12 +96,22 @@ pub(super) async fn register(
     Ok((status, Json(reg)))
 }
 
-pub(super) async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+/// Every server known: registered, or seen in a heartbeat.
+#[utoipa::path(get, path = "/servers", tag = "servers",
+    responses((status = 200, description = "The servers", body = ServerList)))]
+pub(super) async fn list(State(state): State<AppState>) -> Result<Json<ServerList>, ApiError> {
     let rows = state.store().servers().await?;
-    let servers: Vec<ServerView> = rows.into_iter().map(|r| state.server_view(r)).collect();
-    Ok(Json(json!({ "servers": servers })))
+    let servers = rows.into_iter().map(|r| state.server_view(r)).collect();
+    Ok(Json(ServerList { servers }))
 }
 
+/// One server, with its last heartbeat.
+#[utoipa::path(get, path = "/servers/{id}", tag = "servers",
+    params(("id" = String, Path, description = "Server id")),
+    responses(
+        (status = 200, description = "The server", body = ServerView),
+        (status = 404, description = "Unknown server", body = ErrorBody),
+    ))]
 pub(super) async fn show(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -98,6 +125,15 @@ pub(super) async fn show(
     Ok(Json(state.server_view(row)))
 }
 
+/// Revokes a server: deletes its broker user (its connections drop),
+/// cancels its unfinished tasks and deletes its queues.
+#[utoipa::path(delete, path = "/servers/{id}", tag = "servers",
+    params(("id" = String, Path, description = "Server id")),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 404, description = "Not a registered server", body = ErrorBody),
+        (status = 502, description = "The broker did not complete a step", body = ErrorBody),
+    ))]
 pub(super) async fn revoke(
     State(state): State<AppState>,
     Path(id): Path<String>,

@@ -5,11 +5,11 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use serde_json::json;
+use utoipa::IntoParams;
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::extract::{JsonBody, QueryParams};
-use super::views::TaskView;
+use super::views::{HeatSignal, TaskList, TaskView};
 use super::workflows::validate_tasks;
 use super::{AppState, workflow_id};
 use crate::domain::{NewTask, ServerId, TaskPatch, TaskState, WorkflowId};
@@ -39,6 +39,18 @@ pub(crate) async fn task_row(
         })
 }
 
+/// Adds one task to a workflow.
+#[utoipa::path(post, path = "/workflows/{wf}/tasks", tag = "tasks",
+    params(("wf" = String, Path, description = "Workflow id")),
+    request_body = NewTask,
+    responses(
+        (status = 201, description = "Created", body = TaskView),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 404, description = "Unknown workflow", body = ErrorBody),
+        (status = 409, description = "Duplicate name, or the workflow is cancelled", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 422, description = "Invalid content: fields, dependencies, cycle, server", body = ErrorBody),
+    ))]
 pub(super) async fn add(
     State(state): State<AppState>,
     Path(wf): Path<String>,
@@ -54,18 +66,30 @@ pub(super) async fn add(
     Ok((StatusCode::CREATED, Json(state.task_view(row).await?)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct ListQuery {
+    /// Only tasks in this state.
+    #[param(value_type = Option<TaskState>)]
     state: Option<String>,
+    /// Only tasks for this server.
     server_id: Option<String>,
 }
 
+/// Lists a workflow's tasks in creation order.
+#[utoipa::path(get, path = "/workflows/{wf}/tasks", tag = "tasks",
+    params(("wf" = String, Path, description = "Workflow id"), ListQuery),
+    responses(
+        (status = 200, description = "The tasks", body = TaskList),
+        (status = 404, description = "Unknown workflow", body = ErrorBody),
+        (status = 422, description = "Invalid query", body = ErrorBody),
+    ))]
 pub(super) async fn list(
     State(state): State<AppState>,
     Path(wf): Path<String>,
     QueryParams(q): QueryParams<ListQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<TaskList>, ApiError> {
     let wf = existing_workflow(&state, &wf).await?;
     let filter = q
         .state
@@ -81,15 +105,43 @@ pub(super) async fn list(
         .map_err(|e| ApiError::unprocessable("invalid_query", e))?;
     let rows = state.store().tasks(wf, filter, server.as_ref()).await?;
     let tasks = state.task_views(wf, rows).await?;
-    Ok(Json(json!({ "tasks": tasks })))
+    Ok(Json(TaskList { tasks }))
 }
 
-#[derive(Debug, Deserialize)]
+/// How `GET .../tasks/{task}` answers.
+#[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum Format {
+    /// The task view (the default).
+    Bora,
+    /// The result as Heat's signal body (409 `no_result` until there is one).
+    Heat,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct ShowQuery {
+    /// `heat` for the result as Heat's signal body.
+    #[param(inline, value_type = Option<Format>)]
     format: Option<String>,
 }
 
+/// One task, by id or name. A queued task shown alone also carries
+/// `messages_ahead` (asked of the broker).
+#[utoipa::path(get, path = "/workflows/{wf}/tasks/{task}", tag = "tasks",
+    params(
+        ("wf" = String, Path, description = "Workflow id"),
+        ("task" = String, Path, description = "Task id or name"),
+        ShowQuery,
+    ),
+    responses(
+        (status = 200, description = "The task, or with `format=heat` its result as Heat's signal body",
+            body = inline(TaskOrHeat)),
+        (status = 404, description = "Unknown workflow or task", body = ErrorBody),
+        (status = 409, description = "`format=heat` and no result yet", body = ErrorBody),
+        (status = 422, description = "Invalid query", body = ErrorBody),
+    ))]
 pub(super) async fn show(
     State(state): State<AppState>,
     Path((wf, task)): Path<(String, String)>,
@@ -98,7 +150,15 @@ pub(super) async fn show(
     let wf = existing_workflow(&state, &wf).await?;
     let row = task_row(&state, wf, &task).await?;
     match q.format.as_deref() {
-        None | Some("bora") => Ok(Json(state.task_view(row).await?).into_response()),
+        None | Some("bora") => {
+            let queued = row.state == TaskState::Queued;
+            let server = row.server_id.clone();
+            let mut view = state.task_view(row).await?;
+            if queued {
+                view.messages_ahead = state.broker.task_queue_ready(&server).await.ok();
+            }
+            Ok(Json(view).into_response())
+        }
         Some("heat") => {
             let result = row.result()?.ok_or_else(|| {
                 ApiError::new(
@@ -107,7 +167,7 @@ pub(super) async fn show(
                     format!("task {:?} has no result yet ({})", row.name, row.state),
                 )
             })?;
-            Ok(Json(result.to_heat()).into_response())
+            Ok(Json(HeatSignal::from(result.to_heat())).into_response())
         }
         Some(other) => Err(ApiError::unprocessable(
             "invalid_query",
@@ -116,6 +176,21 @@ pub(super) async fn show(
     }
 }
 
+/// Changes a task while it waits for its dependencies.
+#[utoipa::path(patch, path = "/workflows/{wf}/tasks/{task}", tag = "tasks",
+    params(
+        ("wf" = String, Path, description = "Workflow id"),
+        ("task" = String, Path, description = "Task id or name"),
+    ),
+    request_body = TaskPatch,
+    responses(
+        (status = 200, description = "The changed task", body = TaskView),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 404, description = "Unknown workflow or task", body = ErrorBody),
+        (status = 409, description = "Already handed to the broker, or duplicate name", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 422, description = "Invalid content", body = ErrorBody),
+    ))]
 pub(super) async fn patch(
     State(state): State<AppState>,
     Path((wf, task)): Path<(String, String)>,
@@ -127,10 +202,32 @@ pub(super) async fn patch(
     Ok(Json(state.task_view(row).await?))
 }
 
+/// Cancels a task (its worker is told); deletes it if it was never handed
+/// to the broker.
+#[utoipa::path(delete, path = "/workflows/{wf}/tasks/{task}", tag = "tasks",
+    params(
+        ("wf" = String, Path, description = "Workflow id"),
+        ("task" = String, Path, description = "Task id or name"),
+    ),
+    responses(
+        (status = 204, description = "Cancelled"),
+        (status = 404, description = "Unknown workflow or task", body = ErrorBody),
+        (status = 409, description = "The task already ended", body = ErrorBody),
+    ))]
 pub(super) async fn cancel(
     State(state): State<AppState>,
     Path((wf, task)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     state.tracker.cancel_task(workflow_id(&wf)?, &task).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The 200 body of `GET .../tasks/{task}`: the task, or (`format=heat`) Heat's
+/// signal body. Only for the OpenAPI document.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+#[serde(untagged)]
+pub(super) enum TaskOrHeat {
+    Task(Box<TaskView>),
+    Heat(HeatSignal),
 }

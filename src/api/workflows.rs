@@ -4,11 +4,11 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use utoipa::IntoParams;
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::extract::{JsonBody, QueryParams};
-use super::views::WorkflowView;
+use super::views::{WorkflowList, WorkflowView};
 use super::{AppState, workflow_id};
 use crate::domain::{NewWorkflow, TaskSpec, WorkflowId, WorkflowPatch, WorkflowState};
 
@@ -32,6 +32,17 @@ pub(crate) fn validate_tasks(
     }
 }
 
+/// Creates a workflow, optionally with a first batch of tasks (which may
+/// refer to each other by name, in any order).
+#[utoipa::path(post, path = "/workflows", tag = "workflows",
+    request_body = NewWorkflow,
+    responses(
+        (status = 201, description = "Created; with `tasks` when some were given", body = WorkflowView),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 409, description = "Duplicate task name", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 422, description = "Invalid content: fields, dependencies, cycle, server", body = ErrorBody),
+    ))]
 pub(super) async fn create(
     State(state): State<AppState>,
     JsonBody(mut new): JsonBody<NewWorkflow>,
@@ -48,18 +59,32 @@ pub(super) async fn create(
     Ok((StatusCode::CREATED, Json(view)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct ListQuery {
+    /// Only workflows in this state.
+    #[param(value_type = Option<WorkflowState>)]
     state: Option<String>,
+    /// Page size, 1 to api.max_page_size (default 100).
+    #[param(minimum = 1)]
     limit: Option<u32>,
+    /// The `next_marker` of the previous page.
+    #[param(value_type = Option<WorkflowId>)]
     marker: Option<String>,
 }
 
+/// Lists workflows, oldest first, one page at a time.
+#[utoipa::path(get, path = "/workflows", tag = "workflows",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "One page", body = WorkflowList),
+        (status = 422, description = "Invalid query", body = ErrorBody),
+    ))]
 pub(super) async fn list(
     State(state): State<AppState>,
     QueryParams(q): QueryParams<ListQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<WorkflowList>, ApiError> {
     let max = state.settings.api.max_page_size;
     let limit = q.limit.unwrap_or(max.min(100));
     if limit == 0 || limit > max {
@@ -101,9 +126,19 @@ pub(super) async fn list(
             break;
         }
     }
-    Ok(Json(json!({"workflows": out, "next_marker": next_marker})))
+    Ok(Json(WorkflowList {
+        workflows: out,
+        next_marker,
+    }))
 }
 
+/// One workflow, with its derived state and task counts.
+#[utoipa::path(get, path = "/workflows/{wf}", tag = "workflows",
+    params(("wf" = String, Path, description = "Workflow id")),
+    responses(
+        (status = 200, description = "The workflow", body = WorkflowView),
+        (status = 404, description = "Unknown workflow", body = ErrorBody),
+    ))]
 pub(super) async fn show(
     State(state): State<AppState>,
     Path(wf): Path<String>,
@@ -111,6 +146,17 @@ pub(super) async fn show(
     Ok(Json(state.workflow_view(workflow_id(&wf)?).await?))
 }
 
+/// Changes a workflow's name or description.
+#[utoipa::path(patch, path = "/workflows/{wf}", tag = "workflows",
+    params(("wf" = String, Path, description = "Workflow id")),
+    request_body = WorkflowPatch,
+    responses(
+        (status = 200, description = "The changed workflow", body = WorkflowView),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 404, description = "Unknown workflow", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 422, description = "Invalid content", body = ErrorBody),
+    ))]
 pub(super) async fn patch(
     State(state): State<AppState>,
     Path(wf): Path<String>,
@@ -121,6 +167,13 @@ pub(super) async fn patch(
     Ok(Json(state.workflow_view(id).await?))
 }
 
+/// Cancels every unfinished task (workers are told), then deletes the workflow.
+#[utoipa::path(delete, path = "/workflows/{wf}", tag = "workflows",
+    params(("wf" = String, Path, description = "Workflow id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "Unknown workflow", body = ErrorBody),
+    ))]
 pub(super) async fn delete(
     State(state): State<AppState>,
     Path(wf): Path<String>,
@@ -129,6 +182,14 @@ pub(super) async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Cancels every unfinished task and keeps the record; the workflow takes
+/// no new tasks.
+#[utoipa::path(post, path = "/workflows/{wf}/cancel", tag = "workflows",
+    params(("wf" = String, Path, description = "Workflow id")),
+    responses(
+        (status = 200, description = "The cancelled workflow", body = WorkflowView),
+        (status = 404, description = "Unknown workflow", body = ErrorBody),
+    ))]
 pub(super) async fn cancel(
     State(state): State<AppState>,
     Path(wf): Path<String>,

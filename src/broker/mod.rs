@@ -136,6 +136,37 @@ impl Broker {
         )
     }
 
+    /// Messages ready (not yet delivered to a consumer) in a server's task
+    /// queue, by a passive declare: an upper bound of the messages ahead of a
+    /// queued task (it counts the task itself and anything behind it).
+    ///
+    /// # Errors
+    /// The broker is unreachable, or the queue does not exist (the passive
+    /// declare is refused and closes its own channel only).
+    pub async fn task_queue_ready(&self, server_id: &str) -> Result<u32, BrokerError> {
+        let ask = async {
+            let conn = self.connection().await?;
+            let ch = conn.create_channel().await?;
+            let queue = self.settings.task_queue(server_id);
+            let q = ch
+                .queue_declare(
+                    queue.as_str().into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+            let _ = ch.close(200, "asked".into()).await;
+            Ok(q.message_count())
+        };
+        let limit = Duration::from_secs(3);
+        tokio::time::timeout(limit, ask)
+            .await
+            .map_err(|_| BrokerError::Timeout(limit))?
+    }
+
     /// Declares the dispatcher's fixed topology: the task exchange, the reply
     /// exchange and queue, and their binding.
     ///

@@ -93,6 +93,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         tracker,
         broker,
         settings: settings.clone(),
+        shutdown: shutdown.clone(),
     };
     if settings.rpc.enabled {
         tasks.push(tokio::spawn(crate::rpc::run(

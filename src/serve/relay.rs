@@ -45,6 +45,7 @@ pub async fn run(
     let wake = tracker.relay_wake();
     let interval = Duration::from_millis(settings.dispatch.relay_interval_ms.max(10));
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+    let mut connected_before = false;
     'connect: while !shutdown.is_cancelled() {
         let connected = async {
             broker.declare_topology().await?;
@@ -53,6 +54,10 @@ pub async fn run(
         let mut publisher = match connected.await {
             Ok(p) => {
                 info!("relay connected to the broker");
+                if std::mem::replace(&mut connected_before, true) {
+                    metrics::counter!("bora_broker_reconnects_total", "component" => "relay")
+                        .increment(1);
+                }
                 backoff.reset();
                 p
             }
@@ -156,6 +161,11 @@ async fn relay_once(
         "relay round"
     );
     metrics::counter!("bora_messages_published_total").increment(confirmed.len() as u64);
+    let confirmed_at = now_us();
+    for item in &confirmed {
+        metrics::histogram!("bora_publish_latency_seconds")
+            .record((confirmed_at - item.created_at).max(0) as f64 / 1e6);
+    }
     tracker.confirm_published(&confirmed).await?;
     tracker.postpone(&failed, now_us() + RETRY_US).await?;
     tracker.discard(&moot).await?;
@@ -209,11 +219,9 @@ async fn render(
             let error = task.state != TaskState::Succeeded;
             let deps = store.dependencies(task.id).await?;
             let window = settings.dispatch.heartbeat_timeout_s as i64 * 1_000_000;
-            let online = store
-                .server_last_seen(&task.server_id)
-                .await?
-                .is_some_and(|t| now_us() - t <= window);
-            let mut view = TaskView::new(task, &deps, online)?;
+            let last_seen = store.server_last_seen(&task.server_id).await?;
+            let online = last_seen.is_some_and(|t| now_us() - t <= window);
+            let mut view = TaskView::new(task, &deps, last_seen, online)?;
             // Without the streams: notifications are summaries.
             if let Some(r) = view.result.as_mut() {
                 r.stdout.clear();

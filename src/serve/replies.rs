@@ -14,6 +14,7 @@ use crate::tracker::{Incoming, Tracker, Verdict};
 
 pub async fn run(tracker: Tracker, broker: Broker, shutdown: CancellationToken) {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+    let mut connected_before = false;
     'connect: while !shutdown.is_cancelled() {
         let connected = async {
             broker.declare_topology().await?;
@@ -22,6 +23,10 @@ pub async fn run(tracker: Tracker, broker: Broker, shutdown: CancellationToken) 
         let mut consumer = match connected.await {
             Ok(c) => {
                 info!("result consumer connected to the broker");
+                if std::mem::replace(&mut connected_before, true) {
+                    metrics::counter!("bora_broker_reconnects_total", "component" => "replies")
+                        .increment(1);
+                }
                 backoff.reset();
                 c
             }
@@ -52,6 +57,7 @@ pub async fn run(tracker: Tracker, broker: Broker, shutdown: CancellationToken) 
                     continue 'connect;
                 }
             };
+            let received = std::time::Instant::now();
             let last = batch.iter().map(|d| d.delivery_tag).max().unwrap_or(0);
             let incoming: Vec<Incoming> = batch
                 .into_iter()
@@ -63,10 +69,15 @@ pub async fn run(tracker: Tracker, broker: Broker, shutdown: CancellationToken) 
                 .collect();
             match tracker.record_replies(incoming).await {
                 Ok(verdicts) => {
+                    // From taking the result off the queue to the commit
+                    // that recorded it and released its dependents.
+                    let released = received.elapsed().as_secs_f64();
                     for v in verdicts {
                         match v {
                             Verdict::Recorded => {
-                                metrics::counter!("bora_results_recorded_total").increment(1)
+                                metrics::counter!("bora_results_recorded_total").increment(1);
+                                metrics::histogram!("bora_result_to_release_seconds")
+                                    .record(released);
                             }
                             Verdict::Heartbeat => {
                                 metrics::counter!("bora_heartbeats_total").increment(1)

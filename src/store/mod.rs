@@ -214,6 +214,24 @@ impl Store {
         Ok(counts)
     }
 
+    /// Task counts per state over every workflow (the `bora_tasks` gauge).
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn task_counts_all(&self) -> Result<TaskCounts, StoreError> {
+        let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM tasks GROUP BY state")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut counts = TaskCounts::default();
+        for row in rows {
+            let state: String = row.try_get("state")?;
+            let n: i64 = row.try_get("n")?;
+            let state = TaskState::from_str(&state).map_err(StoreError::Corrupt)?;
+            counts.0.insert(state, n as u64);
+        }
+        Ok(counts)
+    }
+
     /// A task by id or, failing that, by name.
     ///
     /// # Errors
@@ -369,6 +387,7 @@ impl Store {
         let rows = sqlx::query(concat!(
             "SELECT o.id AS o_id, o.kind AS o_kind, o.task_id AS o_task_id, ",
             "o.attempt AS o_attempt, o.server_id AS o_server_id, o.workflow_id AS o_workflow_id, ",
+            "o.created_at AS o_created_at, ",
             "t.state AS t_state, ",
             task_columns!(t),
             " FROM outbox o LEFT JOIN tasks t ON t.id = o.task_id ",

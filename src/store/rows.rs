@@ -299,6 +299,9 @@ pub struct OutboxItem {
     pub workflow_id: Option<WorkflowId>,
     pub attempt: i64,
     pub server_id: String,
+    /// When the transaction that queued it committed (microseconds); the
+    /// start of the publish latency.
+    pub created_at: i64,
     /// The task as it is now; `None` once deleted (a cancel may outlive it).
     pub task: Option<TaskRow>,
 }
@@ -324,6 +327,7 @@ impl OutboxItem {
             workflow_id: workflow_id.as_deref().map(parse_id).transpose()?,
             attempt: row.try_get("o_attempt")?,
             server_id: row.try_get("o_server_id")?,
+            created_at: row.try_get("o_created_at")?,
             task: match t_state {
                 Some(_) => Some(TaskRow::from_row(row)?),
                 None => None,

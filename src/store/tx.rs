@@ -17,6 +17,9 @@ pub struct WriteTx {
     queued_messages: bool,
     /// Tasks that reached a terminal state in this transaction, as they were then.
     ended: Vec<TaskRow>,
+    /// The state of every task event appended, in order (counted by the
+    /// tracker as transitions once the commit succeeded).
+    entered: Vec<TaskState>,
 }
 
 /// A dependent of a task, as the release step needs it.
@@ -33,6 +36,7 @@ impl WriteTx {
             tx,
             queued_messages: false,
             ended: Vec::new(),
+            entered: Vec::new(),
         }
     }
 
@@ -43,6 +47,11 @@ impl WriteTx {
     pub async fn commit(self) -> Result<bool, StoreError> {
         self.tx.commit().await?;
         Ok(self.queued_messages)
+    }
+
+    /// The states tasks entered in this transaction (one per task event).
+    pub fn entered_states(&self) -> &[TaskState] {
+        &self.entered
     }
 
     /// # Errors
@@ -600,6 +609,7 @@ impl WriteTx {
         .bind(now)
         .execute(&mut *self.tx)
         .await?;
+        self.entered.push(task.state);
         Ok(())
     }
 

@@ -13,7 +13,7 @@ mod replies;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 
 pub use replies::{Incoming, Verdict};
 
@@ -86,6 +86,9 @@ pub struct Tracker {
     config: TrackerConfig,
     /// Woken after each commit that queued outbox messages.
     relay_wake: Arc<Notify>,
+    /// Bumped after every commit, so event streams (`GET .../events`) read
+    /// the event log again at once instead of waiting for their poll.
+    committed: Arc<watch::Sender<u64>>,
 }
 
 impl Tracker {
@@ -94,6 +97,7 @@ impl Tracker {
             store,
             config,
             relay_wake: Arc::new(Notify::new()),
+            committed: Arc::new(watch::Sender::new(0)),
         }
     }
 
@@ -104,6 +108,11 @@ impl Tracker {
     /// The signal the relay waits on.
     pub fn relay_wake(&self) -> Arc<Notify> {
         self.relay_wake.clone()
+    }
+
+    /// A receiver that sees a new value after each commit of this tracker.
+    pub fn commits(&self) -> watch::Receiver<u64> {
+        self.committed.subscribe()
     }
 
     async fn commit(&self, mut tx: WriteTx) -> Result<(), StoreError> {
@@ -123,9 +132,15 @@ impl Tracker {
                 }
             }
         }
+        let entered = tx.entered_states().to_vec();
         if tx.commit().await? {
             self.relay_wake.notify_one();
         }
+        for state in entered {
+            metrics::counter!("bora_task_transitions_total", "state" => state.as_str())
+                .increment(1);
+        }
+        self.committed.send_modify(|n| *n = n.wrapping_add(1));
         Ok(())
     }
 

@@ -43,8 +43,9 @@ def main():
                        task={"name": "second", "server_id": "oslo-client-x",
                              "depends_on": ["first"], "group": "std.echo",
                              "inputs": {"k": "v"}})
-    assert task["state"] == "waiting", task
-    assert task["blocked_by"] == ["first"], task
+    # "first" may have run already (a worker serves oslo-client-x).
+    assert task["depends_on"] == ["first"], task
+    assert task["blocked_by"] in (["first"], []), task
     got = client.call(ctxt, "get_task", workflow_id=wf_id, task="second")
     assert got["id"] == task["id"], got
     listed = client.call(ctxt, "list_tasks", workflow_id=wf_id)

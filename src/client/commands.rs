@@ -1,0 +1,390 @@
+//! The client's verbs: `bora workflow create|list|show|cancel|delete|watch|graph`
+//! and `bora task add|list|show|cancel|output`. Each one is a few REST calls
+//! and a rendering: JSON with `--json` (the API's own bodies, for scripts),
+//! tables and sentences otherwise.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use super::http::{Client, segment};
+use super::{Outcome, graph, render, watch};
+
+/// Where the API is, shared by every client verb.
+#[derive(Debug, Clone, Args)]
+pub struct Conn {
+    /// Base URL of the bora API.
+    #[arg(
+        long,
+        env = "BORA_URL",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
+    pub url: String,
+    /// Bearer token (one of the server's api.tokens).
+    #[arg(long, env = "BORA_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
+    /// Print the API's JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkflowArgs {
+    #[command(flatten)]
+    pub conn: Conn,
+    #[command(subcommand)]
+    pub command: WorkflowCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WorkflowCommand {
+    /// Create a workflow (and its tasks) from a YAML or JSON file shaped like
+    /// the body of POST /v1/workflows.
+    Create {
+        /// The file; `-` reads standard input.
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    /// List workflows, oldest first (every page).
+    List {
+        /// Only workflows in this state (empty, running, succeeded, failed, cancelled).
+        #[arg(long)]
+        state: Option<String>,
+        /// Stop after this many workflows.
+        #[arg(long)]
+        limit: Option<u32>,
+    },
+    /// Show a workflow and its tasks.
+    Show { workflow: String },
+    /// Cancel every unfinished task; the workflow takes no new tasks.
+    Cancel { workflow: String },
+    /// Cancel every unfinished task, then delete the workflow.
+    Delete { workflow: String },
+    /// Follow a workflow's progress live until it ends (exit 3 unless it succeeded).
+    Watch { workflow: String },
+    /// Print the dependency graph as Graphviz DOT (or Mermaid).
+    Graph {
+        workflow: String,
+        /// Mermaid flowchart instead of DOT.
+        #[arg(long)]
+        mermaid: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct TaskArgs {
+    #[command(flatten)]
+    pub conn: Conn,
+    #[command(subcommand)]
+    pub command: TaskCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TaskCommand {
+    /// Add a task to a workflow, from a YAML/JSON file (the body of POST
+    /// /v1/workflows/{wf}/tasks) or from flags.
+    Add {
+        workflow: String,
+        /// The task as YAML or JSON; `-` reads standard input.
+        #[arg(short = 'f', long = "file", conflicts_with_all = ["server_id", "name", "group", "config", "depends_on"])]
+        file: Option<PathBuf>,
+        /// Target server (required without --file).
+        #[arg(long, required_unless_present = "file")]
+        server_id: Option<String>,
+        #[arg(long)]
+        name: Option<String>,
+        /// script (default), std.echo, std.noop, or a hook name.
+        #[arg(long)]
+        group: Option<String>,
+        /// The script body or hook config.
+        #[arg(long)]
+        config: Option<String>,
+        /// A dependency's name or id (repeatable).
+        #[arg(long = "depends-on")]
+        depends_on: Vec<String>,
+    },
+    /// List a workflow's tasks.
+    List {
+        workflow: String,
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        server_id: Option<String>,
+    },
+    /// Show a task; for a waiting or queued one, why it has not run yet.
+    Show { workflow: String, task: String },
+    /// Cancel a task.
+    Cancel { workflow: String, task: String },
+    /// Print a task's result streams: its stdout to stdout, its stderr to stderr.
+    Output { workflow: String, task: String },
+}
+
+fn client(conn: &Conn) -> anyhow::Result<Client> {
+    Ok(Client::new(&conn.url, conn.token.clone())?)
+}
+
+/// Reads a YAML or JSON document (JSON is YAML, so one parser takes both).
+fn read_document(file: &Path) -> anyhow::Result<Value> {
+    let text = if file == Path::new("-") {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("reading standard input")?;
+        s
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?
+    };
+    let value: Value = yaml_serde::from_str(&text)
+        .with_context(|| format!("{} is neither YAML nor JSON", file.display()))?;
+    anyhow::ensure!(
+        value.is_object(),
+        "{} must hold a mapping (an object)",
+        file.display()
+    );
+    Ok(value)
+}
+
+fn print_json(v: &Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn wf_path(wf: &str) -> String {
+    format!("/v1/workflows/{}", segment(wf))
+}
+
+fn task_path(wf: &str, task: &str) -> String {
+    format!("{}/tasks/{}", wf_path(wf), segment(task))
+}
+
+fn array(v: &Value, key: &str) -> Vec<Value> {
+    v[key].as_array().cloned().unwrap_or_default()
+}
+
+/// Runs a `bora workflow ...` verb.
+///
+/// # Errors
+/// A failed request (with the server's message), an unreadable file.
+pub async fn run_workflow(args: WorkflowArgs) -> anyhow::Result<Outcome> {
+    let c = client(&args.conn)?;
+    let json = args.conn.json;
+    match args.command {
+        WorkflowCommand::Create { file } => {
+            let body = read_document(&file)?;
+            let wf = c.post("/v1/workflows", &body).await?;
+            if json {
+                print_json(&wf)?;
+            } else {
+                println!("{}", wf["id"].as_str().unwrap_or_default());
+                let tasks = array(&wf, "tasks");
+                if !tasks.is_empty() {
+                    eprint!("{}", render::task_table(&tasks));
+                }
+            }
+        }
+        WorkflowCommand::List { state, limit } => {
+            let mut all = Vec::new();
+            let mut marker: Option<String> = None;
+            loop {
+                let mut q = vec![];
+                if let Some(s) = &state {
+                    q.push(format!("state={}", segment(s)));
+                }
+                if let Some(m) = &marker {
+                    q.push(format!("marker={}", segment(m)));
+                }
+                let path = if q.is_empty() {
+                    "/v1/workflows".to_owned()
+                } else {
+                    format!("/v1/workflows?{}", q.join("&"))
+                };
+                let page = c.get(&path).await?;
+                all.extend(array(&page, "workflows"));
+                marker = page["next_marker"].as_str().map(str::to_owned);
+                let full = limit.is_some_and(|l| all.len() >= l as usize);
+                if marker.is_none() || full {
+                    break;
+                }
+            }
+            if let Some(l) = limit {
+                all.truncate(l as usize);
+            }
+            if json {
+                print_json(&json!({ "workflows": all }))?;
+            } else {
+                print!("{}", render::workflow_table(&all));
+            }
+        }
+        WorkflowCommand::Show { workflow } => {
+            let wf = c.get(&wf_path(&workflow)).await?;
+            let tasks = c.get(&format!("{}/tasks", wf_path(&workflow))).await?;
+            if json {
+                let mut wf = wf;
+                wf["tasks"] = tasks["tasks"].clone();
+                print_json(&wf)?;
+            } else {
+                print!("{}", render::workflow_details(&wf, &array(&tasks, "tasks")));
+            }
+        }
+        WorkflowCommand::Cancel { workflow } => {
+            let wf = c
+                .post(&format!("{}/cancel", wf_path(&workflow)), &json!({}))
+                .await?;
+            if json {
+                print_json(&wf)?;
+            } else {
+                println!(
+                    "workflow {} {}: {}",
+                    wf["id"].as_str().unwrap_or_default(),
+                    wf["state"].as_str().unwrap_or_default(),
+                    render::counts_line(&wf["task_counts"])
+                );
+            }
+        }
+        WorkflowCommand::Delete { workflow } => {
+            c.delete(&wf_path(&workflow)).await?;
+            if json {
+                print_json(&json!({"deleted": workflow}))?;
+            } else {
+                println!("workflow {workflow} deleted");
+            }
+        }
+        WorkflowCommand::Watch { workflow } => {
+            return Ok(watch::watch(&c, &workflow, json).await?);
+        }
+        WorkflowCommand::Graph { workflow, mermaid } => {
+            let wf = c.get(&wf_path(&workflow)).await?;
+            let tasks = c.get(&format!("{}/tasks", wf_path(&workflow))).await?;
+            let tasks = array(&tasks, "tasks");
+            if mermaid {
+                print!("{}", graph::mermaid(&tasks));
+            } else {
+                print!(
+                    "{}",
+                    graph::dot(wf["name"].as_str().unwrap_or(&workflow), &tasks)
+                );
+            }
+        }
+    }
+    Ok(Outcome::Success)
+}
+
+/// Runs a `bora task ...` verb.
+///
+/// # Errors
+/// A failed request (with the server's message), an unreadable file.
+pub async fn run_task(args: TaskArgs) -> anyhow::Result<Outcome> {
+    let c = client(&args.conn)?;
+    let json = args.conn.json;
+    match args.command {
+        TaskCommand::Add {
+            workflow,
+            file,
+            server_id,
+            name,
+            group,
+            config,
+            depends_on,
+        } => {
+            let body = match file {
+                Some(f) => read_document(&f)?,
+                None => {
+                    let mut b = serde_json::Map::new();
+                    b.insert("server_id".into(), json!(server_id));
+                    for (k, v) in [("name", name), ("group", group), ("config", config)] {
+                        if let Some(v) = v {
+                            b.insert(k.into(), json!(v));
+                        }
+                    }
+                    if !depends_on.is_empty() {
+                        b.insert("depends_on".into(), json!(depends_on));
+                    }
+                    Value::Object(b)
+                }
+            };
+            let t = c
+                .post(&format!("{}/tasks", wf_path(&workflow)), &body)
+                .await?;
+            if json {
+                print_json(&t)?;
+            } else {
+                println!("{}", t["id"].as_str().unwrap_or_default());
+                eprint!("{}", render::task_table(std::slice::from_ref(&t)));
+            }
+        }
+        TaskCommand::List {
+            workflow,
+            state,
+            server_id,
+        } => {
+            let mut q = vec![];
+            if let Some(s) = &state {
+                q.push(format!("state={}", segment(s)));
+            }
+            if let Some(s) = &server_id {
+                q.push(format!("server_id={}", segment(s)));
+            }
+            let mut path = format!("{}/tasks", wf_path(&workflow));
+            if !q.is_empty() {
+                path = format!("{path}?{}", q.join("&"));
+            }
+            let tasks = c.get(&path).await?;
+            if json {
+                print_json(&tasks)?;
+            } else {
+                print!("{}", render::task_table(&array(&tasks, "tasks")));
+            }
+        }
+        TaskCommand::Show { workflow, task } => {
+            let t = c.get(&task_path(&workflow, &task)).await?;
+            if json {
+                print_json(&t)?;
+            } else {
+                print!("{}", render::task_details(&t));
+            }
+        }
+        TaskCommand::Cancel { workflow, task } => {
+            c.json(Method::DELETE, &task_path(&workflow, &task), None)
+                .await?;
+            if json {
+                print_json(&json!({"cancelled": task}))?;
+            } else {
+                println!("task {task} cancelled");
+            }
+        }
+        TaskCommand::Output { workflow, task } => {
+            let t = c.get(&task_path(&workflow, &task)).await?;
+            let result = &t["result"];
+            anyhow::ensure!(
+                result.is_object(),
+                "task {task} has no result yet (it is {})",
+                t["state"].as_str().unwrap_or("?")
+            );
+            if json {
+                print_json(&json!({
+                    "exit_code": result["exit_code"],
+                    "stdout": result["stdout"],
+                    "stderr": result["stderr"],
+                    "truncated": result["truncated"],
+                    "error": result["error"],
+                }))?;
+            } else {
+                use std::io::Write;
+                let mut out = std::io::stdout().lock();
+                out.write_all(result["stdout"].as_str().unwrap_or("").as_bytes())?;
+                out.flush()?;
+                let mut err = std::io::stderr().lock();
+                err.write_all(result["stderr"].as_str().unwrap_or("").as_bytes())?;
+                if let Some(e) = result["error"].as_str() {
+                    writeln!(err, "bora: task error: {e}")?;
+                }
+            }
+        }
+    }
+    Ok(Outcome::Success)
+}

@@ -1,0 +1,294 @@
+//! Human output of the client: aligned tables, a workflow's and a task's
+//! details, and the answer to "why is this task waiting?". Everything here
+//! takes the API's JSON views and returns text; printing is the caller's.
+
+use std::fmt::Write;
+
+use serde_json::Value;
+
+const TERMINAL: [&str; 5] = ["succeeded", "failed", "timed_out", "cancelled", "skipped"];
+
+/// Left-aligned columns separated by two spaces.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let line = |out: &mut String, cells: &mut dyn Iterator<Item = &str>| {
+        let mut l = String::new();
+        for (i, (cell, w)) in cells.zip(&widths).enumerate() {
+            if i > 0 {
+                l.push_str("  ");
+            }
+            let _ = write!(l, "{cell:<w$}");
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(&mut out, &mut header.iter().copied());
+    for row in rows {
+        line(&mut out, &mut row.iter().map(String::as_str));
+    }
+    out
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// `ok/total` of a workflow's task counts, e.g. `3/5`.
+fn progress(counts: &Value) -> String {
+    let total: u64 = counts
+        .as_object()
+        .map(|m| m.values().filter_map(Value::as_u64).sum())
+        .unwrap_or(0);
+    format!("{}/{total}", counts["succeeded"].as_u64().unwrap_or(0))
+}
+
+/// Non-zero counts as `state=n` words.
+pub fn counts_line(counts: &Value) -> String {
+    let words: Vec<String> = counts
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter(|(_, n)| n.as_u64().unwrap_or(0) > 0)
+                .map(|(k, n)| format!("{k}={n}"))
+                .collect()
+        })
+        .unwrap_or_default();
+    if words.is_empty() {
+        "no tasks".into()
+    } else {
+        words.join(" ")
+    }
+}
+
+pub fn workflow_table(workflows: &[Value]) -> String {
+    let rows: Vec<Vec<String>> = workflows
+        .iter()
+        .map(|w| {
+            vec![
+                s(&w["id"]),
+                s(&w["name"]),
+                s(&w["state"]),
+                progress(&w["task_counts"]),
+                s(&w["created_at"]),
+            ]
+        })
+        .collect();
+    table(&["ID", "NAME", "STATE", "DONE", "CREATED"], &rows)
+}
+
+pub fn task_table(tasks: &[Value]) -> String {
+    let rows: Vec<Vec<String>> = tasks
+        .iter()
+        .map(|t| {
+            let deps = t["depends_on"]
+                .as_array()
+                .map(|a| a.iter().map(s).collect::<Vec<_>>().join(","))
+                .unwrap_or_default();
+            vec![
+                s(&t["name"]),
+                s(&t["server_id"]),
+                s(&t["state"]),
+                s(&t["attempt"]),
+                if deps.is_empty() { "-".into() } else { deps },
+                s(&t["id"]),
+            ]
+        })
+        .collect();
+    table(
+        &["NAME", "SERVER", "STATE", "ATTEMPT", "DEPENDS ON", "ID"],
+        &rows,
+    )
+}
+
+pub fn workflow_details(w: &Value, tasks: &[Value]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "Workflow:    {}", s(&w["id"]));
+    let _ = writeln!(out, "Name:        {}", s(&w["name"]));
+    if let Some(d) = w["description"].as_str() {
+        let _ = writeln!(out, "Description: {d}");
+    }
+    let _ = writeln!(out, "State:       {}", s(&w["state"]));
+    let _ = writeln!(out, "Tasks:       {}", counts_line(&w["task_counts"]));
+    let _ = writeln!(out, "Created:     {}", s(&w["created_at"]));
+    let _ = writeln!(out, "Updated:     {}", s(&w["updated_at"]));
+    if !tasks.is_empty() {
+        out.push('\n');
+        out.push_str(&task_table(tasks));
+    }
+    out
+}
+
+/// Why a waiting or queued task has not run yet, one reason per line.
+pub fn why_waiting(t: &Value) -> Vec<String> {
+    let state = t["state"].as_str().unwrap_or("");
+    let mut why = Vec::new();
+    if state == "waiting" {
+        let unfinished: Vec<String> = t["dependencies"]
+            .as_array()
+            .map(|deps| {
+                deps.iter()
+                    .filter(|d| !TERMINAL.contains(&d["state"].as_str().unwrap_or("")))
+                    .map(|d| format!("{} ({})", s(&d["name"]), s(&d["state"])))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !unfinished.is_empty() {
+            why.push(format!(
+                "waits for unfinished dependencies: {}",
+                unfinished.join(", ")
+            ));
+        } else if t["attempt"].as_i64().unwrap_or(0) > 0 {
+            why.push(format!(
+                "attempt {} is handed to the broker: waiting for its publish confirm (or a retry delay)",
+                s(&t["attempt"])
+            ));
+        } else {
+            why.push("dependencies are satisfied: about to be dispatched".into());
+        }
+    }
+    if state == "waiting" || state == "queued" {
+        let server = s(&t["server_id"]);
+        let seen = match t["server_last_seen"].as_str() {
+            Some(at) => format!("last heartbeat {at}"),
+            None => "no heartbeat ever received".into(),
+        };
+        if t["server_online"].as_bool().unwrap_or(false) {
+            why.push(format!("server {server}: worker online ({seen})"));
+        } else {
+            why.push(format!("server {server}: worker OFFLINE ({seen})"));
+        }
+    }
+    if state == "queued" {
+        match t["messages_ahead"].as_u64() {
+            Some(n) => why.push(format!(
+                "queue bora_tasks.{}: {n} message(s) ready (an upper bound of those ahead of it)",
+                s(&t["server_id"])
+            )),
+            None => why.push("queue depth unknown (the broker did not answer)".into()),
+        }
+    }
+    why
+}
+
+pub fn task_details(t: &Value) -> String {
+    let mut out = String::new();
+    let field = |out: &mut String, k: &str, v: String| {
+        let _ = writeln!(out, "{:<13}{v}", format!("{k}:"));
+    };
+    field(&mut out, "Task", s(&t["id"]));
+    field(&mut out, "Name", s(&t["name"]));
+    field(&mut out, "Workflow", s(&t["workflow_id"]));
+    field(&mut out, "Server", s(&t["server_id"]));
+    field(&mut out, "Group", s(&t["group"]));
+    field(&mut out, "State", s(&t["state"]));
+    field(&mut out, "Attempt", s(&t["attempt"]));
+    let deps: Vec<String> = t["dependencies"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|d| format!("{} ({})", s(&d["name"]), s(&d["state"])))
+                .collect()
+        })
+        .unwrap_or_default();
+    field(
+        &mut out,
+        "Depends on",
+        if deps.is_empty() {
+            "-".into()
+        } else {
+            deps.join(", ")
+        },
+    );
+    for k in ["created_at", "queued_at", "started_at", "finished_at"] {
+        if !t[k].is_null() {
+            let label = k.trim_end_matches("_at");
+            let mut label = label.to_owned();
+            if let Some(c) = label.get_mut(0..1) {
+                c.make_ascii_uppercase();
+            }
+            field(&mut out, &label, s(&t[k]));
+        }
+    }
+    let why = why_waiting(t);
+    if !why.is_empty() {
+        out.push_str("Why not running yet:\n");
+        for w in why {
+            let _ = writeln!(out, "  - {w}");
+        }
+    }
+    if let Some(r) = t["result"].as_object() {
+        out.push_str("Result:\n");
+        let _ = writeln!(out, "  exit code: {}", s(&r["exit_code"]));
+        if let Some(e) = r.get("error").and_then(Value::as_str) {
+            let _ = writeln!(out, "  error:     {e}");
+        }
+        if let Some(o) = r.get("outputs").and_then(Value::as_object)
+            && !o.is_empty()
+        {
+            let _ = writeln!(out, "  outputs:   {}", Value::Object(o.clone()));
+        }
+        let _ = writeln!(
+            out,
+            "  stdout:    {} bytes, stderr: {} bytes{} (bora task output shows them)",
+            s(&r["stdout_bytes"]),
+            s(&r["stderr_bytes"]),
+            if r.get("truncated").and_then(Value::as_bool) == Some(true) {
+                ", truncated"
+            } else {
+                ""
+            }
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn tables_align() {
+        let t = table(
+            &["A", "LONG"],
+            &[vec!["xxx".into(), "y".into()], vec!["z".into(), "w".into()]],
+        );
+        assert_eq!(t, "A    LONG\nxxx  y\nz    w\n");
+    }
+
+    #[test]
+    fn waiting_task_says_what_it_waits_for() {
+        let t = json!({
+            "state": "waiting", "attempt": 0, "server_id": "web-1",
+            "dependencies": [{"name": "db", "state": "running"}, {"name": "net", "state": "succeeded"}],
+            "server_online": false, "server_last_seen": null,
+        });
+        let why = why_waiting(&t);
+        assert_eq!(why[0], "waits for unfinished dependencies: db (running)");
+        assert!(
+            why[1].contains("OFFLINE (no heartbeat ever received)"),
+            "{why:?}"
+        );
+    }
+
+    #[test]
+    fn queued_task_reports_the_queue() {
+        let t = json!({
+            "state": "queued", "attempt": 1, "server_id": "web-1", "dependencies": [],
+            "server_online": true, "server_last_seen": "2026-01-01T00:00:00Z", "messages_ahead": 4,
+        });
+        let why = why_waiting(&t);
+        assert!(why[0].contains("worker online (last heartbeat 2026-01-01T00:00:00Z)"));
+        assert!(why[1].contains("4 message(s) ready"), "{why:?}");
+    }
+}

@@ -1,0 +1,297 @@
+//! `bora workflow watch`: live progress from the workflow's event stream.
+//!
+//! The stream is read from its start, so folding its events gives the state
+//! of every task without another request. The id of the last event applied
+//! is kept; after a dropped connection the client reconnects with
+//! `Last-Event-ID` and skips any id it already applied, so no event is lost
+//! or counted twice. On a terminal an indicatif bar shows the tasks ended
+//! out of all, the counts per state and the tasks running with their
+//! servers; elsewhere (or with `--json`) each event is one line.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use reqwest::Method;
+use reqwest::header::ACCEPT;
+use serde_json::Value;
+
+use super::http::{Client, ClientError, segment};
+use super::sse::{SseEvent, SseParser};
+use super::{Outcome, render};
+
+/// Consecutive failed connection attempts before giving up.
+const MAX_FAILURES: u32 = 30;
+
+struct TaskLine {
+    name: String,
+    server: String,
+    state: String,
+}
+
+/// What `watch` knows, folded from the events.
+#[derive(Default)]
+struct Progress {
+    tasks: BTreeMap<String, TaskLine>,
+    last_id: Option<i64>,
+}
+
+impl Progress {
+    /// Applies an event unless its id was applied already; returns whether it was new.
+    fn apply(&mut self, id: i64, data: &Value) -> bool {
+        if self.last_id.is_some_and(|last| id <= last) {
+            return false;
+        }
+        self.last_id = Some(id);
+        if data["kind"] == "task"
+            && let Some(task) = data["task_id"].as_str()
+        {
+            let line = self
+                .tasks
+                .entry(task.to_owned())
+                .or_insert_with(|| TaskLine {
+                    name: String::new(),
+                    server: String::new(),
+                    state: String::new(),
+                });
+            line.name = data["task_name"].as_str().unwrap_or(task).to_owned();
+            line.server = data["server_id"].as_str().unwrap_or("?").to_owned();
+            line.state = data["state"].as_str().unwrap_or("?").to_owned();
+        }
+        true
+    }
+
+    fn counts(&self) -> BTreeMap<&str, u64> {
+        let mut c = BTreeMap::new();
+        for t in self.tasks.values() {
+            *c.entry(t.state.as_str()).or_default() += 1;
+        }
+        c
+    }
+
+    fn ended(&self) -> u64 {
+        self.tasks
+            .values()
+            .filter(|t| {
+                matches!(
+                    t.state.as_str(),
+                    "succeeded" | "failed" | "timed_out" | "cancelled" | "skipped"
+                )
+            })
+            .count() as u64
+    }
+
+    fn running(&self) -> String {
+        let r: Vec<String> = self
+            .tasks
+            .values()
+            .filter(|t| t.state == "running")
+            .map(|t| format!("{} on {}", t.name, t.server))
+            .collect();
+        if r.is_empty() {
+            String::new()
+        } else {
+            format!("running: {}", r.join(", "))
+        }
+    }
+}
+
+/// The bars, or nothing when stderr is not a terminal or `--json` was given.
+struct Display {
+    multi: MultiProgress,
+    bar: ProgressBar,
+    running: ProgressBar,
+    json: bool,
+}
+
+impl Display {
+    fn new(name: &str, json: bool) -> Self {
+        let target = if json {
+            ProgressDrawTarget::hidden()
+        } else {
+            ProgressDrawTarget::stderr()
+        };
+        let multi = MultiProgress::with_draw_target(target);
+        let bar = multi.add(ProgressBar::new(0));
+        let style = ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} ended  {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ");
+        bar.set_style(style);
+        bar.set_prefix(name.to_owned());
+        let running = multi.add(ProgressBar::new(0));
+        running.set_style(
+            ProgressStyle::with_template("  {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        Self {
+            multi,
+            bar,
+            running,
+            json,
+        }
+    }
+
+    fn event(&self, p: &Progress, data: &Value) {
+        if self.json {
+            println!("{data}");
+        } else {
+            let line = match data["kind"].as_str() {
+                Some("task") => format!(
+                    "{}  task {} on {}: {} (attempt {})",
+                    data["at"].as_str().unwrap_or(""),
+                    data["task_name"].as_str().unwrap_or("?"),
+                    data["server_id"].as_str().unwrap_or("?"),
+                    data["state"].as_str().unwrap_or("?"),
+                    data["attempt"]
+                ),
+                _ => format!(
+                    "{}  workflow {}",
+                    data["at"].as_str().unwrap_or(""),
+                    data["state"].as_str().unwrap_or("?")
+                ),
+            };
+            if self.multi.is_hidden() {
+                println!("{line}");
+            } else {
+                let _ = self.multi.println(line);
+            }
+        }
+        let counts: Vec<String> = p.counts().iter().map(|(k, n)| format!("{k}={n}")).collect();
+        self.bar.set_length(p.tasks.len() as u64);
+        self.bar.set_position(p.ended());
+        self.bar.set_message(counts.join(" "));
+        self.running.set_message(p.running());
+    }
+
+    fn finish(&self) {
+        self.bar.finish();
+        self.running.finish_and_clear();
+    }
+}
+
+/// Follows a workflow until it ends.
+///
+/// # Errors
+/// The workflow does not exist, or the server stayed unreachable.
+pub async fn watch(client: &Client, wf: &str, json: bool) -> Result<Outcome, ClientError> {
+    let path = format!("/v1/workflows/{}", segment(wf));
+    let workflow = client.get(&path).await?;
+    let name = workflow["name"].as_str().unwrap_or(wf).to_owned();
+    let events_path = format!("{path}/events");
+    let display = Display::new(&name, json);
+    let mut progress = Progress::default();
+    let mut failures = 0u32;
+    loop {
+        let mut req = client
+            .request(Method::GET, &events_path)
+            .header(ACCEPT, "text/event-stream");
+        if let Some(id) = progress.last_id {
+            req = req.header("Last-Event-ID", id.to_string());
+        }
+        let mut resp = match client.send(req, &events_path).await {
+            Ok(r) => r,
+            Err(e @ ClientError::Transport { .. }) => {
+                failures += 1;
+                if failures >= MAX_FAILURES {
+                    display.finish();
+                    return Err(e);
+                }
+                tokio::time::sleep(backoff(failures)).await;
+                continue;
+            }
+            Err(e)
+                if e.status() == Some(reqwest::StatusCode::NOT_FOUND)
+                    && progress.last_id.is_some() =>
+            {
+                display.finish();
+                return Ok(finish(&display, &name, &progress, "deleted", None));
+            }
+            Err(e) => {
+                display.finish();
+                return Err(e);
+            }
+        };
+        failures = 0;
+        let mut parser = SseParser::new();
+        // Until the stream closes without an `end`, or breaks: then resume
+        // after the last id.
+        while let Ok(Some(bytes)) = resp.chunk().await {
+            for ev in parser.feed(&bytes) {
+                if let Some(outcome) = handle(&display, &name, &mut progress, ev) {
+                    return Ok(outcome);
+                }
+            }
+        }
+        failures += 1;
+        tokio::time::sleep(backoff(failures)).await;
+    }
+}
+
+fn backoff(failures: u32) -> Duration {
+    Duration::from_millis((100u64 << failures.min(6)).min(5_000))
+}
+
+/// Applies one event; `Some` when the stream said the workflow ended.
+fn handle(display: &Display, name: &str, p: &mut Progress, ev: SseEvent) -> Option<Outcome> {
+    let data: Value = serde_json::from_str(&ev.data).unwrap_or(Value::Null);
+    if ev.event == "end" {
+        let state = data["state"].as_str().unwrap_or("unknown").to_owned();
+        return Some(finish(display, name, p, &state, Some(&data)));
+    }
+    let id = ev.id.as_deref().and_then(|i| i.parse::<i64>().ok())?;
+    if p.apply(id, &data) {
+        display.event(p, &data);
+    }
+    None
+}
+
+fn finish(
+    display: &Display,
+    name: &str,
+    p: &Progress,
+    state: &str,
+    end: Option<&Value>,
+) -> Outcome {
+    display.finish();
+    if display.json {
+        match end {
+            Some(e) => println!("{e}"),
+            None => println!("{}", serde_json::json!({"state": state})),
+        }
+    } else {
+        let counts: serde_json::Map<String, Value> = p
+            .counts()
+            .into_iter()
+            .map(|(k, n)| (k.to_owned(), Value::from(n)))
+            .collect();
+        println!(
+            "workflow {name} {state}: {}",
+            render::counts_line(&Value::Object(counts))
+        );
+    }
+    if state == "succeeded" {
+        Outcome::Success
+    } else {
+        Outcome::WorkflowUnsuccessful
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn events_apply_once_and_fold_into_counts() {
+        let mut p = Progress::default();
+        let ev = |state: &str| json!({"kind": "task", "task_id": "t1", "task_name": "a", "server_id": "s", "state": state});
+        assert!(p.apply(1, &ev("waiting")));
+        assert!(p.apply(2, &ev("running")));
+        assert!(!p.apply(2, &ev("succeeded")), "a repeated id is skipped");
+        assert!(!p.apply(1, &ev("failed")));
+        assert_eq!(p.counts().get("running"), Some(&1));
+        assert_eq!(p.running(), "running: a on s");
+        assert!(p.apply(3, &ev("succeeded")));
+        assert_eq!(p.ended(), 1);
+    }
+}

@@ -1,0 +1,363 @@
+//! Every client verb of the real binary against a running dispatcher.
+
+use std::time::Duration;
+
+use bora::protocol::TaskResult;
+use serde_json::Value;
+
+use crate::helpers::*;
+use crate::process::*;
+
+const WORKFLOW_YAML: &str = r#"
+name: cli-flow
+description: made from YAML
+tasks:
+  - name: app
+    server_id: cli-app
+    depends_on: [db]
+  - name: db
+    server_id: cli-db
+    config: |
+      #!/bin/sh
+      echo db
+"#;
+
+#[tokio::test]
+async fn workflow_verbs_create_list_show_graph_cancel_delete() {
+    let app = spawn_app().await;
+    let file = write_file(app.dir.path(), "wf.yaml", WORKFLOW_YAML);
+
+    // create prints the id alone on stdout (for scripts), the tasks on stderr.
+    let out = bora(&app, &["workflow", "create", "-f", &file]).await;
+    let id = out.ok().trim().to_owned();
+    assert_eq!(app.workflow(&id).await["name"], "cli-flow");
+    assert!(out.stderr.contains("cli-db"), "{}", out.stderr);
+
+    // The same shape as JSON, through --json.
+    let json_file = write_file(
+        app.dir.path(),
+        "wf.json",
+        r#"{"name": "second", "tasks": [{"name": "x", "server_id": "cli-x"}]}"#,
+    );
+    let second = bora(&app, &["workflow", "create", "-f", &json_file, "--json"])
+        .await
+        .json();
+    assert_eq!(second["name"], "second");
+    assert_eq!(second["tasks"][0]["name"], "x");
+
+    let listed = bora(&app, &["workflow", "list", "--json"]).await.json();
+    let names: Vec<&str> = listed["workflows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["cli-flow", "second"]);
+    let table = bora(&app, &["workflow", "list"]).await;
+    assert!(table.ok().starts_with("ID  "), "{}", table.stdout);
+    assert!(table.stdout.contains(&id));
+    let limited = bora(&app, &["workflow", "list", "--limit", "1", "--json"])
+        .await
+        .json();
+    assert_eq!(limited["workflows"].as_array().unwrap().len(), 1);
+
+    let shown = bora(&app, &["workflow", "show", &id, "--json"])
+        .await
+        .json();
+    assert_eq!(shown["id"], id.as_str());
+    assert_eq!(shown["tasks"].as_array().unwrap().len(), 2);
+    let human = bora(&app, &["workflow", "show", &id]).await;
+    assert!(
+        human.ok().contains("Name:        cli-flow"),
+        "{}",
+        human.stdout
+    );
+    assert!(human.stdout.contains("app   cli-app"), "{}", human.stdout);
+
+    // The graph: nodes with name, server and state colour; an edge db -> app.
+    let dot = bora(&app, &["workflow", "graph", &id]).await;
+    let dot = dot.ok();
+    assert!(dot.starts_with("digraph \"cli-flow\" {"), "{dot}");
+    let node = |name: &str| {
+        dot.lines()
+            .find(|l| l.contains(&format!("label=\"{name}\\n")))
+            .and_then(|l| l.trim().split(' ').next())
+            .unwrap_or_else(|| panic!("no node {name}: {dot}"))
+            .to_owned()
+    };
+    assert!(
+        dot.contains(&format!("{} -> {};", node("db"), node("app"))),
+        "{dot}"
+    );
+    assert!(dot.contains("app\\ncli-app\\nwaiting"), "{dot}");
+    assert!(
+        dot.contains("fillcolor=\"#e5e7eb\""),
+        "waiting colour: {dot}"
+    );
+    let mermaid = bora(&app, &["workflow", "graph", &id, "--mermaid"]).await;
+    assert!(
+        mermaid.ok().starts_with("flowchart LR"),
+        "{}",
+        mermaid.stdout
+    );
+    assert!(mermaid.stdout.contains(" --> "), "{}", mermaid.stdout);
+    assert!(mermaid.stdout.contains("class "), "{}", mermaid.stdout);
+
+    let cancelled = bora(&app, &["workflow", "cancel", &id, "--json"])
+        .await
+        .json();
+    assert_eq!(cancelled["state"], "cancelled");
+    assert_eq!(app.workflow(&id).await["state"], "cancelled");
+
+    let deleted = bora(&app, &["workflow", "delete", &id]).await;
+    assert!(deleted.ok().contains("deleted"));
+    let gone = bora(&app, &["workflow", "show", &id]).await;
+    assert_eq!(gone.code, 1, "{gone:?}");
+    assert!(
+        gone.stderr.contains("not_found") && gone.stderr.contains(&id),
+        "the server's error is printed: {}",
+        gone.stderr
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn task_verbs_add_list_show_cancel_and_errors() {
+    let app = spawn_app().await;
+    let wf = app
+        .create_workflow(serde_json::json!({"name": "tasks"}))
+        .await;
+    let id = wf["id"].as_str().unwrap().to_owned();
+
+    let added = bora(
+        &app,
+        &[
+            "task",
+            "add",
+            &id,
+            "--server-id",
+            "t-db",
+            "--name",
+            "db",
+            "--group",
+            "std.noop",
+            "--json",
+        ],
+    )
+    .await
+    .json();
+    assert_eq!(added["name"], "db");
+    assert_eq!(added["group"], "std.noop");
+    let file = write_file(
+        app.dir.path(),
+        "task.yaml",
+        "name: app\nserver_id: t-app\ndepends_on: [db]\ninputs:\n  PORT: 8080\n",
+    );
+    let out = bora(&app, &["task", "add", &id, "-f", &file]).await;
+    let app_id = out.ok().trim().to_owned();
+    let view = app.task(&id, "app").await;
+    assert_eq!(view["id"], app_id.as_str());
+    assert_eq!(view["inputs"]["PORT"], 8080);
+
+    let listed = bora(&app, &["task", "list", &id, "--json"]).await.json();
+    assert_eq!(listed["tasks"].as_array().unwrap().len(), 2);
+    let filtered = bora(
+        &app,
+        &["task", "list", &id, "--server-id", "t-app", "--json"],
+    )
+    .await
+    .json();
+    assert_eq!(filtered["tasks"][0]["name"], "app");
+    assert_eq!(filtered["tasks"].as_array().unwrap().len(), 1);
+    let table = bora(&app, &["task", "list", &id]).await;
+    assert!(table.ok().starts_with("NAME"), "{}", table.stdout);
+
+    // Why is it waiting? Its dependency (queued, no worker) and the server.
+    app.wait_task_state(&id, "db", "queued").await;
+    let why = bora(&app, &["task", "show", &id, "app"]).await;
+    let why = why.ok();
+    assert!(
+        why.contains("waits for unfinished dependencies: db (queued)"),
+        "{why}"
+    );
+    assert!(
+        why.contains("server t-app: worker OFFLINE (no heartbeat ever received)"),
+        "{why}"
+    );
+    let queued = bora(&app, &["task", "show", &id, "db"]).await;
+    assert!(
+        queued
+            .ok()
+            .contains("queue bora_tasks.t-db: 1 message(s) ready"),
+        "{}",
+        queued.stdout
+    );
+    let queued_json = bora(&app, &["task", "show", &id, "db", "--json"])
+        .await
+        .json();
+    assert_eq!(queued_json["messages_ahead"], 1);
+    assert_eq!(queued_json["server_last_seen"], Value::Null);
+
+    let cancelled = bora(&app, &["task", "cancel", &id, "app"]).await;
+    assert!(cancelled.ok().contains("cancelled"));
+    // Never handed to the broker: cancelled and deleted.
+    let (status, _) = app.get(&format!("/v1/workflows/{id}/tasks/app")).await;
+    assert_eq!(status, 404);
+
+    // Refusals: the server's code and message, exit 1.
+    let dup = bora(
+        &app,
+        &["task", "add", &id, "--server-id", "t-db", "--name", "db"],
+    )
+    .await;
+    assert_eq!(dup.code, 1, "{dup:?}");
+    assert!(
+        dup.stderr.contains("409") && dup.stderr.contains("duplicate_name"),
+        "{}",
+        dup.stderr
+    );
+    let bad = bora(&app, &["task", "add", &id, "--server-id", "bad id!"]).await;
+    assert_eq!(bad.code, 1);
+    assert!(bad.stderr.contains("validation_failed"), "{}", bad.stderr);
+    let no_output = bora(&app, &["task", "output", &id, "db"]).await;
+    assert_eq!(no_output.code, 1);
+    assert!(
+        no_output.stderr.contains("no result yet"),
+        "{}",
+        no_output.stderr
+    );
+    let usage = bora(&app, &["task", "add", &id]).await;
+    assert_eq!(
+        usage.code, 2,
+        "missing --server-id is a usage error: {usage:?}"
+    );
+    let missing_file = bora(&app, &["workflow", "create", "-f", "/nonexistent.yaml"]).await;
+    assert_eq!(missing_file.code, 1);
+    let unreachable = {
+        let mut cmd = client(&app, &["workflow", "list"]);
+        cmd.env("BORA_URL", "http://127.0.0.1:9");
+        finish(cmd.spawn().unwrap()).await
+    };
+    assert_eq!(unreachable.code, 1);
+    assert!(
+        unreachable.stderr.contains("cannot reach bora"),
+        "{}",
+        unreachable.stderr
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn token_is_sent_from_flag_and_environment() {
+    let app = spawn_app_with(&[("BORA__API__TOKENS", "s3cret")]).await;
+    let denied = bora(&app, &["workflow", "list"]).await;
+    assert_eq!(denied.code, 1);
+    assert!(denied.stderr.contains("unauthorized"), "{}", denied.stderr);
+    bora(&app, &["workflow", "list", "--token", "s3cret"])
+        .await
+        .ok();
+    let mut cmd = client(&app, &["workflow", "list"]);
+    cmd.env("BORA_TOKEN", "s3cret");
+    finish(cmd.spawn().unwrap()).await.ok();
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn output_and_watch_of_a_workflow_that_succeeds() {
+    let app = spawn_app().await;
+    let file = write_file(app.dir.path(), "wf.yaml", WORKFLOW_YAML);
+    let id = bora(&app, &["workflow", "create", "-f", &file])
+        .await
+        .ok()
+        .trim()
+        .to_owned();
+    let watch = client(&app, &["workflow", "watch", &id, "--json"])
+        .spawn()
+        .unwrap();
+    let mut db = app.fake_worker("cli-db").await;
+    let mut web = app.fake_worker("cli-app").await;
+    let t = db.next_task().await;
+    // Each step waits for the confirm, so the order of events is fixed.
+    app.wait_task_state(&id, "db", "queued").await;
+    db.started(&t).await;
+    db.finish_with(
+        &t,
+        TaskResult::from_streams(t.attempt, 0, "db out\n".into(), "db warn\n".into()),
+    )
+    .await;
+    let t = web.next_task().await;
+    app.wait_task_state(&id, "app", "queued").await;
+    web.started(&t).await;
+    web.finish(&t, 0).await;
+
+    let out = finish(watch).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let lines: Vec<Value> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let (end, events) = lines.split_last().unwrap();
+    assert_eq!(end["state"], "succeeded");
+    let ids: Vec<i64> = events.iter().map(|e| e["id"].as_i64().unwrap()).collect();
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "ids increase, none repeated: {ids:?}"
+    );
+    let states = |task: &str| -> Vec<&str> {
+        events
+            .iter()
+            .filter(|e| e["task_name"] == task)
+            .map(|e| e["state"].as_str().unwrap())
+            .collect()
+    };
+    assert_eq!(states("db"), ["waiting", "queued", "running", "succeeded"]);
+    assert_eq!(states("app"), ["waiting", "queued", "running", "succeeded"]);
+
+    let human = bora(&app, &["workflow", "watch", &id]).await;
+    assert!(
+        human
+            .ok()
+            .contains("workflow cli-flow succeeded: succeeded=2"),
+        "{}",
+        human.stdout
+    );
+
+    let output = bora(&app, &["task", "output", &id, "db"]).await;
+    assert_eq!(output.ok(), "db out\n");
+    assert_eq!(output.stderr, "db warn\n");
+    let as_json = bora(&app, &["task", "output", &id, "db", "--json"])
+        .await
+        .json();
+    assert_eq!(as_json["exit_code"], 0);
+    assert_eq!(as_json["stderr"], "db warn\n");
+    let shown = bora(&app, &["task", "show", &id, "db"]).await;
+    assert!(shown.ok().contains("exit code: 0"), "{}", shown.stdout);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn watch_exits_3_when_the_workflow_fails() {
+    let app = spawn_app().await;
+    let wf = app
+        .create_workflow(serde_json::json!({"name": "doomed", "tasks": [
+            {"name": "a", "server_id": "w-fail"},
+            {"name": "b", "server_id": "w-fail", "depends_on": ["a"]},
+        ]}))
+        .await;
+    let id = wf["id"].as_str().unwrap().to_owned();
+    let watch = client(&app, &["workflow", "watch", &id]).spawn().unwrap();
+    let mut w = app.fake_worker("w-fail").await;
+    let t = w.next_task().await;
+    w.finish(&t, 1).await;
+    let out = finish(watch).await;
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(
+        out.stdout
+            .contains("workflow doomed failed: failed=1 skipped=1"),
+        "{}",
+        out.stdout
+    );
+    w.expect_nothing(Duration::from_millis(100)).await;
+    app.stop().await;
+}
