@@ -51,6 +51,8 @@ pub enum Command {
     Workflow(crate::client::WorkflowArgs),
     /// Manage tasks through the REST API (--url / BORA_URL).
     Task(crate::client::TaskArgs),
+    /// Register, list and revoke servers through the REST API (--url / BORA_URL).
+    Server(crate::client::ServerArgs),
 }
 
 /// Entry point of the binary; returns the process exit code.
@@ -63,6 +65,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Workflow(args) => return Ok(crate::client::run_workflow(args).await?.exit_code()),
         Command::Task(args) => return Ok(crate::client::run_task(args).await?.exit_code()),
+        Command::Server(args) => return Ok(crate::client::run_server(args).await?.exit_code()),
         Command::Serve | Command::Worker { .. } => {}
     }
     let settings = Settings::load(cli.config.as_deref()).context("loading configuration")?;
@@ -75,7 +78,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     let shutdown = shutdown_on_signal();
     match cli.command {
         Command::Serve => crate::serve::run(settings, shutdown).await.map(|()| 0),
-        Command::Workflow(_) | Command::Task(_) => Ok(0),
+        Command::Workflow(_) | Command::Task(_) | Command::Server(_) => Ok(0),
         Command::Worker { server_id } => {
             let id = server_id
                 .or_else(|| settings.worker.server_id.clone())

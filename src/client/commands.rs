@@ -1,6 +1,6 @@
-//! The client's verbs: `bora workflow create|list|show|cancel|delete|watch|graph`
-//! and `bora task add|list|show|cancel|output`. Each one is a few REST calls
-//! and a rendering: JSON with `--json` (the API's own bodies, for scripts),
+//! The client's verbs: `bora workflow create|list|show|cancel|delete|watch|graph`,
+//! `bora task add|list|show|cancel|output` and `bora server
+//! register|list|show|delete`. Each one is a few REST calls and a rendering: JSON with `--json` (the API's own bodies, for scripts),
 //! tables and sentences otherwise.
 
 use std::io::Read;
@@ -383,6 +383,118 @@ pub async fn run_task(args: TaskArgs) -> anyhow::Result<Outcome> {
                 if let Some(e) = result["error"].as_str() {
                     writeln!(err, "bora: task error: {e}")?;
                 }
+            }
+        }
+    }
+    Ok(Outcome::Success)
+}
+
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    #[command(flatten)]
+    pub conn: Conn,
+    #[command(subcommand)]
+    pub command: ServerCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServerCommand {
+    /// Register a server (or rotate its password): prints its broker
+    /// credentials, shown this once.
+    Register {
+        server_id: String,
+        /// guest (a bora worker, least privilege) or oslo (a trusted oslo RPC server).
+        #[arg(long, default_value = "guest")]
+        kind: String,
+    },
+    /// List the servers bora knows, with their last heartbeat.
+    List,
+    /// Show one server.
+    Show { server_id: String },
+    /// Revoke a server: delete its broker user, cancel its unfinished tasks.
+    Delete { server_id: String },
+}
+
+fn server_path(id: &str) -> String {
+    format!("/v1/servers/{}", segment(id))
+}
+
+fn server_row(s: &Value) -> Vec<String> {
+    let text = |v: &Value| match v {
+        Value::Null => "-".to_owned(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    vec![
+        text(&s["server_id"]),
+        text(&s["kind"]),
+        if s["registered"] == true { "yes" } else { "no" }.to_owned(),
+        if s["online"] == true {
+            "online"
+        } else {
+            "offline"
+        }
+        .to_owned(),
+        text(&s["last_seen"]),
+    ]
+}
+
+const SERVER_HEADER: [&str; 5] = ["SERVER", "KIND", "REGISTERED", "STATUS", "LAST SEEN"];
+
+/// Runs a `bora server ...` verb.
+///
+/// # Errors
+/// A failed request (with the server's message).
+pub async fn run_server(args: ServerArgs) -> anyhow::Result<Outcome> {
+    let c = client(&args.conn)?;
+    let json = args.conn.json;
+    match args.command {
+        ServerCommand::Register { server_id, kind } => {
+            let reg = c
+                .post(
+                    "/v1/servers",
+                    &json!({"server_id": server_id, "kind": kind}),
+                )
+                .await?;
+            if json {
+                print_json(&reg)?;
+            } else {
+                let verb = if reg["rotated"] == true {
+                    "password rotated for"
+                } else {
+                    "registered"
+                };
+                println!("{}", reg["amqp_url"].as_str().unwrap_or_default());
+                eprintln!(
+                    "{verb} {} ({}): broker user {}; the URL above holds its password and is shown only now",
+                    reg["server_id"].as_str().unwrap_or_default(),
+                    reg["kind"].as_str().unwrap_or_default(),
+                    reg["username"].as_str().unwrap_or_default(),
+                );
+            }
+        }
+        ServerCommand::List => {
+            let list = c.get("/v1/servers").await?;
+            if json {
+                print_json(&list)?;
+            } else {
+                let rows: Vec<Vec<String>> =
+                    array(&list, "servers").iter().map(server_row).collect();
+                print!("{}", render::table(&SERVER_HEADER, &rows));
+            }
+        }
+        ServerCommand::Show { server_id } => {
+            let s = c.get(&server_path(&server_id)).await?;
+            if json {
+                print_json(&s)?;
+            } else {
+                print!("{}", render::table(&SERVER_HEADER, &[server_row(&s)]));
+            }
+        }
+        ServerCommand::Delete { server_id } => {
+            c.delete(&server_path(&server_id)).await?;
+            if !json {
+                eprintln!("revoked {server_id}");
             }
         }
     }

@@ -1,5 +1,5 @@
-//! The command-line client of the REST API: `bora workflow ...` and
-//! `bora task ...` (SPEC 1). It speaks only HTTP (reqwest) to a running
+//! The command-line client of the REST API: `bora workflow ...`,
+//! `bora task ...` and `bora server ...` (SPEC 1). It speaks only HTTP (reqwest) to a running
 //! dispatcher — never the store, never the broker — so it works against any
 //! bora that a URL and a token reach.
 //!
@@ -22,7 +22,7 @@ mod render;
 mod sse;
 mod watch;
 
-pub use commands::{TaskArgs, WorkflowArgs, run_task, run_workflow};
+pub use commands::{ServerArgs, TaskArgs, WorkflowArgs, run_server, run_task, run_workflow};
 pub use graph::{dot, mermaid};
 pub use http::{Client, ClientError};
 pub use sse::{SseEvent, SseParser};

@@ -361,3 +361,45 @@ async fn watch_exits_3_when_the_workflow_fails() {
     w.expect_nothing(Duration::from_millis(100)).await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn server_verbs_register_list_show_delete() {
+    let app = spawn_app().await;
+    let id = format!(
+        "cli-srv-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    // register prints the ready URL alone on stdout, the note on stderr.
+    let out = bora(&app, &["server", "register", &id]).await;
+    let url = out.ok().trim().to_owned();
+    assert!(url.starts_with("amqp://bora-srv-"), "{url}");
+    assert!(out.stderr.contains("shown only now"), "{}", out.stderr);
+    let conn = lapin::Connection::connect(&url, Default::default()).await;
+    assert!(conn.is_ok(), "the issued URL does not connect");
+    // A second registration rotates (JSON says so).
+    let again = bora(&app, &["server", "register", &id, "--json"])
+        .await
+        .json();
+    assert_eq!(again["rotated"], true);
+    let listed = bora(&app, &["server", "list", "--json"]).await.json();
+    assert!(
+        listed["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["server_id"] == id.as_str() && s["registered"] == true)
+    );
+    let table = bora(&app, &["server", "list"]).await;
+    assert!(table.ok().starts_with("SERVER"), "{}", table.stdout);
+    assert!(table.stdout.contains(&id));
+    let shown = bora(&app, &["server", "show", &id, "--json"]).await.json();
+    assert_eq!(shown["kind"], "guest");
+    bora(&app, &["server", "delete", &id]).await.ok();
+    let gone = bora(&app, &["server", "show", &id]).await;
+    assert_eq!(gone.code, 1, "{}", gone.stderr);
+    assert!(gone.stderr.contains("not_found"), "{}", gone.stderr);
+    let bad = bora(&app, &["server", "register", "bad id!"]).await;
+    assert_eq!(bad.code, 1);
+    assert!(bad.stderr.contains("validation_failed"), "{}", bad.stderr);
+    app.stop().await;
+}
