@@ -22,10 +22,10 @@ use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::api::{ApiError, AppState, tasks, workflow_id, workflows};
+use crate::api::{ApiError, AppState, tasks, workflow_id};
 use crate::backoff::Backoff;
 use crate::broker::rpc::RpcEndpoint;
-use crate::domain::{NewTask, NewWorkflow, ServerId, ServerKind};
+use crate::domain::{NewTask, ServerId, ServerKind};
 use crate::protocol::{Failure, RpcReply, RpcRequest};
 
 /// How many recent `_unique_id`s are remembered to drop re-sent requests.
@@ -115,29 +115,12 @@ async fn call(
 }
 
 async fn create_workflow(state: &AppState, args: &Map<String, Value>) -> Result<Value, ApiError> {
-    let mut new: NewWorkflow = kwargs(args)?;
-    let tasks = new.tasks.take();
-    let with_tasks = tasks.is_some();
-    let specs = workflows::validate_tasks(tasks.unwrap_or_default(), "tasks")?;
-    let id = state.tracker.create_workflow(new, specs).await?;
-    let mut view = state.workflow_view(id).await?;
-    if with_tasks {
-        let rows = state.store().tasks(id, None, None).await?;
-        view.tasks = Some(state.task_views(id, rows).await?);
-    }
-    Ok(to_value(view))
+    Ok(to_value(state.create_workflow(kwargs(args)?).await?))
 }
 
 async fn add_task(state: &AppState, args: &Map<String, Value>) -> Result<Value, ApiError> {
     let a: AddTaskArgs = kwargs(args)?;
-    let wf = workflow_id(&a.workflow_id)?;
-    let specs = workflows::validate_tasks(vec![a.task], "task")?;
-    let ids = state.tracker.add_tasks(wf, specs).await?;
-    let id = ids
-        .first()
-        .ok_or_else(|| ApiError::not_found("task vanished"))?;
-    let row = tasks::task_row(state, wf, &id.to_string()).await?;
-    Ok(to_value(state.task_view(row).await?))
+    Ok(to_value(state.add_task(&a.workflow_id, a.task).await?))
 }
 
 async fn get_workflow(state: &AppState, args: &Map<String, Value>) -> Result<Value, ApiError> {
@@ -163,9 +146,7 @@ async fn list_tasks(state: &AppState, args: &Map<String, Value>) -> Result<Value
 
 async fn cancel_workflow(state: &AppState, args: &Map<String, Value>) -> Result<Value, ApiError> {
     let a: WorkflowArg = kwargs(args)?;
-    let id = workflow_id(&a.workflow_id)?;
-    state.tracker.cancel_workflow(id).await?;
-    Ok(to_value(state.workflow_view(id).await?))
+    Ok(to_value(state.cancel_workflow(&a.workflow_id).await?))
 }
 
 async fn register_server(state: &AppState, args: &Map<String, Value>) -> Result<Value, ApiError> {

@@ -10,10 +10,11 @@ mod error;
 mod events;
 mod extract;
 pub mod openapi;
+mod ops;
 mod servers;
 pub(crate) mod tasks;
 pub mod views;
-pub(crate) mod workflows;
+mod workflows;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -10,7 +10,6 @@ use utoipa::IntoParams;
 use super::error::{ApiError, ErrorBody};
 use super::extract::{JsonBody, QueryParams};
 use super::views::{HeatSignal, TaskList, TaskView};
-use super::workflows::validate_tasks;
 use super::{AppState, workflow_id};
 use crate::domain::{NewTask, ServerId, TaskPatch, TaskState, WorkflowId};
 use crate::store::TaskRow;
@@ -56,14 +55,7 @@ pub(super) async fn add(
     Path(wf): Path<String>,
     JsonBody(task): JsonBody<NewTask>,
 ) -> Result<(StatusCode, Json<TaskView>), ApiError> {
-    let wf = workflow_id(&wf)?;
-    let specs = validate_tasks(vec![task], "tasks")?;
-    let ids = state.tracker.add_tasks(wf, specs).await?;
-    let id = ids
-        .first()
-        .ok_or_else(|| ApiError::not_found("task vanished"))?;
-    let row = task_row(&state, wf, &id.to_string()).await?;
-    Ok((StatusCode::CREATED, Json(state.task_view(row).await?)))
+    Ok((StatusCode::CREATED, Json(state.add_task(&wf, task).await?)))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -45,18 +45,9 @@ pub(crate) fn validate_tasks(
     ))]
 pub(super) async fn create(
     State(state): State<AppState>,
-    JsonBody(mut new): JsonBody<NewWorkflow>,
+    JsonBody(new): JsonBody<NewWorkflow>,
 ) -> Result<(StatusCode, Json<WorkflowView>), ApiError> {
-    let tasks = new.tasks.take();
-    let with_tasks = tasks.is_some();
-    let specs = validate_tasks(tasks.unwrap_or_default(), "tasks")?;
-    let id = state.tracker.create_workflow(new, specs).await?;
-    let mut view = state.workflow_view(id).await?;
-    if with_tasks {
-        let rows = state.store().tasks(id, None, None).await?;
-        view.tasks = Some(state.task_views(id, rows).await?);
-    }
-    Ok((StatusCode::CREATED, Json(view)))
+    Ok((StatusCode::CREATED, Json(state.create_workflow(new).await?)))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -194,7 +185,5 @@ pub(super) async fn cancel(
     State(state): State<AppState>,
     Path(wf): Path<String>,
 ) -> Result<Json<WorkflowView>, ApiError> {
-    let id = workflow_id(&wf)?;
-    state.tracker.cancel_workflow(id).await?;
-    Ok(Json(state.workflow_view(id).await?))
+    Ok(Json(state.cancel_workflow(&wf).await?))
 }

@@ -268,6 +268,29 @@ impl TestApp {
         }
     }
 
+    /// The next cancel cast on a server's control queue (taken off it).
+    pub async fn next_cancel(&self, server: &str) -> RpcRequest {
+        let conn = lapin::Connection::connect(&self.vhost.amqp_url(), Default::default())
+            .await
+            .unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        let control = self.settings.amqp.control_queue(server);
+        for _ in 0..200 {
+            if let Some(m) = ch
+                .basic_get(
+                    control.as_str().into(),
+                    lapin::options::BasicGetOptions { no_ack: true },
+                )
+                .await
+                .unwrap()
+            {
+                return RpcRequest::decode(&m.delivery.data).unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no cancel on {control}");
+    }
+
     /// A scripted worker for one server on this app's vhost.
     pub async fn fake_worker(&self, server: &str) -> FakeWorker {
         FakeWorker::connect(&self.vhost.amqp_url(), &self.settings, server).await

@@ -11,7 +11,7 @@ mod security;
 
 use std::time::Duration;
 
-use bora::protocol::{RpcRequest, TaskResult};
+use bora::protocol::TaskResult;
 use helpers::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -324,28 +324,7 @@ async fn cancel_reaches_the_worker_and_ends_the_workflow() {
     assert_eq!(wf["state"], "cancelled");
     assert_eq!(wf["task_counts"]["cancelled"], 2);
     // The cancel travels on the server's control queue.
-    let control = app.settings.amqp.control_queue("s");
-    let conn = lapin::Connection::connect(&app.vhost.amqp_url(), Default::default())
-        .await
-        .unwrap();
-    let ch = conn.create_channel().await.unwrap();
-    let mut got = None;
-    for _ in 0..100 {
-        if let Some(m) = ch
-            .basic_get(
-                control.as_str().into(),
-                lapin::options::BasicGetOptions { no_ack: true },
-            )
-            .await
-            .unwrap()
-        {
-            got = Some(m);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let msg = got.expect("cancel message on the control queue");
-    let req = RpcRequest::decode(&msg.delivery.data).unwrap();
+    let req = app.next_cancel("s").await;
     assert_eq!(req.method, "cancel_task");
     assert_eq!(req.args["task_id"], long.id.to_string());
     assert_eq!(req.args["attempt"], 1);

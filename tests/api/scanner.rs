@@ -2,32 +2,9 @@
 
 use std::time::Duration;
 
-use bora::protocol::RpcRequest;
 use serde_json::json;
 
 use crate::helpers::*;
-
-async fn next_cancel(app: &TestApp, server: &str) -> RpcRequest {
-    let conn = lapin::Connection::connect(&app.vhost.amqp_url(), Default::default())
-        .await
-        .unwrap();
-    let ch = conn.create_channel().await.unwrap();
-    let control = app.settings.amqp.control_queue(server);
-    for _ in 0..200 {
-        if let Some(m) = ch
-            .basic_get(
-                control.as_str().into(),
-                lapin::options::BasicGetOptions { no_ack: true },
-            )
-            .await
-            .unwrap()
-        {
-            return RpcRequest::decode(&m.delivery.data).unwrap();
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("no cancel on {control}");
-}
 
 #[tokio::test]
 async fn a_silent_worker_loses_its_attempt_and_the_task_runs_again() {
@@ -51,7 +28,7 @@ async fn a_silent_worker_loses_its_attempt_and_the_task_runs_again() {
     assert_eq!(second.id, first.id);
     assert_eq!(second.attempt, 2);
     // The lost attempt is cancelled in case its worker still lives.
-    let cancel = next_cancel(&app, "s").await;
+    let cancel = app.next_cancel("s").await;
     assert_eq!(cancel.args["attempt"], 1);
     // A late result of the lost attempt changes nothing.
     w.finish(&first, 1).await;
@@ -115,7 +92,7 @@ async fn a_task_with_no_result_within_its_timeout_ends_timed_out() {
     );
     assert_eq!(app.task(&id, "next").await["state"], "skipped");
     // The worker that boots late is told not to run it.
-    let cancel = next_cancel(&app, "nobody").await;
+    let cancel = app.next_cancel("nobody").await;
     assert_eq!(cancel.method, "cancel_task");
     app.wait_workflow_state(&id, "failed").await;
     app.stop().await;
