@@ -16,7 +16,9 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-pub const MGMT: &str = "http://127.0.0.1:15672";
+#[path = "../common/mgmt.rs"]
+mod mgmt;
+pub use mgmt::{MGMT, mgmt_put};
 
 pub fn amqp_base() -> String {
     std::env::var("BORA_TEST_AMQP").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672".into())
@@ -30,22 +32,12 @@ pub struct Vhost {
 impl Vhost {
     pub async fn create() -> Self {
         let name = format!("bora-test-{}", uuid::Uuid::new_v4().simple());
-        let http = reqwest::Client::new();
-        let r = http
-            .put(format!("{MGMT}/api/vhosts/{name}"))
-            .basic_auth("guest", Some("guest"))
-            .send()
-            .await
-            .expect("management API reachable (run .ci/setup)");
-        assert!(r.status().is_success(), "create vhost: {}", r.status());
-        let r = http
-            .put(format!("{MGMT}/api/permissions/{name}/guest"))
-            .basic_auth("guest", Some("guest"))
-            .json(&json!({"configure": ".*", "write": ".*", "read": ".*"}))
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success(), "set permissions: {}", r.status());
+        mgmt_put(&format!("vhosts/{name}"), None).await;
+        mgmt_put(
+            &format!("permissions/{name}/guest"),
+            Some(json!({"configure": ".*", "write": ".*", "read": ".*"})),
+        )
+        .await;
         Self { name }
     }
 

@@ -6,6 +6,9 @@
 //! The broker is taken from `BORA_TEST_AMQP_HOST` (default 127.0.0.1), with the
 //! AMQP port 5672 and the management API on 15672 (guest/guest).
 
+#[path = "../common/mgmt.rs"]
+mod mgmt;
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -82,23 +85,13 @@ pub async fn spawn_app() -> TestApp {
 
 pub async fn spawn_app_with(opts: Options) -> TestApp {
     let vhost = format!("bora-test-{}", uuid::Uuid::new_v4());
-    let http = reqwest::Client::new();
     let enc: String = url::form_urlencoded::byte_serialize(vhost.as_bytes()).collect();
-    http.put(mgmt(&format!("/vhosts/{enc}")))
-        .basic_auth("guest", Some("guest"))
-        .send()
-        .await
-        .expect("management API reachable")
-        .error_for_status()
-        .expect("vhost created");
-    http.put(mgmt(&format!("/permissions/{enc}/guest")))
-        .basic_auth("guest", Some("guest"))
-        .json(&json!({"configure": ".*", "write": ".*", "read": ".*"}))
-        .send()
-        .await
-        .unwrap()
-        .error_for_status()
-        .unwrap();
+    mgmt::mgmt_put(&format!("vhosts/{enc}"), None).await;
+    mgmt::mgmt_put(
+        &format!("permissions/{enc}/guest"),
+        Some(json!({"configure": ".*", "write": ".*", "read": ".*"})),
+    )
+    .await;
     let amqp_url = format!("amqp://guest:guest@{}:5672/{enc}", host());
     let conn = Connection::connect(&amqp_url, ConnectionProperties::default())
         .await
