@@ -1,4 +1,4 @@
-//! The command line: `bora serve`, `bora worker`, and (later) the REST client
+//! The command line: `bora serve`, `bora worker`, `bora bench`, and (later) the REST client
 //! verbs. Parses arguments, loads settings, installs logging and the crypto
 //! provider, and hands over to the library. Nothing else lives here.
 
@@ -46,6 +46,8 @@ pub enum Command {
         #[arg(long, env = "BORA_SERVER_ID")]
         server_id: Option<String>,
     },
+    /// Benchmark bora end to end against the configured broker (in a fresh vhost).
+    Bench(crate::bench::BenchArgs),
 }
 
 /// Entry point of the binary.
@@ -59,7 +61,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Some(LogFormatArg::Json) => LogFormat::Json,
         None => settings.log.format,
     };
-    crate::telemetry::init(format, &settings.log.level);
+    // The bench prints its own report; the embedded dispatcher logs only warnings.
+    let level = match cli.command {
+        Command::Bench(_) => "warn",
+        _ => settings.log.level.as_str(),
+    };
+    crate::telemetry::init(format, level);
     let shutdown = shutdown_on_signal();
     match cli.command {
         Command::Serve => crate::serve::run(settings, shutdown).await,
@@ -73,6 +80,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .context("worker failed")
         }
+        Command::Bench(args) => crate::bench::run(settings, args, cli.config, shutdown).await,
     }
 }
 

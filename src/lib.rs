@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod backoff;
+pub mod bench;
 pub mod broker;
 pub mod cli;
 pub mod config;
