@@ -11,10 +11,10 @@ use super::{OutboxKind, ServerRow, StoreError, TaskRow, WorkflowRow};
 use crate::domain::{OnDependencyFailure, ServerKind, TaskId, TaskState, WorkflowId};
 
 pub struct WriteTx {
-    tx: Transaction<'static, Any>,
+    pub(super) tx: Transaction<'static, Any>,
     /// Whether this transaction queued an outbox message (the relay is woken
     /// after commit only then).
-    queued_messages: bool,
+    pub(super) queued_messages: bool,
 }
 
 /// A dependent of a task, as the release step needs it.
