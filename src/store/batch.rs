@@ -37,11 +37,16 @@ fn list(n: usize) -> String {
     vec!["?"; n].join(", ")
 }
 
-/// A statement of dynamic shape. Full chunks have one shape per batch kind,
-/// so they are prepared once and cached; a partial chunk is not worth it.
-fn query<'q>(sql: String, full: bool) -> Query<'q, sqlx::Any, AnyArguments> {
+/// Chunks this small are common (a reply batch of one in a chain) and few
+/// in shape, so they are prepared once and cached like static SQL.
+const SMALL: usize = 8;
+
+/// A statement of dynamic shape. Full chunks (one shape per batch kind) and
+/// small ones are prepared once and cached by the connection; parsing one
+/// again costs as much as running it. Other sizes are not worth a slot.
+fn query<'q>(sql: String, full: bool, rows: usize) -> Query<'q, sqlx::Any, AnyArguments> {
     // Built from fixed text and placeholders only: every value is bound.
-    sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(full)
+    sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(full || rows <= SMALL)
 }
 
 impl WriteTx {
@@ -60,7 +65,7 @@ impl WriteTx {
                  started_at, finished_at, last_heartbeat_at, updated_at) VALUES {}",
                 values(chunk.len(), COLS)
             );
-            let mut q = query(sql, chunk.len() == size);
+            let mut q = query(sql, chunk.len() == size, chunk.len());
             for t in chunk {
                 q = q
                     .bind(t.id.to_string())
@@ -107,7 +112,7 @@ impl WriteTx {
                  at, kind) VALUES {}",
                 vec![format!("({}, 'task')", list(COLS)); chunk.len()].join(", ")
             );
-            let mut q = query(sql, chunk.len() == size);
+            let mut q = query(sql, chunk.len() == size, chunk.len());
             for t in chunk {
                 q = q
                     .bind(t.workflow_id.to_string())
@@ -145,7 +150,7 @@ impl WriteTx {
                  VALUES {}",
                 values(chunk.len(), COLS)
             );
-            let mut q = query(sql, chunk.len() == size);
+            let mut q = query(sql, chunk.len() == size, chunk.len());
             for t in chunk {
                 q = q
                     .bind(kind.as_str())
@@ -172,7 +177,7 @@ impl WriteTx {
                 "INSERT INTO task_deps (task_id, dep_id) VALUES {}",
                 values(chunk.len(), 2)
             );
-            let mut q = query(sql, chunk.len() == size);
+            let mut q = query(sql, chunk.len() == size, chunk.len());
             for (t, d) in chunk {
                 q = q.bind(t.to_string()).bind(d.to_string());
             }
@@ -192,7 +197,7 @@ impl WriteTx {
                 concat!("SELECT ", task_columns!(), " FROM tasks WHERE id IN ({})"),
                 list(chunk.len())
             );
-            let mut q = query(sql, chunk.len() == MAX_IN);
+            let mut q = query(sql, chunk.len() == MAX_IN, chunk.len());
             for id in chunk {
                 q = q.bind(id.to_string());
             }
@@ -218,7 +223,7 @@ impl WriteTx {
                 "SELECT name FROM tasks WHERE workflow_id = ? AND name IN ({})",
                 list(chunk.len())
             );
-            let mut q = query(sql, chunk.len() == MAX_IN).bind(workflow.to_string());
+            let mut q = query(sql, chunk.len() == MAX_IN, chunk.len()).bind(workflow.to_string());
             for n in chunk {
                 q = q.bind(*n);
             }
@@ -236,7 +241,7 @@ impl WriteTx {
     pub async fn delete_outbox_many(&mut self, ids: &[i64]) -> Result<(), StoreError> {
         for chunk in ids.chunks(MAX_IN) {
             let sql = format!("DELETE FROM outbox WHERE id IN ({})", list(chunk.len()));
-            let mut q = query(sql, chunk.len() == MAX_IN);
+            let mut q = query(sql, chunk.len() == MAX_IN, chunk.len());
             for id in chunk {
                 q = q.bind(*id);
             }
@@ -257,7 +262,9 @@ impl WriteTx {
                  WHERE id IN ({})",
                 list(chunk.len())
             );
-            let mut q = query(sql, chunk.len() == MAX_IN).bind(now).bind(now);
+            let mut q = query(sql, chunk.len() == MAX_IN, chunk.len())
+                .bind(now)
+                .bind(now);
             for id in chunk {
                 q = q.bind(id.to_string());
             }
@@ -280,7 +287,7 @@ impl WriteTx {
                 "SELECT DISTINCT dep_id FROM task_deps WHERE dep_id IN ({})",
                 list(chunk.len())
             );
-            let mut q = query(sql, chunk.len() == MAX_IN);
+            let mut q = query(sql, chunk.len() == MAX_IN, chunk.len());
             for id in chunk {
                 q = q.bind(id.to_string());
             }
@@ -304,7 +311,7 @@ impl WriteTx {
                  WHERE server_id IN ({})",
                 list(chunk.len())
             );
-            let mut q = query(sql, chunk.len() == MAX_IN);
+            let mut q = query(sql, chunk.len() == MAX_IN, chunk.len());
             for id in chunk {
                 q = q.bind(*id);
             }
@@ -326,7 +333,7 @@ impl WriteTx {
                  ON CONFLICT (server_id) DO UPDATE SET last_seen = excluded.last_seen",
                 values(chunk.len(), 3)
             );
-            let mut q = query(sql, chunk.len() == MAX_IN);
+            let mut q = query(sql, chunk.len() == MAX_IN, chunk.len());
             for s in chunk {
                 q = q.bind(*s).bind(now).bind(now);
             }
