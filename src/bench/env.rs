@@ -51,9 +51,19 @@ impl Vhost {
         if self.deleted {
             return;
         }
-        match self.mgmt.delete_vhost(&self.name).await {
-            Ok(()) => self.deleted = true,
-            Err(e) => eprintln!("bench: could not delete vhost {}: {e}", self.name),
+        // Deleting a vhost with thousands of queues can outlast the HTTP
+        // timeout while the broker carries on; asking again answers 404 (done).
+        for attempt in 1..=30 {
+            match self.mgmt.delete_vhost(&self.name).await {
+                Ok(()) => {
+                    self.deleted = true;
+                    return;
+                }
+                Err(e) if attempt == 30 => {
+                    eprintln!("bench: could not delete vhost {}: {e}", self.name);
+                }
+                Err(_) => tokio::time::sleep(Duration::from_secs(2)).await,
+            }
         }
     }
 }
