@@ -1,7 +1,7 @@
-//! The command line: `bora serve`, `bora worker`, and the REST client verbs
-//! (`bora workflow ...`, `bora task ...`, in `client`). Parses arguments,
-//! loads settings, installs logging, and hands over to the library. Nothing
-//! else lives here.
+//! The command line: `bora serve`, `bora worker`, `bora bench`, and the REST
+//! client verbs (`bora workflow ...`, `bora task ...`, `bora server ...`, in
+//! `client`). Parses arguments, loads settings, installs logging, and hands
+//! over to the library. Nothing else lives here.
 
 use std::path::PathBuf;
 
@@ -53,6 +53,8 @@ pub enum Command {
     Task(crate::client::TaskArgs),
     /// Register, list and revoke servers through the REST API (--url / BORA_URL).
     Server(crate::client::ServerArgs),
+    /// Benchmark bora end to end against the configured broker (in a fresh vhost).
+    Bench(crate::bench::BenchArgs),
 }
 
 /// Entry point of the binary; returns the process exit code.
@@ -66,7 +68,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Workflow(args) => return Ok(crate::client::run_workflow(args).await?.exit_code()),
         Command::Task(args) => return Ok(crate::client::run_task(args).await?.exit_code()),
         Command::Server(args) => return Ok(crate::client::run_server(args).await?.exit_code()),
-        Command::Serve | Command::Worker { .. } => {}
+        Command::Serve | Command::Worker { .. } | Command::Bench(_) => {}
     }
     let settings = Settings::load(cli.config.as_deref()).context("loading configuration")?;
     let format = match cli.log_format {
@@ -74,7 +76,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Some(LogFormatArg::Json) => LogFormat::Json,
         None => settings.log.format,
     };
-    crate::telemetry::init(format, &settings.log.level);
+    // The bench prints its own report; the embedded dispatcher logs only warnings.
+    let level = match cli.command {
+        Command::Bench(_) => "warn",
+        _ => settings.log.level.as_str(),
+    };
+    crate::telemetry::init(format, level);
     let shutdown = shutdown_on_signal();
     match cli.command {
         Command::Serve => crate::serve::run(settings, shutdown).await.map(|()| 0),
@@ -90,6 +97,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
                 .context("worker failed")
                 .map(|()| 0)
         }
+        Command::Bench(args) => crate::bench::run(settings, args, cli.config, shutdown)
+            .await
+            .map(|()| 0),
     }
 }
 

@@ -11,6 +11,7 @@
 
 pub mod api;
 pub mod backoff;
+pub mod bench;
 pub mod broker;
 pub mod cli;
 pub mod client;

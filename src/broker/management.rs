@@ -238,6 +238,64 @@ impl Management {
         .await?;
         Ok(())
     }
+
+    /// Creates a vhost (existing is fine).
+    ///
+    /// # Errors
+    /// The API is unreachable or refuses.
+    pub async fn put_vhost(&self, vhost: &str) -> Result<(), ManagementError> {
+        self.call(
+            Method::PUT,
+            &format!("vhosts/{}", seg(vhost)),
+            None,
+            "creating a vhost",
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Deletes a vhost with everything in it (absent is fine).
+    ///
+    /// # Errors
+    /// The API is unreachable or refuses.
+    pub async fn delete_vhost(&self, vhost: &str) -> Result<(), ManagementError> {
+        self.call(
+            Method::DELETE,
+            &format!("vhosts/{}", seg(vhost)),
+            None,
+            "deleting a vhost",
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Bytes of memory the broker's nodes use (`mem_used` of `/api/nodes`, summed).
+    ///
+    /// # Errors
+    /// The API is unreachable or refuses.
+    pub async fn nodes_mem_used(&self) -> Result<u64, ManagementError> {
+        #[derive(Deserialize)]
+        struct Node {
+            #[serde(default)]
+            mem_used: u64,
+        }
+        let resp = self
+            .http
+            .get(format!("{}/api/nodes", self.base))
+            .basic_auth(&self.user, Some(&self.password))
+            .send()
+            .await?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(ManagementError::Refused {
+                what: "listing nodes".to_owned(),
+                status,
+                body: String::new(),
+            });
+        }
+        let nodes: Vec<Node> = resp.json().await?;
+        Ok(nodes.iter().map(|n| n.mem_used).sum())
+    }
 }
 
 /// The vhost named by an AMQP URL's path (`/` when empty).

@@ -10,6 +10,7 @@
 
 #[macro_use]
 mod rows;
+mod batch;
 mod tx;
 
 use std::collections::HashMap;

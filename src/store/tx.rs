@@ -11,10 +11,10 @@ use super::{OutboxKind, ServerRow, StoreError, TaskRow, WorkflowRow};
 use crate::domain::{OnDependencyFailure, ServerKind, TaskId, TaskState, WorkflowId};
 
 pub struct WriteTx {
-    tx: Transaction<'static, Any>,
+    pub(super) tx: Transaction<'static, Any>,
     /// Whether this transaction queued an outbox message (the relay is woken
     /// after commit only then).
-    queued_messages: bool,
+    pub(super) queued_messages: bool,
     /// Tasks that reached a terminal state in this transaction, as they were then.
     ended: Vec<TaskRow>,
     /// The state of every task event appended, in order (counted by the
@@ -593,9 +593,7 @@ impl WriteTx {
     /// # Errors
     /// A database failure.
     pub async fn task_event(&mut self, task: &TaskRow, now: i64) -> Result<(), StoreError> {
-        if task.state.is_terminal() {
-            self.ended.push(task.clone());
-        }
+        self.note_event(task);
         sqlx::query(
             "INSERT INTO events (workflow_id, task_id, task_name, server_id, kind, state, attempt, at) \
              VALUES ($1, $2, $3, $4, 'task', $5, $6, $7)",
@@ -609,8 +607,16 @@ impl WriteTx {
         .bind(now)
         .execute(&mut *self.tx)
         .await?;
-        self.entered.push(task.state);
         Ok(())
+    }
+
+    /// Remembers a task event for what the tracker does after commit
+    /// (transition counts; end notifications).
+    pub(super) fn note_event(&mut self, task: &TaskRow) {
+        self.entered.push(task.state);
+        if task.state.is_terminal() {
+            self.ended.push(task.clone());
+        }
     }
 
     /// Appends a workflow-level event (`state` is a workflow state).

@@ -220,7 +220,16 @@ impl Tracker {
                 ),
             ));
         }
-        // Names are unique within the batch and the workflow.
+        // Names are unique within the batch and the workflow. One query asks
+        // the store which of the batch's names are taken (none can be in a
+        // workflow that has no tasks yet).
+        let taken: HashSet<String> = if existing == 0 {
+            HashSet::new()
+        } else {
+            let names: Vec<&str> = tasks.iter().map(|t| t.name.as_str()).collect();
+            tx.taken_names(wf.id, &names).await?.into_iter().collect()
+        };
+        let mut registered: HashMap<&str, bool> = HashMap::new();
         let mut by_name: HashMap<&str, usize> = HashMap::new();
         for (i, t) in tasks.iter().enumerate() {
             if by_name.insert(t.name.as_str(), i).is_some() {
@@ -229,29 +238,36 @@ impl Tracker {
                     format!("task name {:?} appears twice in the request", t.name),
                 ));
             }
-            if tx
-                .task_by_ref(wf.id, &t.name)
-                .await?
-                .is_some_and(|e| e.name == t.name)
-            {
+            if taken.contains(&t.name) {
                 return Err(TrackerError::conflict(
                     "duplicate_name",
                     format!("workflow already has a task named {:?}", t.name),
                 ));
             }
-            if self.config.require_registration && !tx.is_registered(t.server_id.as_str()).await? {
-                return Err(TrackerError::invalid(
-                    "unregistered_server",
-                    format!(
-                        "tasks[{i}].server_id: server {:?} is not registered (dispatch.require_registration is on)",
-                        t.server_id.as_str()
-                    ),
-                ));
+            if self.config.require_registration {
+                let server = t.server_id.as_str();
+                let ok = match registered.get(server) {
+                    Some(&ok) => ok,
+                    None => {
+                        let ok = tx.is_registered(server).await?;
+                        registered.insert(server, ok);
+                        ok
+                    }
+                };
+                if !ok {
+                    return Err(TrackerError::invalid(
+                        "unregistered_server",
+                        format!(
+                            "tasks[{i}].server_id: server {server:?} is not registered (dispatch.require_registration is on)"
+                        ),
+                    ));
+                }
             }
         }
         // Resolve references: first within the batch (by name), then existing tasks.
         let mut batch_edges: Vec<Vec<usize>> = vec![Vec::new(); tasks.len()];
         let mut existing_deps: Vec<Vec<TaskId>> = vec![Vec::new(); tasks.len()];
+        let mut resolved: HashMap<&str, TaskRow> = HashMap::new();
         for (i, t) in tasks.iter().enumerate() {
             for r in &t.depends_on {
                 if let Some(&j) = by_name.get(r.as_str()) {
@@ -262,8 +278,11 @@ impl Tracker {
                         ));
                     }
                     batch_edges[i].push(j);
+                } else if let Some(dep) = resolved.get(r.as_str()) {
+                    existing_deps[i].push(dep.id);
                 } else if let Some(dep) = tx.task_by_ref(wf.id, r).await? {
                     existing_deps[i].push(dep.id);
+                    resolved.insert(r.as_str(), dep);
                 } else {
                     return Err(TrackerError::invalid(
                         "unknown_dependency",
@@ -286,37 +305,48 @@ impl Tracker {
             .iter()
             .map(|spec| TaskRow::new(wf.id, spec, now))
             .collect();
-        for row in &rows {
-            tx.task_event(row, now).await?;
-            tx.insert_task(row).await.map_err(|e| {
-                if e.is_unique_violation() {
-                    TrackerError::conflict(
-                        "duplicate_name",
-                        format!("workflow already has a task named {:?}", row.name),
-                    )
-                } else {
-                    e.into()
-                }
-            })?;
+        // Each task is created `waiting` (one event each, in request order).
+        let created: Vec<&TaskRow> = rows.iter().collect();
+        tx.task_events(&created, now).await?;
+        // Then evaluated in memory, dependencies first, so a skip travels down
+        // the batch in one pass and each row is inserted as it ends up.
+        let existing_states: HashMap<TaskId, crate::domain::TaskState> =
+            resolved.values().map(|t| (t.id, t.state)).collect();
+        let mut skipped = Vec::new();
+        let mut dispatched = Vec::new();
+        for &i in &order {
+            let states: Vec<_> = batch_edges[i]
+                .iter()
+                .map(|&j| rows[j].state)
+                .chain(existing_deps[i].iter().map(|d| existing_states[d]))
+                .collect();
+            match release::evaluate_new(&mut rows[i], &states, now)? {
+                release::Start::Dispatch => dispatched.push(i),
+                release::Start::Skip => skipped.push(i),
+                release::Start::Wait => {}
+            }
         }
+        tx.insert_tasks(&rows).await.map_err(|e| {
+            if e.is_unique_violation() {
+                TrackerError::conflict(
+                    "duplicate_name",
+                    "workflow already has a task of one of these names",
+                )
+            } else {
+                e.into()
+            }
+        })?;
+        let mut edges = Vec::new();
         for i in 0..rows.len() {
-            for &j in &batch_edges[i] {
-                tx.add_dependency(rows[i].id, rows[j].id).await?;
-            }
-            for &d in &existing_deps[i] {
-                tx.add_dependency(rows[i].id, d).await?;
-            }
+            edges.extend(batch_edges[i].iter().map(|&j| (rows[i].id, rows[j].id)));
+            edges.extend(existing_deps[i].iter().map(|&d| (rows[i].id, d)));
         }
-        // Dependencies first, so a skip travels down the batch in one pass.
-        for i in order {
-            let mut row = rows[i].clone();
-            // An earlier evaluation may have skipped it already.
-            if let Some(current) = tx.task(row.id).await? {
-                row = current;
-            }
-            release::evaluate_and_release(tx, &mut row, now).await?;
-            rows[i] = row;
-        }
+        tx.add_dependencies(&edges).await?;
+        let skipped: Vec<&TaskRow> = skipped.iter().map(|&i| &rows[i]).collect();
+        tx.task_events(&skipped, now).await?;
+        let dispatched: Vec<&TaskRow> = dispatched.iter().map(|&i| &rows[i]).collect();
+        tx.enqueue_many(OutboxKind::Task, &dispatched, now, now)
+            .await?;
         Ok(rows.iter().map(|r| r.id).collect())
     }
 
@@ -574,10 +604,12 @@ impl Tracker {
     pub async fn record_replies(&self, batch: Vec<Incoming>) -> Result<Vec<Verdict>, StoreError> {
         let now = now_us();
         let mut tx = self.store.begin().await?;
+        let mut ctx = replies::Batch::load(&mut tx, &batch).await?;
         let mut verdicts = Vec::with_capacity(batch.len());
         for incoming in batch {
-            verdicts.push(replies::record(&mut tx, &self.config, incoming, now).await?);
+            verdicts.push(replies::record(&mut tx, &self.config, &mut ctx, incoming, now).await?);
         }
+        ctx.touch_servers(&mut tx, now).await?;
         self.commit(tx).await?;
         Ok(verdicts)
     }
@@ -593,15 +625,37 @@ impl Tracker {
         }
         let now = now_us();
         let mut tx = self.store.begin().await?;
-        for item in confirmed {
-            tx.delete_outbox(item.id).await?;
-            let (OutboxKind::Task, Some(task_id)) = (item.kind, item.task_id) else {
-                continue;
-            };
-            if let Some(mut task) = tx.task(task_id).await? {
-                release::mark_queued(&mut tx, &mut task, item.attempt, now).await?;
+        let ids: Vec<i64> = confirmed.iter().map(|i| i.id).collect();
+        tx.delete_outbox_many(&ids).await?;
+        // Confirmed task messages: (task, attempt).
+        let published: Vec<(TaskId, i64)> = confirmed
+            .iter()
+            .filter(|i| i.kind == OutboxKind::Task)
+            .filter_map(|i| i.task_id.map(|t| (t, i.attempt)))
+            .collect();
+        let task_ids: Vec<TaskId> = published
+            .iter()
+            .map(|(t, _)| *t)
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let mut tasks: HashMap<TaskId, TaskRow> = tx
+            .tasks_by_ids(&task_ids)
+            .await?
+            .into_iter()
+            .map(|t| (t.id, t))
+            .collect();
+        let mut moved = Vec::new();
+        for (task_id, attempt) in published {
+            if let Some(task) = tasks.get_mut(&task_id)
+                && release::mark_queued(task, attempt, now)?
+            {
+                moved.push(task_id);
             }
         }
+        let events: Vec<&TaskRow> = moved.iter().map(|id| &tasks[id]).collect();
+        tx.task_events(&events, now).await?;
+        tx.set_queued(&moved, now).await?;
         self.commit(tx).await?;
         Ok(())
     }
@@ -631,9 +685,8 @@ impl Tracker {
             return Ok(());
         }
         let mut tx = self.store.begin().await?;
-        for item in moot {
-            tx.delete_outbox(item.id).await?;
-        }
+        let ids: Vec<i64> = moot.iter().map(|i| i.id).collect();
+        tx.delete_outbox_many(&ids).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -63,6 +63,55 @@ async fn evaluate(tx: &mut WriteTx, task: &mut TaskRow, now: i64) -> Result<bool
     Ok(false)
 }
 
+/// What a task of a new batch does at creation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Start {
+    /// All dependencies satisfied: attempt 1 goes to the outbox.
+    Dispatch,
+    /// A dependency ended badly and the policy is `skip`.
+    Skip,
+    /// Some dependency has not ended.
+    Wait,
+}
+
+/// [`evaluate`] for a task that is not in the store yet, given its
+/// dependencies' states: the same rule, applied to the row in memory (the
+/// caller inserts the row as it ends up, logs the events and queues the
+/// message), so a batch of new tasks costs a few statements, not a few per
+/// task.
+pub(super) fn evaluate_new(
+    task: &mut TaskRow,
+    dependencies: &[TaskState],
+    now: i64,
+) -> Result<Start, StoreError> {
+    let mut all_satisfied = true;
+    for s in dependencies {
+        match s.satisfies(task.on_dependency_failure) {
+            Some(true) => {}
+            Some(false) => {
+                check(task, TaskState::Skipped)?;
+                task.state = TaskState::Skipped;
+                task.updated_at = now;
+                task.finished_at = Some(now);
+                return Ok(Start::Skip);
+            }
+            None => all_satisfied = false,
+        }
+    }
+    if !all_satisfied {
+        return Ok(Start::Wait);
+    }
+    task.attempt += 1;
+    task.updated_at = now;
+    Ok(Start::Dispatch)
+}
+
+fn check(task: &TaskRow, to: TaskState) -> Result<(), StoreError> {
+    task.state
+        .check_transition(to)
+        .map_err(|e| StoreError::Corrupt(format!("task {}: {e}", task.id)))
+}
+
 /// Hands the next attempt to the outbox, due after `delay_s`. The task stays
 /// `waiting` until the broker confirms the publish.
 pub(super) async fn dispatch(
@@ -84,20 +133,19 @@ pub(super) async fn dispatch(
         .await
 }
 
-/// The broker confirmed attempt `attempt` of `task`.
-pub(super) async fn mark_queued(
-    tx: &mut WriteTx,
-    task: &mut TaskRow,
-    attempt: i64,
-    now: i64,
-) -> Result<(), StoreError> {
+/// The broker confirmed attempt `attempt` of `task`: moves the row in
+/// memory and returns whether it moved (the caller logs the event and writes
+/// the rows of a whole relay round at once).
+pub(super) fn mark_queued(task: &mut TaskRow, attempt: i64, now: i64) -> Result<bool, StoreError> {
     // A fast worker may have reported already; a newer attempt may exist.
     if task.attempt != attempt || task.state != TaskState::Waiting {
-        return Ok(());
+        return Ok(false);
     }
-    transition(tx, task, TaskState::Queued, now).await?;
+    check(task, TaskState::Queued)?;
+    task.state = TaskState::Queued;
+    task.updated_at = now;
     task.queued_at = Some(now);
-    tx.update_task(task).await
+    Ok(true)
 }
 
 /// The worker reported that the current attempt runs (its first heartbeat).
@@ -124,16 +172,30 @@ pub(super) async fn finish(
     result: &TaskResult,
     now: i64,
 ) -> Result<(), StoreError> {
-    end_attempt(tx, task, result, now, true).await
+    end_attempt(tx, task, result, now, true, true).await
 }
 
-/// [`finish`], with retries allowed or not.
+/// [`finish`], told whether any task depends on `task` (the reply batch
+/// asked the store once for all its tasks): the release walk runs only then.
+pub(super) async fn finish_known(
+    tx: &mut WriteTx,
+    task: &mut TaskRow,
+    result: &TaskResult,
+    now: i64,
+    has_dependents: bool,
+) -> Result<(), StoreError> {
+    end_attempt(tx, task, result, now, true, has_dependents).await
+}
+
+/// Ends the current attempt: retried while `may_retry` and `retries` allow,
+/// else terminal, and then its dependents released if it has any.
 async fn end_attempt(
     tx: &mut WriteTx,
     task: &mut TaskRow,
     result: &TaskResult,
     now: i64,
     may_retry: bool,
+    has_dependents: bool,
 ) -> Result<(), StoreError> {
     let declared = task.outputs()?;
     let end = if result.succeeded(&declared) {
@@ -158,7 +220,10 @@ async fn end_attempt(
     transition(tx, task, end, now).await?;
     task.finished_at = Some(now);
     tx.update_task(task).await?;
-    release_dependents(tx, task, now).await
+    if has_dependents {
+        release_dependents(tx, task, now).await?;
+    }
+    Ok(())
 }
 
 /// Cancels a task that has not ended. Workers that may hold the current
@@ -241,7 +306,7 @@ pub(super) async fn lose(
     let result = TaskResult::error(task.attempt as u32, message);
     // An at_most_once attempt may have run: never start it again.
     let may_retry = task.delivery == Delivery::AtLeastOnce;
-    end_attempt(tx, task, &result, now, may_retry).await
+    end_attempt(tx, task, &result, now, may_retry, true).await
 }
 
 /// The current attempt got no result within `timeout_s` of its publish: it

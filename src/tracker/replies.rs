@@ -3,9 +3,11 @@
 //! (task, attempt): anything for an unknown task, another attempt or an ended
 //! task is dropped with a reason the consumer logs and counts.
 
-use crate::domain::ServerKind;
+use std::collections::{HashMap, HashSet};
+
+use crate::domain::{ServerKind, TaskId};
 use crate::protocol::{MsgTarget, RpcReply, TaskResult, parse_msg_id};
-use crate::store::{ServerRow, StoreError, WriteTx};
+use crate::store::{ServerRow, StoreError, TaskRow, WriteTx};
 
 use super::TrackerConfig;
 use super::release;
@@ -68,9 +70,90 @@ fn authorize(
     Err("wrong_user")
 }
 
+/// What the replies of one batch need from the store, read with a few
+/// queries up front instead of a few per reply: their tasks, those tasks'
+/// servers, and which of the tasks have dependents. Heartbeat times are
+/// written once per server at the end of the batch.
+pub(super) struct Batch {
+    tasks: HashMap<TaskId, TaskRow>,
+    servers: HashMap<String, ServerRow>,
+    with_dependents: HashSet<TaskId>,
+    /// Servers heard from, in order, written once at the end.
+    touched: Vec<String>,
+    touched_set: HashSet<String>,
+    /// A release walk changed rows behind `tasks`' back: read from the
+    /// store from then on.
+    stale: bool,
+}
+
+impl Batch {
+    pub(super) async fn load(tx: &mut WriteTx, batch: &[Incoming]) -> Result<Self, StoreError> {
+        let mut task_ids = HashSet::new();
+        let mut server_ids = HashSet::new();
+        for incoming in batch {
+            let Ok(reply) = RpcReply::decode(&incoming.body) else {
+                continue;
+            };
+            match parse_msg_id(&reply.msg_id) {
+                Ok(MsgTarget::Server(s)) => {
+                    server_ids.insert(s.as_str().to_owned());
+                }
+                Ok(MsgTarget::Attempt { task, .. }) => {
+                    task_ids.insert(task);
+                }
+                Err(_) => {}
+            }
+        }
+        let task_ids: Vec<TaskId> = task_ids.into_iter().collect();
+        let tasks: HashMap<TaskId, TaskRow> = tx
+            .tasks_by_ids(&task_ids)
+            .await?
+            .into_iter()
+            .map(|t| (t.id, t))
+            .collect();
+        server_ids.extend(tasks.values().map(|t| t.server_id.clone()));
+        let server_ids: Vec<&str> = server_ids.iter().map(String::as_str).collect();
+        let servers = tx
+            .servers_by_ids(&server_ids)
+            .await?
+            .into_iter()
+            .map(|s| (s.server_id.clone(), s))
+            .collect();
+        let with_dependents = tx.having_dependents(&task_ids).await?;
+        Ok(Self {
+            tasks,
+            servers,
+            with_dependents,
+            touched: Vec::new(),
+            touched_set: HashSet::new(),
+            stale: false,
+        })
+    }
+
+    async fn task(&mut self, tx: &mut WriteTx, id: TaskId) -> Result<Option<TaskRow>, StoreError> {
+        if self.stale {
+            return tx.task(id).await;
+        }
+        Ok(self.tasks.remove(&id))
+    }
+
+    fn touch(&mut self, server: &str) {
+        if self.touched_set.insert(server.to_owned()) {
+            self.touched.push(server.to_owned());
+        }
+    }
+
+    /// Writes the heartbeat time of every server heard from.
+    pub(super) async fn touch_servers(&self, tx: &mut WriteTx, now: i64) -> Result<(), StoreError> {
+        let servers: Vec<&str> = self.touched.iter().map(String::as_str).collect();
+        tx.touch_servers(&servers, now).await
+    }
+}
+
 pub(super) async fn record(
     tx: &mut WriteTx,
     config: &TrackerConfig,
+    batch: &mut Batch,
     incoming: Incoming,
     now: i64,
 ) -> Result<Verdict, StoreError> {
@@ -83,20 +166,38 @@ pub(super) async fn record(
     let (task_id, attempt) = match parse_msg_id(&reply.msg_id) {
         Err(_) => return Ok(Verdict::Dropped("unknown_msg_id")),
         Ok(MsgTarget::Server(server)) => {
-            let row = tx.server(server.as_str()).await?;
-            if let Err(reason) = authorize(config, &incoming, server.as_str(), row.as_ref()) {
+            let row = batch.servers.get(server.as_str());
+            if let Err(reason) = authorize(config, &incoming, server.as_str(), row) {
                 return Ok(Verdict::Dropped(reason));
             }
-            tx.touch_server(server.as_str(), now).await?;
+            batch.touch(server.as_str());
             return Ok(Verdict::Heartbeat);
         }
         Ok(MsgTarget::Attempt { task, attempt }) => (task, attempt),
     };
-    let Some(mut task) = tx.task(task_id).await? else {
+    let Some(mut task) = batch.task(tx, task_id).await? else {
         return Ok(Verdict::Dropped("unknown_task"));
     };
-    let row = tx.server(&task.server_id).await?;
-    if let Err(reason) = authorize(config, &incoming, &task.server_id, row.as_ref()) {
+    let verdict = record_for(tx, config, batch, &incoming, reply, &mut task, attempt, now).await;
+    if !batch.stale {
+        batch.tasks.insert(task.id, task);
+    }
+    verdict
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn record_for(
+    tx: &mut WriteTx,
+    config: &TrackerConfig,
+    batch: &mut Batch,
+    incoming: &Incoming,
+    reply: RpcReply,
+    task: &mut TaskRow,
+    attempt: u32,
+    now: i64,
+) -> Result<Verdict, StoreError> {
+    let row = batch.servers.get(&task.server_id);
+    if let Err(reason) = authorize(config, incoming, &task.server_id, row) {
         return Ok(Verdict::Dropped(reason));
     }
     if task.attempt != i64::from(attempt) || attempt == 0 {
@@ -105,12 +206,18 @@ pub(super) async fn record(
     if task.state.is_terminal() {
         return Ok(Verdict::Dropped("already_ended"));
     }
-    tx.touch_server(&task.server_id, now).await?;
+    batch.touch(&task.server_id);
     if !reply.ending {
-        release::mark_running(tx, &mut task, now).await?;
+        release::mark_running(tx, task, now).await?;
         return Ok(Verdict::Heartbeat);
     }
     let result = TaskResult::from_reply(attempt, reply.result, reply.failure.as_deref());
-    release::finish(tx, &mut task, &result, now).await?;
+    if batch.with_dependents.contains(&task.id) {
+        release::finish(tx, task, &result, now).await?;
+        // The walk may have changed other rows of this batch.
+        batch.stale = true;
+    } else {
+        release::finish_known(tx, task, &result, now, false).await?;
+    }
     Ok(Verdict::Recorded)
 }

@@ -32,4 +32,3 @@ pub async fn mgmt_put(path: &str, body: Option<Value>) {
     }
     panic!("management API unreachable (run .ci/setup): PUT {path}: {last}");
 }
-

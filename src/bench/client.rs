@@ -1,0 +1,170 @@
+//! The REST calls the bench makes to the embedded dispatcher: create a
+//! workflow with its tasks, poll a workflow until it ends, and read its
+//! tasks' `finished_at` afterwards.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::POLL;
+
+/// A workflow that made no progress for this long fails the bench.
+const STALL: Duration = Duration::from_secs(120);
+
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+}
+
+#[derive(Deserialize)]
+struct Created {
+    id: String,
+}
+
+#[derive(Deserialize)]
+struct WorkflowBody {
+    state: String,
+    task_counts: BTreeMap<String, u64>,
+}
+
+#[derive(Deserialize)]
+struct TaskList {
+    tasks: Vec<TaskInfo>,
+}
+
+/// What the bench reads back of a task.
+#[derive(Debug, Deserialize)]
+pub struct TaskInfo {
+    pub name: String,
+    pub state: String,
+    pub finished_at: Option<String>,
+}
+
+impl TaskInfo {
+    /// `finished_at` in microseconds since the epoch.
+    ///
+    /// # Errors
+    /// The task has not finished, or the timestamp does not parse.
+    pub fn finished_us(&self) -> anyhow::Result<i64> {
+        let at = self
+            .finished_at
+            .as_deref()
+            .with_context(|| format!("task {} has no finished_at", self.name))?;
+        Ok(chrono::DateTime::parse_from_rfc3339(at)
+            .with_context(|| format!("finished_at {at:?}"))?
+            .timestamp_micros())
+    }
+}
+
+/// A `std.noop` task body.
+pub fn noop(name: &str, server: &str, depends_on: &[String]) -> Value {
+    if depends_on.is_empty() {
+        json!({"name": name, "server_id": server, "group": "std.noop"})
+    } else {
+        json!({"name": name, "server_id": server, "group": "std.noop", "depends_on": depends_on})
+    }
+}
+
+impl Client {
+    pub fn new(addr: SocketAddr) -> Self {
+        Self {
+            http: reqwest::Client::new(),
+            base: format!("http://{addr}"),
+        }
+    }
+
+    /// Waits until `/readyz` answers 200 (store and broker reachable).
+    ///
+    /// # Errors
+    /// Not ready within 30 s.
+    pub async fn wait_ready(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = self.http.get(format!("{}/readyz", self.base)).send().await;
+            if r.is_ok_and(|r| r.status().is_success()) {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the dispatcher did not become ready within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `POST /v1/workflows` with `tasks`; returns the workflow id.
+    ///
+    /// # Errors
+    /// The request fails or is refused.
+    pub async fn create_workflow(&self, name: &str, tasks: Vec<Value>) -> anyhow::Result<String> {
+        let r = self
+            .http
+            .post(format!("{}/v1/workflows", self.base))
+            .json(&json!({"name": name, "tasks": tasks}))
+            .send()
+            .await
+            .context("POST /v1/workflows")?;
+        let status = r.status();
+        let body = r.bytes().await?;
+        anyhow::ensure!(
+            status == reqwest::StatusCode::CREATED,
+            "POST /v1/workflows: {status}: {}",
+            String::from_utf8_lossy(&body[..body.len().min(500)])
+        );
+        let created: Created = serde_json::from_slice(&body)?;
+        Ok(created.id)
+    }
+
+    /// Polls a workflow until it ended; it must have `succeeded`.
+    ///
+    /// # Errors
+    /// Another end state, a request failure, or no progress for two minutes.
+    pub async fn wait_succeeded(&self, id: &str) -> anyhow::Result<()> {
+        let mut last = BTreeMap::new();
+        let mut progress = Instant::now();
+        loop {
+            let w: WorkflowBody = self
+                .http
+                .get(format!("{}/v1/workflows/{id}", self.base))
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            match w.state.as_str() {
+                "succeeded" => return Ok(()),
+                "running" | "empty" => {}
+                other => anyhow::bail!("workflow {id} ended {other}: {:?}", w.task_counts),
+            }
+            if w.task_counts != last {
+                last = w.task_counts;
+                progress = Instant::now();
+            }
+            anyhow::ensure!(
+                progress.elapsed() < STALL,
+                "workflow {id} made no progress for {STALL:?}: {last:?}"
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Every task of a workflow.
+    ///
+    /// # Errors
+    /// A request failure.
+    pub async fn tasks(&self, id: &str) -> anyhow::Result<Vec<TaskInfo>> {
+        let list: TaskList = self
+            .http
+            .get(format!("{}/v1/workflows/{id}/tasks", self.base))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        Ok(list.tasks)
+    }
+}

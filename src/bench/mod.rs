@@ -1,0 +1,192 @@
+//! `bora bench`: an end-to-end benchmark against the configured broker.
+//!
+//! It makes a fresh vhost (deleted afterwards, also on error and Ctrl-C),
+//! starts an embedded dispatcher ([`crate::serve::start`] on 127.0.0.1:0 with
+//! a temporary SQLite file, or `--store-url`), and workers for the servers:
+//! real `bora worker` processes (the same executable) by default, or an
+//! in-process stand-in that speaks the same wire format when there are too
+//! many servers for one process each. Then it measures, in this order:
+//!
+//! 1. warm-up: one `std.noop` task per server (declares every queue, starts
+//!    every worker); its duration is reported as the declare time;
+//! 2. throughput: N independent `std.noop` tasks over S servers, submitted
+//!    through the REST API in batches (one workflow per batch), timed from
+//!    the first request to the last `finished_at` the API reports;
+//! 3. chain: L strictly sequential tasks on two servers taking turns; a
+//!    link's latency is the gap between consecutive `finished_at`s;
+//! 4. optionally one large DAG (`--dag-tasks`): creation time, RSS, drain time;
+//! 5. the raw baseline with lapin alone, same topology and message bodies:
+//!    pipelined throughput, and one-at-a-time round trips.
+//!
+//! # Layout
+//! - [`env`]: vhost, temporary directory, embedded dispatcher, workers, teardown.
+//! - [`client`]: the few REST calls the bench makes.
+//! - [`scenarios`]: warm-up, throughput, chain and DAG through bora.
+//! - [`raw`]: the baseline without bora in the path.
+//! - [`responder`]: in-process consumers that answer tasks (raw, or bora's format).
+//! - [`report`]: percentiles, the table and the JSON line.
+//!
+//! Nothing here is used by `serve` or `worker`; the bench only drives them.
+
+mod client;
+mod env;
+mod raw;
+mod report;
+mod responder;
+mod scenarios;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use env::Env;
+use report::Report;
+
+/// How the servers' workers run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WorkerMode {
+    /// Processes up to 256 servers, in-process beyond.
+    Auto,
+    /// One real `bora worker` process per server.
+    Processes,
+    /// An in-process stand-in consumer that answers like `std.noop`.
+    InProcess,
+}
+
+/// Options of `bora bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Independent `std.noop` tasks in the throughput run.
+    #[arg(long, default_value_t = 20_000)]
+    pub tasks: usize,
+    /// Servers the tasks are spread over (one queue and one worker each).
+    #[arg(long, default_value_t = 100)]
+    pub servers: usize,
+    /// Length of the strictly sequential chain.
+    #[arg(long, default_value_t = 2_000)]
+    pub chain: usize,
+    /// Also run one workflow of this many tasks (a lattice over the servers).
+    #[arg(long)]
+    pub dag_tasks: Option<usize>,
+    /// Tasks per POST /v1/workflows in the throughput run.
+    #[arg(long, default_value_t = 1_000)]
+    pub batch: usize,
+    /// How workers run.
+    #[arg(long, value_enum, default_value_t = WorkerMode::Auto)]
+    pub workers: WorkerMode,
+    /// Store of the embedded dispatcher (default: a temporary SQLite file).
+    #[arg(long)]
+    pub store_url: Option<String>,
+    /// Skip the raw lapin baseline.
+    #[arg(long)]
+    pub no_raw: bool,
+    /// Print only the JSON line.
+    #[arg(long)]
+    pub json_only: bool,
+}
+
+impl BenchArgs {
+    fn worker_processes(&self) -> bool {
+        match self.workers {
+            WorkerMode::Processes => true,
+            WorkerMode::InProcess => false,
+            WorkerMode::Auto => self.servers <= 256,
+        }
+    }
+}
+
+/// Runs the benchmark and prints its report.
+///
+/// # Errors
+/// A broker or management API that is unreachable, a dispatcher that cannot
+/// start, a run that stalls, or an interrupt. The vhost is deleted in every case.
+pub async fn run(
+    settings: Settings,
+    args: BenchArgs,
+    config_file: Option<PathBuf>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(args.servers >= 2, "--servers must be at least 2");
+    anyhow::ensure!(args.tasks >= 1, "--tasks must be at least 1");
+    anyhow::ensure!(args.chain >= 2, "--chain must be at least 2");
+    anyhow::ensure!(args.batch >= 1, "--batch must be at least 1");
+    let mut env = Env::new(&settings, &args, config_file)
+        .await
+        .context("preparing the bench vhost")?;
+    let outcome = tokio::select! {
+        r = measure(&mut env, &args) => r,
+        _ = shutdown.cancelled() => Err(anyhow::anyhow!("interrupted")),
+    };
+    env.teardown().await;
+    let report = outcome?;
+    report.print(args.json_only);
+    Ok(())
+}
+
+async fn measure(env: &mut Env, args: &BenchArgs) -> anyhow::Result<Report> {
+    let mut report = Report::new(args, env.workers_label(args), env.store_label());
+    env.start(args).await?;
+    let client = env.client()?;
+    let servers = env.servers().to_vec();
+    let say = |s: &str| {
+        if !args.json_only {
+            eprintln!("bench: {s}");
+        }
+    };
+
+    say("warm-up: one task per server");
+    report.declare = Some(scenarios::warm_up(&client, &servers).await?);
+
+    say(&format!(
+        "throughput: {} tasks over {} servers",
+        args.tasks, args.servers
+    ));
+    report.throughput =
+        Some(scenarios::throughput(&client, &servers, args.tasks, args.batch).await?);
+    report.dispatcher_rss = rss_bytes();
+    report.broker_mem = env.broker_mem().await;
+
+    say(&format!("chain: {} sequential tasks", args.chain));
+    report.chain = scenarios::chain(&client, &servers[..2], args.chain).await?;
+
+    if let Some(n) = args.dag_tasks {
+        say(&format!("dag: one workflow of {n} tasks"));
+        report.dag = Some(scenarios::dag(&client, &servers, n, env).await?);
+    }
+
+    if !args.no_raw {
+        let mut raw = raw::Raw::start(env.amqp_url(), env.settings(), &servers, env.raw_per_conn())
+            .await
+            .context("starting the raw baseline")?;
+        say(&format!(
+            "raw throughput: {} messages over {} queues",
+            args.tasks, args.servers
+        ));
+        report.raw_throughput = Some(raw.throughput(args.tasks).await?);
+        say(&format!("raw round trips: {}", args.chain));
+        report.raw_rtt = raw.round_trips(args.chain).await?;
+        raw.close().await;
+    }
+    Ok(report)
+}
+
+/// Resident and peak resident memory of this process (which holds the
+/// embedded dispatcher), from `/proc/self/status`.
+fn rss_bytes() -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// Polling period while waiting for workflows to end (the measurement itself
+/// uses the tasks' `finished_at`, so this only bounds the bench's overhead).
+const POLL: Duration = Duration::from_millis(100);

@@ -1,0 +1,175 @@
+//! The runs through bora: warm-up, throughput, chain and the large DAG. Each
+//! submits through the REST API, waits for its workflows to succeed, and
+//! measures with the `finished_at` timestamps the dispatcher recorded (so
+//! the bench's own polling does not blur the figures).
+
+use std::time::{Duration, Instant};
+
+use super::client::{Client, TaskInfo, noop};
+use super::env::Env;
+use crate::store::now_us;
+
+/// Result of the throughput run.
+#[derive(Debug, Clone)]
+pub struct Throughput {
+    pub tasks: usize,
+    /// First request to the last `finished_at`.
+    pub elapsed_us: i64,
+    /// First request to the last response (submission alone).
+    pub submit_us: i64,
+}
+
+impl Throughput {
+    pub fn tps(&self) -> f64 {
+        self.tasks as f64 / (self.elapsed_us.max(1) as f64 / 1e6)
+    }
+}
+
+/// Result of the `--dag-tasks` run.
+#[derive(Debug, Clone)]
+pub struct Dag {
+    pub tasks: usize,
+    /// The create request, response included.
+    pub create_us: i64,
+    /// The end of the create request to the last `finished_at`.
+    pub drain_us: i64,
+    /// Start of the create request to the last `finished_at`.
+    pub total_us: i64,
+    /// This process's RSS after the create (bytes).
+    pub rss_after_create: Option<u64>,
+    pub broker_mem_after_create: Option<u64>,
+}
+
+fn last_finished(tasks: &[TaskInfo]) -> anyhow::Result<i64> {
+    let mut last = i64::MIN;
+    for t in tasks {
+        anyhow::ensure!(t.state == "succeeded", "task {} is {}", t.name, t.state);
+        last = last.max(t.finished_us()?);
+    }
+    Ok(last)
+}
+
+/// One task per server: every worker is up and every queue declared before
+/// anything is timed. Returns how long that took.
+///
+/// # Errors
+/// A request failure, or a task that did not succeed.
+pub async fn warm_up(client: &Client, servers: &[String]) -> anyhow::Result<Duration> {
+    let t0 = Instant::now();
+    let tasks = servers
+        .iter()
+        .enumerate()
+        .map(|(i, s)| noop(&format!("w{i}"), s, &[]))
+        .collect();
+    let id = client.create_workflow("bench-warm-up", tasks).await?;
+    client.wait_succeeded(&id).await?;
+    Ok(t0.elapsed())
+}
+
+/// `n` independent tasks round-robin over `servers`, `batch` per workflow.
+///
+/// # Errors
+/// A request failure, or a task that did not succeed.
+pub async fn throughput(
+    client: &Client,
+    servers: &[String],
+    n: usize,
+    batch: usize,
+) -> anyhow::Result<Throughput> {
+    let start = now_us();
+    let mut ids = Vec::new();
+    let mut next = 0;
+    while next < n {
+        let end = (next + batch).min(n);
+        let tasks = (next..end)
+            .map(|i| noop(&format!("t{i}"), &servers[i % servers.len()], &[]))
+            .collect();
+        ids.push(
+            client
+                .create_workflow(&format!("bench-throughput-{}", ids.len()), tasks)
+                .await?,
+        );
+        next = end;
+    }
+    let submit_us = now_us() - start;
+    for id in &ids {
+        client.wait_succeeded(id).await?;
+    }
+    let mut last = i64::MIN;
+    for id in &ids {
+        last = last.max(last_finished(&client.tasks(id).await?)?);
+    }
+    Ok(Throughput {
+        tasks: n,
+        elapsed_us: last - start,
+        submit_us,
+    })
+}
+
+/// `len` tasks, each depending on the one before, on two servers taking
+/// turns. Returns each link's latency: the dependency's `finished_at` to the
+/// dependent's.
+///
+/// # Errors
+/// A request failure, or a task that did not succeed.
+pub async fn chain(client: &Client, two: &[String], len: usize) -> anyhow::Result<Vec<i64>> {
+    let tasks = (0..len)
+        .map(|i| {
+            let deps = if i == 0 {
+                Vec::new()
+            } else {
+                vec![format!("c{}", i - 1)]
+            };
+            noop(&format!("c{i}"), &two[i % 2], &deps)
+        })
+        .collect();
+    let id = client.create_workflow("bench-chain", tasks).await?;
+    client.wait_succeeded(&id).await?;
+    let mut finished = vec![0i64; len];
+    for t in client.tasks(&id).await? {
+        let i: usize = t
+            .name
+            .strip_prefix('c')
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("unexpected task {}", t.name))?;
+        anyhow::ensure!(t.state == "succeeded", "task {} is {}", t.name, t.state);
+        finished[i] = t.finished_us()?;
+    }
+    Ok(finished.windows(2).map(|w| w[1] - w[0]).collect())
+}
+
+/// One workflow of `n` tasks: a lattice as wide as there are servers, where
+/// each task depends on the task below it and the one below-right.
+///
+/// # Errors
+/// A request failure, or a task that did not succeed.
+pub async fn dag(client: &Client, servers: &[String], n: usize, env: &Env) -> anyhow::Result<Dag> {
+    let w = servers.len();
+    let tasks = (0..n)
+        .map(|i| {
+            let mut deps = Vec::new();
+            if i >= w {
+                deps.push(format!("d{}", i - w));
+                if i % w != w - 1 {
+                    deps.push(format!("d{}", i - w + 1));
+                }
+            }
+            noop(&format!("d{i}"), &servers[i % w], &deps)
+        })
+        .collect();
+    let start = now_us();
+    let id = client.create_workflow("bench-dag", tasks).await?;
+    let created = now_us();
+    let rss_after_create = super::rss_bytes().map(|(rss, _)| rss);
+    let broker_mem_after_create = env.broker_mem().await;
+    client.wait_succeeded(&id).await?;
+    let last = last_finished(&client.tasks(&id).await?)?;
+    Ok(Dag {
+        tasks: n,
+        create_us: created - start,
+        drain_us: last - created,
+        total_us: last - start,
+        rss_after_create,
+        broker_mem_after_create,
+    })
+}

@@ -1,0 +1,356 @@
+//! Multi-row forms of the [`WriteTx`] primitives, for operations that touch
+//! many tasks at once (a batch of new tasks, a relay round of confirms, a
+//! batch of replies). With SQLite every statement is a round trip to the
+//! connection's worker thread, so one statement per batch instead of one per
+//! task is most of what a large batch costs.
+//!
+//! Placeholders are SQLite's anonymous `?`, bound in order: SQLite finds a
+//! named `$N` by a linear walk, in its parser and again when sqlx binds it,
+//! so a statement with many `$N` costs the square of its parameters
+//! (measured: 25,000 took seconds), while `?` costs nothing. [`values`] and
+//! [`list`] are the only places that write placeholders, for the day
+//! PostgreSQL needs `$N` (which it looks up directly).
+
+use std::collections::HashSet;
+
+use sqlx::Row;
+use sqlx::any::AnyArguments;
+use sqlx::query::Query;
+
+use super::rows::parse_id;
+use super::{OutboxKind, ServerRow, StoreError, TaskRow, WriteTx};
+use crate::domain::{TaskId, WorkflowId};
+
+/// Most bound parameters per statement (SQLite allows 32766).
+const MAX_PARAMS: usize = 3_000;
+/// Most values in one `IN (...)` list.
+const MAX_IN: usize = 500;
+
+/// `(?, ?), (?, ?)` for `rows` rows of `cols` columns.
+fn values(rows: usize, cols: usize) -> String {
+    let row = format!("({})", list(cols));
+    vec![row; rows].join(", ")
+}
+
+/// `?, ?, ?` for an `IN` list (or a row) of `n` values.
+fn list(n: usize) -> String {
+    vec!["?"; n].join(", ")
+}
+
+/// Chunks this small are common (a reply batch of one in a chain) and few
+/// in shape, so they are prepared once and cached like static SQL.
+const SMALL: usize = 8;
+
+/// A statement of dynamic shape. Full chunks (one shape per batch kind) and
+/// small ones are prepared once and cached by the connection; parsing one
+/// again costs as much as running it. Other sizes are not worth a slot.
+fn query<'q>(sql: String, full: bool, rows: usize) -> Query<'q, sqlx::Any, AnyArguments> {
+    // Built from fixed text and placeholders only: every value is bound.
+    sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(full || rows <= SMALL)
+}
+
+impl WriteTx {
+    /// Inserts new task rows as they are (state, attempt and all).
+    ///
+    /// # Errors
+    /// A database failure, or a duplicate name (see [`StoreError::is_unique_violation`]).
+    pub async fn insert_tasks(&mut self, tasks: &[TaskRow]) -> Result<(), StoreError> {
+        const COLS: usize = 25;
+        let size = MAX_PARAMS / COLS;
+        for chunk in tasks.chunks(size) {
+            let sql = format!(
+                "INSERT INTO tasks (id, workflow_id, name, server_id, task_group, config, inputs, \
+                 outputs, options, on_dependency_failure, timeout_s, retries, retry_delay_s, \
+                 delivery, state, attempt, failures, redeliveries, result, created_at, queued_at, \
+                 started_at, finished_at, last_heartbeat_at, updated_at) VALUES {}",
+                values(chunk.len(), COLS)
+            );
+            let mut q = query(sql, chunk.len() == size, chunk.len());
+            for t in chunk {
+                q = q
+                    .bind(t.id.to_string())
+                    .bind(t.workflow_id.to_string())
+                    .bind(&t.name)
+                    .bind(&t.server_id)
+                    .bind(&t.group)
+                    .bind(&t.config)
+                    .bind(&t.inputs)
+                    .bind(&t.outputs)
+                    .bind(&t.options)
+                    .bind(t.on_dependency_failure.as_str())
+                    .bind(t.timeout_s)
+                    .bind(t.retries)
+                    .bind(t.retry_delay_s)
+                    .bind(t.delivery.as_str())
+                    .bind(t.state.as_str())
+                    .bind(t.attempt)
+                    .bind(t.failures)
+                    .bind(t.redeliveries)
+                    .bind(&t.result)
+                    .bind(t.created_at)
+                    .bind(t.queued_at)
+                    .bind(t.started_at)
+                    .bind(t.finished_at)
+                    .bind(t.last_heartbeat_at)
+                    .bind(t.updated_at);
+            }
+            q.execute(&mut *self.tx).await?;
+        }
+        Ok(())
+    }
+
+    /// Appends one event per task (its current state and attempt), in order.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn task_events(&mut self, tasks: &[&TaskRow], now: i64) -> Result<(), StoreError> {
+        const COLS: usize = 7;
+        let size = MAX_PARAMS / COLS;
+        for chunk in tasks.chunks(size) {
+            let sql = format!(
+                "INSERT INTO events (workflow_id, task_id, task_name, server_id, state, attempt, \
+                 at, kind) VALUES {}",
+                vec![format!("({}, 'task')", list(COLS)); chunk.len()].join(", ")
+            );
+            let mut q = query(sql, chunk.len() == size, chunk.len());
+            for t in chunk {
+                self.note_event(t);
+                q = q
+                    .bind(t.workflow_id.to_string())
+                    .bind(t.id.to_string())
+                    .bind(&t.name)
+                    .bind(&t.server_id)
+                    .bind(t.state.as_str())
+                    .bind(t.attempt)
+                    .bind(now);
+            }
+            q.execute(&mut *self.tx).await?;
+        }
+        Ok(())
+    }
+
+    /// Queues one message per task (its current attempt), all due at `not_before`.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn enqueue_many(
+        &mut self,
+        kind: OutboxKind,
+        tasks: &[&TaskRow],
+        not_before: i64,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        if tasks.is_empty() {
+            return Ok(());
+        }
+        const COLS: usize = 6;
+        let size = MAX_PARAMS / COLS;
+        for chunk in tasks.chunks(size) {
+            let sql = format!(
+                "INSERT INTO outbox (kind, task_id, attempt, server_id, not_before, created_at) \
+                 VALUES {}",
+                values(chunk.len(), COLS)
+            );
+            let mut q = query(sql, chunk.len() == size, chunk.len());
+            for t in chunk {
+                q = q
+                    .bind(kind.as_str())
+                    .bind(t.id.to_string())
+                    .bind(t.attempt)
+                    .bind(&t.server_id)
+                    .bind(not_before)
+                    .bind(now);
+            }
+            q.execute(&mut *self.tx).await?;
+        }
+        self.queued_messages = true;
+        Ok(())
+    }
+
+    /// Inserts dependency edges `(task, dependency)`.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn add_dependencies(&mut self, edges: &[(TaskId, TaskId)]) -> Result<(), StoreError> {
+        let size = MAX_PARAMS / 2;
+        for chunk in edges.chunks(size) {
+            let sql = format!(
+                "INSERT INTO task_deps (task_id, dep_id) VALUES {}",
+                values(chunk.len(), 2)
+            );
+            let mut q = query(sql, chunk.len() == size, chunk.len());
+            for (t, d) in chunk {
+                q = q.bind(t.to_string()).bind(d.to_string());
+            }
+            q.execute(&mut *self.tx).await?;
+        }
+        Ok(())
+    }
+
+    /// The tasks among `ids` that exist (in no particular order).
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn tasks_by_ids(&mut self, ids: &[TaskId]) -> Result<Vec<TaskRow>, StoreError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(MAX_IN) {
+            let sql = format!(
+                concat!("SELECT ", task_columns!(), " FROM tasks WHERE id IN ({})"),
+                list(chunk.len())
+            );
+            let mut q = query(sql, chunk.len() == MAX_IN, chunk.len());
+            for id in chunk {
+                q = q.bind(id.to_string());
+            }
+            for row in q.fetch_all(&mut *self.tx).await? {
+                out.push(TaskRow::from_row(&row)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Which of `names` a workflow's tasks already have.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn taken_names(
+        &mut self,
+        workflow: WorkflowId,
+        names: &[&str],
+    ) -> Result<Vec<String>, StoreError> {
+        let mut out = Vec::new();
+        for chunk in names.chunks(MAX_IN) {
+            let sql = format!(
+                "SELECT name FROM tasks WHERE workflow_id = ? AND name IN ({})",
+                list(chunk.len())
+            );
+            let mut q = query(sql, chunk.len() == MAX_IN, chunk.len()).bind(workflow.to_string());
+            for n in chunk {
+                q = q.bind(*n);
+            }
+            for row in q.fetch_all(&mut *self.tx).await? {
+                out.push(row.try_get("name")?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes outbox messages (confirmed, or moot).
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn delete_outbox_many(&mut self, ids: &[i64]) -> Result<(), StoreError> {
+        for chunk in ids.chunks(MAX_IN) {
+            let sql = format!("DELETE FROM outbox WHERE id IN ({})", list(chunk.len()));
+            let mut q = query(sql, chunk.len() == MAX_IN, chunk.len());
+            for id in chunk {
+                q = q.bind(*id);
+            }
+            q.execute(&mut *self.tx).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes `state`, `queued_at` and `updated_at` of tasks moved to `queued`
+    /// (the tracker checked each move).
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn set_queued(&mut self, ids: &[TaskId], now: i64) -> Result<(), StoreError> {
+        for chunk in ids.chunks(MAX_IN) {
+            let sql = format!(
+                "UPDATE tasks SET state = 'queued', queued_at = ?, updated_at = ? \
+                 WHERE id IN ({})",
+                list(chunk.len())
+            );
+            let mut q = query(sql, chunk.len() == MAX_IN, chunk.len())
+                .bind(now)
+                .bind(now);
+            for id in chunk {
+                q = q.bind(id.to_string());
+            }
+            q.execute(&mut *self.tx).await?;
+        }
+        Ok(())
+    }
+
+    /// Which of `ids` some task depends on.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn having_dependents(
+        &mut self,
+        ids: &[TaskId],
+    ) -> Result<HashSet<TaskId>, StoreError> {
+        let mut out = HashSet::new();
+        for chunk in ids.chunks(MAX_IN) {
+            let sql = format!(
+                "SELECT DISTINCT dep_id FROM task_deps WHERE dep_id IN ({})",
+                list(chunk.len())
+            );
+            let mut q = query(sql, chunk.len() == MAX_IN, chunk.len());
+            for id in chunk {
+                q = q.bind(id.to_string());
+            }
+            for row in q.fetch_all(&mut *self.tx).await? {
+                let id: String = row.try_get("dep_id")?;
+                out.insert(parse_id(&id)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The servers among `ids` that bora knows.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn servers_by_ids(&mut self, ids: &[&str]) -> Result<Vec<ServerRow>, StoreError> {
+        let mut out = Vec::new();
+        for chunk in ids.chunks(MAX_IN) {
+            let sql = format!(
+                "SELECT server_id, kind, registered, last_seen, created_at FROM servers \
+                 WHERE server_id IN ({})",
+                list(chunk.len())
+            );
+            let mut q = query(sql, chunk.len() == MAX_IN, chunk.len());
+            for id in chunk {
+                q = q.bind(*id);
+            }
+            for row in q.fetch_all(&mut *self.tx).await? {
+                out.push(ServerRow::from_row(&row)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records a heartbeat of each of `servers` at `now`.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn touch_servers(&mut self, servers: &[&str], now: i64) -> Result<(), StoreError> {
+        for chunk in servers.chunks(MAX_IN) {
+            let sql = format!(
+                "INSERT INTO servers (server_id, last_seen, created_at) VALUES {} \
+                 ON CONFLICT (server_id) DO UPDATE SET last_seen = excluded.last_seen",
+                values(chunk.len(), 3)
+            );
+            let mut q = query(sql, chunk.len() == MAX_IN, chunk.len());
+            for s in chunk {
+                q = q.bind(*s).bind(now).bind(now);
+            }
+            q.execute(&mut *self.tx).await?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{list, values};
+
+    #[test]
+    fn placeholders() {
+        assert_eq!(values(2, 2), "(?, ?), (?, ?)");
+        assert_eq!(list(3), "?, ?, ?");
+    }
+}
