@@ -68,7 +68,13 @@ async fn consume(
             broker.reply_consumer().await
         };
         listening.stopped();
-        let mut consumer = match connected.await {
+        // A broker that accepts the TCP connection and then says nothing
+        // holds `connected` for the pool's create timeout: obey shutdown.
+        let connected = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            c = connected => c,
+        };
+        let mut consumer = match connected {
             Ok(c) => {
                 info!("result consumer connected to the broker");
                 listening.started();
