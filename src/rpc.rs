@@ -195,7 +195,11 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
     let mut seen: (HashSet<String>, VecDeque<String>) = (HashSet::new(), VecDeque::new());
     'connect: while !shutdown.is_cancelled() {
-        let mut endpoint = match state.broker.rpc_endpoint(&topic, &server).await {
+        let connected = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            c = state.broker.rpc_endpoint(&topic, &server) => c,
+        };
+        let mut endpoint = match connected {
             Ok(e) => {
                 info!(topic, server, "RPC API consuming");
                 backoff.reset();

@@ -68,6 +68,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         .with_context(|| format!("binding {}", settings.api.listen))?;
     let addr = listener.local_addr()?;
 
+    let listening = replies::Listening::default();
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(relay::run(
         tracker.clone(),
@@ -78,11 +79,13 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
     tasks.push(tokio::spawn(scanner::run(
         tracker.clone(),
         settings.clone(),
+        listening.clone(),
         shutdown.clone(),
     )));
     tasks.push(tokio::spawn(replies::run(
         tracker.clone(),
         broker.clone(),
+        listening,
         shutdown.clone(),
     )));
     let registry =

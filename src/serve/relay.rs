@@ -51,7 +51,13 @@ pub async fn run(
             broker.declare_topology().await?;
             broker.publisher().await
         };
-        let mut publisher = match connected.await {
+        // A broker that accepts the TCP connection and then says nothing
+        // holds `connected` for the pool's create timeout: obey shutdown.
+        let connected = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            c = connected => c,
+        };
+        let mut publisher = match connected {
             Ok(p) => {
                 info!("relay connected to the broker");
                 if std::mem::replace(&mut connected_before, true) {

@@ -2,7 +2,13 @@
 //! batch in one transaction, and acks it only after the commit. A crash
 //! between commit and ack redelivers the batch; recording is once per
 //! (task, attempt), so the redelivery changes nothing and is counted.
+//!
+//! It also keeps [`Listening`]: since when the consumer has been taking
+//! replies without a break, which the scanner needs before it may call any
+//! silence a lost worker.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -10,9 +16,50 @@ use tracing::{error, info, warn};
 
 use crate::backoff::Backoff;
 use crate::broker::Broker;
+use crate::store::now_us;
 use crate::tracker::{Incoming, Tracker, Verdict};
 
-pub async fn run(tracker: Tracker, broker: Broker, shutdown: CancellationToken) {
+/// Since when (store clock, µs) the result consumer has been consuming
+/// without a break; unset while it is not. Heartbeats sent while nobody
+/// consumed wait in `reply_bora`: silence before this moment was not heard,
+/// so it proves nothing about a worker. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Listening(Arc<AtomicI64>);
+
+impl Listening {
+    /// The start of the current unbroken stretch of consuming, if any.
+    pub fn since(&self) -> Option<i64> {
+        match self.0.load(Ordering::Acquire) {
+            0 => None,
+            t => Some(t),
+        }
+    }
+
+    fn started(&self) {
+        self.0.store(now_us().max(1), Ordering::Release);
+    }
+
+    fn stopped(&self) {
+        self.0.store(0, Ordering::Release);
+    }
+}
+
+pub async fn run(
+    tracker: Tracker,
+    broker: Broker,
+    listening: Listening,
+    shutdown: CancellationToken,
+) {
+    consume(&tracker, &broker, &listening, &shutdown).await;
+    listening.stopped();
+}
+
+async fn consume(
+    tracker: &Tracker,
+    broker: &Broker,
+    listening: &Listening,
+    shutdown: &CancellationToken,
+) {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
     let mut connected_before = false;
     'connect: while !shutdown.is_cancelled() {
@@ -20,9 +67,17 @@ pub async fn run(tracker: Tracker, broker: Broker, shutdown: CancellationToken) 
             broker.declare_topology().await?;
             broker.reply_consumer().await
         };
-        let mut consumer = match connected.await {
+        listening.stopped();
+        // A broker that accepts the TCP connection and then says nothing
+        // holds `connected` for the pool's create timeout: obey shutdown.
+        let connected = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            c = connected => c,
+        };
+        let mut consumer = match connected {
             Ok(c) => {
                 info!("result consumer connected to the broker");
+                listening.started();
                 if std::mem::replace(&mut connected_before, true) {
                     metrics::counter!("bora_broker_reconnects_total", "component" => "replies")
                         .increment(1);

@@ -3,6 +3,12 @@
 //! within their `timeout_s` of publish, so no task waits forever on a worker
 //! that died after acking (bora workers ack at start, oslo servers on
 //! receipt).
+//!
+//! Silence only counts once it could have been heard: the scanner judges
+//! nothing until the result consumer has been consuming for
+//! `heartbeat_timeout_s` without a break. After a dispatcher restart or a
+//! lost broker connection, the heartbeats and results sent meanwhile are in
+//! `reply_bora`, and the workers that sent them are not lost.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,10 +16,17 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::error;
 
+use super::replies::Listening;
 use crate::config::Settings;
+use crate::store::now_us;
 use crate::tracker::Tracker;
 
-pub async fn run(tracker: Tracker, settings: Arc<Settings>, shutdown: CancellationToken) {
+pub async fn run(
+    tracker: Tracker,
+    settings: Arc<Settings>,
+    listening: Listening,
+    shutdown: CancellationToken,
+) {
     let heartbeat_timeout = settings.dispatch.heartbeat_timeout_s;
     // The worker kills a task at timeout_s after it started and reports; give
     // that report time to arrive before the dispatcher calls it lost.
@@ -24,6 +37,11 @@ pub async fn run(tracker: Tracker, settings: Arc<Settings>, shutdown: Cancellati
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
+        }
+        let window = heartbeat_timeout as i64 * 1_000_000;
+        // Not consuming, or not for long enough to have heard a heartbeat.
+        if listening.since().is_none_or(|t| now_us() - t < window) {
+            continue;
         }
         match tracker.scan(heartbeat_timeout, grace).await {
             Ok(r) => {

@@ -158,6 +158,7 @@ async fn spawn(spec: &Spec) -> std::io::Result<Child> {
             }
         }
         cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
+        die_with_the_worker(&mut cmd);
         match cmd.spawn() {
             Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < SPAWN_RETRIES => {
                 tries += 1;
@@ -167,6 +168,35 @@ async fn spawn(spec: &Spec) -> std::io::Result<Child> {
         }
     }
 }
+
+/// Has the kernel SIGKILL the task's leader when the worker dies (even by
+/// SIGKILL): a crashed worker's attempt is run again elsewhere, so it must not
+/// go on running unseen beside the new one. Processes the leader started in
+/// the background get no such signal (they are not its children).
+///
+/// The signal follows the thread that forks; tasks are spawned from the
+/// runtime's worker threads, which live as long as the worker.
+#[cfg(target_os = "linux")]
+fn die_with_the_worker(cmd: &mut Command) {
+    let worker = std::process::id();
+    // SAFETY: the closure runs in the child between fork and exec and only
+    // calls prctl(2) and getppid(2), which are async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The worker died between fork and prctl: do not start at all.
+            if libc::getppid() as u32 != worker {
+                return Err(std::io::Error::other("the worker exited"));
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn die_with_the_worker(_cmd: &mut Command) {}
 
 async fn join_capture(task: Option<tokio::task::JoinHandle<Captured>>) -> Captured {
     match task {

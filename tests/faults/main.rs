@@ -1,0 +1,660 @@
+//! Fault tests: bora's "nothing lost" promise (SPEC 6) against real
+//! processes — `bora serve` killed with SIGKILL and restarted, every broker
+//! connection closed under load, a worker killed mid-task, poison on the
+//! reply queue, and a graceful SIGTERM with results arriving while the
+//! dispatcher is down.
+//!
+//! Each test prints its figures (counts, durations, restarts) so a run's
+//! output doubles as a measurement; run with `--nocapture` to see them.
+//! The assertions are about outcomes (nothing lost, nothing recorded twice,
+//! order kept), never about timing.
+
+#[path = "../api/helpers.rs"]
+mod harness;
+mod procs;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use harness::Vhost;
+use procs::*;
+
+const CHAINS: usize = 40;
+const LENGTH: usize = 10;
+const SERVERS: usize = 4;
+
+fn ts(v: &Value) -> chrono::DateTime<chrono::Utc> {
+    v.as_str()
+        .unwrap_or_else(|| panic!("not a timestamp: {v}"))
+        .parse()
+        .expect("RFC 3339")
+}
+
+/// What a run of the chains workload measured.
+#[derive(Debug, Default)]
+struct Outcome {
+    succeeded: u64,
+    /// Tasks whose last attempt is above 1 (the dispatcher published again).
+    reattempted: usize,
+    /// (chain, step) pairs whose script ran more than once.
+    reexecuted: usize,
+    /// Executions in all (lines in the run files).
+    executions: usize,
+    events: usize,
+}
+
+/// Checks the chains workload after it ended: all succeeded, order kept in
+/// every chain (from the API's timestamps and from the run files), each
+/// task's terminal state in the event log exactly once.
+async fn check_chains(api: &Api, wf: &str, runs: &Path, workflow: &Value) -> Outcome {
+    let total = (CHAINS * LENGTH) as u64;
+    assert_eq!(workflow["state"], "succeeded", "{workflow}");
+    assert_eq!(
+        workflow["task_counts"]["succeeded"].as_u64(),
+        Some(total),
+        "{workflow}"
+    );
+
+    let tasks: HashMap<String, Value> = api
+        .tasks(wf)
+        .await
+        .into_iter()
+        .map(|t| (t["name"].as_str().unwrap_or_default().to_owned(), t))
+        .collect();
+    assert_eq!(tasks.len() as u64, total);
+    let mut reattempted = 0;
+    for c in 0..CHAINS {
+        for k in 0..LENGTH {
+            let t = &tasks[&format!("c{c}-{k}")];
+            assert_eq!(t["state"], "succeeded", "{t}");
+            if t["attempt"].as_i64().unwrap_or(0) > 1 {
+                reattempted += 1;
+            }
+            if k > 0 {
+                let prev = &tasks[&format!("c{c}-{}", k - 1)];
+                assert!(
+                    ts(&t["started_at"]) >= ts(&prev["finished_at"]),
+                    "chain {c}: step {k} started before step {} finished\n{prev}\n{t}",
+                    k - 1
+                );
+            }
+        }
+    }
+
+    let events = api.events(wf).await;
+    let mut terminal: HashMap<String, Vec<String>> = HashMap::new();
+    for e in &events {
+        let state = e["state"].as_str().unwrap_or_default();
+        if matches!(
+            state,
+            "succeeded" | "failed" | "timed_out" | "cancelled" | "skipped"
+        ) {
+            terminal
+                .entry(e["task_name"].as_str().unwrap_or_default().to_owned())
+                .or_default()
+                .push(state.to_owned());
+        }
+    }
+    for name in tasks.keys() {
+        assert_eq!(
+            terminal.get(name).map(Vec::as_slice),
+            Some(&["succeeded".to_owned()][..]),
+            "task {name}: its terminal state must be in the event log exactly once"
+        );
+    }
+
+    let runs = Executions::read(runs, CHAINS);
+    assert!(
+        runs.out_of_order.is_empty(),
+        "steps executed out of order in chains {:?}",
+        runs.out_of_order
+    );
+    for c in 0..CHAINS {
+        for k in 0..LENGTH {
+            assert!(
+                runs.counts.get(&(c, k)).is_some_and(|&n| n >= 1),
+                "chain {c} step {k} never executed"
+            );
+        }
+    }
+    Outcome {
+        succeeded: total,
+        reattempted,
+        reexecuted: runs.repeated(),
+        executions: runs.counts.values().sum(),
+        events: events.len(),
+    }
+}
+
+fn start_workers(dir: &Path, vhost: &Vhost, extra: &[(&str, &str)]) -> Vec<WorkerProc> {
+    (0..SERVERS)
+        .map(|s| WorkerProc::start(dir, &vhost.amqp_url(), &format!("s{s}"), extra))
+        .collect()
+}
+
+/// Adds the counters of one dispatcher process's life (its last scrape) to
+/// the totals: counters start at zero in each process.
+fn add_counters(totals: &mut HashMap<String, f64>, last: &HashMap<String, f64>) {
+    for (k, v) in last {
+        if k.starts_with("bora_results_rejected_total") || k.starts_with("bora_broker_reconnects") {
+            *totals.entry(k.clone()).or_default() += v;
+        }
+    }
+}
+
+fn rejected_summary(m: &HashMap<String, f64>) -> String {
+    let mut parts: Vec<String> = m
+        .iter()
+        .filter(|(k, v)| k.starts_with("bora_results_rejected_total") && **v > 0.0)
+        .map(|(k, v)| {
+            let reason = k
+                .split("reason=\"")
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .unwrap_or("?");
+            format!("{reason}={v}")
+        })
+        .collect();
+    parts.sort();
+    if parts.is_empty() {
+        "none".into()
+    } else {
+        parts.join(" ")
+    }
+}
+
+#[tokio::test]
+async fn the_dispatcher_killed_five_times_loses_nothing() {
+    let vhost = Vhost::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut serve = Serve::start(
+        dir.path(),
+        &vhost.amqp_url(),
+        &[("BORA__DISPATCH__HEARTBEAT_TIMEOUT_S", "5")],
+    )
+    .await;
+    let api = Api::new(&serve.base);
+    let _workers = start_workers(dir.path(), &vhost, &[]);
+    let runs = dir.path().join("runs");
+    let t0 = Instant::now();
+    let wf = api
+        .post(
+            "/v1/workflows",
+            chains_workflow(&runs, CHAINS, LENGTH, SERVERS, 0.25),
+        )
+        .await;
+    let wf = wf["id"].as_str().unwrap().to_owned();
+
+    let mut totals = HashMap::new();
+    let mut downtimes = Vec::new();
+    let mut done_at_kill = Vec::new();
+    for (i, gap_ms) in [900u64, 1300, 1000, 1500, 800].into_iter().enumerate() {
+        tokio::time::sleep(Duration::from_millis(gap_ms)).await;
+        let w = api.get(&format!("/v1/workflows/{wf}")).await;
+        let done = w
+            .as_ref()
+            .and_then(|w| w["task_counts"]["succeeded"].as_u64())
+            .unwrap_or(0);
+        done_at_kill.push(done);
+        if let Some(m) = api.metrics().await {
+            add_counters(&mut totals, &m);
+        }
+        let down = Instant::now();
+        serve.kill9().await;
+        let ready = serve.restart().await;
+        downtimes.push(down.elapsed());
+        println!(
+            "kill {}: {done} of 400 succeeded before it; back and ready after {:?} (readiness {:?})",
+            i + 1,
+            down.elapsed(),
+            ready
+        );
+    }
+    // Otherwise the kills did not happen during the workflow.
+    assert!(
+        done_at_kill[4] < 400,
+        "the workflow ended before the last kill"
+    );
+    let w = api.wait_workflow_end(&wf, Duration::from_secs(120)).await;
+    let elapsed = t0.elapsed();
+    if let Some(m) = api.metrics().await {
+        add_counters(&mut totals, &m);
+    }
+    let o = check_chains(&api, &wf, &runs, &w).await;
+    println!(
+        "dispatcher kill -9 x5: {} tasks succeeded in {elapsed:?}; {} restarts; downtime per kill {:?}; \
+         {} executions ({} steps ran more than once, {} tasks needed a new attempt); \
+         {} events; replies dropped as duplicates or stale (lower bound, counters die with the process): {}",
+        o.succeeded,
+        serve.starts - 1,
+        downtimes,
+        o.executions,
+        o.reexecuted,
+        o.reattempted,
+        o.events,
+        rejected_summary(&totals),
+    );
+    let (code, took) = serve.sigterm().await;
+    println!("final SIGTERM: exit {code} after {took:?}");
+    assert_eq!(code, 0);
+}
+
+#[tokio::test]
+async fn every_broker_connection_closed_eight_times_loses_nothing() {
+    let vhost = Vhost::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut serve = Serve::start(
+        dir.path(),
+        &vhost.amqp_url(),
+        &[("BORA__DISPATCH__HEARTBEAT_TIMEOUT_S", "5")],
+    )
+    .await;
+    let api = Api::new(&serve.base);
+    // The management API lists a new connection only some 4.5 s after it
+    // opened, so each round takes that long: 2 slots per worker and longer
+    // scripts keep the same 400 tasks running through all 8 rounds.
+    let mut workers = start_workers(dir.path(), &vhost, &[("BORA__WORKER__CONCURRENCY", "2")]);
+    let serve_pid = serve.pid();
+    let worker_pids: Vec<u32> = workers.iter().map(WorkerProc::pid).collect();
+    let runs = dir.path().join("runs");
+    let t0 = Instant::now();
+    let wf = api
+        .post(
+            "/v1/workflows",
+            chains_workflow(&runs, CHAINS, LENGTH, SERVERS, 0.8),
+        )
+        .await;
+    let wf = wf["id"].as_str().unwrap().to_owned();
+
+    let mut closed = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut not_ready = 0;
+    let mut done_at_close = 0;
+    for i in 0..8 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        done_at_close = api
+            .get(&format!("/v1/workflows/{wf}"))
+            .await
+            .and_then(|w| w["task_counts"]["succeeded"].as_u64())
+            .unwrap_or(0);
+        // The dispatcher's relay, result consumer and RPC API, and 4 workers.
+        let (n, waited) = close_all_connections(&vhost.name, &mut seen, 7).await;
+        closed.push(n);
+        if n < 7 {
+            println!(
+                "connected now: {:?}",
+                connections_by_client(&vhost.name).await
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if api.ready().await != Some(200) {
+            not_ready += 1;
+        }
+        println!(
+            "close {}: {n} connections closed (listed after {waited:?}), {done_at_close} of 400 succeeded before it",
+            i + 1
+        );
+        assert!(n > 0, "no connection to close: nobody reconnected");
+    }
+    assert!(
+        done_at_close < 400,
+        "the workflow ended before the last close"
+    );
+    let w = api.wait_workflow_end(&wf, Duration::from_secs(120)).await;
+    let elapsed = t0.elapsed();
+    let o = check_chains(&api, &wf, &runs, &w).await;
+
+    // No process was restarted, and the dispatcher is ready again.
+    assert!(serve.alive(), "bora serve exited");
+    assert_eq!(serve.pid(), serve_pid);
+    for (w, pid) in workers.iter_mut().zip(&worker_pids) {
+        assert!(w.alive(), "worker {} exited", w.server);
+        assert_eq!(w.pid(), *pid);
+    }
+    let ready_again = Instant::now();
+    while api.ready().await != Some(200) {
+        assert!(
+            ready_again.elapsed() < Duration::from_secs(30),
+            "/readyz never went back to 200"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let m = api.metrics().await.expect("metrics");
+    let relay = metric_sum(&m, "bora_broker_reconnects_total", "relay");
+    let replies = metric_sum(&m, "bora_broker_reconnects_total", "replies");
+    assert!(
+        relay >= 1.0 && replies >= 1.0,
+        "relay {relay}, replies {replies}"
+    );
+    // The dispatcher still takes RPC and REST work after the closes.
+    let after = api
+        .post(
+            "/v1/workflows",
+            json!({"name": "after", "tasks": [{"name": "t", "server_id": "s0", "group": "std.echo"}]}),
+        )
+        .await;
+    let after = api
+        .wait_workflow_end(after["id"].as_str().unwrap(), Duration::from_secs(30))
+        .await;
+    assert_eq!(after["state"], "succeeded", "{after}");
+    println!(
+        "connections closed x8 ({closed:?} per round): {} tasks succeeded in {elapsed:?}; 0 restarts \
+         (pids unchanged); reconnects relay={relay} replies={replies}; /readyz not 200 just after \
+         {not_ready} of 8 closes; {} executions ({} steps ran more than once, {} tasks needed a new attempt); \
+         replies dropped: {}",
+        o.succeeded,
+        o.executions,
+        o.reexecuted,
+        o.reattempted,
+        rejected_summary(&m),
+    );
+    let (code, took) = serve.sigterm().await;
+    println!("final SIGTERM: exit {code} after {took:?}");
+    assert_eq!(code, 0);
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_task_gets_its_task_run_again() {
+    let vhost = Vhost::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut serve = Serve::start(
+        dir.path(),
+        &vhost.amqp_url(),
+        &[("BORA__DISPATCH__HEARTBEAT_TIMEOUT_S", "2")],
+    )
+    .await;
+    let api = Api::new(&serve.base);
+    let mut first = WorkerProc::start(dir.path(), &vhost.amqp_url(), "s", &[]);
+    let runs = dir.path().join("runs.log");
+    let script = format!(
+        "#!/bin/sh\necho start >> {0}\nsleep 3\necho end >> {0}\n",
+        runs.display()
+    );
+    let wf = api
+        .post(
+            "/v1/workflows",
+            json!({"name": "lost-worker", "tasks": [
+                {"name": "slow", "server_id": "s", "config": script},
+                {"name": "next", "server_id": "s", "depends_on": ["slow"], "group": "std.echo"}
+            ]}),
+        )
+        .await;
+    let wf = wf["id"].as_str().unwrap().to_owned();
+    api.wait_task_state(&wf, "slow", "running").await;
+    // `running` is recorded from the worker's started report, which comes
+    // before the script is spawned: wait until the script really runs.
+    let t0 = Instant::now();
+    while !std::fs::read_to_string(&runs).is_ok_and(|t| t.contains("start")) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the script never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let killed = Instant::now();
+    first.kill9().await;
+    // A new worker process for the same server (the guest rebooted).
+    let _second = WorkerProc::start(dir.path(), &vhost.amqp_url(), "s", &[]);
+    let rerun = loop {
+        let t = api.wait_task_state(&wf, "slow", "running").await;
+        if t["attempt"].as_i64() == Some(2) {
+            break t;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let detected = killed.elapsed();
+    let w = api.wait_workflow_end(&wf, Duration::from_secs(60)).await;
+    assert_eq!(w["state"], "succeeded", "{w}");
+    let slow = api
+        .get(&format!("/v1/workflows/{wf}/tasks/slow"))
+        .await
+        .unwrap();
+    assert_eq!(slow["attempt"], 2, "{slow}");
+    assert_eq!(slow["result"]["attempt"], 2, "{slow}");
+    assert_eq!(slow["state"], "succeeded");
+    let events = api.events(&wf).await;
+    let running: Vec<i64> = events
+        .iter()
+        .filter(|e| e["task_name"] == "slow" && e["state"] == "running")
+        .filter_map(|e| e["attempt"].as_i64())
+        .collect();
+    assert_eq!(running, vec![1, 2], "{events:?}");
+    let text = std::fs::read_to_string(&runs).unwrap_or_default();
+    let starts = text.lines().filter(|l| *l == "start").count();
+    assert_eq!(starts, 2, "the script ran {starts} times:\n{text}");
+    // Give the first attempt's orphaned script time to finish if it survived
+    // its worker (it runs in its own process group).
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let text = std::fs::read_to_string(&runs).unwrap_or_default();
+    let ends = text.lines().filter(|l| *l == "end").count();
+    println!(
+        "worker kill -9 mid-task: new attempt running {detected:?} after the kill \
+         (heartbeat_timeout_s = 2, worker heartbeat 1 s); attempt {} succeeded; \
+         script started {starts} times, finished {ends} times (an orphan of the killed worker \
+         finishing counts here); rerun started_at {}",
+        slow["attempt"], rerun["started_at"],
+    );
+    assert_eq!(
+        ends, 1,
+        "the killed worker's task went on running without its worker"
+    );
+    let (code, _) = serve.sigterm().await;
+    assert_eq!(code, 0);
+}
+
+#[tokio::test]
+async fn poison_on_the_reply_queue_is_dropped_and_counted() {
+    let vhost = Vhost::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let max = 65_536;
+    let mut serve = Serve::start(
+        dir.path(),
+        &vhost.amqp_url(),
+        &[("BORA__DISPATCH__MAX_RESULT_BYTES", "65536")],
+    )
+    .await;
+    let api = Api::new(&serve.base);
+    let _worker = WorkerProc::start(dir.path(), &vhost.amqp_url(), "s", &[]);
+    let wf = api
+        .post(
+            "/v1/workflows",
+            json!({"name": "poison", "tasks": [
+                {"name": "a", "server_id": "s", "config": "sleep 1; echo a"},
+                {"name": "b", "server_id": "s", "config": "echo b", "depends_on": ["a"]},
+                {"name": "c", "server_id": "s", "group": "std.echo", "inputs": {"x": 1},
+                 "depends_on": ["b"]}
+            ]}),
+        )
+        .await;
+    let wf = wf["id"].as_str().unwrap().to_owned();
+    api.wait_task_state(&wf, "a", "running").await;
+    let before = api.metrics().await.expect("metrics");
+    let url = vhost.amqp_url();
+    let ok = |id: &str| {
+        bora::protocol::RpcReply::final_result(id, json!({"exit_code": 0, "stdout": "forged"}))
+            .encode()
+    };
+    let poison: Vec<(&str, Vec<u8>)> = vec![
+        ("malformed", b"\x00\xffnot json at all{".to_vec()),
+        (
+            "malformed",
+            br#"{"oslo.version": "2.0", "oslo.message": "{]"}"#.to_vec(),
+        ),
+        ("unknown_msg_id", ok("no-such-message-id")),
+        ("unknown_task", ok(&format!("{}.1", uuid::Uuid::now_v7()))),
+        ("oversized", {
+            let mut big = ok(&"x".repeat(16));
+            big.extend(std::iter::repeat_n(b' ', max + 1));
+            big
+        }),
+    ];
+    for (_, body) in &poison {
+        publish_reply(&url, body).await;
+    }
+    let w = api.wait_workflow_end(&wf, Duration::from_secs(60)).await;
+    assert_eq!(w["state"], "succeeded", "{w}");
+    let c = api
+        .get(&format!("/v1/workflows/{wf}/tasks/c"))
+        .await
+        .unwrap();
+    assert_eq!(c["result"]["outputs"]["x"], 1, "{c}");
+    let after = api.metrics().await.expect("metrics");
+    let mut expected: HashMap<&str, f64> = HashMap::new();
+    for (reason, _) in &poison {
+        *expected.entry(reason).or_default() += 1.0;
+    }
+    let mut figures = Vec::new();
+    for (reason, n) in &expected {
+        let filter = format!("reason=\"{reason}\"");
+        let got = metric_sum(&after, "bora_results_rejected_total", &filter)
+            - metric_sum(&before, "bora_results_rejected_total", &filter);
+        figures.push(format!("{reason}={got}"));
+        assert_eq!(got, *n, "reason {reason}");
+    }
+    // Nothing stuck or requeued forever: the reply queue is empty.
+    let depth = vhost.queue_depth("reply_bora").await;
+    assert_eq!(depth, 0);
+    println!(
+        "poison on reply_bora: {} messages dropped and counted ({}); the workflow went on (3 of 3 succeeded); reply queue depth {depth}",
+        poison.len(),
+        figures.join(" ")
+    );
+    assert!(serve.alive());
+    let (code, _) = serve.sigterm().await;
+    assert_eq!(code, 0);
+}
+
+#[tokio::test]
+async fn sigterm_stops_serve_cleanly_and_results_sent_meanwhile_are_recorded() {
+    let vhost = Vhost::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let timeout_s = 2;
+    let mut serve = Serve::start(
+        dir.path(),
+        &vhost.amqp_url(),
+        &[("BORA__DISPATCH__HEARTBEAT_TIMEOUT_S", "2")],
+    )
+    .await;
+    let api = Api::new(&serve.base);
+    let _worker = WorkerProc::start(dir.path(), &vhost.amqp_url(), "s", &[]);
+    let runs = dir.path().join("runs.log");
+    let wf = api
+        .post(
+            "/v1/workflows",
+            json!({"name": "sigterm", "tasks": [
+                {"name": "long", "server_id": "s",
+                 "config": format!("#!/bin/sh\necho long >> {}\nsleep 4\n", runs.display())},
+                {"name": "quick", "server_id": "s", "group": "std.echo", "inputs": {"n": 1}},
+                {"name": "after", "server_id": "s", "config": "echo after",
+                 "depends_on": ["long", "quick"]}
+            ]}),
+        )
+        .await;
+    let wf = wf["id"].as_str().unwrap().to_owned();
+    api.wait_task_state(&wf, "long", "running").await;
+    // An open event stream must not hold the shutdown open.
+    let stream = tokio::spawn({
+        let url = format!("{}/v1/workflows/{wf}/events", serve.base);
+        async move {
+            let r = reqwest::get(url).await.ok()?;
+            r.text().await.ok()
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let (code, took) = serve.sigterm().await;
+    assert_eq!(
+        code,
+        0,
+        "exit code after SIGTERM (log: {})",
+        serve.log.display()
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_secs(5), stream)
+            .await
+            .is_ok(),
+        "the event stream stayed open after the dispatcher exited"
+    );
+    // The store was closed: SQLite removes the WAL when its last connection closes.
+    let wal = serve.db.with_extension("db-wal");
+    let wal_left = std::fs::metadata(&wal).map(|m| m.len()).ok();
+    assert!(
+        matches!(wal_left, None | Some(0)),
+        "the store was not closed"
+    );
+    assert_eq!(api.ready().await, None, "the API still answers after exit");
+    let log = std::fs::read_to_string(&serve.log).unwrap_or_default();
+    assert!(log.contains("bora serve stopped"), "{log}");
+
+    // Down for longer than heartbeat_timeout_s: the task finishes meanwhile
+    // and its heartbeats and result wait in reply_bora.
+    let down = Instant::now();
+    let mut waited = 0;
+    while vhost.queue_depth("reply_bora").await == 0 || down.elapsed() < Duration::from_secs(5) {
+        assert!(
+            down.elapsed() < Duration::from_secs(30),
+            "no reply arrived while down"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        waited += 1;
+    }
+    let backlog = vhost.queue_depth("reply_bora").await;
+    let ready = serve.restart().await;
+    let w = api.wait_workflow_end(&wf, Duration::from_secs(60)).await;
+    assert_eq!(w["state"], "succeeded", "{w}");
+    let long = api
+        .get(&format!("/v1/workflows/{wf}/tasks/long"))
+        .await
+        .unwrap();
+    // Its heartbeats were in the queue: a dispatcher that was away must not
+    // call the worker lost for the silence it did not hear.
+    assert_eq!(long["attempt"], 1, "{long}");
+    let text = std::fs::read_to_string(&runs).unwrap_or_default();
+    assert_eq!(text.lines().count(), 1, "the long task ran again:\n{text}");
+    println!(
+        "SIGTERM: exit {code} after {took:?}; WAL left after exit: {wal_left:?} bytes; down \
+         {:?} (> heartbeat_timeout_s = {timeout_s}) with {backlog} replies waiting; ready again \
+         after {ready:?}; long task recorded at attempt {} (not re-run); polls {waited}",
+        down.elapsed(),
+        long["attempt"],
+    );
+    let (code, _) = serve.sigterm().await;
+    assert_eq!(code, 0);
+}
+
+#[tokio::test]
+async fn sigterm_while_the_broker_hangs_still_stops_serve() {
+    // A "broker" that accepts TCP connections and never answers: every
+    // connect hangs until the pool's own timeout.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let held = tokio::spawn(async move {
+        let mut sockets = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            sockets.push(s);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("amqp://guest:guest@127.0.0.1:{port}/%2f");
+    let mut serve = Serve::start_alive(dir.path(), &url, &[]).await;
+    let api = Api::new(&serve.base);
+    assert_eq!(
+        api.ready().await,
+        Some(503),
+        "ready with a broker that never answers"
+    );
+    // The relay, the result consumer and the RPC API are all stuck connecting.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (code, took) = serve.sigterm().await;
+    println!("SIGTERM while every broker connect hangs: exit {code} after {took:?}");
+    assert_eq!(code, 0);
+    // A shutdown that waits out the pool's 10 s connect timeout is a hang.
+    assert!(
+        took < Duration::from_secs(5),
+        "shutdown waited {took:?} for a connect"
+    );
+    held.abort();
+}
