@@ -74,6 +74,9 @@ impl Management {
         })
     }
 
+    /// One API call; absent (404) counts as done. Transport errors and 5xx
+    /// answers (the API under load drops connections) are tried again a few
+    /// times: every call bora makes is idempotent.
     async fn call(
         &self,
         method: Method,
@@ -81,30 +84,45 @@ impl Management {
         body: Option<Value>,
         what: &str,
     ) -> Result<StatusCode, ManagementError> {
-        let mut req = self
-            .http
-            .request(method, format!("{}/api/{path}", self.base))
-            .basic_auth(&self.user, Some(&self.password));
-        if let Some(b) = body {
-            req = req.json(&b);
+        let mut attempt = 0u64;
+        loop {
+            attempt += 1;
+            let mut req = self
+                .http
+                .request(method.clone(), format!("{}/api/{path}", self.base))
+                .basic_auth(&self.user, Some(&self.password));
+            if let Some(b) = &body {
+                req = req.json(b);
+            }
+            let retryable = match req.send().await {
+                Ok(resp) => {
+                    let status = resp.status();
+                    if status.is_success() || status == StatusCode::NOT_FOUND {
+                        return Ok(status);
+                    }
+                    let text: String = resp
+                        .text()
+                        .await
+                        .unwrap_or_default()
+                        .chars()
+                        .take(300)
+                        .collect();
+                    let err = ManagementError::Refused {
+                        what: what.to_owned(),
+                        status,
+                        body: text,
+                    };
+                    if !status.is_server_error() || attempt >= 4 {
+                        return Err(err);
+                    }
+                    err
+                }
+                Err(e) if attempt >= 4 => return Err(e.into()),
+                Err(e) => e.into(),
+            };
+            tracing::debug!(error = %retryable, attempt, "management API call failed; retrying");
+            tokio::time::sleep(Duration::from_millis(150 * attempt)).await;
         }
-        let resp = req.send().await?;
-        let status = resp.status();
-        if status.is_success() || status == StatusCode::NOT_FOUND {
-            return Ok(status);
-        }
-        let body: String = resp
-            .text()
-            .await
-            .unwrap_or_default()
-            .chars()
-            .take(300)
-            .collect();
-        Err(ManagementError::Refused {
-            what: what.to_owned(),
-            status,
-            body,
-        })
     }
 
     /// Creates the user or sets its new password. Returns true if it was created.
@@ -190,14 +208,22 @@ impl Management {
         let conns: Vec<ConnectionInfo> = resp.json().await?;
         let mut closed = 0;
         for c in conns.into_iter().filter(|c| c.user == user) {
-            self.call(
-                Method::DELETE,
-                &format!("connections/{}", seg(&c.name)),
-                None,
-                "closing a connection",
-            )
-            .await?;
-            closed += 1;
+            // A connection may be closing already (deleting its user closes
+            // it): failing to close it here is not a failure of the revoke.
+            match self
+                .call(
+                    Method::DELETE,
+                    &format!("connections/{}", seg(&c.name)),
+                    None,
+                    "closing a connection",
+                )
+                .await
+            {
+                Ok(_) => closed += 1,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not close a connection of a revoked user")
+                }
+            }
         }
         Ok(closed)
     }

@@ -152,7 +152,7 @@ async fn a_registered_guest_worker_runs_with_its_own_credentials() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let (_, one) = app.get(&format!("/v1/servers/{server}")).await;
     assert_eq!(one["online"], true, "{one}");
-    let (s, _) = app.delete(&format!("/v1/servers/{server}")).await;
-    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, body) = app.delete(&format!("/v1/servers/{server}")).await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{body}");
     app.stop().await;
 }

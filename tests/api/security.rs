@@ -338,8 +338,8 @@ async fn a_revoked_server_cannot_reconnect_and_its_tasks_are_cancelled() {
     let conn = connect(&url).await;
     assert!(conn.status().connected());
 
-    let (s, _) = app.delete(&format!("/v1/servers/{gone}")).await;
-    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, body) = app.delete(&format!("/v1/servers/{gone}")).await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{body}");
     // Its live connection is dropped, and it cannot come back.
     let mut closed = false;
     for _ in 0..50 {
