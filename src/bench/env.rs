@@ -120,7 +120,7 @@ impl Env {
         let mut s = settings.clone();
         s.amqp.url = SecretUrl::new(url.as_str());
         s.worker.amqp_url = None;
-        s.api.listen = "127.0.0.1:0".parse().expect("a literal socket address");
+        s.api.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
         s.api.tokens = Vec::new();
         s.api.max_body_bytes = s.api.max_body_bytes.max(BENCH_MAX_BODY);
         let biggest = args.dag_tasks.unwrap_or(0).max(args.chain).max(args.batch) as u64;

@@ -135,47 +135,6 @@ impl WriteTx {
         Ok(())
     }
 
-    /// # Errors
-    /// A database failure, or a duplicate name (see [`StoreError::is_unique_violation`]).
-    pub async fn insert_task(&mut self, t: &TaskRow) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO tasks (id, workflow_id, name, server_id, task_group, config, inputs, \
-             outputs, options, on_dependency_failure, timeout_s, retries, retry_delay_s, \
-             delivery, state, attempt, failures, redeliveries, result, created_at, queued_at, \
-             started_at, finished_at, last_heartbeat_at, updated_at) VALUES ($1, $2, $3, $4, $5, \
-             $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, \
-             $23, $24, $25)",
-        )
-        .bind(t.id.to_string())
-        .bind(t.workflow_id.to_string())
-        .bind(&t.name)
-        .bind(&t.server_id)
-        .bind(&t.group)
-        .bind(&t.config)
-        .bind(&t.inputs)
-        .bind(&t.outputs)
-        .bind(&t.options)
-        .bind(t.on_dependency_failure.as_str())
-        .bind(t.timeout_s)
-        .bind(t.retries)
-        .bind(t.retry_delay_s)
-        .bind(t.delivery.as_str())
-        .bind(t.state.as_str())
-        .bind(t.attempt)
-        .bind(t.failures)
-        .bind(t.redeliveries)
-        .bind(&t.result)
-        .bind(t.created_at)
-        .bind(t.queued_at)
-        .bind(t.started_at)
-        .bind(t.finished_at)
-        .bind(t.last_heartbeat_at)
-        .bind(t.updated_at)
-        .execute(&mut *self.tx)
-        .await?;
-        Ok(())
-    }
-
     /// Writes every column of `t` but its id and workflow.
     ///
     /// # Errors
@@ -483,18 +442,6 @@ impl WriteTx {
         Ok(r.rows_affected())
     }
 
-    /// Removes one outbox message (it was confirmed, or it is moot).
-    ///
-    /// # Errors
-    /// A database failure.
-    pub async fn delete_outbox(&mut self, id: i64) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM outbox WHERE id = $1")
-            .bind(id)
-            .execute(&mut *self.tx)
-            .await?;
-        Ok(())
-    }
-
     /// Postpones one outbox message (a failed publish, retried later).
     ///
     /// # Errors
@@ -634,22 +581,6 @@ impl WriteTx {
         )
         .bind(workflow.to_string())
         .bind(state)
-        .bind(now)
-        .execute(&mut *self.tx)
-        .await?;
-        Ok(())
-    }
-
-    /// Records a heartbeat of `server` at `now`.
-    ///
-    /// # Errors
-    /// A database failure.
-    pub async fn touch_server(&mut self, server: &str, now: i64) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO servers (server_id, last_seen, created_at) VALUES ($1, $2, $2) \
-             ON CONFLICT (server_id) DO UPDATE SET last_seen = excluded.last_seen",
-        )
-        .bind(server)
         .bind(now)
         .execute(&mut *self.tx)
         .await?;
