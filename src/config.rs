@@ -174,6 +174,9 @@ pub struct DispatchSettings {
     pub heartbeat_timeout_s: u64,
     pub max_redeliveries: u32,
     pub relay_interval_ms: u64,
+    /// How long a relay's claim on outbox rows lasts (PostgreSQL): a message
+    /// claimed by a dispatcher that died is sent by another after this.
+    pub outbox_lease_s: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -20,7 +20,7 @@ use crate::broker::{Broker, BrokerError, Outgoing, Published, Publisher};
 use crate::config::Settings;
 use crate::domain::{TaskState, WorkflowState};
 use crate::protocol::{CancelMessage, Notification};
-use crate::store::{OutboxItem, OutboxKind, StoreError, now_us};
+use crate::store::{Backend, OutboxItem, OutboxKind, StoreError, now_us};
 use crate::tracker::Tracker;
 
 /// Messages taken from the outbox per round.
@@ -113,7 +113,8 @@ async fn relay_once(
     settings: &Settings,
 ) -> Result<bool, RelayError> {
     let now = now_us();
-    let items = tracker.store().due_outbox(now, BATCH).await?;
+    let lease_until = now + settings.dispatch.outbox_lease_s.max(1) as i64 * 1_000_000;
+    let items = tracker.store().due_outbox(now, BATCH, lease_until).await?;
     if items.is_empty() {
         return Ok(false);
     }
@@ -126,6 +127,32 @@ async fn relay_once(
             None => moot.push(item),
         }
     }
+    match publish(tracker, publisher, sending, moot).await {
+        Ok(()) => Ok(full),
+        Err((e, claimed)) => {
+            // Claimed rows (PostgreSQL) would wait for their lease to end:
+            // give them back now, for whichever relay reconnects first.
+            if tracker.store().backend() == Backend::Postgres
+                && let Err(e) = tracker.postpone(&claimed, now_us()).await
+            {
+                warn!(error = %e, "cannot give claimed outbox rows back; they are due again when their lease ends");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Publishes rendered messages and records the outcome. On a broker error,
+/// returns it with the rows that were not recorded.
+async fn publish(
+    tracker: &Tracker,
+    publisher: &mut Publisher,
+    sending: Vec<(OutboxItem, Outgoing)>,
+    moot: Vec<OutboxItem>,
+) -> Result<(), (RelayError, Vec<OutboxItem>)> {
+    let unrecorded = |sending: &[(OutboxItem, Outgoing)]| -> Vec<OutboxItem> {
+        sending.iter().map(|(i, _)| i.clone()).collect()
+    };
     let mut servers = BTreeSet::new();
     let mut notification_queues = BTreeSet::new();
     for (item, msg) in &sending {
@@ -136,14 +163,29 @@ async fn relay_once(
             }
         };
     }
+    let mut ensured = Ok(());
     for server in servers {
-        publisher.ensure_server_queues(server).await?;
+        ensured = publisher.ensure_server_queues(server).await;
+        if ensured.is_err() {
+            break;
+        }
     }
-    for queue in notification_queues {
-        publisher.ensure_notification_queue(queue).await?;
+    if ensured.is_ok() {
+        for queue in notification_queues {
+            ensured = publisher.ensure_notification_queue(queue).await;
+            if ensured.is_err() {
+                break;
+            }
+        }
+    }
+    if let Err(e) = ensured {
+        return Err((e.into(), unrecorded(&sending)));
     }
     let batch: Vec<Outgoing> = sending.iter().map(|(_, m)| m.clone()).collect();
-    let outcomes = publisher.publish_batch(&batch).await?;
+    let outcomes = match publisher.publish_batch(&batch).await {
+        Ok(o) => o,
+        Err(e) => return Err((e.into(), unrecorded(&sending))),
+    };
     let mut confirmed = Vec::with_capacity(outcomes.len());
     let mut failed = Vec::new();
     for ((item, _), outcome) in sending.into_iter().zip(outcomes) {
@@ -172,10 +214,14 @@ async fn relay_once(
         metrics::histogram!("bora_publish_latency_seconds")
             .record((confirmed_at - item.created_at).max(0) as f64 / 1e6);
     }
-    tracker.confirm_published(&confirmed).await?;
-    tracker.postpone(&failed, now_us() + RETRY_US).await?;
-    tracker.discard(&moot).await?;
-    Ok(full)
+    // A store failure here leaves the rows claimed until their lease ends
+    // (PostgreSQL) or due at once (SQLite): sent again either way.
+    let recorded = async {
+        tracker.confirm_published(&confirmed).await?;
+        tracker.postpone(&failed, now_us() + RETRY_US).await?;
+        tracker.discard(&moot).await
+    };
+    recorded.await.map_err(|e| (e.into(), Vec::new()))
 }
 
 /// The message an outbox row stands for, or `None` if it is moot (its task

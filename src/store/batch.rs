@@ -4,12 +4,11 @@
 //! connection's worker thread, so one statement per batch instead of one per
 //! task is most of what a large batch costs.
 //!
-//! Placeholders are SQLite's anonymous `?`, bound in order: SQLite finds a
-//! named `$N` by a linear walk, in its parser and again when sqlx binds it,
+//! Placeholders: SQLite gets its anonymous `?`, bound in order: SQLite finds
+//! a named `$N` by a linear walk, in its parser and again when sqlx binds it,
 //! so a statement with many `$N` costs the square of its parameters
-//! (measured: 25,000 took seconds), while `?` costs nothing. [`values`] and
-//! [`list`] are the only places that write placeholders, for the day
-//! PostgreSQL needs `$N` (which it looks up directly).
+//! (measured: 25,000 took seconds), while `?` costs nothing. PostgreSQL only
+//! knows `$N` (and looks it up directly). [`Params`] writes them all.
 
 use std::collections::HashSet;
 
@@ -18,23 +17,46 @@ use sqlx::any::AnyArguments;
 use sqlx::query::Query;
 
 use super::rows::parse_id;
-use super::{OutboxKind, ServerRow, StoreError, TaskRow, WriteTx};
+use super::{Backend, OutboxKind, ServerRow, StoreError, TaskRow, WriteTx};
 use crate::domain::{TaskId, WorkflowId};
 
-/// Most bound parameters per statement (SQLite allows 32766).
+/// Most bound parameters per statement (SQLite allows 32766, PostgreSQL 65535).
 const MAX_PARAMS: usize = 3_000;
 /// Most values in one `IN (...)` list.
 const MAX_IN: usize = 500;
 
-/// `(?, ?), (?, ?)` for `rows` rows of `cols` columns.
-fn values(rows: usize, cols: usize) -> String {
-    let row = format!("({})", list(cols));
-    vec![row; rows].join(", ")
+/// The placeholders of one statement, numbered in binding order.
+struct Params {
+    backend: Backend,
+    next: usize,
 }
 
-/// `?, ?, ?` for an `IN` list (or a row) of `n` values.
-fn list(n: usize) -> String {
-    vec!["?"; n].join(", ")
+impl Params {
+    fn new(backend: Backend) -> Self {
+        Self { backend, next: 0 }
+    }
+
+    /// The next placeholder.
+    fn one(&mut self) -> String {
+        self.next += 1;
+        match self.backend {
+            Backend::Sqlite => "?".to_owned(),
+            Backend::Postgres => format!("${}", self.next),
+        }
+    }
+
+    /// `?, ?, ?` (`$1, $2, $3`) for an `IN` list (or a row) of `n` values.
+    fn list(&mut self, n: usize) -> String {
+        (0..n).map(|_| self.one()).collect::<Vec<_>>().join(", ")
+    }
+
+    /// `(?, ?), (?, ?)` for `rows` rows of `cols` columns.
+    fn values(&mut self, rows: usize, cols: usize) -> String {
+        (0..rows)
+            .map(|_| format!("({})", self.list(cols)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 /// Chunks this small are common (a reply batch of one in a chain) and few
@@ -63,7 +85,7 @@ impl WriteTx {
                  outputs, options, on_dependency_failure, timeout_s, retries, retry_delay_s, \
                  delivery, state, attempt, failures, redeliveries, result, created_at, queued_at, \
                  started_at, finished_at, last_heartbeat_at, updated_at) VALUES {}",
-                values(chunk.len(), COLS)
+                Params::new(self.backend).values(chunk.len(), COLS)
             );
             let mut q = query(sql, chunk.len() == size, chunk.len());
             for t in chunk {
@@ -110,7 +132,13 @@ impl WriteTx {
             let sql = format!(
                 "INSERT INTO events (workflow_id, task_id, task_name, server_id, state, attempt, \
                  at, kind) VALUES {}",
-                vec![format!("({}, 'task')", list(COLS)); chunk.len()].join(", ")
+                {
+                    let mut p = Params::new(self.backend);
+                    (0..chunk.len())
+                        .map(|_| format!("({}, 'task')", p.list(COLS)))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
             );
             let mut q = query(sql, chunk.len() == size, chunk.len());
             for t in chunk {
@@ -149,7 +177,7 @@ impl WriteTx {
             let sql = format!(
                 "INSERT INTO outbox (kind, task_id, attempt, server_id, not_before, created_at) \
                  VALUES {}",
-                values(chunk.len(), COLS)
+                Params::new(self.backend).values(chunk.len(), COLS)
             );
             let mut q = query(sql, chunk.len() == size, chunk.len());
             for t in chunk {
@@ -176,7 +204,7 @@ impl WriteTx {
         for chunk in edges.chunks(size) {
             let sql = format!(
                 "INSERT INTO task_deps (task_id, dep_id) VALUES {}",
-                values(chunk.len(), 2)
+                Params::new(self.backend).values(chunk.len(), 2)
             );
             let mut q = query(sql, chunk.len() == size, chunk.len());
             for (t, d) in chunk {
@@ -196,7 +224,7 @@ impl WriteTx {
         for chunk in ids.chunks(MAX_IN) {
             let sql = format!(
                 concat!("SELECT ", task_columns!(), " FROM tasks WHERE id IN ({})"),
-                list(chunk.len())
+                Params::new(self.backend).list(chunk.len())
             );
             let mut q = query(sql, chunk.len() == MAX_IN, chunk.len());
             for id in chunk {
@@ -220,9 +248,11 @@ impl WriteTx {
     ) -> Result<Vec<String>, StoreError> {
         let mut out = Vec::new();
         for chunk in names.chunks(MAX_IN) {
+            let mut p = Params::new(self.backend);
             let sql = format!(
-                "SELECT name FROM tasks WHERE workflow_id = ? AND name IN ({})",
-                list(chunk.len())
+                "SELECT name FROM tasks WHERE workflow_id = {} AND name IN ({})",
+                p.one(),
+                p.list(chunk.len())
             );
             let mut q = query(sql, chunk.len() == MAX_IN, chunk.len()).bind(workflow.to_string());
             for n in chunk {
@@ -241,7 +271,10 @@ impl WriteTx {
     /// A database failure.
     pub async fn delete_outbox_many(&mut self, ids: &[i64]) -> Result<(), StoreError> {
         for chunk in ids.chunks(MAX_IN) {
-            let sql = format!("DELETE FROM outbox WHERE id IN ({})", list(chunk.len()));
+            let sql = format!(
+                "DELETE FROM outbox WHERE id IN ({})",
+                Params::new(self.backend).list(chunk.len())
+            );
             let mut q = query(sql, chunk.len() == MAX_IN, chunk.len());
             for id in chunk {
                 q = q.bind(*id);
@@ -258,10 +291,13 @@ impl WriteTx {
     /// A database failure.
     pub async fn set_queued(&mut self, ids: &[TaskId], now: i64) -> Result<(), StoreError> {
         for chunk in ids.chunks(MAX_IN) {
+            let mut p = Params::new(self.backend);
             let sql = format!(
-                "UPDATE tasks SET state = 'queued', queued_at = ?, updated_at = ? \
+                "UPDATE tasks SET state = 'queued', queued_at = {}, updated_at = {} \
                  WHERE id IN ({})",
-                list(chunk.len())
+                p.one(),
+                p.one(),
+                p.list(chunk.len())
             );
             let mut q = query(sql, chunk.len() == MAX_IN, chunk.len())
                 .bind(now)
@@ -286,7 +322,7 @@ impl WriteTx {
         for chunk in ids.chunks(MAX_IN) {
             let sql = format!(
                 "SELECT DISTINCT dep_id FROM task_deps WHERE dep_id IN ({})",
-                list(chunk.len())
+                Params::new(self.backend).list(chunk.len())
             );
             let mut q = query(sql, chunk.len() == MAX_IN, chunk.len());
             for id in chunk {
@@ -300,6 +336,77 @@ impl WriteTx {
         Ok(out)
     }
 
+    /// Locks, until this transaction ends, the workflows of `tasks` (see
+    /// [`WriteTx::workflow`]); call it before reading any of their rows.
+    /// The locks are taken in id order, the same for every transaction, so
+    /// two transactions locking overlapping sets cannot deadlock. A no-op on
+    /// SQLite, whose write transactions hold the whole database.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn lock_workflows_of(&mut self, tasks: &[TaskId]) -> Result<(), StoreError> {
+        if self.backend == Backend::Sqlite || tasks.is_empty() {
+            return Ok(());
+        }
+        // A task never changes workflow, so finding the workflows first
+        // and locking them next reads nothing that could go stale.
+        let mut workflows = Vec::new();
+        for chunk in tasks.chunks(MAX_IN) {
+            let sql = format!(
+                "SELECT DISTINCT workflow_id FROM tasks WHERE id IN ({})",
+                Params::new(self.backend).list(chunk.len())
+            );
+            let mut q = query(sql, chunk.len() == MAX_IN, chunk.len());
+            for id in chunk {
+                q = q.bind(id.to_string());
+            }
+            for row in q.fetch_all(&mut *self.tx).await? {
+                workflows.push(row.try_get::<String, _>("workflow_id")?);
+            }
+        }
+        workflows.sort_unstable();
+        workflows.dedup();
+        // One statement per chunk, in order: rows are locked as the sorted
+        // scan returns them.
+        for chunk in workflows.chunks(MAX_IN) {
+            let sql = format!(
+                "SELECT id FROM workflows WHERE id IN ({}) ORDER BY id FOR UPDATE",
+                Params::new(self.backend).list(chunk.len())
+            );
+            let mut q = query(sql, chunk.len() == MAX_IN, chunk.len());
+            for id in chunk {
+                q = q.bind(id.as_str());
+            }
+            q.fetch_all(&mut *self.tx).await?;
+        }
+        Ok(())
+    }
+
+    /// Postpones outbox messages to `not_before` (or gives claimed ones back).
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn postpone_outbox_many(
+        &mut self,
+        ids: &[i64],
+        not_before: i64,
+    ) -> Result<(), StoreError> {
+        for chunk in ids.chunks(MAX_IN) {
+            let mut p = Params::new(self.backend);
+            let sql = format!(
+                "UPDATE outbox SET not_before = {} WHERE id IN ({})",
+                p.one(),
+                p.list(chunk.len())
+            );
+            let mut q = query(sql, chunk.len() == MAX_IN, chunk.len()).bind(not_before);
+            for id in chunk {
+                q = q.bind(*id);
+            }
+            q.execute(&mut *self.tx).await?;
+        }
+        Ok(())
+    }
+
     /// The servers among `ids` that bora knows.
     ///
     /// # Errors
@@ -310,7 +417,7 @@ impl WriteTx {
             let sql = format!(
                 "SELECT server_id, kind, registered, last_seen, created_at FROM servers \
                  WHERE server_id IN ({})",
-                list(chunk.len())
+                Params::new(self.backend).list(chunk.len())
             );
             let mut q = query(sql, chunk.len() == MAX_IN, chunk.len());
             for id in chunk {
@@ -328,11 +435,16 @@ impl WriteTx {
     /// # Errors
     /// A database failure.
     pub async fn touch_servers(&mut self, servers: &[&str], now: i64) -> Result<(), StoreError> {
+        // In one order for everyone: two dispatchers upserting the same rows
+        // in different orders would deadlock.
+        let mut servers = servers.to_vec();
+        servers.sort_unstable();
+        servers.dedup();
         for chunk in servers.chunks(MAX_IN) {
             let sql = format!(
                 "INSERT INTO servers (server_id, last_seen, created_at) VALUES {} \
                  ON CONFLICT (server_id) DO UPDATE SET last_seen = excluded.last_seen",
-                values(chunk.len(), 3)
+                Params::new(self.backend).values(chunk.len(), 3)
             );
             let mut q = query(sql, chunk.len() == MAX_IN, chunk.len());
             for s in chunk {
@@ -346,11 +458,15 @@ impl WriteTx {
 
 #[cfg(test)]
 mod tests {
-    use super::{list, values};
+    use super::{Backend, Params};
 
     #[test]
     fn placeholders() {
-        assert_eq!(values(2, 2), "(?, ?), (?, ?)");
-        assert_eq!(list(3), "?, ?, ?");
+        assert_eq!(Params::new(Backend::Sqlite).values(2, 2), "(?, ?), (?, ?)");
+        assert_eq!(Params::new(Backend::Sqlite).list(3), "?, ?, ?");
+        let mut pg = Params::new(Backend::Postgres);
+        assert_eq!(pg.one(), "$1");
+        assert_eq!(pg.values(2, 2), "($2, $3), ($4, $5)");
+        assert_eq!(pg.list(2), "$6, $7");
     }
 }

@@ -1,9 +1,20 @@
 //! The durable store: the only authority on workflow and task state.
 //!
-//! SQLite (the default, a file with WAL) through sqlx's `Any` driver, with SQL
-//! and column types chosen so PostgreSQL can follow with the same queries (ids
-//! as UUID text, times as BIGINT microseconds, JSON as text). Every state
+//! SQLite (the default, a file with WAL) or PostgreSQL through sqlx's `Any`
+//! driver, with one set of queries for both (ids as UUID text, times as
+//! BIGINT microseconds, JSON as text); where the dialects differ (batch
+//! placeholders, row locks, outbox claims) [`Backend`] decides. Every state
 //! change happens inside one [`WriteTx`]; reads use the shared pool.
+//!
+//! Concurrency: SQLite has one writer (`BEGIN IMMEDIATE` on a single
+//! connection), so a transaction always sees what it will change. On
+//! PostgreSQL several transactions, from several dispatchers, run at once:
+//! a transaction that changes a workflow's tasks first locks that workflow's
+//! row ([`WriteTx::workflow`], [`WriteTx::lock_workflows_of`]), so two
+//! results that each release the same dependent are recorded one after the
+//! other, never both against the state before the other; and the outbox
+//! relay claims rows with `FOR UPDATE SKIP LOCKED` and a lease
+//! ([`Store::due_outbox`]), so two relays never publish the same row at once.
 //!
 //! All SQL lives in this module. It knows nothing of AMQP or HTTP, and it does
 //! not decide anything: which rows change, and to what, is the tracker's call.
@@ -26,6 +37,27 @@ pub use tx::{Dependent, WriteTx};
 use crate::domain::{ServerId, TaskCounts, TaskId, TaskState, WorkflowId};
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// The database behind a [`Store`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    /// The backend a store URL names, if bora supports it.
+    pub fn of_url(url: &str) -> Option<Self> {
+        if url.starts_with("sqlite:") {
+            Some(Backend::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(Backend::Postgres)
+        } else {
+            None
+        }
+    }
+}
 
 /// A store failure. Bad input never gets here: the API validates first.
 #[derive(Debug, thiserror::Error)]
@@ -34,7 +66,7 @@ pub enum StoreError {
     Db(#[from] sqlx::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("unsupported store url {0:?}: use sqlite://PATH")]
+    #[error("unsupported store url {0:?}: use sqlite://PATH or postgres://USER@HOST/DATABASE")]
     Url(String),
     #[error("corrupt row: {0}")]
     Corrupt(String),
@@ -65,8 +97,9 @@ pub struct Store {
     pool: AnyPool,
     /// Writers. For SQLite a single connection: SQLite has one writer at a
     /// time, and queueing on the pool is fairer and cheaper than spinning on
-    /// `SQLITE_BUSY`.
+    /// `SQLITE_BUSY`. For PostgreSQL the same pool as `pool`.
     writer: AnyPool,
+    backend: Backend,
 }
 
 impl Store {
@@ -76,6 +109,31 @@ impl Store {
     /// An unsupported URL, a database that cannot be opened, or a failed migration.
     pub async fn open(url: &str, max_connections: u32) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
+        match Backend::of_url(url) {
+            Some(Backend::Sqlite) => Self::open_sqlite(url, max_connections).await,
+            Some(Backend::Postgres) => Self::open_postgres(url, max_connections).await,
+            None => Err(StoreError::Url(url.to_owned())),
+        }
+    }
+
+    async fn open_postgres(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        let options = AnyConnectOptions::from_str(url)?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(max_connections.max(2))
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await?;
+        // sqlx's migrator holds an advisory lock while it runs, so
+        // dispatchers starting together migrate once.
+        POSTGRES_MIGRATIONS.run(&pool).await?;
+        Ok(Self {
+            writer: pool.clone(),
+            pool,
+            backend: Backend::Postgres,
+        })
+    }
+
+    async fn open_sqlite(url: &str, max_connections: u32) -> Result<Self, StoreError> {
         let Some(path) = url.strip_prefix("sqlite://") else {
             return Err(StoreError::Url(url.to_owned()));
         };
@@ -128,7 +186,16 @@ impl Store {
             })
             .connect_with(options)
             .await?;
-        Ok(Self { pool, writer })
+        Ok(Self {
+            pool,
+            writer,
+            backend: Backend::Sqlite,
+        })
+    }
+
+    /// Which database this is.
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 
     /// Whether the store answers (for `/readyz`).
@@ -145,10 +212,16 @@ impl Store {
     /// # Errors
     /// The database does not answer.
     pub async fn begin(&self) -> Result<WriteTx, StoreError> {
-        // IMMEDIATE takes the write lock now, so a transaction that reads and
-        // then writes can never fail half-way on a lock upgrade.
-        let tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        Ok(WriteTx::new(tx))
+        let tx = match self.backend {
+            // IMMEDIATE takes the write lock now, so a transaction that reads
+            // and then writes can never fail half-way on a lock upgrade.
+            Backend::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await?,
+            // READ COMMITTED: each statement sees what committed before it,
+            // and the row locks a transaction takes first serialise it with
+            // any other that changes the same workflow.
+            Backend::Postgres => self.writer.begin().await?,
+        };
+        Ok(WriteTx::new(tx, self.backend))
     }
 
     /// Closes the pools, waiting for connections in use.
@@ -382,22 +455,48 @@ impl Store {
     /// Outbox messages due at `now`, oldest first, with what they need to be
     /// rendered (the task row, when it still exists).
     ///
+    /// On PostgreSQL the rows are also claimed: their `not_before` moves to
+    /// `lease_until`, skipping rows another relay is claiming right now, so
+    /// another dispatcher's relay leaves them alone until the lease runs out.
+    /// A confirmed message is deleted; one whose relay died is due again when
+    /// its lease ends. SQLite has one dispatcher and so one relay: no claim.
+    ///
     /// # Errors
     /// A database failure.
-    pub async fn due_outbox(&self, now: i64, limit: u32) -> Result<Vec<OutboxItem>, StoreError> {
-        let rows = sqlx::query(concat!(
-            "SELECT o.id AS o_id, o.kind AS o_kind, o.task_id AS o_task_id, ",
-            "o.attempt AS o_attempt, o.server_id AS o_server_id, o.workflow_id AS o_workflow_id, ",
-            "o.created_at AS o_created_at, ",
-            "t.state AS t_state, ",
-            task_columns!(t),
-            " FROM outbox o LEFT JOIN tasks t ON t.id = o.task_id ",
-            "WHERE o.not_before <= $1 ORDER BY o.id LIMIT $2"
-        ))
-        .bind(now)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
+    pub async fn due_outbox(
+        &self,
+        now: i64,
+        limit: u32,
+        lease_until: i64,
+    ) -> Result<Vec<OutboxItem>, StoreError> {
+        let rows = match self.backend {
+            Backend::Sqlite => {
+                sqlx::query(concat!(
+                    "SELECT ",
+                    outbox_item_columns!(),
+                    " FROM outbox o LEFT JOIN tasks t ON t.id = o.task_id ",
+                    "WHERE o.not_before <= $1 ORDER BY o.id LIMIT $2"
+                ))
+                .bind(now)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?
+            }
+            Backend::Postgres => {
+                sqlx::query(concat!(
+                    "WITH o AS (UPDATE outbox SET not_before = $3 WHERE id IN ",
+                    "(SELECT id FROM outbox WHERE not_before <= $1 ORDER BY id LIMIT $2 ",
+                    "FOR UPDATE SKIP LOCKED) RETURNING *) SELECT ",
+                    outbox_item_columns!(),
+                    " FROM o LEFT JOIN tasks t ON t.id = o.task_id ORDER BY o.id"
+                ))
+                .bind(now)
+                .bind(i64::from(limit))
+                .bind(lease_until)
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
         rows.iter().map(OutboxItem::from_row).collect()
     }
 

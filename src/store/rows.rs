@@ -20,6 +20,18 @@ macro_rules! workflow_columns {
     };
 }
 
+/// An outbox row `o` with its task `t` (LEFT JOIN), as [`OutboxItem`] reads it.
+macro_rules! outbox_item_columns {
+    () => {
+        concat!(
+            "o.id AS o_id, o.kind AS o_kind, o.task_id AS o_task_id, ",
+            "o.attempt AS o_attempt, o.server_id AS o_server_id, o.workflow_id AS o_workflow_id, ",
+            "o.created_at AS o_created_at, t.state AS t_state, ",
+            task_columns!(t)
+        )
+    };
+}
+
 macro_rules! task_columns {
     () => {
         "id, workflow_id, name, server_id, task_group, config, inputs, outputs, options, \

@@ -7,11 +7,12 @@ use std::str::FromStr;
 use sqlx::{Any, Row, Transaction};
 
 use super::rows::{parse_id, task_by_ref};
-use super::{OutboxKind, ServerRow, StoreError, TaskRow, WorkflowRow};
+use super::{Backend, OutboxKind, ServerRow, StoreError, TaskRow, WorkflowRow};
 use crate::domain::{OnDependencyFailure, ServerKind, TaskId, TaskState, WorkflowId};
 
 pub struct WriteTx {
     pub(super) tx: Transaction<'static, Any>,
+    pub(super) backend: Backend,
     /// Whether this transaction queued an outbox message (the relay is woken
     /// after commit only then).
     pub(super) queued_messages: bool,
@@ -31,9 +32,10 @@ pub struct Dependent {
 }
 
 impl WriteTx {
-    pub(super) fn new(tx: Transaction<'static, Any>) -> Self {
+    pub(super) fn new(tx: Transaction<'static, Any>, backend: Backend) -> Self {
         Self {
             tx,
+            backend,
             queued_messages: false,
             ended: Vec::new(),
             entered: Vec::new(),
@@ -72,17 +74,29 @@ impl WriteTx {
         Ok(())
     }
 
+    /// A workflow, locked until this transaction ends (on PostgreSQL; SQLite's
+    /// transactions hold the whole database): read it first, before any of
+    /// its tasks, in every transaction that changes them.
+    ///
     /// # Errors
     /// A database failure.
     pub async fn workflow(&mut self, id: WorkflowId) -> Result<Option<WorkflowRow>, StoreError> {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            workflow_columns!(),
-            " FROM workflows WHERE id = $1"
-        ))
-        .bind(id.to_string())
-        .fetch_optional(&mut *self.tx)
-        .await?;
+        let sql = match self.backend {
+            Backend::Sqlite => concat!(
+                "SELECT ",
+                workflow_columns!(),
+                " FROM workflows WHERE id = $1"
+            ),
+            Backend::Postgres => concat!(
+                "SELECT ",
+                workflow_columns!(),
+                " FROM workflows WHERE id = $1 FOR UPDATE"
+            ),
+        };
+        let row = sqlx::query(sql)
+            .bind(id.to_string())
+            .fetch_optional(&mut *self.tx)
+            .await?;
         row.as_ref().map(WorkflowRow::from_row).transpose()
     }
 
@@ -440,19 +454,6 @@ impl WriteTx {
             .execute(&mut *self.tx)
             .await?;
         Ok(r.rows_affected())
-    }
-
-    /// Postpones one outbox message (a failed publish, retried later).
-    ///
-    /// # Errors
-    /// A database failure.
-    pub async fn postpone_outbox(&mut self, id: i64, not_before: i64) -> Result<(), StoreError> {
-        sqlx::query("UPDATE outbox SET not_before = $2 WHERE id = $1")
-            .bind(id)
-            .bind(not_before)
-            .execute(&mut *self.tx)
-            .await?;
-        Ok(())
     }
 
     /// One server, as the reply check needs it.

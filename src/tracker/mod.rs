@@ -18,8 +18,8 @@ use tokio::sync::{Notify, watch};
 pub use replies::{Incoming, Verdict};
 
 use crate::domain::{
-    FieldError, NewWorkflow, ServerId, ServerKind, TaskId, TaskPatch, TaskSpec, WorkflowId,
-    WorkflowPatch, check_name,
+    FieldError, NewWorkflow, ServerId, ServerKind, TaskId, TaskPatch, TaskSpec, TaskState,
+    WorkflowId, WorkflowPatch, check_name,
 };
 use crate::store::{
     OutboxItem, OutboxKind, Store, StoreError, TaskRow, WorkflowRow, WriteTx, now_us,
@@ -579,6 +579,8 @@ impl Tracker {
         let now = now_us();
         let mut tx = self.store.begin().await?;
         let tasks = tx.unfinished_tasks_of_server(server.as_str()).await?;
+        let ids: Vec<TaskId> = tasks.iter().map(|t| t.id).collect();
+        tx.lock_workflows_of(&ids).await?;
         let mut cancelled = 0;
         for t in tasks {
             // An earlier release in this loop may have skipped it already.
@@ -625,6 +627,7 @@ impl Tracker {
         }
         let now = now_us();
         let mut tx = self.store.begin().await?;
+        lock_outbox_workflows(&mut tx, confirmed).await?;
         let ids: Vec<i64> = confirmed.iter().map(|i| i.id).collect();
         tx.delete_outbox_many(&ids).await?;
         // Confirmed task messages: (task, attempt).
@@ -669,9 +672,9 @@ impl Tracker {
             return Ok(());
         }
         let mut tx = self.store.begin().await?;
-        for item in failed {
-            tx.postpone_outbox(item.id, retry_at).await?;
-        }
+        lock_outbox_workflows(&mut tx, failed).await?;
+        let ids: Vec<i64> = failed.iter().map(|i| i.id).collect();
+        tx.postpone_outbox_many(&ids, retry_at).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -685,11 +688,20 @@ impl Tracker {
             return Ok(());
         }
         let mut tx = self.store.begin().await?;
+        lock_outbox_workflows(&mut tx, moot).await?;
         let ids: Vec<i64> = moot.iter().map(|i| i.id).collect();
         tx.delete_outbox_many(&ids).await?;
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// Locks the workflows of the tasks outbox rows name. Transactions that
+/// change a workflow's tasks also change their outbox rows, under the
+/// workflow's lock: taking it first here too keeps every lock in one order.
+async fn lock_outbox_workflows(tx: &mut WriteTx, items: &[OutboxItem]) -> Result<(), StoreError> {
+    let tasks: Vec<TaskId> = items.iter().filter_map(|i| i.task_id).collect();
+    tx.lock_workflows_of(&tasks).await
 }
 
 /// What one scan ended.
@@ -717,7 +729,28 @@ impl Tracker {
         let mut report = ScanReport::default();
         let mut tx = self.store.begin().await?;
         let cutoff = now - heartbeat_timeout_s as i64 * 1_000_000;
-        for mut task in tx.silent_running(cutoff).await? {
+        let grace_us = grace_s as i64 * 1_000_000;
+        let silent = tx.silent_running(cutoff).await?;
+        let overdue = tx.overdue(now, grace_us).await?;
+        if silent.is_empty() && overdue.is_empty() {
+            // Nothing to change: no need to hold the write lock for a commit.
+            return Ok(report);
+        }
+        // Found without locks: lock their workflows, then decide on the rows
+        // as they are now (another dispatcher's scan or a late result may
+        // have moved them on).
+        let ids: Vec<TaskId> = silent.iter().chain(&overdue).map(|t| t.id).collect();
+        tx.lock_workflows_of(&ids).await?;
+        for t in silent {
+            let Some(mut task) = tx.task(t.id).await? else {
+                continue;
+            };
+            if task.attempt != t.attempt
+                || task.state != TaskState::Running
+                || task.last_heartbeat_at.or(task.started_at).unwrap_or(0) >= cutoff
+            {
+                continue;
+            }
             tracing::warn!(task_id = %task.id, server_id = %task.server_id, attempt = task.attempt, "worker went silent; attempt lost");
             release::lose(
                 &mut tx,
@@ -729,16 +762,13 @@ impl Tracker {
             .await?;
             report.lost += 1;
         }
-        for t in tx.overdue(now, grace_s as i64 * 1_000_000).await? {
+        for t in overdue {
             // A lost attempt above may have moved on already.
             let Some(mut task) = tx.task(t.id).await? else {
                 continue;
             };
             if task.attempt != t.attempt
-                || !matches!(
-                    task.state,
-                    crate::domain::TaskState::Queued | crate::domain::TaskState::Running
-                )
+                || !matches!(task.state, TaskState::Queued | TaskState::Running)
             {
                 continue;
             }
@@ -747,7 +777,6 @@ impl Tracker {
             report.expired += 1;
         }
         if report == ScanReport::default() {
-            // Nothing changed: no need to hold the write lock for a commit.
             drop(tx);
             return Ok(report);
         }

@@ -105,6 +105,7 @@ impl Batch {
             }
         }
         let task_ids: Vec<TaskId> = task_ids.into_iter().collect();
+        tx.lock_workflows_of(&task_ids).await?;
         let tasks: HashMap<TaskId, TaskRow> = tx
             .tasks_by_ids(&task_ids)
             .await?

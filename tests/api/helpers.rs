@@ -19,6 +19,9 @@ use tokio_util::sync::CancellationToken;
 #[path = "../common/mgmt.rs"]
 mod mgmt;
 pub use mgmt::{MGMT, mgmt_put};
+#[path = "../common/store.rs"]
+mod store;
+pub use store::TestStore;
 
 pub fn amqp_base() -> String {
     std::env::var("BORA_TEST_AMQP").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672".into())
@@ -95,6 +98,7 @@ pub struct TestApp {
     pub vhost: Vhost,
     pub settings: Settings,
     pub dir: tempfile::TempDir,
+    pub store: TestStore,
     shutdown: CancellationToken,
     dispatcher: Option<bora::serve::Dispatcher>,
 }
@@ -111,12 +115,10 @@ pub async fn spawn_app_with(extra: &[(&str, &str)]) -> TestApp {
     }
     let vhost = Vhost::create().await;
     let dir = tempfile::tempdir().unwrap();
+    let store = TestStore::create(dir.path()).await;
     let mut env: Vec<(String, String)> = vec![
         ("BORA__API__LISTEN".into(), "127.0.0.1:0".into()),
-        (
-            "BORA__STORE__URL".into(),
-            format!("sqlite://{}", dir.path().join("bora.db").display()),
-        ),
+        ("BORA__STORE__URL".into(), store.url.clone()),
         ("BORA__AMQP__URL".into(), vhost.amqp_url()),
         ("BORA__DISPATCH__RELAY_INTERVAL_MS".into(), "200".into()),
     ];
@@ -134,6 +136,7 @@ pub async fn spawn_app_with(extra: &[(&str, &str)]) -> TestApp {
         vhost,
         settings,
         dir,
+        store,
         shutdown,
         dispatcher: Some(dispatcher),
     };

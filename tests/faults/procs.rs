@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
-use crate::harness::MGMT;
+use crate::harness::{MGMT, TestStore};
 
 pub const BORA: &str = env!("CARGO_BIN_EXE_bora");
 
@@ -49,7 +49,8 @@ pub struct Serve {
     child: Option<Child>,
     pub port: u16,
     pub base: String,
-    pub db: PathBuf,
+    /// The database, shared by every dispatcher started on it.
+    pub store: std::sync::Arc<TestStore>,
     pub log: PathBuf,
     dir: PathBuf,
     env: Vec<(String, String)>,
@@ -68,14 +69,33 @@ impl Serve {
     /// Starts `bora serve` and waits only until it answers `/healthz` (the
     /// broker may be unreachable).
     pub async fn start_alive(dir: &Path, amqp_url: &str, extra: &[(&str, &str)]) -> Self {
+        let store = std::sync::Arc::new(TestStore::create(dir).await);
+        Self::start_alive_on(dir, amqp_url, store, extra).await
+    }
+
+    /// Starts `bora serve` on an existing database (several dispatchers on
+    /// one PostgreSQL) and waits until ready. Its log is `dir/serve.log`.
+    pub async fn start_on(
+        dir: &Path,
+        amqp_url: &str,
+        store: std::sync::Arc<TestStore>,
+        extra: &[(&str, &str)],
+    ) -> Self {
+        let serve = Self::start_alive_on(dir, amqp_url, store, extra).await;
+        serve.wait_ready().await;
+        serve
+    }
+
+    async fn start_alive_on(
+        dir: &Path,
+        amqp_url: &str,
+        store: std::sync::Arc<TestStore>,
+        extra: &[(&str, &str)],
+    ) -> Self {
         let port = free_port();
-        let db = dir.join("bora.db");
         let mut env: Vec<(String, String)> = vec![
             ("BORA__API__LISTEN".into(), format!("127.0.0.1:{port}")),
-            (
-                "BORA__STORE__URL".into(),
-                format!("sqlite://{}", db.display()),
-            ),
+            ("BORA__STORE__URL".into(), store.url.clone()),
             ("BORA__AMQP__URL".into(), amqp_url.into()),
             ("BORA__DISPATCH__RELAY_INTERVAL_MS".into(), "200".into()),
             ("BORA__WORKER__HEARTBEAT_S".into(), "1".into()),
@@ -86,7 +106,7 @@ impl Serve {
             child: None,
             port,
             base: format!("http://127.0.0.1:{port}"),
-            db,
+            store,
             log: dir.join("serve.log"),
             dir: dir.to_owned(),
             env,

@@ -11,7 +11,7 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::helpers::{TestApp, Vhost};
+use crate::helpers::{TestApp, TestStore, Vhost};
 
 pub const BORA: &str = env!("CARGO_BIN_EXE_bora");
 
@@ -78,6 +78,7 @@ pub struct ServeProcess {
     /// Log lines read so far (JSON objects).
     pub lines: Vec<Value>,
     pub vhost: Vhost,
+    _store: TestStore,
     _dir: tempfile::TempDir,
 }
 
@@ -85,11 +86,11 @@ impl ServeProcess {
     pub async fn start() -> Self {
         let vhost = Vhost::create().await;
         let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("bora.db");
+        let store = TestStore::create(dir.path()).await;
         let mut child = Command::new(BORA)
             .args(["serve", "--log-format", "json"])
             .env("BORA__API__LISTEN", "127.0.0.1:0")
-            .env("BORA__STORE__URL", format!("sqlite://{}", db.display()))
+            .env("BORA__STORE__URL", &store.url)
             .env("BORA__AMQP__URL", vhost.amqp_url())
             .env("RUST_LOG", "info")
             .env_remove("BORA_CONFIG")
@@ -138,6 +139,7 @@ impl ServeProcess {
             base,
             lines,
             vhost,
+            _store: store,
             _dir: dir,
         }
     }
