@@ -17,7 +17,7 @@ use deadpool_lapin::{Object, Pool, PoolConfig, Runtime, Timeouts};
 use futures_util::StreamExt;
 use lapin::Confirmation;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
@@ -483,23 +483,6 @@ impl ReplyConsumer {
     pub async fn ack_through(&self, delivery_tag: u64) -> Result<(), BrokerError> {
         self.channel
             .basic_ack(delivery_tag, BasicAckOptions { multiple: true })
-            .await?;
-        Ok(())
-    }
-
-    /// Returns every unacked delivery up to `delivery_tag` to the queue.
-    ///
-    /// # Errors
-    /// The channel broke (the broker requeues them anyway).
-    pub async fn requeue_through(&self, delivery_tag: u64) -> Result<(), BrokerError> {
-        self.channel
-            .basic_nack(
-                delivery_tag,
-                BasicNackOptions {
-                    multiple: true,
-                    requeue: true,
-                },
-            )
             .await?;
         Ok(())
     }
