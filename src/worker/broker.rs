@@ -11,6 +11,7 @@
 //! dispatcher. This module knows nothing of processes.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -355,19 +356,26 @@ async fn ensure_queue(conn: &Connection, worker: &Worker, queue: &str) -> Result
 /// consumes the queue as it is (its type is the dispatcher's choice and
 /// changes nothing here), so a stale setting never stops tasks. A registered
 /// guest user may configure nothing (403): its queues are the dispatcher's
-/// to declare, and there is nothing to check.
+/// to declare, and there is nothing to check: it is not asked (see
+/// `Worker::check_queues`).
 async fn check_queue_arguments(
     conn: &Connection,
     worker: &Worker,
     queue: &str,
 ) -> Result<(), SessionError> {
+    if !worker.check_queues.load(Ordering::Relaxed) {
+        return Ok(());
+    }
     let ch = conn.create_channel().await?;
     match declare_queue(&ch, &worker.amqp, queue).await {
         Ok(()) => {
             let _ = ch.close(200, "ok".into()).await;
             Ok(())
         }
-        Err(BrokerError::Amqp(e)) if amqp_code(&e) == Some(403) => Ok(()),
+        Err(BrokerError::Amqp(e)) if amqp_code(&e) == Some(403) => {
+            worker.check_queues.store(false, Ordering::Relaxed);
+            Ok(())
+        }
         Err(e @ BrokerError::Inequivalent { .. }) => {
             tracing::error!(
                 queue,
