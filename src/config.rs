@@ -157,9 +157,10 @@ pub struct AmqpSettings {
     pub task_topic: String,
     pub reply_queue: String,
     pub queue_type: QueueType,
-    /// Quorum queues only: deliveries of one message after which RabbitMQ
-    /// drops it (`x-delivery-limit`), so a message that kills its consumer
-    /// cannot loop forever. 0 sets no limit (oslo.messaging's default).
+    /// Quorum queues only: how often a message may return to its queue
+    /// unacked before RabbitMQ drops it (`x-delivery-limit`), so a message
+    /// that kills its consumer cannot loop forever. 0 sets no limit
+    /// (oslo.messaging's default).
     pub delivery_limit: u32,
     pub reply_prefetch: u16,
 }
