@@ -139,6 +139,16 @@ pub enum QueueType {
     Quorum,
 }
 
+impl std::fmt::Display for QueueType {
+    /// The configuration value: `classic` or `quorum`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            QueueType::Classic => "classic",
+            QueueType::Quorum => "quorum",
+        })
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct AmqpSettings {
     pub url: SecretUrl,
@@ -147,6 +157,11 @@ pub struct AmqpSettings {
     pub task_topic: String,
     pub reply_queue: String,
     pub queue_type: QueueType,
+    /// Quorum queues only: how often a message may return to its queue
+    /// unacked before RabbitMQ drops it (`x-delivery-limit`), so a message
+    /// that kills its consumer cannot loop forever. 0 sets no limit
+    /// (oslo.messaging's default).
+    pub delivery_limit: u32,
     pub reply_prefetch: u16,
 }
 

@@ -202,7 +202,7 @@ impl Env {
                 ReplyMode::Bora,
                 self.settings.worker.concurrency,
                 self.raw_per_conn(),
-                crate::broker::queue_arguments(self.settings.amqp.queue_type),
+                crate::broker::queue_arguments(&self.settings.amqp),
             )
             .await
             .context("starting the in-process workers")?;

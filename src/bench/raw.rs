@@ -86,7 +86,7 @@ impl Raw {
             FieldTable::default(),
         )
         .await?;
-        ch.queue_declare(reply.into(), durable(), queue_arguments(amqp.queue_type))
+        ch.queue_declare(reply.into(), durable(), queue_arguments(amqp))
             .await?;
         ch.queue_bind(
             reply.into(),
@@ -99,12 +99,8 @@ impl Raw {
         let mut queues = Vec::with_capacity(servers.len());
         for s in servers {
             let q = format!("bench_raw.{s}");
-            ch.queue_declare(
-                q.as_str().into(),
-                durable(),
-                queue_arguments(amqp.queue_type),
-            )
-            .await?;
+            ch.queue_declare(q.as_str().into(), durable(), queue_arguments(amqp))
+                .await?;
             ch.queue_bind(
                 q.as_str().into(),
                 amqp.exchange.as_str().into(),
@@ -145,7 +141,7 @@ impl Raw {
             },
             settings.worker.concurrency,
             per_conn,
-            queue_arguments(amqp.queue_type),
+            queue_arguments(amqp),
         )
         .await?;
 

@@ -17,7 +17,7 @@ use deadpool_lapin::{Object, Pool, PoolConfig, Runtime, Timeouts};
 use futures_util::StreamExt;
 use lapin::Confirmation;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
@@ -36,7 +36,46 @@ pub enum BrokerError {
     Amqp(#[from] lapin::Error),
     #[error("broker did not answer within {0:?}")]
     Timeout(Duration),
+    /// A queue exists with another type or other arguments than this
+    /// configuration declares: RabbitMQ refuses the declare (406) on every
+    /// retry, so the message says what to change.
+    #[error(
+        "queue {queue:?} already exists with other arguments than amqp.queue_type = \"{queue_type}\" \
+         and amqp.delivery_limit = {delivery_limit} declare, and RabbitMQ never changes a \
+         queue's type or arguments ({broker}); either set amqp.queue_type and \
+         amqp.delivery_limit to match the queue, or delete the queue (after draining it) so it \
+         is declared again"
+    )]
+    Inequivalent {
+        queue: String,
+        queue_type: QueueType,
+        delivery_limit: u32,
+        /// The broker's own words, naming the argument that differs.
+        broker: String,
+    },
 }
+
+impl BrokerError {
+    /// Turns the refusal of a declare of `queue` into [`BrokerError::Inequivalent`]
+    /// when it is a 406 PRECONDITION_FAILED (the queue exists with other
+    /// arguments), and keeps any other error as it is.
+    pub fn from_declare(e: lapin::Error, queue: &str, amqp: &AmqpSettings) -> Self {
+        match e.kind() {
+            lapin::ErrorKind::ProtocolError(p) if p.get_id() == PRECONDITION_FAILED => {
+                BrokerError::Inequivalent {
+                    queue: queue.to_owned(),
+                    queue_type: amqp.queue_type,
+                    delivery_limit: amqp.delivery_limit,
+                    broker: p.get_message().to_string(),
+                }
+            }
+            _ => BrokerError::Amqp(e),
+        }
+    }
+}
+
+/// The AMQP reply code of a declare refused for inequivalent arguments.
+const PRECONDITION_FAILED: u16 = 406;
 
 /// Properties every bora message carries (oslo-wire 4.2): JSON, UTF-8, persistent.
 pub fn message_properties() -> BasicProperties {
@@ -48,17 +87,45 @@ pub fn message_properties() -> BasicProperties {
         .with_headers(FieldTable::default())
 }
 
-/// Queue arguments for the configured queue type: none for classic (what oslo
-/// declares with `amqp_durable_queues=true`), `x-queue-type: quorum` otherwise.
-pub fn queue_arguments(queue_type: QueueType) -> FieldTable {
+/// Queue arguments for the configured queue type, for every queue bora
+/// declares (the dispatcher, the worker and the benchmark alike, since
+/// RabbitMQ refuses a redeclare with other arguments): none for classic
+/// (what oslo declares with `amqp_durable_queues=true`); for quorum,
+/// `x-queue-type: quorum` and, unless `delivery_limit` is 0,
+/// `x-delivery-limit` (what oslo declares with `rabbit_quorum_queue=true`
+/// and `rabbit_quorum_delivery_limit`).
+pub fn queue_arguments(amqp: &AmqpSettings) -> FieldTable {
     let mut args = FieldTable::default();
-    if queue_type == QueueType::Quorum {
+    if amqp.queue_type == QueueType::Quorum {
         args.insert(
             "x-queue-type".into(),
             AMQPValue::LongString("quorum".into()),
         );
+        if amqp.delivery_limit > 0 {
+            args.insert(
+                "x-delivery-limit".into(),
+                AMQPValue::LongLongInt(i64::from(amqp.delivery_limit)),
+            );
+        }
     }
     args
+}
+
+/// Declares `queue` durable with [`queue_arguments`].
+///
+/// # Errors
+/// [`BrokerError::Inequivalent`] when the queue exists with another type or
+/// other arguments; the broker's other refusals and a broken channel as
+/// [`BrokerError::Amqp`]. Either way the broker closed the channel.
+pub async fn declare_queue(
+    ch: &Channel,
+    amqp: &AmqpSettings,
+    queue: &str,
+) -> Result<(), BrokerError> {
+    ch.queue_declare(queue.into(), durable_queue(), queue_arguments(amqp))
+        .await
+        .map_err(|e| BrokerError::from_declare(e, queue, amqp))?;
+    Ok(())
 }
 
 fn durable_queue() -> QueueDeclareOptions {
@@ -195,12 +262,7 @@ impl Broker {
             FieldTable::default(),
         )
         .await?;
-        ch.queue_declare(
-            s.reply_queue.as_str().into(),
-            durable_queue(),
-            queue_arguments(s.queue_type),
-        )
-        .await?;
+        declare_queue(&ch, s, &s.reply_queue).await?;
         ch.queue_bind(
             s.reply_queue.as_str().into(),
             s.reply_queue.as_str().into(),
@@ -299,12 +361,7 @@ async fn declare_bound_queue(
     settings: &AmqpSettings,
     queue: &str,
 ) -> Result<(), BrokerError> {
-    ch.queue_declare(
-        queue.into(),
-        durable_queue(),
-        queue_arguments(settings.queue_type),
-    )
-    .await?;
+    declare_queue(ch, settings, queue).await?;
     ch.queue_bind(
         queue.into(),
         settings.exchange.as_str().into(),
@@ -487,23 +544,6 @@ impl ReplyConsumer {
         Ok(())
     }
 
-    /// Returns every unacked delivery up to `delivery_tag` to the queue.
-    ///
-    /// # Errors
-    /// The channel broke (the broker requeues them anyway).
-    pub async fn requeue_through(&self, delivery_tag: u64) -> Result<(), BrokerError> {
-        self.channel
-            .basic_nack(
-                delivery_tag,
-                BasicNackOptions {
-                    multiple: true,
-                    requeue: true,
-                },
-            )
-            .await?;
-        Ok(())
-    }
-
     /// Closes the channel cleanly (unacked deliveries go back to the queue).
     pub async fn close(self) {
         let _ = self.channel.close(200, "shutting down".into()).await;
@@ -516,5 +556,51 @@ fn convert(d: lapin::message::Delivery) -> ReplyDelivery {
         exchange: d.exchange.to_string(),
         user_id: d.properties.user_id().as_ref().map(ShortString::to_string),
         body: d.data,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Settings;
+
+    fn amqp(pairs: &[(&str, &str)]) -> AmqpSettings {
+        let env = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        Settings::load_with_env(None, env).unwrap().amqp
+    }
+
+    #[test]
+    fn classic_queues_have_no_arguments() {
+        // The delivery limit is a quorum feature: a classic queue declared
+        // with it would no longer match what oslo peers declare.
+        let args = queue_arguments(&amqp(&[("BORA__AMQP__DELIVERY_LIMIT", "5")]));
+        assert!(args.inner().is_empty(), "{args:?}");
+    }
+
+    #[test]
+    fn quorum_queues_have_their_type_and_the_delivery_limit() {
+        let args = queue_arguments(&amqp(&[("BORA__AMQP__QUEUE_TYPE", "quorum")]));
+        let args = args.inner();
+        assert_eq!(args.len(), 2, "{args:?}");
+        assert_eq!(
+            args.get("x-queue-type"),
+            Some(&AMQPValue::LongString("quorum".into()))
+        );
+        // The default limit.
+        assert_eq!(
+            args.get("x-delivery-limit"),
+            Some(&AMQPValue::LongLongInt(20))
+        );
+    }
+
+    #[test]
+    fn a_zero_delivery_limit_sets_none() {
+        let args = queue_arguments(&amqp(&[
+            ("BORA__AMQP__QUEUE_TYPE", "quorum"),
+            ("BORA__AMQP__DELIVERY_LIMIT", "0"),
+        ]));
+        let args = args.inner();
+        assert_eq!(args.len(), 1, "{args:?}");
+        assert!(args.contains_key("x-queue-type"));
     }
 }

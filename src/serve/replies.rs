@@ -122,42 +122,48 @@ async fn consume(
                     body: d.body,
                 })
                 .collect();
-            match tracker.record_replies(incoming).await {
-                Ok(verdicts) => {
-                    // From taking the result off the queue to the commit
-                    // that recorded it and released its dependents.
-                    let released = received.elapsed().as_secs_f64();
-                    for v in verdicts {
-                        match v {
-                            Verdict::Recorded => {
-                                metrics::counter!("bora_results_recorded_total").increment(1);
-                                metrics::histogram!("bora_result_to_release_seconds")
-                                    .record(released);
+            // Until the store takes the batch, its deliveries stay here,
+            // unacked. Returned to the queue, each would count a delivery,
+            // and a quorum queue drops a message after `amqp.delivery_limit`
+            // of them: a store outage would lose results. Held, they go back
+            // only when the dispatcher dies or loses the broker (a crash that
+            // repeats on the same reply is what the limit is for).
+            let verdicts = loop {
+                match tracker.record_replies(incoming.clone()).await {
+                    Ok(verdicts) => break verdicts,
+                    Err(e) => {
+                        error!(error = %e, "cannot record replies; keeping them and retrying");
+                        tokio::select! {
+                            _ = shutdown.cancelled() => {
+                                consumer.close().await;
+                                return;
                             }
-                            Verdict::Heartbeat => {
-                                metrics::counter!("bora_heartbeats_total").increment(1)
-                            }
-                            Verdict::Dropped(reason) => {
-                                // Never the payload: it may carry credentials.
-                                warn!(reason, "reply dropped");
-                                metrics::counter!("bora_results_rejected_total", "reason" => reason)
-                                    .increment(1);
-                            }
+                            _ = tokio::time::sleep(backoff.next_delay()) => {}
                         }
                     }
-                    if let Err(e) = consumer.ack_through(last).await {
-                        warn!(error = %e, "ack failed after commit; the broker will redeliver and the duplicates will be dropped");
-                        continue 'connect;
+                }
+            };
+            // From taking the result off the queue to the commit
+            // that recorded it and released its dependents.
+            let released = received.elapsed().as_secs_f64();
+            for v in verdicts {
+                match v {
+                    Verdict::Recorded => {
+                        metrics::counter!("bora_results_recorded_total").increment(1);
+                        metrics::histogram!("bora_result_to_release_seconds").record(released);
+                    }
+                    Verdict::Heartbeat => metrics::counter!("bora_heartbeats_total").increment(1),
+                    Verdict::Dropped(reason) => {
+                        // Never the payload: it may carry credentials.
+                        warn!(reason, "reply dropped");
+                        metrics::counter!("bora_results_rejected_total", "reason" => reason)
+                            .increment(1);
                     }
                 }
-                Err(e) => {
-                    error!(error = %e, "cannot record replies; returning them to the queue");
-                    let _ = consumer.requeue_through(last).await;
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(backoff.next_delay()) => {}
-                    }
-                }
+            }
+            if let Err(e) = consumer.ack_through(last).await {
+                warn!(error = %e, "ack failed after commit; the broker will redeliver and the duplicates will be dropped");
+                continue 'connect;
             }
         }
     }

@@ -11,6 +11,7 @@
 //! dispatcher. This module knows nothing of processes.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -18,13 +19,13 @@ use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicQosOptions,
     ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
 use super::{Worker, handler};
-use crate::config::QueueType;
+use crate::broker::{BrokerError, declare_queue};
 use crate::protocol::{CancelMessage, RpcRequest};
 
 const TASK_CONSUMER: &str = "bora-worker-tasks";
@@ -47,6 +48,8 @@ pub struct SessionCtx {
 enum SessionError {
     #[error(transparent)]
     Broker(#[from] lapin::Error),
+    #[error(transparent)]
+    Declare(#[from] BrokerError),
     #[error("waiting for the dispatcher: {0}")]
     Waiting(String),
     #[error("{0}")]
@@ -289,6 +292,10 @@ async fn ensure_exchange(conn: &Connection, name: &str, what: &str) -> Result<()
 
 /// Checks that `queue` exists; if not, declares and binds it exactly as the
 /// dispatcher would, when this broker user may.
+///
+/// # Errors
+/// [`SessionError::Waiting`] while the queue is missing and this user may not
+/// make it; a broken connection.
 async fn ensure_queue(conn: &Connection, worker: &Worker, queue: &str) -> Result<(), SessionError> {
     let ch = conn.create_channel().await?;
     let passive = QueueDeclareOptions {
@@ -301,7 +308,7 @@ async fn ensure_queue(conn: &Connection, worker: &Worker, queue: &str) -> Result
     {
         Ok(_) => {
             let _ = ch.close(200, "ok".into()).await;
-            return Ok(());
+            return check_queue_arguments(conn, worker, queue).await;
         }
         Err(e) if amqp_code(&e) == Some(404) => {}
         Err(e) => return Err(e.into()),
@@ -311,25 +318,16 @@ async fn ensure_queue(conn: &Connection, worker: &Worker, queue: &str) -> Result
     let exchange = &worker.amqp.exchange;
     ensure_exchange(conn, exchange, "the task exchange").await?;
     let ch = conn.create_channel().await?;
-    let mut args = FieldTable::default();
-    if worker.amqp.queue_type == QueueType::Quorum {
-        args.insert(
-            "x-queue-type".into(),
-            AMQPValue::LongString("quorum".into()),
-        );
-    }
-    let durable = QueueDeclareOptions {
-        durable: true,
-        ..QueueDeclareOptions::default()
-    };
     let refused = |what: &str| {
         SessionError::Waiting(format!(
             "queue {queue:?} does not exist and this broker user may not {what} it"
         ))
     };
-    match ch.queue_declare(queue.into(), durable, args).await {
-        Ok(_) => {}
-        Err(e) if amqp_code(&e) == Some(403) => return Err(refused("declare")),
+    match declare_queue(&ch, &worker.amqp, queue).await {
+        Ok(()) => {}
+        Err(BrokerError::Amqp(e)) if amqp_code(&e) == Some(403) => {
+            return Err(refused("declare"));
+        }
         Err(e) => return Err(e.into()),
     }
     match ch
@@ -349,4 +347,43 @@ async fn ensure_queue(conn: &Connection, worker: &Worker, queue: &str) -> Result
     tracing::info!(queue, exchange = %exchange, "declared the missing queue");
     let _ = ch.close(200, "ok".into()).await;
     Ok(())
+}
+
+/// Redeclares an existing queue with this worker's arguments, which changes
+/// nothing when they match, and reports a queue of another type (or with
+/// another delivery limit) than `amqp.queue_type` says: an error in the log
+/// that names the queue and the fix, once per connection. The worker still
+/// consumes the queue as it is (its type is the dispatcher's choice and
+/// changes nothing here), so a stale setting never stops tasks. A registered
+/// guest user may configure nothing (403): its queues are the dispatcher's
+/// to declare, and there is nothing to check: it is not asked (see
+/// `Worker::check_queues`).
+async fn check_queue_arguments(
+    conn: &Connection,
+    worker: &Worker,
+    queue: &str,
+) -> Result<(), SessionError> {
+    if !worker.check_queues.load(Ordering::Relaxed) {
+        return Ok(());
+    }
+    let ch = conn.create_channel().await?;
+    match declare_queue(&ch, &worker.amqp, queue).await {
+        Ok(()) => {
+            let _ = ch.close(200, "ok".into()).await;
+            Ok(())
+        }
+        Err(BrokerError::Amqp(e)) if amqp_code(&e) == Some(403) => {
+            worker.check_queues.store(false, Ordering::Relaxed);
+            Ok(())
+        }
+        Err(e @ BrokerError::Inequivalent { .. }) => {
+            tracing::error!(
+                queue,
+                error = %e,
+                "queue type mismatch: consuming the existing queue as it is"
+            );
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
 }

@@ -27,7 +27,7 @@ mod runner;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
@@ -68,6 +68,11 @@ pub(crate) struct Worker {
     kill_all: CancellationToken,
     /// Undecodable messages and tasks for other servers, since start.
     bad_messages: AtomicU64,
+    /// Whether to redeclare existing queues to check their type against
+    /// `amqp.queue_type`: not with the server's registered broker user, which
+    /// may configure nothing, and no more after the broker refused it once
+    /// (each refusal is an error line of lapin's).
+    check_queues: AtomicBool,
 }
 
 /// Runs the worker of `server_id` until `shutdown` fires and its tasks are
@@ -83,6 +88,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let amqp_url = settings.worker_amqp_url().clone();
     let user_id = broker_user(&amqp_url)?;
+    let registered_user = user_id == crate::registration::broker_user(&server_id);
     let ws = &settings.worker;
     let runners = RunnerConfig {
         hooks_dir: ws.hooks_dir.clone(),
@@ -108,6 +114,7 @@ pub async fn run(
         shutdown: shutdown.clone(),
         kill_all: CancellationToken::new(),
         bad_messages: AtomicU64::new(0),
+        check_queues: AtomicBool::new(!registered_user),
     });
     tracing::info!(
         server_id = %worker.server_id,

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 #[path = "../common/mgmt.rs"]
-mod mgmt;
+pub mod mgmt;
 pub use mgmt::{MGMT, mgmt_put};
 #[path = "../common/store.rs"]
 mod store;

@@ -6,6 +6,7 @@
 mod e2e;
 mod helpers;
 mod oslo;
+mod quorum;
 mod scanner;
 mod security;
 
