@@ -27,6 +27,9 @@ use crate::tracker::Tracker;
 const BATCH: u32 = 500;
 /// Delay before a refused or unroutable publish is tried again.
 const RETRY_US: i64 = 1_000_000;
+/// Delay before messages for a queue the broker refused to declare (it
+/// exists with other arguments: an operator must act) are tried again.
+const REFUSED_RETRY_US: i64 = 30_000_000;
 
 #[derive(Debug, thiserror::Error)]
 enum RelayError {
@@ -157,30 +160,53 @@ async fn publish(
     let mut notification_queues = BTreeSet::new();
     for (item, msg) in &sending {
         match item.kind {
-            OutboxKind::Task | OutboxKind::Cancel => servers.insert(item.server_id.as_str()),
+            OutboxKind::Task | OutboxKind::Cancel => servers.insert(item.server_id.clone()),
             OutboxKind::TaskEnd | OutboxKind::WorkflowEnd => {
-                notification_queues.insert(msg.routing_key.as_str())
+                notification_queues.insert(msg.routing_key.clone())
             }
         };
     }
-    let mut ensured = Ok(());
-    for server in servers {
-        ensured = publisher.ensure_server_queues(server).await;
-        if ensured.is_err() {
-            break;
-        }
-    }
-    if ensured.is_ok() {
-        for queue in notification_queues {
-            ensured = publisher.ensure_notification_queue(queue).await;
-            if ensured.is_err() {
-                break;
+    // A queue that exists with other arguments (another queue type) is an
+    // operator's error about that queue: its messages wait, everyone
+    // else's go. Any other failure is the connection's.
+    let mut refused = BTreeSet::new();
+    let mut refused_queues = BTreeSet::new();
+    for server in &servers {
+        match publisher.ensure_server_queues(server).await {
+            Ok(()) => {}
+            Err(e @ BrokerError::Inequivalent { .. }) => {
+                error!(server_id = %server, error = %e, "cannot declare the server's queues; its messages wait");
+                refused.insert(server.clone());
             }
+            Err(e) => return Err((e.into(), unrecorded(&sending))),
         }
     }
-    if let Err(e) = ensured {
-        return Err((e.into(), unrecorded(&sending)));
+    for queue in &notification_queues {
+        match publisher.ensure_notification_queue(queue).await {
+            Ok(()) => {}
+            Err(e @ BrokerError::Inequivalent { .. }) => {
+                error!(queue = %queue, error = %e, "cannot declare a notification queue; its notifications wait");
+                refused_queues.insert(queue.clone());
+            }
+            Err(e) => return Err((e.into(), unrecorded(&sending))),
+        }
     }
+    let mut waiting = Vec::new();
+    let sending: Vec<(OutboxItem, Outgoing)> = if refused.is_empty() && refused_queues.is_empty() {
+        sending
+    } else {
+        let (blocked, go): (Vec<_>, Vec<_>) =
+            sending
+                .into_iter()
+                .partition(|(item, msg)| match item.kind {
+                    OutboxKind::Task | OutboxKind::Cancel => refused.contains(&item.server_id),
+                    OutboxKind::TaskEnd | OutboxKind::WorkflowEnd => {
+                        refused_queues.contains(&msg.routing_key)
+                    }
+                });
+        waiting.extend(blocked.into_iter().map(|(item, _)| item));
+        go
+    };
     let batch: Vec<Outgoing> = sending.iter().map(|(_, m)| m.clone()).collect();
     let outcomes = match publisher.publish_batch(&batch).await {
         Ok(o) => o,
@@ -219,6 +245,9 @@ async fn publish(
     let recorded = async {
         tracker.confirm_published(&confirmed).await?;
         tracker.postpone(&failed, now_us() + RETRY_US).await?;
+        tracker
+            .postpone(&waiting, now_us() + REFUSED_RETRY_US)
+            .await?;
         tracker.discard(&moot).await
     };
     recorded.await.map_err(|e| (e.into(), Vec::new()))

@@ -347,3 +347,45 @@ async fn the_dispatcher_names_a_queue_of_the_other_type_and_the_fix() {
     assert!(msg.contains("x-delivery-limit"), "{msg}");
     assert!(msg.contains("amqp.delivery_limit = 5"), "{msg}");
 }
+
+#[tokio::test]
+async fn a_queue_of_the_other_type_holds_back_only_its_own_server() {
+    let app = spawn_app_with(&QUORUM).await;
+    // A server whose task queue an earlier classic deployment made.
+    let conn = lapin::Connection::connect(&app.vhost.amqp_url(), Default::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.queue_declare(
+        app.settings.amqp.task_queue("old").as_str().into(),
+        lapin::options::QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let _ = conn.close(200, "bye".into()).await;
+    let wf = app
+        .create_workflow(json!({"name": "mixed", "tasks": [
+            {"name": "on-old", "server_id": "old", "config": "echo old"},
+            {"name": "on-new", "server_id": "new", "config": "echo new"}
+        ]}))
+        .await;
+    let id = wf_id(&wf);
+    let _w = start_worker(&app, "new", &QUORUM);
+    // The refused queue does not stop the relay: the other server's task runs.
+    let t = app.wait_task_state(&id, "on-new", "succeeded").await;
+    assert_eq!(t["result"]["stdout"], "new\n");
+    let old = app.task(&id, "on-old").await;
+    assert_eq!(old["state"], "waiting", "{old}");
+    assert_eq!(
+        app.vhost
+            .queue_depth(&app.settings.amqp.task_queue("old"))
+            .await,
+        0,
+        "nothing was published to the queue of the other type"
+    );
+    app.stop().await;
+}
