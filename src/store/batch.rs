@@ -192,6 +192,10 @@ impl WriteTx {
             q.execute(&mut *self.tx).await?;
         }
         self.queued_messages = true;
+        if kind == OutboxKind::Task {
+            self.dispatched_in
+                .extend(tasks.iter().map(|t| t.workflow_id));
+        }
         Ok(())
     }
 

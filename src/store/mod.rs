@@ -32,7 +32,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Row};
 
 pub use rows::{EventRow, OutboxItem, OutboxKind, ServerRow, TaskRow, WorkflowRow};
-pub use tx::{Dependent, WriteTx};
+pub use tx::WriteTx;
 
 use crate::domain::{ServerId, TaskCounts, TaskId, TaskState, WorkflowId};
 

@@ -2,13 +2,14 @@
 //! change. Nothing is visible to anyone until [`WriteTx::commit`]; dropping a
 //! `WriteTx` rolls it back.
 
+use std::collections::HashSet;
 use std::str::FromStr;
 
 use sqlx::{Any, Row, Transaction};
 
 use super::rows::{parse_id, task_by_ref};
 use super::{Backend, OutboxKind, ServerRow, StoreError, TaskRow, WorkflowRow};
-use crate::domain::{OnDependencyFailure, ServerKind, TaskId, TaskState, WorkflowId};
+use crate::domain::{ServerKind, TaskId, TaskState, WorkflowId};
 
 pub struct WriteTx {
     pub(super) tx: Transaction<'static, Any>,
@@ -21,14 +22,9 @@ pub struct WriteTx {
     /// The state of every task event appended, in order (counted by the
     /// tracker as transitions once the commit succeeded).
     entered: Vec<TaskState>,
-}
-
-/// A dependent of a task, as the release step needs it.
-#[derive(Debug, Clone)]
-pub struct Dependent {
-    pub id: TaskId,
-    pub state: TaskState,
-    pub on_dependency_failure: OnDependencyFailure,
+    /// Workflows this transaction queued a task message for: not finished,
+    /// whatever else happened to them here.
+    pub(super) dispatched_in: HashSet<WorkflowId>,
 }
 
 impl WriteTx {
@@ -39,6 +35,7 @@ impl WriteTx {
             queued_messages: false,
             ended: Vec::new(),
             entered: Vec::new(),
+            dispatched_in: HashSet::new(),
         }
     }
 
@@ -307,31 +304,20 @@ impl WriteTx {
             .collect()
     }
 
-    /// The tasks that depend on `task`.
+    /// The tasks that depend on `task`, whole (the release walk changes them).
     ///
     /// # Errors
     /// A database failure.
-    pub async fn dependents(&mut self, task: TaskId) -> Result<Vec<Dependent>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT t.id AS id, t.state AS state, t.on_dependency_failure AS odf \
-             FROM task_deps d JOIN tasks t ON t.id = d.task_id WHERE d.dep_id = $1",
-        )
+    pub async fn dependents(&mut self, task: TaskId) -> Result<Vec<TaskRow>, StoreError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            task_columns!(t),
+            " FROM task_deps d JOIN tasks t ON t.id = d.task_id WHERE d.dep_id = $1"
+        ))
         .bind(task.to_string())
         .fetch_all(&mut *self.tx)
         .await?;
-        rows.iter()
-            .map(|r| {
-                let id: String = r.try_get("id")?;
-                let state: String = r.try_get("state")?;
-                let odf: String = r.try_get("odf")?;
-                Ok(Dependent {
-                    id: parse_id(&id)?,
-                    state: TaskState::from_str(&state).map_err(StoreError::Corrupt)?,
-                    on_dependency_failure: OnDependencyFailure::from_str(&odf)
-                        .map_err(StoreError::Corrupt)?,
-                })
-            })
-            .collect()
+        rows.iter().map(TaskRow::from_row).collect()
     }
 
     /// Every dependency edge `(task, dependency)` among a workflow's tasks.
@@ -400,6 +386,9 @@ impl WriteTx {
         .execute(&mut *self.tx)
         .await?;
         self.queued_messages = true;
+        if kind == OutboxKind::Task {
+            self.dispatched_in.insert(task.workflow_id);
+        }
         Ok(())
     }
 
@@ -434,6 +423,9 @@ impl WriteTx {
     /// # Errors
     /// A database failure.
     pub async fn workflow_done(&mut self, workflow: WorkflowId) -> Result<bool, StoreError> {
+        if self.dispatched_in.contains(&workflow) {
+            return Ok(false);
+        }
         let n: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM tasks WHERE workflow_id = $1 AND state IN ('waiting', 'queued', 'running')",
         )

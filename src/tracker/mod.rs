@@ -89,7 +89,14 @@ pub struct Tracker {
     /// Bumped after every commit, so event streams (`GET .../events`) read
     /// the event log again at once instead of waiting for their poll.
     committed: Arc<watch::Sender<u64>>,
+    /// When this dispatcher last wrote each server's `last_seen`.
+    heard: Arc<std::sync::Mutex<HashMap<String, i64>>>,
 }
+
+/// A server's `last_seen` is written at most this often: it only says
+/// whether a server is online (within `heartbeat_timeout_s`), and skipping
+/// the write saves a statement in most reply batches.
+const LAST_SEEN_RESOLUTION_US: i64 = 1_000_000;
 
 impl Tracker {
     pub fn new(store: Store, config: TrackerConfig) -> Self {
@@ -98,6 +105,7 @@ impl Tracker {
             config,
             relay_wake: Arc::new(Notify::new()),
             committed: Arc::new(watch::Sender::new(0)),
+            heard: Arc::default(),
         }
     }
 
@@ -611,7 +619,20 @@ impl Tracker {
         for incoming in batch {
             verdicts.push(replies::record(&mut tx, &self.config, &mut ctx, incoming, now).await?);
         }
-        ctx.touch_servers(&mut tx, now).await?;
+        let due: Vec<&str> = {
+            let mut heard = self.heard.lock().unwrap_or_else(|e| e.into_inner());
+            ctx.touched()
+                .filter(|s| {
+                    let last = heard.entry((*s).to_owned()).or_insert(i64::MIN);
+                    let due = now.saturating_sub(*last) >= LAST_SEEN_RESOLUTION_US;
+                    if due {
+                        *last = now;
+                    }
+                    due
+                })
+                .collect()
+        };
+        tx.touch_servers(&due, now).await?;
         self.commit(tx).await?;
         Ok(verdicts)
     }

@@ -253,18 +253,12 @@ pub(super) async fn release_dependents(
 ) -> Result<(), StoreError> {
     let mut work = vec![(ended.id, ended.state)];
     while let Some((id, state)) = work.pop() {
-        for dep in tx.dependents(id).await? {
-            if dep.state != TaskState::Waiting {
+        for mut task in tx.dependents(id).await? {
+            if task.state != TaskState::Waiting || task.attempt != 0 {
                 continue;
             }
-            let Some(mut task) = tx.task(dep.id).await? else {
-                continue;
-            };
-            if task.attempt != 0 {
-                continue;
-            }
-            if state.satisfies(dep.on_dependency_failure) == Some(false) {
-                debug_assert_eq!(dep.on_dependency_failure, OnDependencyFailure::Skip);
+            if state.satisfies(task.on_dependency_failure) == Some(false) {
+                debug_assert_eq!(task.on_dependency_failure, OnDependencyFailure::Skip);
                 transition(tx, &mut task, TaskState::Skipped, now).await?;
                 task.finished_at = Some(now);
                 tx.update_task(&task).await?;

@@ -144,10 +144,9 @@ impl Batch {
         }
     }
 
-    /// Writes the heartbeat time of every server heard from.
-    pub(super) async fn touch_servers(&self, tx: &mut WriteTx, now: i64) -> Result<(), StoreError> {
-        let servers: Vec<&str> = self.touched.iter().map(String::as_str).collect();
-        tx.touch_servers(&servers, now).await
+    /// Every server heard from, in order.
+    pub(super) fn touched(&self) -> impl Iterator<Item = &str> {
+        self.touched.iter().map(String::as_str)
     }
 }
 
