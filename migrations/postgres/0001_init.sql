@@ -52,9 +52,10 @@ CREATE TABLE task_deps (
 );
 CREATE INDEX task_deps_by_dep ON task_deps (dep_id);
 
--- Several dispatchers share this table: a relay claims due rows by moving
--- their not_before past a lease (FOR UPDATE SKIP LOCKED), and deletes them
--- once the broker confirmed them.
+-- Several dispatchers share this table: a relay claims due rows by setting
+-- lease_until (FOR UPDATE SKIP LOCKED), or holds the rows its own commits
+-- hand it, and deletes them once the broker confirmed them. A row whose
+-- relay died is due again when its lease ends.
 CREATE TABLE outbox (
     id          BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     kind        TEXT NOT NULL,
@@ -63,7 +64,8 @@ CREATE TABLE outbox (
     server_id   TEXT NOT NULL,
     not_before  BIGINT NOT NULL,
     created_at  BIGINT NOT NULL,
-    workflow_id TEXT COLLATE "C"
+    workflow_id TEXT COLLATE "C",
+    lease_until BIGINT NOT NULL DEFAULT 0
 );
 CREATE INDEX outbox_by_due ON outbox (not_before);
 CREATE INDEX outbox_by_task ON outbox (task_id);

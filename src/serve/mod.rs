@@ -61,6 +61,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
             max_result_bytes: settings.dispatch.max_result_bytes,
             max_tasks_per_workflow: settings.dispatch.max_tasks_per_workflow,
             notifications: settings.notifications.enabled,
+            outbox_lease_us: settings.dispatch.outbox_lease_s.max(1) as i64 * 1_000_000,
         },
     );
     let listener = tokio::net::TcpListener::bind(settings.api.listen)

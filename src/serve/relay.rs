@@ -1,13 +1,19 @@
 //! The outbox relay: publishes what committed transactions queued, with
 //! confirms, and records the confirms (attempts become `queued`).
 //!
-//! Woken by every commit that queues a message, and by a timer for messages
-//! due later (retry delays) and as a safety sweep. A message leaves the
-//! outbox only once the broker confirmed it, so a crash or a broken
-//! connection re-sends it; workers and oslo servers tolerate the duplicate
-//! (fixed `_unique_id`, results recorded once per attempt).
+//! Two ways in. A commit hands the messages it queued straight to this
+//! dispatcher's relay (a bounded channel; their rows are claimed for the
+//! relay until a lease ends), so a released task is published without the
+//! relay reading it back. And a sweep of the store, woken by commits whose
+//! messages were not handed over (the channel was full, or they are due
+//! later) and by a timer, finds the rest: retry delays, messages of a
+//! previous run, of a dispatcher that died (PostgreSQL), or given back
+//! after a broker failure. A message leaves the outbox only once the broker
+//! confirmed it, so a crash or a broken connection re-sends it; workers and
+//! oslo servers tolerate the duplicate (fixed `_unique_id`, results
+//! recorded once per attempt).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,9 +24,9 @@ use crate::api::views::{TaskView, WorkflowView};
 use crate::backoff::Backoff;
 use crate::broker::{Broker, BrokerError, Outgoing, Published, Publisher};
 use crate::config::Settings;
-use crate::domain::{TaskState, WorkflowState};
+use crate::domain::{TaskId, TaskState, WorkflowState};
 use crate::protocol::{CancelMessage, Notification};
-use crate::store::{Backend, OutboxItem, OutboxKind, StoreError, now_us};
+use crate::store::{OutboxItem, OutboxKind, StoreError, TaskRow, now_us};
 use crate::tracker::Tracker;
 
 /// Messages taken from the outbox per round.
@@ -46,9 +52,28 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let wake = tracker.relay_wake();
+    let Some(mut handed) = tracker.take_handoff() else {
+        error!("the relay's hand-off was taken already; is a second relay running?");
+        return;
+    };
+    // SQLite has this one dispatcher: whatever its previous run claimed and
+    // never sent is due now, not at the end of its lease.
+    match tracker.store().release_leases().await {
+        Ok(0) => {}
+        Ok(n) => info!(
+            messages = n,
+            "outbox messages of the previous run are due again"
+        ),
+        Err(e) => {
+            warn!(error = %e, "cannot release the previous run's outbox claims; they are due when their lease ends")
+        }
+    }
     let interval = Duration::from_millis(settings.dispatch.relay_interval_ms.max(10));
+    let lease_us = settings.dispatch.outbox_lease_s.max(1) as i64 * 1_000_000;
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
     let mut connected_before = false;
+    // Handed messages taken from the channel and not yet sent.
+    let mut pending: Vec<OutboxItem> = Vec::new();
     'connect: while !shutdown.is_cancelled() {
         let connected = async {
             broker.declare_topology().await?;
@@ -78,10 +103,44 @@ pub async fn run(
                 }
             }
         };
+        // Sweep the store first after every (re)connect.
+        let mut sweep = true;
+        let mut next_sweep = tokio::time::Instant::now();
         loop {
-            match relay_once(&tracker, &mut publisher, &settings).await {
-                Ok(true) => continue,
-                Ok(false) => {}
+            while pending.len() < BATCH as usize {
+                match handed.try_recv() {
+                    Ok(item) => pending.push(item),
+                    Err(_) => break,
+                }
+            }
+            // A handed message whose lease is half gone is left to the
+            // sweep, which finds it due once the lease ends: sending it
+            // from here too could send it twice.
+            let fresh_after = now_us() - lease_us / 2;
+            pending.retain(|i| i.created_at > fresh_after);
+            let round = if !pending.is_empty() {
+                let items = std::mem::take(&mut pending);
+                relay_items(&tracker, &mut publisher, &settings, items).await
+            } else if sweep {
+                sweep = false;
+                let swept = relay_once(&tracker, &mut publisher, &settings).await;
+                let wait = match tracker.store().next_outbox_due().await {
+                    Ok(Some(due)) => {
+                        Duration::from_micros((due - now_us()).max(0) as u64).min(interval)
+                    }
+                    _ => interval,
+                };
+                next_sweep = tokio::time::Instant::now() + wait;
+                if matches!(swept, Ok(true)) {
+                    // A full batch: more may be due at once.
+                    sweep = true;
+                }
+                swept.map(|_| ())
+            } else {
+                Ok(())
+            };
+            match round {
+                Ok(()) => {}
                 Err(RelayError::Broker(e)) => {
                     warn!(error = %e, "publish failed; reconnecting (unconfirmed messages stay in the outbox)");
                     continue 'connect;
@@ -93,23 +152,21 @@ pub async fn run(
             if !publisher.is_open() {
                 continue 'connect;
             }
-            let wait = match tracker.store().next_outbox_due().await {
-                Ok(Some(due)) => {
-                    Duration::from_micros((due - now_us()).max(0) as u64).min(interval)
-                }
-                _ => interval,
-            };
+            if sweep || !pending.is_empty() || !handed.is_empty() {
+                continue;
+            }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = wake.notified() => {}
-                _ = tokio::time::sleep(wait) => {}
+                Some(item) = handed.recv() => pending.push(item),
+                _ = wake.notified() => sweep = true,
+                _ = tokio::time::sleep_until(next_sweep) => sweep = true,
             }
         }
     }
 }
 
-/// Publishes one batch of due messages. Returns whether the batch was full
-/// (more may be due at once).
+/// Publishes one batch of due messages found in the store. Returns whether
+/// the batch was full (more may be due at once).
 async fn relay_once(
     tracker: &Tracker,
     publisher: &mut Publisher,
@@ -122,37 +179,105 @@ async fn relay_once(
         return Ok(false);
     }
     let full = items.len() == BATCH as usize;
-    let mut moot = Vec::new();
-    let mut sending: Vec<(OutboxItem, Outgoing)> = Vec::with_capacity(items.len());
-    for item in items {
-        match render(&item, tracker, settings).await? {
-            Some(msg) => sending.push((item, msg)),
-            None => moot.push(item),
-        }
-    }
-    match publish(tracker, publisher, sending, moot).await {
-        Ok(()) => Ok(full),
-        Err((e, claimed)) => {
-            // Claimed rows (PostgreSQL) would wait for their lease to end:
-            // give them back now, for whichever relay reconnects first.
-            if tracker.store().backend() == Backend::Postgres
-                && let Err(e) = tracker.postpone(&claimed, now_us()).await
-            {
-                warn!(error = %e, "cannot give claimed outbox rows back; they are due again when their lease ends");
-            }
-            Err(e)
-        }
-    }
+    relay_items(tracker, publisher, settings, items).await?;
+    Ok(full)
 }
 
-/// Publishes rendered messages and records the outcome. On a broker error,
-/// returns it with the rows that were not recorded.
-async fn publish(
+/// What became of the messages of one round.
+#[derive(Default)]
+struct Outcome {
+    confirmed: Vec<OutboxItem>,
+    /// Nacked or unroutable: tried again shortly.
+    failed: Vec<OutboxItem>,
+    /// For a queue the broker refuses to declare: tried again much later.
+    waiting: Vec<OutboxItem>,
+    /// Their task moved on: nothing to send.
+    moot: Vec<OutboxItem>,
+}
+
+/// Publishes messages this relay holds (claimed from the store or handed
+/// over by a commit) and records the outcome. Task and cancel messages go
+/// first, in their own batch: a worker waits for them, while notifications
+/// take store reads to render.
+async fn relay_items(
     tracker: &Tracker,
     publisher: &mut Publisher,
-    sending: Vec<(OutboxItem, Outgoing)>,
-    moot: Vec<OutboxItem>,
+    settings: &Settings,
+    items: Vec<OutboxItem>,
+) -> Result<(), RelayError> {
+    let (urgent, later): (Vec<_>, Vec<_>) = items
+        .into_iter()
+        .partition(|i| matches!(i.kind, OutboxKind::Task | OutboxKind::Cancel));
+    let mut outcome = Outcome::default();
+    let sent = match send(tracker, publisher, settings, urgent, &mut outcome).await {
+        Ok(()) => send(tracker, publisher, settings, later, &mut outcome).await,
+        Err((e, mut unsent)) => {
+            unsent.extend(later);
+            Err((e, unsent))
+        }
+    };
+    if let Err((e, unsent)) = sent {
+        // Claimed rows would wait for their lease to end: give them back
+        // now, for whichever relay reconnects first.
+        if let Err(e) = tracker.postpone(&unsent, now_us()).await {
+            warn!(error = %e, "cannot give claimed outbox rows back; they are due again when their lease ends");
+        }
+        // What was confirmed before the failure is recorded below all the same.
+        let _ = record(tracker, &outcome).await;
+        return Err(e);
+    }
+    record(tracker, &outcome).await?;
+    Ok(())
+}
+
+/// Records a round's outcome. A store failure leaves the rows claimed until
+/// their lease ends: sent again then.
+async fn record(tracker: &Tracker, o: &Outcome) -> Result<(), StoreError> {
+    debug!(
+        confirmed = o.confirmed.len(),
+        failed = o.failed.len(),
+        waiting = o.waiting.len(),
+        moot = o.moot.len(),
+        "relay round"
+    );
+    tracker.confirm_published(&o.confirmed).await?;
+    tracker.postpone(&o.failed, now_us() + RETRY_US).await?;
+    tracker
+        .postpone(&o.waiting, now_us() + REFUSED_RETRY_US)
+        .await?;
+    tracker.discard(&o.moot).await
+}
+
+/// Renders and publishes `items`, sorting them into `outcome`. On a broker
+/// error, returns it with the items not sent.
+async fn send(
+    tracker: &Tracker,
+    publisher: &mut Publisher,
+    settings: &Settings,
+    items: Vec<OutboxItem>,
+    outcome: &mut Outcome,
 ) -> Result<(), (RelayError, Vec<OutboxItem>)> {
+    if items.is_empty() {
+        return Ok(());
+    }
+    let context = match RenderContext::load(tracker, &items).await {
+        Ok(c) => c,
+        Err(e) => return Err((e.into(), items)),
+    };
+    let mut sending: Vec<(OutboxItem, Outgoing)> = Vec::with_capacity(items.len());
+    let mut rest = items.into_iter();
+    while let Some(item) = rest.next() {
+        match render(&item, tracker, settings, &context).await {
+            Ok(Some(msg)) => sending.push((item, msg)),
+            Ok(None) => outcome.moot.push(item),
+            Err(e) => {
+                let mut unsent: Vec<OutboxItem> = sending.into_iter().map(|(i, _)| i).collect();
+                unsent.push(item);
+                unsent.extend(rest);
+                return Err((e.into(), unsent));
+            }
+        }
+    }
     let unrecorded = |sending: &[(OutboxItem, Outgoing)]| -> Vec<OutboxItem> {
         sending.iter().map(|(i, _)| i.clone()).collect()
     };
@@ -191,7 +316,6 @@ async fn publish(
             Err(e) => return Err((e.into(), unrecorded(&sending))),
         }
     }
-    let mut waiting = Vec::new();
     let sending: Vec<(OutboxItem, Outgoing)> = if refused.is_empty() && refused_queues.is_empty() {
         sending
     } else {
@@ -204,7 +328,9 @@ async fn publish(
                         refused_queues.contains(&msg.routing_key)
                     }
                 });
-        waiting.extend(blocked.into_iter().map(|(item, _)| item));
+        outcome
+            .waiting
+            .extend(blocked.into_iter().map(|(item, _)| item));
         go
     };
     let batch: Vec<Outgoing> = sending.iter().map(|(_, m)| m.clone()).collect();
@@ -212,53 +338,66 @@ async fn publish(
         Ok(o) => o,
         Err(e) => return Err((e.into(), unrecorded(&sending))),
     };
-    let mut confirmed = Vec::with_capacity(outcomes.len());
-    let mut failed = Vec::new();
-    for ((item, _), outcome) in sending.into_iter().zip(outcomes) {
-        match outcome {
-            Published::Confirmed => confirmed.push(item),
+    let mut confirmed = 0u64;
+    let confirmed_at = now_us();
+    for ((item, _), published) in sending.into_iter().zip(outcomes) {
+        match published {
+            Published::Confirmed => {
+                confirmed += 1;
+                metrics::histogram!("bora_publish_latency_seconds")
+                    .record((confirmed_at - item.created_at).max(0) as f64 / 1e6);
+                outcome.confirmed.push(item);
+            }
             Published::Unroutable => {
                 warn!(server_id = %item.server_id, kind = item.kind.as_str(), "publish returned unroutable; redeclaring the server's queues");
                 publisher.forget_server(&item.server_id);
-                failed.push(item);
+                outcome.failed.push(item);
             }
             Published::Nacked => {
                 warn!(server_id = %item.server_id, kind = item.kind.as_str(), "broker nacked a publish; retrying");
-                failed.push(item);
+                outcome.failed.push(item);
             }
         }
     }
-    debug!(
-        confirmed = confirmed.len(),
-        failed = failed.len(),
-        moot = moot.len(),
-        "relay round"
-    );
-    metrics::counter!("bora_messages_published_total").increment(confirmed.len() as u64);
-    let confirmed_at = now_us();
-    for item in &confirmed {
-        metrics::histogram!("bora_publish_latency_seconds")
-            .record((confirmed_at - item.created_at).max(0) as f64 / 1e6);
-    }
-    // A store failure here leaves the rows claimed until their lease ends
-    // (PostgreSQL) or due at once (SQLite): sent again either way.
-    let recorded = async {
-        tracker.confirm_published(&confirmed).await?;
-        tracker.postpone(&failed, now_us() + RETRY_US).await?;
-        tracker
-            .postpone(&waiting, now_us() + REFUSED_RETRY_US)
-            .await?;
-        tracker.discard(&moot).await
-    };
-    recorded.await.map_err(|e| (e.into(), Vec::new()))
+    metrics::counter!("bora_messages_published_total").increment(confirmed);
+    Ok(())
 }
 
 /// The message an outbox row stands for, or `None` if it is moot (its task
 /// was deleted or moved to another attempt).
+/// What the task-end notifications of a round need from the store, read
+/// with one query each for the whole round.
+#[derive(Default)]
+struct RenderContext {
+    dependencies: HashMap<TaskId, Vec<(String, TaskState)>>,
+    last_seen: HashMap<String, i64>,
+}
+
+impl RenderContext {
+    async fn load(tracker: &Tracker, items: &[OutboxItem]) -> Result<Self, StoreError> {
+        let ended: Vec<&TaskRow> = items
+            .iter()
+            .filter(|i| i.kind == OutboxKind::TaskEnd)
+            .filter_map(|i| i.task.as_ref())
+            .collect();
+        if ended.is_empty() {
+            return Ok(Self::default());
+        }
+        let ids: Vec<TaskId> = ended.iter().map(|t| t.id).collect();
+        let servers: BTreeSet<&str> = ended.iter().map(|t| t.server_id.as_str()).collect();
+        let servers: Vec<&str> = servers.into_iter().collect();
+        Ok(Self {
+            dependencies: tracker.store().dependencies_many(&ids).await?,
+            last_seen: tracker.store().last_seen_many(&servers).await?,
+        })
+    }
+}
+
 async fn render(
     item: &OutboxItem,
     tracker: &Tracker,
     settings: &Settings,
+    context: &RenderContext,
 ) -> Result<Option<Outgoing>, StoreError> {
     let store = tracker.store();
     Ok(match item.kind {
@@ -298,11 +437,15 @@ async fn render(
                 return Ok(None);
             };
             let error = task.state != TaskState::Succeeded;
-            let deps = store.dependencies(task.id).await?;
+            let deps = context
+                .dependencies
+                .get(&task.id)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
             let window = settings.dispatch.heartbeat_timeout_s as i64 * 1_000_000;
-            let last_seen = store.server_last_seen(&task.server_id).await?;
+            let last_seen = context.last_seen.get(&task.server_id).copied();
             let online = last_seen.is_some_and(|t| now_us() - t <= window);
-            let mut view = TaskView::new(task, &deps, last_seen, online)?;
+            let mut view = TaskView::new(task, deps, last_seen, online)?;
             // Without the streams: notifications are summaries.
             if let Some(r) = view.result.as_mut() {
                 r.stdout.clear();

@@ -10,29 +10,29 @@
 //! (measured: 25,000 took seconds), while `?` costs nothing. PostgreSQL only
 //! knows `$N` (and looks it up directly). [`Params`] writes them all.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use sqlx::Row;
 use sqlx::any::AnyArguments;
 use sqlx::query::Query;
 
 use super::rows::parse_id;
-use super::{Backend, OutboxKind, ServerRow, StoreError, TaskRow, WriteTx};
+use super::{Backend, OutboxItem, OutboxKind, ServerRow, StoreError, TaskRow, WriteTx};
 use crate::domain::{TaskId, WorkflowId};
 
 /// Most bound parameters per statement (SQLite allows 32766, PostgreSQL 65535).
 const MAX_PARAMS: usize = 3_000;
 /// Most values in one `IN (...)` list.
-const MAX_IN: usize = 500;
+pub(super) const MAX_IN: usize = 500;
 
 /// The placeholders of one statement, numbered in binding order.
-struct Params {
+pub(super) struct Params {
     backend: Backend,
     next: usize,
 }
 
 impl Params {
-    fn new(backend: Backend) -> Self {
+    pub(super) fn new(backend: Backend) -> Self {
         Self { backend, next: 0 }
     }
 
@@ -46,7 +46,7 @@ impl Params {
     }
 
     /// `?, ?, ?` (`$1, $2, $3`) for an `IN` list (or a row) of `n` values.
-    fn list(&mut self, n: usize) -> String {
+    pub(super) fn list(&mut self, n: usize) -> String {
         (0..n).map(|_| self.one()).collect::<Vec<_>>().join(", ")
     }
 
@@ -66,7 +66,11 @@ const SMALL: usize = 8;
 /// A statement of dynamic shape. Full chunks (one shape per batch kind) and
 /// small ones are prepared once and cached by the connection; parsing one
 /// again costs as much as running it. Other sizes are not worth a slot.
-fn query<'q>(sql: String, full: bool, rows: usize) -> Query<'q, sqlx::Any, AnyArguments> {
+pub(super) fn query<'q>(
+    sql: String,
+    full: bool,
+    rows: usize,
+) -> Query<'q, sqlx::Any, AnyArguments> {
     // Built from fixed text and placeholders only: every value is bound.
     sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(full || rows <= SMALL)
 }
@@ -171,12 +175,13 @@ impl WriteTx {
         if tasks.is_empty() {
             return Ok(());
         }
-        const COLS: usize = 6;
+        const COLS: usize = 8;
         let size = MAX_PARAMS / COLS;
+        let lease = self.lease_for(not_before, now);
         for chunk in tasks.chunks(size) {
             let sql = format!(
-                "INSERT INTO outbox (kind, task_id, attempt, server_id, not_before, created_at) \
-                 VALUES {}",
+                "INSERT INTO outbox (kind, task_id, workflow_id, attempt, server_id, not_before, \
+                 created_at, lease_until) VALUES {} RETURNING id, task_id",
                 Params::new(self.backend).values(chunk.len(), COLS)
             );
             let mut q = query(sql, chunk.len() == size, chunk.len());
@@ -184,14 +189,37 @@ impl WriteTx {
                 q = q
                     .bind(kind.as_str())
                     .bind(t.id.to_string())
+                    .bind(t.workflow_id.to_string())
                     .bind(t.attempt)
                     .bind(&t.server_id)
                     .bind(not_before)
-                    .bind(now);
+                    .bind(now)
+                    .bind(lease);
             }
-            q.execute(&mut *self.tx).await?;
+            let rows = q.fetch_all(&mut *self.tx).await?;
+            if lease > 0 {
+                let by_task: HashMap<TaskId, &TaskRow> = chunk.iter().map(|t| (t.id, *t)).collect();
+                for row in rows {
+                    let id: i64 = row.try_get("id")?;
+                    let task_id: String = row.try_get("task_id")?;
+                    let Some(t) = by_task.get(&parse_id(&task_id)?) else {
+                        return Err(StoreError::Corrupt(format!(
+                            "outbox row for task {task_id}"
+                        )));
+                    };
+                    self.handed.push(OutboxItem {
+                        id,
+                        kind,
+                        task_id: Some(t.id),
+                        workflow_id: Some(t.workflow_id),
+                        attempt: t.attempt,
+                        server_id: t.server_id.clone(),
+                        created_at: now,
+                        task: Some((*t).clone()),
+                    });
+                }
+            }
         }
-        self.queued_messages = true;
         if kind == OutboxKind::Task {
             self.dispatched_in
                 .extend(tasks.iter().map(|t| t.workflow_id));
@@ -395,10 +423,13 @@ impl WriteTx {
         ids: &[i64],
         not_before: i64,
     ) -> Result<(), StoreError> {
+        if !ids.is_empty() {
+            self.queued_messages = true;
+        }
         for chunk in ids.chunks(MAX_IN) {
             let mut p = Params::new(self.backend);
             let sql = format!(
-                "UPDATE outbox SET not_before = {} WHERE id IN ({})",
+                "UPDATE outbox SET not_before = {}, lease_until = 0 WHERE id IN ({})",
                 p.one(),
                 p.list(chunk.len())
             );

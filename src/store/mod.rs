@@ -398,6 +398,64 @@ impl Store {
             .collect()
     }
 
+    /// The dependencies, as (name, state), of each of `tasks` that has any
+    /// (the notifications of a relay round, rendered with one query).
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn dependencies_many(
+        &self,
+        tasks: &[TaskId],
+    ) -> Result<HashMap<TaskId, Vec<(String, TaskState)>>, StoreError> {
+        let mut out: HashMap<TaskId, Vec<(String, TaskState)>> = HashMap::new();
+        for chunk in tasks.chunks(batch::MAX_IN) {
+            let sql = format!(
+                "SELECT d.task_id AS task_id, t.name AS name, t.state AS state FROM task_deps d \
+                 JOIN tasks t ON t.id = d.dep_id WHERE d.task_id IN ({}) ORDER BY d.dep_id",
+                batch::Params::new(self.backend).list(chunk.len())
+            );
+            let mut q = batch::query(sql, chunk.len() == batch::MAX_IN, chunk.len());
+            for id in chunk {
+                q = q.bind(id.to_string());
+            }
+            for r in q.fetch_all(&self.pool).await? {
+                let task: String = r.try_get("task_id")?;
+                let state: String = r.try_get("state")?;
+                out.entry(rows::parse_id(&task)?).or_default().push((
+                    r.try_get("name")?,
+                    TaskState::from_str(&state).map_err(StoreError::Corrupt)?,
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The last heartbeat of each of `servers` that sent one.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn last_seen_many(
+        &self,
+        servers: &[&str],
+    ) -> Result<HashMap<String, i64>, StoreError> {
+        let mut out = HashMap::new();
+        for chunk in servers.chunks(batch::MAX_IN) {
+            let sql = format!(
+                "SELECT server_id, last_seen FROM servers WHERE last_seen IS NOT NULL \
+                 AND server_id IN ({})",
+                batch::Params::new(self.backend).list(chunk.len())
+            );
+            let mut q = batch::query(sql, chunk.len() == batch::MAX_IN, chunk.len());
+            for s in chunk {
+                q = q.bind(*s);
+            }
+            for r in q.fetch_all(&self.pool).await? {
+                out.insert(r.try_get("server_id")?, r.try_get("last_seen")?);
+            }
+        }
+        Ok(out)
+    }
+
     /// The last heartbeat seen from each server that ever sent one.
     ///
     /// # Errors
@@ -455,11 +513,12 @@ impl Store {
     /// Outbox messages due at `now`, oldest first, with what they need to be
     /// rendered (the task row, when it still exists).
     ///
-    /// On PostgreSQL the rows are also claimed: their `not_before` moves to
-    /// `lease_until`, skipping rows another relay is claiming right now, so
-    /// another dispatcher's relay leaves them alone until the lease runs out.
-    /// A confirmed message is deleted; one whose relay died is due again when
-    /// its lease ends. SQLite has one dispatcher and so one relay: no claim.
+    /// Rows claimed by a relay (`lease_until` ahead) are not due. On
+    /// PostgreSQL the rows returned are claimed until `lease_until`, skipping
+    /// rows another relay is claiming right now, so another dispatcher's
+    /// relay leaves them alone. A confirmed message is deleted; one whose
+    /// relay died is due again when its lease ends. SQLite has one
+    /// dispatcher and so one relay: no claim (see [`Store::release_leases`]).
     ///
     /// # Errors
     /// A database failure.
@@ -475,7 +534,7 @@ impl Store {
                     "SELECT ",
                     outbox_item_columns!(),
                     " FROM outbox o LEFT JOIN tasks t ON t.id = o.task_id ",
-                    "WHERE o.not_before <= $1 ORDER BY o.id LIMIT $2"
+                    "WHERE o.not_before <= $1 AND o.lease_until <= $1 ORDER BY o.id LIMIT $2"
                 ))
                 .bind(now)
                 .bind(i64::from(limit))
@@ -484,8 +543,9 @@ impl Store {
             }
             Backend::Postgres => {
                 sqlx::query(concat!(
-                    "WITH o AS (UPDATE outbox SET not_before = $3 WHERE id IN ",
-                    "(SELECT id FROM outbox WHERE not_before <= $1 ORDER BY id LIMIT $2 ",
+                    "WITH o AS (UPDATE outbox SET lease_until = $3 WHERE id IN ",
+                    "(SELECT id FROM outbox WHERE not_before <= $1 AND lease_until <= $1 ",
+                    "ORDER BY id LIMIT $2 ",
                     "FOR UPDATE SKIP LOCKED) RETURNING *) SELECT ",
                     outbox_item_columns!(),
                     " FROM o LEFT JOIN tasks t ON t.id = o.task_id ORDER BY o.id"
@@ -527,9 +587,30 @@ impl Store {
     /// # Errors
     /// A database failure.
     pub async fn next_outbox_due(&self) -> Result<Option<i64>, StoreError> {
-        let v: Option<i64> = sqlx::query_scalar("SELECT MIN(not_before) FROM outbox")
-            .fetch_one(&self.pool)
-            .await?;
+        let v: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(CASE WHEN lease_until > not_before THEN lease_until ELSE not_before END) \
+             FROM outbox",
+        )
+        .fetch_one(&self.pool)
+        .await?;
         Ok(v)
+    }
+
+    /// Ends every claim on the outbox. Only for SQLite at start-up: the one
+    /// dispatcher it has is starting, so no relay holds anything, and the
+    /// rows its previous run held go at once instead of after their lease.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn release_leases(&self) -> Result<u64, StoreError> {
+        if self.backend != Backend::Sqlite {
+            return Ok(0);
+        }
+        let mut tx = self.begin().await?;
+        let r = sqlx::query("UPDATE outbox SET lease_until = 0 WHERE lease_until > 0")
+            .execute(&mut *tx.tx)
+            .await?;
+        tx.commit().await?;
+        Ok(r.rows_affected())
     }
 }

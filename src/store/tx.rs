@@ -8,15 +8,20 @@ use std::str::FromStr;
 use sqlx::{Any, Row, Transaction};
 
 use super::rows::{parse_id, task_by_ref};
-use super::{Backend, OutboxKind, ServerRow, StoreError, TaskRow, WorkflowRow};
+use super::{Backend, OutboxItem, OutboxKind, ServerRow, StoreError, TaskRow, WorkflowRow};
 use crate::domain::{ServerKind, TaskId, TaskState, WorkflowId};
 
 pub struct WriteTx {
     pub(super) tx: Transaction<'static, Any>,
     pub(super) backend: Backend,
-    /// Whether this transaction queued an outbox message (the relay is woken
-    /// after commit only then).
+    /// Whether this transaction queued an outbox message the relay must
+    /// find in the store (it is woken after commit only then).
     pub(super) queued_messages: bool,
+    /// While set (see [`WriteTx::hand_off`]), messages due at once are
+    /// claimed until this time for the committing dispatcher's relay.
+    handoff_lease: Option<i64>,
+    /// Those messages, whole, for the relay.
+    pub(super) handed: Vec<OutboxItem>,
     /// Tasks that reached a terminal state in this transaction, as they were then.
     ended: Vec<TaskRow>,
     /// The state of every task event appended, in order (counted by the
@@ -33,6 +38,8 @@ impl WriteTx {
             tx,
             backend,
             queued_messages: false,
+            handoff_lease: None,
+            handed: Vec::new(),
             ended: Vec::new(),
             entered: Vec::new(),
             dispatched_in: HashSet::new(),
@@ -46,6 +53,37 @@ impl WriteTx {
     pub async fn commit(self) -> Result<bool, StoreError> {
         self.tx.commit().await?;
         Ok(self.queued_messages)
+    }
+
+    /// From now on, messages due at once are claimed until `lease_until`
+    /// (no sweep, no other relay takes them) and kept whole: after the
+    /// commit, [`WriteTx::take_handed`] gives them to this dispatcher's
+    /// relay, which publishes them without reading them back.
+    pub fn hand_off(&mut self, lease_until: i64) {
+        self.handoff_lease = Some(lease_until);
+    }
+
+    /// The messages claimed for hand-off (emptied on read). Give them back
+    /// with [`WriteTx::postpone_outbox_many`] if the relay cannot take them.
+    pub fn take_handed(&mut self) -> Vec<OutboxItem> {
+        std::mem::take(&mut self.handed)
+    }
+
+    /// The lease a message due at `not_before` is inserted with: 0
+    /// (unclaimed) unless hand-off is on and it is due at once.
+    pub(super) fn lease_for(&mut self, not_before: i64, now: i64) -> i64 {
+        match self.handoff_lease {
+            Some(lease) if not_before <= now => lease,
+            _ => {
+                self.queued_messages = true;
+                0
+            }
+        }
+    }
+
+    /// Forgets handed messages that `keep` rejects (their rows were deleted).
+    fn unhand(&mut self, keep: impl Fn(&OutboxItem) -> bool) {
+        self.handed.retain(keep);
     }
 
     /// The states tasks entered in this transaction (one per task event).
@@ -121,6 +159,7 @@ impl WriteTx {
     /// # Errors
     /// A database failure.
     pub async fn delete_workflow(&mut self, id: WorkflowId) -> Result<(), StoreError> {
+        self.unhand(|i| !(i.kind == OutboxKind::Task && i.workflow_id == Some(id)));
         let id = id.to_string();
         sqlx::query(
             "DELETE FROM outbox WHERE kind = 'task' AND task_id IN \
@@ -189,6 +228,7 @@ impl WriteTx {
     /// # Errors
     /// A database failure.
     pub async fn delete_task(&mut self, id: TaskId) -> Result<(), StoreError> {
+        self.unhand(|i| !(i.kind == OutboxKind::Task && i.task_id == Some(id)));
         let id = id.to_string();
         sqlx::query("DELETE FROM outbox WHERE kind = 'task' AND task_id = $1")
             .bind(&id)
@@ -372,9 +412,10 @@ impl WriteTx {
         not_before: i64,
         now: i64,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO outbox (kind, task_id, workflow_id, attempt, server_id, not_before, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        let lease = self.lease_for(not_before, now);
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO outbox (kind, task_id, workflow_id, attempt, server_id, not_before, \
+             created_at, lease_until) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
         )
         .bind(kind.as_str())
         .bind(task.id.to_string())
@@ -383,9 +424,21 @@ impl WriteTx {
         .bind(&task.server_id)
         .bind(not_before)
         .bind(now)
-        .execute(&mut *self.tx)
+        .bind(lease)
+        .fetch_one(&mut *self.tx)
         .await?;
-        self.queued_messages = true;
+        if lease > 0 {
+            self.handed.push(OutboxItem {
+                id,
+                kind,
+                task_id: Some(task.id),
+                workflow_id: Some(task.workflow_id),
+                attempt: task.attempt,
+                server_id: task.server_id.clone(),
+                created_at: now,
+                task: Some(task.clone()),
+            });
+        }
         if kind == OutboxKind::Task {
             self.dispatched_in.insert(task.workflow_id);
         }
@@ -401,15 +454,28 @@ impl WriteTx {
         workflow: WorkflowId,
         now: i64,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO outbox (kind, task_id, workflow_id, attempt, server_id, not_before, created_at) \
-             VALUES ('workflow_end', '', $1, 0, '', $2, $2)",
+        let lease = self.lease_for(now, now);
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO outbox (kind, task_id, workflow_id, attempt, server_id, not_before, \
+             created_at, lease_until) VALUES ('workflow_end', '', $1, 0, '', $2, $2, $3) RETURNING id",
         )
         .bind(workflow.to_string())
         .bind(now)
-        .execute(&mut *self.tx)
+        .bind(lease)
+        .fetch_one(&mut *self.tx)
         .await?;
-        self.queued_messages = true;
+        if lease > 0 {
+            self.handed.push(OutboxItem {
+                id,
+                kind: OutboxKind::WorkflowEnd,
+                task_id: None,
+                workflow_id: Some(workflow),
+                attempt: 0,
+                server_id: String::new(),
+                created_at: now,
+                task: None,
+            });
+        }
         Ok(())
     }
 
@@ -441,6 +507,7 @@ impl WriteTx {
     /// # Errors
     /// A database failure.
     pub async fn drop_pending_publish(&mut self, task: TaskId) -> Result<u64, StoreError> {
+        self.unhand(|i| !(i.kind == OutboxKind::Task && i.task_id == Some(task)));
         let r = sqlx::query("DELETE FROM outbox WHERE kind = 'task' AND task_id = $1")
             .bind(task.to_string())
             .execute(&mut *self.tx)

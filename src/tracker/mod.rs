@@ -13,7 +13,9 @@ mod replies;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
-use tokio::sync::{Notify, watch};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::sync::{Notify, mpsc, watch};
 
 pub use replies::{Incoming, Verdict};
 
@@ -77,6 +79,8 @@ pub struct TrackerConfig {
     pub max_tasks_per_workflow: u64,
     /// Queue oslo notifications on task and workflow ends.
     pub notifications: bool,
+    /// How long a relay holds the outbox rows it publishes (microseconds).
+    pub outbox_lease_us: i64,
 }
 
 /// Cheap handle; clone it into every component that changes state.
@@ -91,7 +95,17 @@ pub struct Tracker {
     committed: Arc<watch::Sender<u64>>,
     /// When this dispatcher last wrote each server's `last_seen`.
     heard: Arc<std::sync::Mutex<HashMap<String, i64>>>,
+    /// Committed messages handed straight to this dispatcher's relay.
+    handoff: mpsc::Sender<OutboxItem>,
+    /// The relay's end, until the relay takes it (hand-off starts then).
+    handoff_rx: Arc<std::sync::Mutex<Option<mpsc::Receiver<OutboxItem>>>>,
+    handoff_on: Arc<AtomicBool>,
 }
+
+/// Most messages waiting for the relay in memory; beyond, commits leave
+/// their messages to the relay's sweep of the store. Bounds the memory a
+/// burst of commits can hold (a message holds its task row).
+const HANDOFF_CAPACITY: usize = 2048;
 
 /// A server's `last_seen` is written at most this often: it only says
 /// whether a server is online (within `heartbeat_timeout_s`), and skipping
@@ -100,13 +114,41 @@ const LAST_SEEN_RESOLUTION_US: i64 = 1_000_000;
 
 impl Tracker {
     pub fn new(store: Store, config: TrackerConfig) -> Self {
+        let (handoff, handoff_rx) = mpsc::channel(HANDOFF_CAPACITY);
         Self {
             store,
             config,
             relay_wake: Arc::new(Notify::new()),
             committed: Arc::new(watch::Sender::new(0)),
             heard: Arc::default(),
+            handoff,
+            handoff_rx: Arc::new(std::sync::Mutex::new(Some(handoff_rx))),
+            handoff_on: Arc::default(),
         }
+    }
+
+    /// The messages commits hand to the relay. The first call takes them
+    /// (one relay per dispatcher) and turns the hand-off on.
+    pub fn take_handoff(&self) -> Option<mpsc::Receiver<OutboxItem>> {
+        let rx = self
+            .handoff_rx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if rx.is_some() {
+            self.handoff_on.store(true, Ordering::Release);
+        }
+        rx
+    }
+
+    /// Starts a state change's transaction, with hand-off to the relay on
+    /// when a relay listens.
+    async fn begin(&self) -> Result<WriteTx, StoreError> {
+        let mut tx = self.store.begin().await?;
+        if self.handoff_on.load(Ordering::Acquire) && !self.handoff.is_closed() {
+            tx.hand_off(now_us() + self.config.outbox_lease_us);
+        }
+        Ok(tx)
     }
 
     pub fn store(&self) -> &Store {
@@ -129,20 +171,41 @@ impl Tracker {
             // task ended here ends with this commit.
             let now = now_us();
             let ended = tx.take_ended();
-            let mut workflows = std::collections::BTreeSet::new();
-            for task in &ended {
-                tx.enqueue(OutboxKind::TaskEnd, task, now, now).await?;
-                workflows.insert(task.workflow_id);
-            }
+            let workflows: std::collections::BTreeSet<WorkflowId> =
+                ended.iter().map(|t| t.workflow_id).collect();
+            let ended: Vec<&TaskRow> = ended.iter().collect();
+            tx.enqueue_many(OutboxKind::TaskEnd, &ended, now, now)
+                .await?;
             for wf in workflows {
                 if tx.workflow_done(wf).await? {
                     tx.enqueue_workflow_end(wf, now).await?;
                 }
             }
         }
+        // Room for every handed message is reserved before the commit, so
+        // none is left claimed and unsent; without room (the relay is
+        // behind or gone) they are given back to the store's sweep.
+        let handed = tx.take_handed();
+        let permits = if handed.is_empty() {
+            None
+        } else {
+            match self.handoff.try_reserve_many(handed.len()) {
+                Ok(permits) => Some(permits),
+                Err(_) => {
+                    let ids: Vec<i64> = handed.iter().map(|i| i.id).collect();
+                    tx.postpone_outbox_many(&ids, now_us()).await?;
+                    None
+                }
+            }
+        };
         let entered = tx.entered_states().to_vec();
         if tx.commit().await? {
             self.relay_wake.notify_one();
+        }
+        if let Some(permits) = permits {
+            for (permit, item) in permits.zip(handed) {
+                permit.send(item);
+            }
         }
         for state in entered {
             metrics::counter!("bora_task_transitions_total", "state" => state.as_str())
@@ -171,7 +234,7 @@ impl Tracker {
             created_at: now,
             updated_at: now,
         };
-        let mut tx = self.store.begin().await?;
+        let mut tx = self.begin().await?;
         tx.insert_workflow(&row).await?;
         self.insert_tasks(&mut tx, &row, tasks, now).await?;
         self.commit(tx).await?;
@@ -190,7 +253,7 @@ impl Tracker {
         tasks: Vec<TaskSpec>,
     ) -> Result<Vec<TaskId>, TrackerError> {
         let now = now_us();
-        let mut tx = self.store.begin().await?;
+        let mut tx = self.begin().await?;
         let wf = tx
             .workflow(workflow)
             .await?
@@ -367,7 +430,7 @@ impl Tracker {
         workflow: WorkflowId,
         patch: WorkflowPatch,
     ) -> Result<(), TrackerError> {
-        let mut tx = self.store.begin().await?;
+        let mut tx = self.begin().await?;
         let mut wf = tx
             .workflow(workflow)
             .await?
@@ -391,7 +454,7 @@ impl Tracker {
     /// Unknown workflow (404).
     pub async fn cancel_workflow(&self, workflow: WorkflowId) -> Result<(), TrackerError> {
         let now = now_us();
-        let mut tx = self.store.begin().await?;
+        let mut tx = self.begin().await?;
         self.cancel_all(&mut tx, workflow, now).await?;
         self.commit(tx).await?;
         Ok(())
@@ -426,7 +489,7 @@ impl Tracker {
     /// Unknown workflow (404).
     pub async fn delete_workflow(&self, workflow: WorkflowId) -> Result<(), TrackerError> {
         let now = now_us();
-        let mut tx = self.store.begin().await?;
+        let mut tx = self.begin().await?;
         self.cancel_all(&mut tx, workflow, now).await?;
         tx.delete_workflow(workflow).await?;
         self.commit(tx).await?;
@@ -445,7 +508,7 @@ impl Tracker {
         patch: TaskPatch,
     ) -> Result<TaskId, TrackerError> {
         let now = now_us();
-        let mut tx = self.store.begin().await?;
+        let mut tx = self.begin().await?;
         let wf = tx
             .workflow(workflow)
             .await?
@@ -539,7 +602,7 @@ impl Tracker {
         reference: &str,
     ) -> Result<(), TrackerError> {
         let now = now_us();
-        let mut tx = self.store.begin().await?;
+        let mut tx = self.begin().await?;
         tx.workflow(workflow)
             .await?
             .ok_or_else(|| TrackerError::NotFound(format!("workflow {workflow}")))?;
@@ -571,7 +634,7 @@ impl Tracker {
         server: &ServerId,
         kind: ServerKind,
     ) -> Result<(), StoreError> {
-        let mut tx = self.store.begin().await?;
+        let mut tx = self.begin().await?;
         tx.register_server(server.as_str(), kind, now_us()).await?;
         tx.commit().await?;
         Ok(())
@@ -585,7 +648,7 @@ impl Tracker {
     /// A store failure.
     pub async fn forget_server(&self, server: &ServerId) -> Result<usize, StoreError> {
         let now = now_us();
-        let mut tx = self.store.begin().await?;
+        let mut tx = self.begin().await?;
         let tasks = tx.unfinished_tasks_of_server(server.as_str()).await?;
         let ids: Vec<TaskId> = tasks.iter().map(|t| t.id).collect();
         tx.lock_workflows_of(&ids).await?;
@@ -613,7 +676,7 @@ impl Tracker {
     /// A store failure: nothing was recorded, the caller must not ack.
     pub async fn record_replies(&self, batch: Vec<Incoming>) -> Result<Vec<Verdict>, StoreError> {
         let now = now_us();
-        let mut tx = self.store.begin().await?;
+        let mut tx = self.begin().await?;
         let mut ctx = replies::Batch::load(&mut tx, &batch).await?;
         let mut verdicts = Vec::with_capacity(batch.len());
         for incoming in batch {
@@ -647,7 +710,7 @@ impl Tracker {
             return Ok(());
         }
         let now = now_us();
-        let mut tx = self.store.begin().await?;
+        let mut tx = self.begin().await?;
         lock_outbox_workflows(&mut tx, confirmed).await?;
         let ids: Vec<i64> = confirmed.iter().map(|i| i.id).collect();
         tx.delete_outbox_many(&ids).await?;
@@ -692,7 +755,7 @@ impl Tracker {
         if failed.is_empty() {
             return Ok(());
         }
-        let mut tx = self.store.begin().await?;
+        let mut tx = self.begin().await?;
         lock_outbox_workflows(&mut tx, failed).await?;
         let ids: Vec<i64> = failed.iter().map(|i| i.id).collect();
         tx.postpone_outbox_many(&ids, retry_at).await?;
@@ -708,7 +771,7 @@ impl Tracker {
         if moot.is_empty() {
             return Ok(());
         }
-        let mut tx = self.store.begin().await?;
+        let mut tx = self.begin().await?;
         lock_outbox_workflows(&mut tx, moot).await?;
         let ids: Vec<i64> = moot.iter().map(|i| i.id).collect();
         tx.delete_outbox_many(&ids).await?;
@@ -748,7 +811,7 @@ impl Tracker {
     ) -> Result<ScanReport, StoreError> {
         let now = now_us();
         let mut report = ScanReport::default();
-        let mut tx = self.store.begin().await?;
+        let mut tx = self.begin().await?;
         let cutoff = now - heartbeat_timeout_s as i64 * 1_000_000;
         let grace_us = grace_s as i64 * 1_000_000;
         let silent = tx.silent_running(cutoff).await?;

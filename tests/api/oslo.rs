@@ -184,7 +184,10 @@ async fn an_oslo_notification_listener_follows_task_and_workflow_ends() {
         .await
         .expect("listener went quiet")
     {
-        events.push(serde_json::from_str::<Value>(&line).unwrap());
+        events.push(
+            serde_json::from_str::<Value>(&line)
+                .unwrap_or_else(|e| panic!("listener printed {line:?}: {e}")),
+        );
     }
     assert!(
         listener.wait().await.unwrap().success(),

@@ -13,6 +13,9 @@ import oslo_messaging
 from oslo_config import cfg
 
 done = threading.Event()
+# The threading executor calls endpoints from several threads at once, and
+# print() writes the text and the newline separately: lines could interleave.
+out = threading.Lock()
 
 
 class Endpoint:
@@ -20,8 +23,10 @@ class Endpoint:
         self.workflow = workflow
 
     def _emit(self, priority, publisher_id, event_type, payload):
-        print(json.dumps({"priority": priority, "publisher_id": publisher_id,
-                          "event_type": event_type, "payload": payload}), flush=True)
+        line = json.dumps({"priority": priority, "publisher_id": publisher_id,
+                           "event_type": event_type, "payload": payload})
+        with out:
+            print(line, flush=True)
         if event_type == "bora.workflow.end" and payload.get("id") == self.workflow:
             done.set()
 
