@@ -1,7 +1,9 @@
-//! The bench's surroundings: a fresh vhost, a temporary directory, the
+//! The bench's surroundings: a fresh vhost, a temporary directory (or, with
+//! a `postgres://` `--store-url`, a fresh database on that server), the
 //! embedded dispatcher and the workers, and their teardown in reverse order
-//! (workers, dispatcher, vhost). The vhost is deleted even when the bench
-//! fails, is interrupted, or panics (a `Drop` fallback).
+//! (workers, dispatcher, database, vhost). The vhost and the database are
+//! deleted even when the bench fails, is interrupted, or panics (`Drop`
+//! fallbacks).
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -13,11 +15,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::BenchArgs;
 use super::client::Client;
+use super::database::BenchDatabase;
 use super::responder::{ReplyMode, Responder};
 use crate::broker::Broker;
 use crate::broker::management::Management;
 use crate::config::{SecretUrl, Settings};
 use crate::serve::Dispatcher;
+use crate::store::Backend;
 
 /// Largest request body of the embedded dispatcher: a `--dag-tasks` workflow
 /// is created in one request.
@@ -90,6 +94,9 @@ impl Drop for Vhost {
 /// Everything the bench starts, filled in as it starts.
 pub struct Env {
     vhost: Vhost,
+    /// The fresh database of a `postgres://` `--store-url`, dropped after
+    /// the dispatcher stopped.
+    database: Option<BenchDatabase>,
     dir: tempfile::TempDir,
     /// The dispatcher's settings (vhost, store, port 0).
     settings: Settings,
@@ -105,7 +112,8 @@ impl Env {
     /// Creates the vhost and the temporary directory; starts nothing yet.
     ///
     /// # Errors
-    /// The management API is unreachable or refuses.
+    /// The management API is unreachable or refuses, or, with a
+    /// `postgres://` `--store-url`, the database cannot be created.
     pub async fn new(
         settings: &Settings,
         args: &BenchArgs,
@@ -126,13 +134,25 @@ impl Env {
         let biggest = args.dag_tasks.unwrap_or(0).max(args.chain).max(args.batch) as u64;
         s.dispatch.max_tasks_per_workflow = s.dispatch.max_tasks_per_workflow.max(biggest);
         s.dispatch.require_registration = false;
-        s.store.url = SecretUrl::new(match &args.store_url {
-            Some(u) => u.clone(),
-            None => format!("sqlite://{}", dir.path().join("bench.db").display()),
+        // A PostgreSQL server gets a fresh database, like the broker a
+        // fresh vhost; an SQLite URL is used as given.
+        let database = match &args.store_url {
+            Some(u) if Backend::of_url(u) == Some(Backend::Postgres) => Some(
+                BenchDatabase::create(u)
+                    .await
+                    .context("preparing the bench database")?,
+            ),
+            _ => None,
+        };
+        s.store.url = SecretUrl::new(match (&database, &args.store_url) {
+            (Some(db), _) => db.url().to_owned(),
+            (None, Some(u)) => u.clone(),
+            (None, None) => format!("sqlite://{}", dir.path().join("bench.db").display()),
         });
         let servers = (0..args.servers).map(|i| format!("bench-{i:05}")).collect();
         Ok(Self {
             vhost,
+            database,
             dir,
             settings: s,
             config_file,
@@ -152,9 +172,15 @@ impl Env {
         }
     }
 
-    pub fn store_label(&self) -> String {
+    /// The store's kind: `sqlite` or `postgres`.
+    pub fn store_kind(&self) -> String {
         let url = self.settings.store.url.expose();
         url.split("://").next().unwrap_or("?").to_owned()
+    }
+
+    /// The bench's own database, if it made one (`postgres://` store).
+    pub fn store_database(&self) -> Option<&BenchDatabase> {
+        self.database.as_ref()
     }
 
     pub fn servers(&self) -> &[String] {
@@ -276,7 +302,8 @@ impl Env {
         self.vhost.mgmt.nodes_mem_used().await.ok()
     }
 
-    /// Stops the workers, then the dispatcher, then deletes the vhost.
+    /// Stops the workers, then the dispatcher, then drops the database (if
+    /// the bench made one) and deletes the vhost.
     pub async fn teardown(mut self) {
         for child in &self.processes {
             if let Some(pid) = child.id() {
@@ -301,6 +328,9 @@ impl Env {
         if let Some(d) = self.dispatcher.take() {
             self.stop_dispatcher.cancel();
             let _ = tokio::time::timeout(Duration::from_secs(10), d.wait()).await;
+        }
+        if let Some(db) = self.database.as_mut() {
+            db.drop_now().await;
         }
         self.vhost.delete().await;
     }

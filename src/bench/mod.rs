@@ -2,7 +2,8 @@
 //!
 //! It makes a fresh vhost (deleted afterwards, also on error and Ctrl-C),
 //! starts an embedded dispatcher ([`crate::serve::start`] on 127.0.0.1:0 with
-//! a temporary SQLite file, or `--store-url`), and workers for the servers:
+//! a temporary SQLite file, or `--store-url`: a `postgres://` server gets a
+//! fresh database, dropped afterwards like the vhost), and workers for the servers:
 //! real `bora worker` processes (the same executable) by default, or an
 //! in-process stand-in that speaks the same wire format when there are too
 //! many servers for one process each. Then it measures, in this order:
@@ -20,6 +21,7 @@
 //!
 //! # Layout
 //! - [`env`]: vhost, temporary directory, embedded dispatcher, workers, teardown.
+//! - [`database`]: the fresh PostgreSQL database of a `postgres://` `--store-url`.
 //! - [`client`]: the few REST calls the bench makes.
 //! - [`scenarios`]: warm-up, throughput, chain and DAG through bora.
 //! - [`raw`]: the baseline without bora in the path.
@@ -29,6 +31,7 @@
 //! Nothing here is used by `serve` or `worker`; the bench only drives them.
 
 mod client;
+mod database;
 mod env;
 mod raw;
 mod report;
@@ -78,6 +81,9 @@ pub struct BenchArgs {
     #[arg(long, value_enum, default_value_t = WorkerMode::Auto)]
     pub workers: WorkerMode,
     /// Store of the embedded dispatcher (default: a temporary SQLite file).
+    /// A `postgres://` URL names a server: the bench creates a fresh
+    /// database `bora_bench_<random>` there (the URL's user needs
+    /// `CREATEDB`) and drops it afterwards.
     #[arg(long)]
     pub store_url: Option<String>,
     /// Skip the raw lapin baseline.
@@ -115,7 +121,7 @@ pub async fn run(
     anyhow::ensure!(args.batch >= 1, "--batch must be at least 1");
     let mut env = Env::new(&settings, &args, config_file)
         .await
-        .context("preparing the bench vhost")?;
+        .context("preparing the bench vhost and store")?;
     let outcome = tokio::select! {
         r = measure(&mut env, &args) => r,
         _ = shutdown.cancelled() => Err(anyhow::anyhow!("interrupted")),
@@ -127,7 +133,10 @@ pub async fn run(
 }
 
 async fn measure(env: &mut Env, args: &BenchArgs) -> anyhow::Result<Report> {
-    let mut report = Report::new(args, env.workers_label(args), env.store_label());
+    let mut report = Report::new(args, env.workers_label(args), env.store_kind());
+    if let Some(db) = env.store_database() {
+        report.store_database = Some((db.name().to_owned(), db.label()));
+    }
     env.start(args).await?;
     let client = env.client()?;
     let servers = env.servers().to_vec();

@@ -13,7 +13,10 @@ pub struct Report {
     servers: usize,
     chain_len: usize,
     workers: &'static str,
+    /// `sqlite` or `postgres`.
     store: String,
+    /// The bench's own PostgreSQL database: its name, and where it is.
+    pub store_database: Option<(String, String)>,
     /// The warm-up: every server's queues declared and first task run.
     pub declare: Option<Duration>,
     pub throughput: Option<Throughput>,
@@ -58,6 +61,7 @@ impl Report {
             chain_len: args.chain,
             workers,
             store,
+            store_database: None,
             declare: None,
             throughput: None,
             chain: Vec::new(),
@@ -89,6 +93,9 @@ impl Report {
         put("chain", json!(self.chain_len));
         put("workers", json!(self.workers));
         put("store", json!(self.store));
+        if let Some((name, _)) = &self.store_database {
+            put("store_database", json!(name));
+        }
         put("throughput_tps", json!(tps.map(|t| round(t, 1))));
         put("raw_throughput_tps", json!(raw_tps.map(|t| round(t, 1))));
         put(
@@ -149,9 +156,13 @@ impl Report {
                 Value::Null => "-".to_owned(),
                 v => v.to_string(),
             };
+            let store = match &self.store_database {
+                Some((_, label)) => format!("{label} (made for this run, dropped after)"),
+                None => self.store.clone(),
+            };
             println!(
-                "bora bench: {} tasks over {} servers, chain of {}; workers: {}; store: {}",
-                self.tasks, self.servers, self.chain_len, self.workers, self.store
+                "bora bench: {} tasks over {} servers, chain of {}; workers: {}; store: {store}",
+                self.tasks, self.servers, self.chain_len, self.workers
             );
             println!(
                 "{:<34} {:>14} {:>14} {:>8}",

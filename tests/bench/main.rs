@@ -1,6 +1,12 @@
 //! `bora bench` end to end with tiny sizes: it runs against the local broker
 //! (in its own vhost), exits 0, and its last line is the JSON report with
-//! every key and sane values. No timing is asserted.
+//! every key and sane values. No timing is asserted. With
+//! `BORA_TEST_STORE=postgres` the bench runs on PostgreSQL
+//! (`--store-url` = the test server): it must report the database it made
+//! for itself, and that database must be gone afterwards.
+
+#[path = "../common/store.rs"]
+mod store;
 
 use std::process::Command;
 use std::time::Duration;
@@ -20,6 +26,10 @@ fn bench_prints_a_sane_json_line() {
         "20",
         "--json-only",
     ]);
+    let pg = store::postgres_selected().then(store::pg_admin_url);
+    if let Some(url) = &pg {
+        cmd.args(["--store-url", url]);
+    }
     if let Ok(base) = std::env::var("BORA_TEST_AMQP") {
         cmd.env("BORA__AMQP__URL", format!("{base}/%2f"));
     }
@@ -66,4 +76,37 @@ fn bench_prints_a_sane_json_line() {
         j["chain_link_p99_us"].as_f64() >= j["chain_link_p50_us"].as_f64(),
         "{j}"
     );
+    match &pg {
+        None => {
+            assert_eq!(j["store"], "sqlite", "{j}");
+            assert!(j.get("store_database").is_none(), "{j}");
+        }
+        Some(url) => {
+            assert_eq!(j["store"], "postgres", "{j}");
+            let db = j["store_database"]
+                .as_str()
+                .unwrap_or_else(|| panic!("no store_database: {j}"));
+            assert!(db.starts_with("bora_bench_"), "{j}");
+            assert!(!database_exists(url, db), "the bench left {db} behind");
+        }
+    }
+}
+
+/// Whether the PostgreSQL server of `url` has a database `name`.
+fn database_exists(url: &str, name: &str) -> bool {
+    use sqlx::Connection;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM pg_database WHERE datname = $1")
+            .bind(name)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        let _ = conn.close().await;
+        n > 0
+    })
 }

@@ -2,7 +2,10 @@
 //! processes — `bora serve` killed with SIGKILL and restarted, every broker
 //! connection closed under load, a worker killed mid-task, poison on the
 //! reply queue, and a graceful SIGTERM with results arriving while the
-//! dispatcher is down.
+//! dispatcher is down. The scale-out tests run several `bora serve`
+//! processes on one PostgreSQL database (whatever `BORA_TEST_STORE` says):
+//! three dispatchers and a workflow of 1,000 tasks with one dispatcher
+//! killed mid-run, and a fan-in whose results reach two dispatchers at once.
 //!
 //! Each test prints its figures (counts, durations, restarts) so a run's
 //! output doubles as a measurement; run with `--nocapture` to see them.
@@ -19,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use harness::Vhost;
+use harness::{TestStore, Vhost};
 use procs::*;
 
 const CHAINS: usize = 40;
@@ -662,4 +665,469 @@ async fn sigterm_while_the_broker_hangs_still_stops_serve() {
         "shutdown waited {took:?} for a connect"
     );
     held.abort();
+}
+
+/// The scale-out workload: `GROUPS` groups, each `PARALLEL` chains of
+/// `LINKS` tasks that join into one fan-in task; a group's chains start
+/// after the previous group's fan-in. Chain tasks hop across the servers.
+const GROUPS: usize = 25;
+const PARALLEL: usize = 13;
+const LINKS: usize = 3;
+const SCALE_TASKS: usize = GROUPS * (PARALLEL * LINKS + 1);
+
+/// The workflow body, and each task's dependencies by name.
+fn groups_workflow(log: &Path, servers: usize) -> (Value, HashMap<String, Vec<String>>) {
+    let mut tasks = Vec::new();
+    let mut deps: HashMap<String, Vec<String>> = HashMap::new();
+    for g in 0..GROUPS {
+        let join = format!("g{g}-join");
+        let mut tails = Vec::new();
+        for c in 0..PARALLEL {
+            for k in 0..LINKS {
+                let name = format!("g{g}-c{c}-{k}");
+                let d = match (g, k) {
+                    (0, 0) => vec![],
+                    (_, 0) => vec![format!("g{}-join", g - 1)],
+                    _ => vec![format!("g{g}-c{c}-{}", k - 1)],
+                };
+                tasks.push(json!({
+                    "name": name,
+                    "server_id": format!("s{}", (g + c + k) % servers),
+                    "config": logged_script(log, &name, ""),
+                    "depends_on": d,
+                }));
+                deps.insert(name.clone(), d);
+                if k == LINKS - 1 {
+                    tails.push(name);
+                }
+            }
+        }
+        tasks.push(json!({
+            "name": join,
+            "server_id": format!("s{}", g % servers),
+            "config": logged_script(log, &join, ""),
+            "depends_on": tails,
+        }));
+        deps.insert(join, tails);
+    }
+    assert_eq!(tasks.len(), SCALE_TASKS);
+    (json!({"name": "scale-out", "tasks": tasks}), deps)
+}
+
+fn succeeded(w: &Option<Value>) -> u64 {
+    w.as_ref()
+        .and_then(|w| w["task_counts"]["succeeded"].as_u64())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn three_dispatchers_on_postgres_one_killed_mid_run_lose_nothing() {
+    let vhost = Vhost::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(TestStore::postgres().await);
+    let mut serves = Vec::new();
+    for i in 0..3 {
+        let home = dir.path().join(format!("serve-{i}"));
+        std::fs::create_dir_all(&home).unwrap();
+        serves.push(Serve::start_on(&home, &vhost.amqp_url(), store.clone(), &[]).await);
+    }
+    let apis: Vec<Api> = serves.iter().map(|s| Api::new(&s.base)).collect();
+    let workers = start_workers(dir.path(), &vhost, &[("BORA__WORKER__CONCURRENCY", "8")]);
+    let log = dir.path().join("runs.log");
+    let (body, deps) = groups_workflow(&log, SERVERS);
+    let t0 = Instant::now();
+    let wf = apis[0].post("/v1/workflows", body).await;
+    let wf = wf["id"].as_str().unwrap().to_owned();
+    let submitted = t0.elapsed();
+    let path = format!("/v1/workflows/{wf}");
+
+    // Kill the busiest dispatcher once about a third of the tasks succeeded.
+    let third = SCALE_TASKS as u64 / 3;
+    while succeeded(&apis[0].get(&path).await) < third {
+        assert!(
+            t0.elapsed() < Duration::from_secs(180),
+            "a third of the tasks never succeeded: {:?}",
+            apis[0].get(&path).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut busy = Vec::new();
+    for api in &apis {
+        busy.push(
+            counter(api, "bora_results_recorded_total").await
+                + counter(api, "bora_messages_published_total").await,
+        );
+    }
+    let victim = (0..3)
+        .max_by(|&a, &b| busy[a].total_cmp(&busy[b]))
+        .unwrap_or(2);
+    let done_at_kill = succeeded(&apis[victim].get(&path).await);
+    let kill_wall = chrono::Utc::now();
+    let killed = Instant::now();
+    serves[victim].kill9().await;
+    let survivors: Vec<usize> = (0..3).filter(|&i| i != victim).collect();
+    let api = &apis[survivors[0]];
+    println!(
+        "scale-out: {SCALE_TASKS} tasks submitted in {submitted:?}; dispatcher #{victim} \
+         (results recorded + messages published per dispatcher: {busy:?}) killed after {:?} \
+         with {done_at_kill} succeeded",
+        t0.elapsed()
+    );
+    assert!(
+        (done_at_kill as usize) < SCALE_TASKS,
+        "the workflow ended before the kill"
+    );
+
+    // Progress after the kill, to see the stall and its end.
+    let mut timeline = vec![(Duration::ZERO, done_at_kill)];
+    let w = loop {
+        let w = api.get(&path).await;
+        let n = succeeded(&w);
+        if timeline.last().is_none_or(|&(_, last)| last != n) {
+            timeline.push((killed.elapsed(), n));
+        }
+        if let Some(w) = w
+            && matches!(
+                w["state"].as_str(),
+                Some("succeeded" | "failed" | "cancelled")
+            )
+        {
+            break w;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(300),
+            "workflow {wf} did not end within 300 s: {} of {SCALE_TASKS} succeeded",
+            timeline.last().map_or(0, |t| t.1)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let elapsed = t0.elapsed();
+    assert_eq!(w["state"], "succeeded", "{w}");
+    assert_eq!(
+        w["task_counts"]["succeeded"].as_u64(),
+        Some(SCALE_TASKS as u64),
+        "{w}"
+    );
+
+    // Both survivors answer the same.
+    let other = &apis[survivors[1]];
+    let w2 = other.get(&path).await.expect("the other survivor answers");
+    assert_eq!(w2["state"], w["state"], "{w2} vs {w}");
+    assert_eq!(w2["task_counts"], w["task_counts"], "{w2} vs {w}");
+
+    // Every task succeeded, once, at attempt 1, after its dependencies.
+    let tasks: HashMap<String, Value> = api
+        .tasks(&wf)
+        .await
+        .into_iter()
+        .map(|t| (t["name"].as_str().unwrap_or_default().to_owned(), t))
+        .collect();
+    assert_eq!(tasks.len(), SCALE_TASKS);
+    let mut reattempted = Vec::new();
+    for (name, t) in &tasks {
+        assert_eq!(t["state"], "succeeded", "{t}");
+        if t["attempt"].as_i64() != Some(1) {
+            reattempted.push(name.clone());
+        }
+        for d in &deps[name] {
+            let dep = &tasks[d];
+            assert!(
+                ts(&t["started_at"]) >= ts(&dep["finished_at"]),
+                "{name} started before its dependency {d} finished\n{dep}\n{t}"
+            );
+        }
+    }
+
+    // Stalled work: tasks whose dependencies had all ended before the kill
+    // but that were only queued after it (claimed by the killed relay and
+    // left to its lease, or released by one of its results in flight).
+    let kill_us = kill_wall.timestamp_micros();
+    let mut stalled: Vec<(i64, String)> = tasks
+        .iter()
+        .filter_map(|(name, t)| {
+            let ready = deps[name]
+                .iter()
+                .map(|d| ts(&tasks[d]["finished_at"]).timestamp_micros())
+                .max()
+                .unwrap_or_else(|| ts(&t["created_at"]).timestamp_micros());
+            let queued = ts(&t["queued_at"]).timestamp_micros();
+            (ready < kill_us && queued > kill_us + 500_000)
+                .then(|| (queued - kill_us, name.clone()))
+        })
+        .collect();
+    stalled.sort();
+    // The longest pause in progress after the kill.
+    let longest_pause = timeline
+        .windows(2)
+        .map(|w| (w[1].0 - w[0].0, w[0].0))
+        .max()
+        .unwrap_or_default();
+
+    // The event log: each terminal state once, dependencies first; the
+    // same log from both survivors.
+    let events = api.events(&wf).await;
+    let elog = EventLog::new(&events, &deps);
+    assert!(elog.ids_increase, "event ids do not increase");
+    for name in tasks.keys() {
+        assert_eq!(
+            elog.terminal.get(name).map(Vec::as_slice),
+            Some(&["succeeded".to_owned()][..]),
+            "task {name}: its terminal state must be in the event log exactly once"
+        );
+    }
+    assert!(
+        elog.out_of_order.is_empty(),
+        "tasks queued before a dependency succeeded (task, dependency): {:?}",
+        elog.out_of_order
+    );
+    let events2 = other.events(&wf).await;
+    assert_eq!(
+        events.len(),
+        events2.len(),
+        "the survivors serve different event logs"
+    );
+    assert!(
+        events == events2,
+        "the survivors serve different event logs"
+    );
+
+    // The scripts: each ran exactly once, after its dependencies ended.
+    let runs = RunLog::read(&log);
+    let twice: Vec<&String> = tasks.keys().filter(|n| runs.runs(n) > 1).collect();
+    let never: Vec<&String> = tasks.keys().filter(|n| runs.runs(n) == 0).collect();
+    assert!(never.is_empty(), "scripts that never ran: {never:?}");
+    let order = runs.out_of_order(&deps);
+    assert!(
+        order.is_empty(),
+        "scripts started before a dependency's ended (task, dependency): {order:?}"
+    );
+    let dropped: usize = workers.iter().map(duplicates_dropped).sum();
+    let mut recorded = Vec::new();
+    for &i in &survivors {
+        recorded.push((i, counter(&apis[i], "bora_results_recorded_total").await));
+    }
+    println!(
+        "scale-out: {SCALE_TASKS} tasks ({GROUPS} groups of {PARALLEL} chains of {LINKS} and a \
+         fan-in) on 3 dispatchers, 4 workers: all succeeded in {elapsed:?} ({:?} after the kill); \
+         {} tasks ready before the kill were queued only after it, the last {:?} after the kill \
+         ({:?}); longest pause in progress after the kill {:?} (starting {:?} after it); \
+         progress after the kill (time, succeeded): {:?}; {} executions for {} tasks, {} scripts \
+         ran twice, {} tasks needed a new attempt, {} duplicate deliveries dropped by workers; \
+         results recorded by the survivors (#, count): {recorded:?}; {} events, the same from \
+         both survivors",
+        killed.elapsed(),
+        stalled.len(),
+        stalled.last().map(|s| Duration::from_micros(s.0 as u64)),
+        stalled.last().map(|s| &s.1),
+        longest_pause.0,
+        longest_pause.1,
+        timeline
+            .iter()
+            .map(|(t, n)| (format!("{:.1}s", t.as_secs_f64()), *n))
+            .collect::<Vec<_>>(),
+        runs.lines / 2,
+        SCALE_TASKS,
+        twice.len(),
+        reattempted.len(),
+        dropped,
+        events.len(),
+    );
+    assert!(
+        twice.is_empty(),
+        "scripts that ran more than once: {twice:?}"
+    );
+    assert!(
+        reattempted.is_empty(),
+        "tasks that needed a new attempt: {reattempted:?}"
+    );
+    for &i in &survivors {
+        let (code, _) = serves[i].sigterm().await;
+        assert_eq!(code, 0, "dispatcher #{i} exit code");
+    }
+}
+
+#[tokio::test]
+async fn a_fan_in_whose_results_reach_two_dispatchers_at_once_is_released_once() {
+    const WIDTH: usize = 50;
+    const ROUNDS: usize = 3;
+    const SMALL: usize = 10;
+    const FANIN_SERVERS: usize = 5;
+    let vhost = Vhost::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(TestStore::postgres().await);
+    // One reply per transaction: the results of a round are recorded by
+    // many small transactions of both dispatchers, interleaved.
+    let extra = [("BORA__AMQP__REPLY_PREFETCH", "1")];
+    let mut serves = Vec::new();
+    for i in 0..2 {
+        let home = dir.path().join(format!("serve-{i}"));
+        std::fs::create_dir_all(&home).unwrap();
+        serves.push(Serve::start_on(&home, &vhost.amqp_url(), store.clone(), &extra).await);
+    }
+    let apis: Vec<Api> = serves.iter().map(|s| Api::new(&s.base)).collect();
+    let workers: Vec<WorkerProc> = (0..FANIN_SERVERS)
+        .map(|s| {
+            WorkerProc::start(
+                dir.path(),
+                &vhost.amqp_url(),
+                &format!("s{s}"),
+                &[("BORA__WORKER__CONCURRENCY", "10")],
+            )
+        })
+        .collect();
+    let log = dir.path().join("runs.log");
+    let mut tasks = Vec::new();
+    let mut deps: HashMap<String, Vec<String>> = HashMap::new();
+    for r in 0..ROUNDS {
+        // Every task of the round waits for the round's go file.
+        let go = dir.path().join(format!("go{r}"));
+        let wait = format!("while [ ! -e {} ]; do sleep 0.05; done", go.display());
+        let mut round = Vec::new();
+        for i in 0..WIDTH {
+            let name = format!("r{r}-p{i}");
+            let d: Vec<String> = if r == 0 {
+                vec![]
+            } else {
+                vec![format!("join{}", r - 1)]
+            };
+            tasks.push(json!({
+                "name": name, "server_id": format!("s{}", i % FANIN_SERVERS),
+                "config": logged_script(&log, &name, &wait), "depends_on": d,
+            }));
+            deps.insert(name.clone(), d);
+            round.push(name);
+        }
+        // Small fan-ins of the same results race too, each on its own.
+        for j in 0..SMALL {
+            let join = format!("join{r}-{j}");
+            let d: Vec<String> = round.iter().skip(j).step_by(SMALL).cloned().collect();
+            tasks.push(json!({
+                "name": join, "server_id": format!("s{}", j % FANIN_SERVERS),
+                "config": logged_script(&log, &join, ""), "depends_on": d,
+            }));
+            deps.insert(join, d);
+        }
+        let join = format!("join{r}");
+        tasks.push(json!({
+            "name": join, "server_id": format!("s{}", r % FANIN_SERVERS),
+            "config": logged_script(&log, &join, ""), "depends_on": round,
+        }));
+        deps.insert(join, round);
+    }
+    let joins: Vec<String> = deps
+        .keys()
+        .filter(|n| n.starts_with("join"))
+        .cloned()
+        .collect();
+    let wf = apis[0]
+        .post("/v1/workflows", json!({"name": "fan-in", "tasks": tasks}))
+        .await;
+    let wf = wf["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/workflows/{wf}");
+    let mut released = Vec::new();
+    for r in 0..ROUNDS {
+        // All of the round running, then every script let go at once.
+        let t0 = Instant::now();
+        loop {
+            let w = apis[1].get(&path).await;
+            let running = w
+                .as_ref()
+                .and_then(|w| w["task_counts"]["running"].as_u64())
+                .unwrap_or(0);
+            if running == WIDTH as u64 {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(120),
+                "round {r}: the fan-in's tasks never all ran: {w:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let go = Instant::now();
+        std::fs::write(dir.path().join(format!("go{r}")), "").unwrap();
+        // Every fan-in of the round released (a lost release leaves one
+        // waiting forever) and ended before the next round is let go.
+        for join in joins.iter().filter(|j| {
+            j.strip_prefix(&format!("join{r}"))
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('-'))
+        }) {
+            let t = apis[1].wait_task_state(&wf, join, "succeeded").await;
+            assert_eq!(t["attempt"], 1, "{t}");
+        }
+        released.push(go.elapsed());
+    }
+    let w = apis[0]
+        .wait_workflow_end(&wf, Duration::from_secs(60))
+        .await;
+    assert_eq!(w["state"], "succeeded", "{w}");
+    let w1 = apis[1]
+        .get(&path)
+        .await
+        .expect("the other dispatcher answers");
+    assert_eq!(w1["task_counts"], w["task_counts"]);
+
+    let events = apis[0].events(&wf).await;
+    let elog = EventLog::new(&events, &deps);
+    // A release leaves no event of its own (the task stays `waiting` until
+    // the broker confirms; a fast worker's `running` may come first, and
+    // with two consumers a result may be recorded before its `started`
+    // report, which is then dropped), so a second release shows as a second
+    // `queued` or `running`, a later attempt, or a duplicate delivery.
+    for join in &joins {
+        let states = &elog.states[join];
+        let ends: Vec<&str> = states
+            .iter()
+            .map(String::as_str)
+            .filter(|s| !matches!(*s, "queued" | "running"))
+            .collect();
+        assert_eq!(ends, ["waiting", "succeeded"], "{join}: {states:?}");
+        for once in ["queued", "running"] {
+            assert!(
+                states.iter().filter(|s| *s == once).count() <= 1,
+                "{join}: {states:?}"
+            );
+        }
+        let attempts: Vec<i64> = events
+            .iter()
+            .filter(|e| e["task_name"] == *join && e["state"] != "waiting")
+            .filter_map(|e| e["attempt"].as_i64())
+            .collect();
+        assert!(attempts.iter().all(|&a| a == 1), "{join}: {attempts:?}");
+    }
+    for (name, states) in &elog.terminal {
+        assert_eq!(states, &["succeeded".to_owned()], "{name}");
+    }
+    assert!(elog.out_of_order.is_empty(), "{:?}", elog.out_of_order);
+    let runs = RunLog::read(&log);
+    for name in deps.keys() {
+        assert_eq!(runs.runs(name), 1, "{name} ran {} times", runs.runs(name));
+    }
+    assert!(runs.out_of_order(&deps).is_empty());
+    // Nothing was killed: a duplicate delivery would be a second publish.
+    let dropped: usize = workers.iter().map(duplicates_dropped).sum();
+    assert_eq!(
+        dropped, 0,
+        "duplicate deliveries: a task was published twice"
+    );
+    // Both dispatchers took part in recording the results.
+    let mut recorded = Vec::new();
+    for api in &apis {
+        recorded.push(counter(api, "bora_results_recorded_total").await);
+    }
+    println!(
+        "fan-in of {WIDTH} (and {SMALL} of {} each over the same results) on 2 dispatchers \
+         (reply prefetch 1), {ROUNDS} rounds: each of {} joins released once and succeeded at \
+         attempt 1; from go to every join of the round succeeded {released:?}; results recorded \
+         per dispatcher {recorded:?}",
+        WIDTH / SMALL,
+        joins.len()
+    );
+    assert!(
+        recorded.iter().all(|&n| n > 0.0),
+        "one dispatcher recorded no result, so no race was run: {recorded:?}"
+    );
+    for s in &mut serves {
+        let (code, _) = s.sigterm().await;
+        assert_eq!(code, 0);
+    }
 }

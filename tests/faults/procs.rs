@@ -612,3 +612,149 @@ impl Executions {
         self.counts.values().filter(|&&n| n > 1).count()
     }
 }
+
+/// A script that appends `start NAME` to `log` as it begins and `end NAME`
+/// as it ends, with `body` between. Every task of a test shares one log:
+/// lines appended by concurrent processes (`O_APPEND`, one short write each)
+/// never interleave, so the file's order is the order in which things ran.
+pub fn logged_script(log: &Path, name: &str, body: &str) -> String {
+    format!(
+        "#!/bin/sh\necho \"start {name}\" >> {log}\n{body}\necho \"end {name}\" >> {log}\n",
+        log = log.display()
+    )
+}
+
+/// What a shared run log (see [`logged_script`]) says: where each task's
+/// `start` and `end` lines are.
+pub struct RunLog {
+    pub starts: HashMap<String, Vec<usize>>,
+    pub ends: HashMap<String, Vec<usize>>,
+    pub lines: usize,
+}
+
+impl RunLog {
+    pub fn read(log: &Path) -> Self {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let mut starts: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut ends: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut lines = 0;
+        for (i, line) in text.lines().enumerate() {
+            lines += 1;
+            if let Some(name) = line.strip_prefix("start ") {
+                starts.entry(name.to_owned()).or_default().push(i);
+            } else if let Some(name) = line.strip_prefix("end ") {
+                ends.entry(name.to_owned()).or_default().push(i);
+            } else {
+                panic!("line {i} of {} is torn: {line:?}", log.display());
+            }
+        }
+        Self {
+            starts,
+            ends,
+            lines,
+        }
+    }
+
+    /// How many times `name`'s script started.
+    pub fn runs(&self, name: &str) -> usize {
+        self.starts.get(name).map_or(0, Vec::len)
+    }
+
+    /// `(task, dependency)` pairs where the task's script started before
+    /// the dependency's script ended (`deps`: task -> its dependencies).
+    pub fn out_of_order(&self, deps: &HashMap<String, Vec<String>>) -> Vec<(String, String)> {
+        let mut bad = Vec::new();
+        for (task, ds) in deps {
+            let Some(&start) = self.starts.get(task).and_then(|s| s.first()) else {
+                continue;
+            };
+            for d in ds {
+                let ended = self.ends.get(d).and_then(|e| e.first()).copied();
+                if ended.is_none_or(|e| e > start) {
+                    bad.push((task.clone(), d.clone()));
+                }
+            }
+        }
+        bad.sort();
+        bad
+    }
+}
+
+/// What a workflow's event log says about each task.
+pub struct EventLog {
+    /// Terminal states each task entered, in log order.
+    pub terminal: HashMap<String, Vec<String>>,
+    /// `(task, dependency)` pairs where the task left `waiting` (its first
+    /// `queued` or `running` event) before the dependency's `succeeded`.
+    pub out_of_order: Vec<(String, String)>,
+    /// Every event's state per task, in log order.
+    pub states: HashMap<String, Vec<String>>,
+    /// Event ids strictly increase (the stream's order is the log's).
+    pub ids_increase: bool,
+}
+
+impl EventLog {
+    pub fn new(events: &[Value], deps: &HashMap<String, Vec<String>>) -> Self {
+        let mut terminal: HashMap<String, Vec<String>> = HashMap::new();
+        let mut states: HashMap<String, Vec<String>> = HashMap::new();
+        let mut left_waiting: HashMap<String, usize> = HashMap::new();
+        let mut succeeded: HashMap<String, usize> = HashMap::new();
+        for (i, e) in events.iter().enumerate() {
+            let name = e["task_name"].as_str().unwrap_or_default().to_owned();
+            let state = e["state"].as_str().unwrap_or_default().to_owned();
+            match state.as_str() {
+                "queued" | "running" => {
+                    left_waiting.entry(name.clone()).or_insert(i);
+                }
+                "succeeded" => {
+                    succeeded.entry(name.clone()).or_insert(i);
+                }
+                _ => {}
+            }
+            if matches!(
+                state.as_str(),
+                "succeeded" | "failed" | "timed_out" | "cancelled" | "skipped"
+            ) {
+                terminal
+                    .entry(name.clone())
+                    .or_default()
+                    .push(state.clone());
+            }
+            states.entry(name).or_default().push(state);
+        }
+        let mut out_of_order = Vec::new();
+        for (task, ds) in deps {
+            let Some(&left) = left_waiting.get(task) else {
+                continue;
+            };
+            for d in ds {
+                if succeeded.get(d).is_none_or(|&s| s > left) {
+                    out_of_order.push((task.clone(), d.clone()));
+                }
+            }
+        }
+        out_of_order.sort();
+        let ids: Vec<i64> = events.iter().filter_map(|e| e["id"].as_i64()).collect();
+        Self {
+            terminal,
+            out_of_order,
+            states,
+            ids_increase: ids.len() == events.len() && ids.windows(2).all(|w| w[0] < w[1]),
+        }
+    }
+}
+
+/// The counter `name` of a dispatcher (0 if it does not answer).
+pub async fn counter(api: &Api, name: &str) -> f64 {
+    api.metrics()
+        .await
+        .map_or(0.0, |m| metric_sum(&m, name, ""))
+}
+
+/// How many times a worker's log says it dropped a duplicate delivery.
+pub fn duplicates_dropped(worker: &WorkerProc) -> usize {
+    std::fs::read_to_string(&worker.log)
+        .unwrap_or_default()
+        .matches("duplicate delivery dropped")
+        .count()
+}
