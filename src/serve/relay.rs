@@ -74,6 +74,7 @@ pub async fn run(
     let mut connected_before = false;
     // Handed messages taken from the channel and not yet sent.
     let mut pending: Vec<OutboxItem> = Vec::new();
+    let mut held = Held::new(tracker.clone(), settings.clone());
     'connect: while !shutdown.is_cancelled() {
         let connected = async {
             broker.declare_topology().await?;
@@ -118,31 +119,38 @@ pub async fn run(
             // from here too could send it twice.
             let fresh_after = now_us() - lease_us / 2;
             pending.retain(|i| i.created_at > fresh_after);
-            let round = if !pending.is_empty() {
-                let items = std::mem::take(&mut pending);
-                relay_items(&tracker, &mut publisher, &settings, items).await
-            } else if sweep {
-                sweep = false;
-                let swept = relay_once(&tracker, &mut publisher, &settings).await;
-                let wait = match tracker.store().next_outbox_due().await {
-                    Ok(Some(due)) => {
-                        Duration::from_micros((due - now_us()).max(0) as u64).min(interval)
-                    }
-                    _ => interval,
-                };
-                next_sweep = tokio::time::Instant::now() + wait;
-                if matches!(swept, Ok(true)) {
+            let round = async {
+                if !pending.is_empty() {
+                    let items = std::mem::take(&mut pending);
+                    held.take(&mut publisher, items).await?;
+                } else if sweep {
+                    sweep = false;
+                    let now = now_us();
+                    let items = tracker
+                        .store()
+                        .due_outbox(now, BATCH, now + lease_us)
+                        .await?;
                     // A full batch: more may be due at once.
-                    sweep = true;
+                    sweep = items.len() == BATCH as usize;
+                    held.take(&mut publisher, items).await?;
+                    let wait = match tracker.store().next_outbox_due().await {
+                        Ok(Some(due)) => {
+                            Duration::from_micros((due - now_us()).max(0) as u64).min(interval)
+                        }
+                        _ => interval,
+                    };
+                    next_sweep = tokio::time::Instant::now() + wait;
                 }
-                swept.map(|_| ())
-            } else {
-                Ok(())
+                if held.flush_due() {
+                    held.flush(&mut publisher).await?;
+                }
+                Ok::<(), RelayError>(())
             };
-            match round {
+            match round.await {
                 Ok(()) => {}
                 Err(RelayError::Broker(e)) => {
                     warn!(error = %e, "publish failed; reconnecting (unconfirmed messages stay in the outbox)");
+                    held.abandon().await;
                     continue 'connect;
                 }
                 Err(RelayError::Store(e)) => {
@@ -150,38 +158,38 @@ pub async fn run(
                 }
             }
             if !publisher.is_open() {
+                held.abandon().await;
                 continue 'connect;
             }
             if sweep || !pending.is_empty() || !handed.is_empty() {
                 continue;
             }
+            let flush_at = held.flush_at();
             tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => {
+                    held.abandon().await;
+                    return;
+                }
                 Some(item) = handed.recv() => pending.push(item),
                 _ = wake.notified() => sweep = true,
                 _ = tokio::time::sleep_until(next_sweep) => sweep = true,
+                _ = async {
+                    match flush_at {
+                        Some(t) => tokio::time::sleep_until(t).await,
+                        None => std::future::pending().await,
+                    }
+                } => {}
             }
         }
     }
 }
 
-/// Publishes one batch of due messages found in the store. Returns whether
-/// the batch was full (more may be due at once).
-async fn relay_once(
-    tracker: &Tracker,
-    publisher: &mut Publisher,
-    settings: &Settings,
-) -> Result<bool, RelayError> {
-    let now = now_us();
-    let lease_until = now + settings.dispatch.outbox_lease_s.max(1) as i64 * 1_000_000;
-    let items = tracker.store().due_outbox(now, BATCH, lease_until).await?;
-    if items.is_empty() {
-        return Ok(false);
-    }
-    let full = items.len() == BATCH as usize;
-    relay_items(tracker, publisher, settings, items).await?;
-    Ok(full)
-}
+/// How long the relay may hold what it published before recording it: the
+/// confirms (attempts become `queued`, rows leave the outbox) and the
+/// notifications (which only announce). One transaction per window instead
+/// of one per publish keeps the store's one writer free for the results a
+/// chain waits on.
+const FLUSH_WINDOW: Duration = Duration::from_millis(10);
 
 /// What became of the messages of one round.
 #[derive(Default)]
@@ -195,57 +203,134 @@ struct Outcome {
     moot: Vec<OutboxItem>,
 }
 
-/// Publishes messages this relay holds (claimed from the store or handed
-/// over by a commit) and records the outcome. Task and cancel messages go
-/// first, in their own batch: a worker waits for them, while notifications
-/// take store reads to render.
-async fn relay_items(
-    tracker: &Tracker,
-    publisher: &mut Publisher,
-    settings: &Settings,
-    items: Vec<OutboxItem>,
-) -> Result<(), RelayError> {
-    let (urgent, later): (Vec<_>, Vec<_>) = items
-        .into_iter()
-        .partition(|i| matches!(i.kind, OutboxKind::Task | OutboxKind::Cancel));
-    let mut outcome = Outcome::default();
-    let sent = match send(tracker, publisher, settings, urgent, &mut outcome).await {
-        Ok(()) => send(tracker, publisher, settings, later, &mut outcome).await,
-        Err((e, mut unsent)) => {
-            unsent.extend(later);
-            Err((e, unsent))
-        }
-    };
-    if let Err((e, unsent)) = sent {
-        // Claimed rows would wait for their lease to end: give them back
-        // now, for whichever relay reconnects first.
-        if let Err(e) = tracker.postpone(&unsent, now_us()).await {
-            warn!(error = %e, "cannot give claimed outbox rows back; they are due again when their lease ends");
-        }
-        // What was confirmed before the failure is recorded below all the same.
-        let _ = record(tracker, &outcome).await;
-        return Err(e);
+impl Outcome {
+    fn len(&self) -> usize {
+        self.confirmed.len() + self.failed.len() + self.waiting.len() + self.moot.len()
     }
-    record(tracker, &outcome).await?;
-    Ok(())
 }
 
-/// Records a round's outcome. A store failure leaves the rows claimed until
-/// their lease ends: sent again then.
-async fn record(tracker: &Tracker, o: &Outcome) -> Result<(), StoreError> {
-    debug!(
-        confirmed = o.confirmed.len(),
-        failed = o.failed.len(),
-        waiting = o.waiting.len(),
-        moot = o.moot.len(),
-        "relay round"
-    );
-    tracker.confirm_published(&o.confirmed).await?;
-    tracker.postpone(&o.failed, now_us() + RETRY_US).await?;
-    tracker
-        .postpone(&o.waiting, now_us() + REFUSED_RETRY_US)
-        .await?;
-    tracker.discard(&o.moot).await
+/// What the relay holds between a publish and the transaction that records
+/// it: the outcome of the task and cancel messages sent (at once, a worker
+/// waits for them), and the notifications not sent yet (they take store
+/// reads to render, and nobody waits for them).
+struct Held {
+    tracker: Tracker,
+    settings: Arc<Settings>,
+    outcome: Outcome,
+    notes: Vec<OutboxItem>,
+    since: Option<tokio::time::Instant>,
+}
+
+impl Held {
+    fn new(tracker: Tracker, settings: Arc<Settings>) -> Self {
+        Self {
+            tracker,
+            settings,
+            outcome: Outcome::default(),
+            notes: Vec::new(),
+            since: None,
+        }
+    }
+
+    /// Sends the task and cancel messages among `items` now and keeps the
+    /// notifications for the next flush.
+    async fn take(
+        &mut self,
+        publisher: &mut Publisher,
+        items: Vec<OutboxItem>,
+    ) -> Result<(), RelayError> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        self.since.get_or_insert_with(tokio::time::Instant::now);
+        let (urgent, notes): (Vec<_>, Vec<_>) = items
+            .into_iter()
+            .partition(|i| matches!(i.kind, OutboxKind::Task | OutboxKind::Cancel));
+        self.notes.extend(notes);
+        let sent = send(
+            &self.tracker,
+            publisher,
+            &self.settings,
+            urgent,
+            &mut self.outcome,
+        )
+        .await;
+        self.give_back_on_error(sent).await
+    }
+
+    fn flush_due(&self) -> bool {
+        self.since.is_some_and(|t| t.elapsed() >= FLUSH_WINDOW)
+            || self.outcome.len() + self.notes.len() >= BATCH as usize
+    }
+
+    fn flush_at(&self) -> Option<tokio::time::Instant> {
+        self.since.map(|t| t + FLUSH_WINDOW)
+    }
+
+    /// Sends the notifications and records everything held.
+    async fn flush(&mut self, publisher: &mut Publisher) -> Result<(), RelayError> {
+        let notes = std::mem::take(&mut self.notes);
+        let sent = send(
+            &self.tracker,
+            publisher,
+            &self.settings,
+            notes,
+            &mut self.outcome,
+        )
+        .await;
+        self.give_back_on_error(sent).await?;
+        self.record().await?;
+        Ok(())
+    }
+
+    async fn give_back_on_error(
+        &mut self,
+        sent: Result<(), (RelayError, Vec<OutboxItem>)>,
+    ) -> Result<(), RelayError> {
+        let Err((e, unsent)) = sent else {
+            return Ok(());
+        };
+        // Claimed rows would wait for their lease to end: give them back
+        // now, for whichever relay reconnects first.
+        if let Err(e) = self.tracker.postpone(&unsent, now_us()).await {
+            warn!(error = %e, "cannot give claimed outbox rows back; they are due again when their lease ends");
+        }
+        Err(e)
+    }
+
+    /// Records the outcome held. A store failure leaves the rows claimed
+    /// until their lease ends: sent again then.
+    async fn record(&mut self) -> Result<(), StoreError> {
+        let o = std::mem::take(&mut self.outcome);
+        self.since = None;
+        debug!(
+            confirmed = o.confirmed.len(),
+            failed = o.failed.len(),
+            waiting = o.waiting.len(),
+            moot = o.moot.len(),
+            "relay round"
+        );
+        self.tracker.confirm_published(&o.confirmed).await?;
+        self.tracker
+            .postpone(&o.failed, now_us() + RETRY_US)
+            .await?;
+        self.tracker
+            .postpone(&o.waiting, now_us() + REFUSED_RETRY_US)
+            .await?;
+        self.tracker.discard(&o.moot).await
+    }
+
+    /// The connection is gone or the relay stops: records what was
+    /// confirmed and gives the unsent notifications back.
+    async fn abandon(&mut self) {
+        let notes = std::mem::take(&mut self.notes);
+        if let Err(e) = self.tracker.postpone(&notes, now_us()).await {
+            warn!(error = %e, "cannot give claimed outbox rows back; they are due again when their lease ends");
+        }
+        if let Err(e) = self.record().await {
+            warn!(error = %e, "cannot record confirmed publishes; they are sent again");
+        }
+    }
 }
 
 /// Renders and publishes `items`, sorting them into `outcome`. On a broker
