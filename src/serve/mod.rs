@@ -24,6 +24,10 @@ use crate::config::Settings;
 use crate::store::Store;
 use crate::tracker::{Tracker, TrackerConfig};
 
+/// The most a broker loop waits to (re)connect: declare the topology and
+/// open its channel. Past it, it backs off and tries again.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// A running dispatcher.
 pub struct Dispatcher {
     /// The address the API listens on (the real port when configured as 0).

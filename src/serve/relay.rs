@@ -76,9 +76,16 @@ pub async fn run(
     let mut pending: Vec<OutboxItem> = Vec::new();
     let mut held = Held::new(tracker.clone(), settings.clone());
     'connect: while !shutdown.is_cancelled() {
+        // Bounded: after a forced close, a declare or a channel open on a
+        // connection the broker dropped has been seen never to return.
         let connected = async {
-            broker.declare_topology().await?;
-            broker.publisher().await
+            let steps = async {
+                broker.declare_topology().await?;
+                broker.publisher().await
+            };
+            tokio::time::timeout(super::CONNECT_TIMEOUT, steps)
+                .await
+                .unwrap_or(Err(BrokerError::Timeout(super::CONNECT_TIMEOUT)))
         };
         // A broker that accepts the TCP connection and then says nothing
         // holds `connected` for the pool's create timeout: obey shutdown.

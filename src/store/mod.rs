@@ -513,12 +513,14 @@ impl Store {
     /// Outbox messages due at `now`, oldest first, with what they need to be
     /// rendered (the task row, when it still exists).
     ///
-    /// Rows claimed by a relay (`lease_until` ahead) are not due. On
-    /// PostgreSQL the rows returned are claimed until `lease_until`, skipping
-    /// rows another relay is claiming right now, so another dispatcher's
-    /// relay leaves them alone. A confirmed message is deleted; one whose
-    /// relay died is due again when its lease ends. SQLite has one
-    /// dispatcher and so one relay: no claim (see [`Store::release_leases`]).
+    /// Rows claimed by a relay (`lease_until` ahead) are not due. The rows
+    /// returned are claimed until `lease_until` (on PostgreSQL skipping rows
+    /// another relay is claiming right now), so neither another
+    /// dispatcher's relay nor this relay's next sweep takes them while they
+    /// are published and until the confirm is recorded. A confirmed message
+    /// is deleted; one whose relay died is due again when its lease ends
+    /// (SQLite, with its one dispatcher, ends every claim at start:
+    /// [`Store::release_leases`]).
     ///
     /// # Errors
     /// A database failure.
@@ -530,16 +532,32 @@ impl Store {
     ) -> Result<Vec<OutboxItem>, StoreError> {
         let rows = match self.backend {
             Backend::Sqlite => {
-                sqlx::query(concat!(
+                // No DML in a CTE: claim, then read what this claim holds
+                // (`lease_until` is this sweep's own), in one transaction.
+                let mut tx = self.begin().await?;
+                let claimed = sqlx::query(
+                    "UPDATE outbox SET lease_until = $3 WHERE id IN (SELECT id FROM outbox \
+                     WHERE not_before <= $1 AND lease_until <= $1 ORDER BY id LIMIT $2)",
+                )
+                .bind(now)
+                .bind(i64::from(limit))
+                .bind(lease_until)
+                .execute(&mut *tx.tx)
+                .await?;
+                if claimed.rows_affected() == 0 {
+                    return Ok(Vec::new());
+                }
+                let rows = sqlx::query(concat!(
                     "SELECT ",
                     outbox_item_columns!(),
                     " FROM outbox o LEFT JOIN tasks t ON t.id = o.task_id ",
-                    "WHERE o.not_before <= $1 AND o.lease_until <= $1 ORDER BY o.id LIMIT $2"
+                    "WHERE o.lease_until = $1 ORDER BY o.id"
                 ))
-                .bind(now)
-                .bind(i64::from(limit))
-                .fetch_all(&self.pool)
-                .await?
+                .bind(lease_until)
+                .fetch_all(&mut *tx.tx)
+                .await?;
+                tx.commit().await?;
+                rows
             }
             Backend::Postgres => {
                 sqlx::query(concat!(
