@@ -81,6 +81,38 @@ impl WriteTx {
     /// # Errors
     /// A database failure, or a duplicate name (see [`StoreError::is_unique_violation`]).
     pub async fn insert_tasks(&mut self, tasks: &[TaskRow]) -> Result<(), StoreError> {
+        let tasks: Vec<&TaskRow> = tasks.iter().collect();
+        self.write_tasks(&tasks, "").await
+    }
+
+    /// Writes every column of existing task rows (the multi-row form of
+    /// [`WriteTx::update_task`]), as an upsert on the id.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn update_tasks(&mut self, tasks: &[&TaskRow]) -> Result<(), StoreError> {
+        self.write_tasks(
+            tasks,
+            " ON CONFLICT (id) DO UPDATE SET name = excluded.name, \
+             server_id = excluded.server_id, task_group = excluded.task_group, \
+             config = excluded.config, inputs = excluded.inputs, outputs = excluded.outputs, \
+             options = excluded.options, on_dependency_failure = excluded.on_dependency_failure, \
+             timeout_s = excluded.timeout_s, retries = excluded.retries, \
+             retry_delay_s = excluded.retry_delay_s, delivery = excluded.delivery, \
+             state = excluded.state, attempt = excluded.attempt, failures = excluded.failures, \
+             redeliveries = excluded.redeliveries, result = excluded.result, \
+             queued_at = excluded.queued_at, started_at = excluded.started_at, \
+             finished_at = excluded.finished_at, last_heartbeat_at = excluded.last_heartbeat_at, \
+             updated_at = excluded.updated_at",
+        )
+        .await
+    }
+
+    async fn write_tasks(
+        &mut self,
+        tasks: &[&TaskRow],
+        on_conflict: &str,
+    ) -> Result<(), StoreError> {
         const COLS: usize = 25;
         let size = MAX_PARAMS / COLS;
         for chunk in tasks.chunks(size) {
@@ -88,7 +120,7 @@ impl WriteTx {
                 "INSERT INTO tasks (id, workflow_id, name, server_id, task_group, config, inputs, \
                  outputs, options, on_dependency_failure, timeout_s, retries, retry_delay_s, \
                  delivery, state, attempt, failures, redeliveries, result, created_at, queued_at, \
-                 started_at, finished_at, last_heartbeat_at, updated_at) VALUES {}",
+                 started_at, finished_at, last_heartbeat_at, updated_at) VALUES {}{on_conflict}",
                 Params::new(self.backend).values(chunk.len(), COLS)
             );
             let mut q = query(sql, chunk.len() == size, chunk.len());

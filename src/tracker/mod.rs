@@ -682,6 +682,7 @@ impl Tracker {
         for incoming in batch {
             verdicts.push(replies::record(&mut tx, &self.config, &mut ctx, incoming, now).await?);
         }
+        ctx.flush(&mut tx, now).await?;
         let due: Vec<&str> = {
             let mut heard = self.heard.lock().unwrap_or_else(|e| e.into_inner());
             ctx.touched()

@@ -148,55 +148,39 @@ pub(super) fn mark_queued(task: &mut TaskRow, attempt: i64, now: i64) -> Result<
     Ok(true)
 }
 
-/// The worker reported that the current attempt runs (its first heartbeat).
-pub(super) async fn mark_running(
-    tx: &mut WriteTx,
-    task: &mut TaskRow,
-    now: i64,
-) -> Result<(), StoreError> {
-    if matches!(task.state, TaskState::Waiting | TaskState::Queued) {
-        transition(tx, task, TaskState::Running, now).await?;
+/// The worker reported that the current attempt runs (a heartbeat): moves
+/// the row in memory, and returns whether the task moved to `running` (an
+/// event is due). The caller writes the row.
+pub(super) fn mark_running_in_memory(task: &mut TaskRow, now: i64) -> Result<bool, StoreError> {
+    let moved = matches!(task.state, TaskState::Waiting | TaskState::Queued);
+    if moved {
+        check(task, TaskState::Running)?;
+        task.state = TaskState::Running;
         task.queued_at.get_or_insert(now);
         task.started_at = Some(now);
     }
     task.last_heartbeat_at = Some(now);
     task.updated_at = now;
-    tx.update_task(task).await
+    Ok(moved)
 }
 
-/// Records the final result of the current attempt: the task ends, or a new
-/// attempt is scheduled while `retries` allow.
-pub(super) async fn finish(
-    tx: &mut WriteTx,
-    task: &mut TaskRow,
-    result: &TaskResult,
-    now: i64,
-) -> Result<(), StoreError> {
-    end_attempt(tx, task, result, now, true, true).await
+/// How an attempt ends.
+pub(super) enum End {
+    /// A new attempt, after this many seconds.
+    Retry(i64),
+    /// The task ends in this state.
+    Final(TaskState),
 }
 
-/// [`finish`], told whether any task depends on `task` (the reply batch
-/// asked the store once for all its tasks): the release walk runs only then.
-pub(super) async fn finish_known(
-    tx: &mut WriteTx,
-    task: &mut TaskRow,
-    result: &TaskResult,
-    now: i64,
-    has_dependents: bool,
-) -> Result<(), StoreError> {
-    end_attempt(tx, task, result, now, true, has_dependents).await
-}
-
-/// Ends the current attempt: retried while `may_retry` and `retries` allow,
-/// else terminal, and then its dependents released if it has any.
-async fn end_attempt(
-    tx: &mut WriteTx,
+/// Decides how the current attempt ends given its result, and sets the
+/// result, the times and the failure count on the row in memory. Nothing
+/// is written and the state is not moved yet.
+pub(super) fn decide_end(
     task: &mut TaskRow,
     result: &TaskResult,
     now: i64,
     may_retry: bool,
-    has_dependents: bool,
-) -> Result<(), StoreError> {
+) -> Result<End, StoreError> {
     let declared = task.outputs()?;
     let end = if result.succeeded(&declared) {
         TaskState::Succeeded
@@ -214,16 +198,54 @@ async fn end_attempt(
     }
     if end != TaskState::Succeeded && may_retry && task.failures < task.retries {
         task.failures += 1;
-        let delay = task.retry_delay_s;
-        return dispatch(tx, task, now, delay).await;
+        return Ok(End::Retry(task.retry_delay_s));
     }
+    Ok(End::Final(end))
+}
+
+/// Moves the row in memory to its final state `end` (the caller writes it
+/// and logs the event).
+pub(super) fn end_in_memory(
+    task: &mut TaskRow,
+    end: TaskState,
+    now: i64,
+) -> Result<(), StoreError> {
+    check(task, end)?;
+    task.state = end;
+    task.updated_at = now;
+    task.finished_at = Some(now);
+    Ok(())
+}
+
+/// Records the final result of the current attempt: the task ends, or a new
+/// attempt is scheduled while `retries` allow, and its dependents are
+/// released.
+pub(super) async fn finish(
+    tx: &mut WriteTx,
+    task: &mut TaskRow,
+    result: &TaskResult,
+    now: i64,
+) -> Result<(), StoreError> {
+    end_attempt(tx, task, result, now, true).await
+}
+
+/// Ends the current attempt: retried while `may_retry` and `retries` allow,
+/// else terminal, and then its dependents released.
+async fn end_attempt(
+    tx: &mut WriteTx,
+    task: &mut TaskRow,
+    result: &TaskResult,
+    now: i64,
+    may_retry: bool,
+) -> Result<(), StoreError> {
+    let end = match decide_end(task, result, now, may_retry)? {
+        End::Retry(delay) => return dispatch(tx, task, now, delay).await,
+        End::Final(end) => end,
+    };
     transition(tx, task, end, now).await?;
     task.finished_at = Some(now);
     tx.update_task(task).await?;
-    if has_dependents {
-        release_dependents(tx, task, now).await?;
-    }
-    Ok(())
+    release_dependents(tx, task, now).await
 }
 
 /// Cancels a task that has not ended. Workers that may hold the current
@@ -300,7 +322,7 @@ pub(super) async fn lose(
     let result = TaskResult::error(task.attempt as u32, message);
     // An at_most_once attempt may have run: never start it again.
     let may_retry = task.delivery == Delivery::AtLeastOnce;
-    end_attempt(tx, task, &result, now, may_retry, true).await
+    end_attempt(tx, task, &result, now, may_retry).await
 }
 
 /// The current attempt got no result within `timeout_s` of its publish: it

@@ -84,6 +84,11 @@ pub(super) struct Batch {
     /// A release walk changed rows behind `tasks`' back: read from the
     /// store from then on.
     stale: bool,
+    /// Rows changed and not written yet (the latest version of each), and
+    /// the events they owe, in order: written with one statement each per
+    /// batch (see [`Batch::flush`]).
+    unwritten: HashMap<TaskId, TaskRow>,
+    events: Vec<TaskRow>,
 }
 
 impl Batch {
@@ -128,14 +133,43 @@ impl Batch {
             touched: Vec::new(),
             touched_set: HashSet::new(),
             stale: false,
+            unwritten: HashMap::new(),
+            events: Vec::new(),
         })
     }
 
     async fn task(&mut self, tx: &mut WriteTx, id: TaskId) -> Result<Option<TaskRow>, StoreError> {
+        if let Some(row) = self.unwritten.get(&id) {
+            return Ok(Some(row.clone()));
+        }
         if self.stale {
             return tx.task(id).await;
         }
         Ok(self.tasks.remove(&id))
+    }
+
+    /// Keeps `task` to be written at the next flush, with an event if it
+    /// changed state.
+    fn defer(&mut self, task: &TaskRow, event: bool) {
+        if event {
+            self.events.push(task.clone());
+        }
+        self.unwritten.insert(task.id, task.clone());
+    }
+
+    /// Writes the deferred rows and their events. Called before anything
+    /// else writes or reads task rows in the store, and at the end.
+    pub(super) async fn flush(&mut self, tx: &mut WriteTx, now: i64) -> Result<(), StoreError> {
+        if self.unwritten.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<&TaskRow> = self.unwritten.values().collect();
+        tx.update_tasks(&rows).await?;
+        let events: Vec<&TaskRow> = self.events.iter().collect();
+        tx.task_events(&events, now).await?;
+        self.unwritten.clear();
+        self.events.clear();
+        Ok(())
     }
 
     fn touch(&mut self, server: &str) {
@@ -208,16 +242,29 @@ async fn record_for(
     }
     batch.touch(&task.server_id);
     if !reply.ending {
-        release::mark_running(tx, task, now).await?;
+        let moved = release::mark_running_in_memory(task, now)?;
+        batch.defer(task, moved);
         return Ok(Verdict::Heartbeat);
     }
     let result = TaskResult::from_reply(attempt, reply.result, reply.failure.as_deref());
     if batch.with_dependents.contains(&task.id) {
+        // The walk reads and writes rows: the store must be up to date.
+        batch.flush(tx, now).await?;
         release::finish(tx, task, &result, now).await?;
         // The walk may have changed other rows of this batch.
         batch.stale = true;
-    } else {
-        release::finish_known(tx, task, &result, now, false).await?;
+        return Ok(Verdict::Recorded);
+    }
+    // No dependents: the end is written with the rest of the batch.
+    match release::decide_end(task, &result, now, true)? {
+        release::End::Final(end) => {
+            release::end_in_memory(task, end, now)?;
+            batch.defer(task, true);
+        }
+        release::End::Retry(delay) => {
+            batch.flush(tx, now).await?;
+            release::dispatch(tx, task, now, delay).await?;
+        }
     }
     Ok(Verdict::Recorded)
 }
