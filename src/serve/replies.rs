@@ -136,7 +136,7 @@ async fn consume(
             // only when the dispatcher dies or loses the broker (a crash that
             // repeats on the same reply is what the limit is for).
             let verdicts = loop {
-                match tracker.record_replies(incoming.clone()).await {
+                match tracker.record_replies(&incoming).await {
                     Ok(verdicts) => break verdicts,
                     Err(e) => {
                         error!(error = %e, "cannot record replies; keeping them and retrying");

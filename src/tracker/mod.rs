@@ -674,13 +674,15 @@ impl Tracker {
     ///
     /// # Errors
     /// A store failure: nothing was recorded, the caller must not ack.
-    pub async fn record_replies(&self, batch: Vec<Incoming>) -> Result<Vec<Verdict>, StoreError> {
+    pub async fn record_replies(&self, batch: &[Incoming]) -> Result<Vec<Verdict>, StoreError> {
         let now = now_us();
         let mut tx = self.begin().await?;
-        let mut ctx = replies::Batch::load(&mut tx, &batch).await?;
+        let (mut ctx, decoded) = replies::Batch::load(&mut tx, &self.config, batch).await?;
         let mut verdicts = Vec::with_capacity(batch.len());
-        for incoming in batch {
-            verdicts.push(replies::record(&mut tx, &self.config, &mut ctx, incoming, now).await?);
+        for (incoming, reply) in batch.iter().zip(decoded) {
+            verdicts.push(
+                replies::record(&mut tx, &self.config, &mut ctx, incoming, reply, now).await?,
+            );
         }
         ctx.flush(&mut tx, now).await?;
         let due: Vec<&str> = {

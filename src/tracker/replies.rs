@@ -92,13 +92,24 @@ pub(super) struct Batch {
 }
 
 impl Batch {
-    pub(super) async fn load(tx: &mut WriteTx, batch: &[Incoming]) -> Result<Self, StoreError> {
+    /// Reads what `batch` needs; returns the batch context and each reply
+    /// decoded (`None`: oversized, left unread, or malformed).
+    pub(super) async fn load(
+        tx: &mut WriteTx,
+        config: &TrackerConfig,
+        batch: &[Incoming],
+    ) -> Result<(Self, Vec<Option<RpcReply>>), StoreError> {
         let mut task_ids = HashSet::new();
         let mut server_ids = HashSet::new();
-        for incoming in batch {
-            let Ok(reply) = RpcReply::decode(&incoming.body) else {
-                continue;
-            };
+        let decoded: Vec<Option<RpcReply>> = batch
+            .iter()
+            .map(|i| {
+                (i.body.len() <= config.max_result_bytes)
+                    .then(|| RpcReply::decode(&i.body).ok())
+                    .flatten()
+            })
+            .collect();
+        for reply in decoded.iter().flatten() {
             match parse_msg_id(&reply.msg_id) {
                 Ok(MsgTarget::Server(s)) => {
                     server_ids.insert(s.as_str().to_owned());
@@ -126,7 +137,7 @@ impl Batch {
             .map(|s| (s.server_id.clone(), s))
             .collect();
         let with_dependents = tx.having_dependents(&task_ids).await?;
-        Ok(Self {
+        let context = Self {
             tasks,
             servers,
             with_dependents,
@@ -135,7 +146,8 @@ impl Batch {
             stale: false,
             unwritten: HashMap::new(),
             events: Vec::new(),
-        })
+        };
+        Ok((context, decoded))
     }
 
     async fn task(&mut self, tx: &mut WriteTx, id: TaskId) -> Result<Option<TaskRow>, StoreError> {
@@ -188,20 +200,21 @@ pub(super) async fn record(
     tx: &mut WriteTx,
     config: &TrackerConfig,
     batch: &mut Batch,
-    incoming: Incoming,
+    incoming: &Incoming,
+    reply: Option<RpcReply>,
     now: i64,
 ) -> Result<Verdict, StoreError> {
     if incoming.body.len() > config.max_result_bytes {
         return Ok(Verdict::Dropped("oversized"));
     }
-    let Ok(reply) = RpcReply::decode(&incoming.body) else {
+    let Some(reply) = reply else {
         return Ok(Verdict::Dropped("malformed"));
     };
     let (task_id, attempt) = match parse_msg_id(&reply.msg_id) {
         Err(_) => return Ok(Verdict::Dropped("unknown_msg_id")),
         Ok(MsgTarget::Server(server)) => {
             let row = batch.servers.get(server.as_str());
-            if let Err(reason) = authorize(config, &incoming, server.as_str(), row) {
+            if let Err(reason) = authorize(config, incoming, server.as_str(), row) {
                 return Ok(Verdict::Dropped(reason));
             }
             batch.touch(server.as_str());
@@ -212,7 +225,7 @@ pub(super) async fn record(
     let Some(mut task) = batch.task(tx, task_id).await? else {
         return Ok(Verdict::Dropped("unknown_task"));
     };
-    let verdict = record_for(tx, config, batch, &incoming, reply, &mut task, attempt, now).await;
+    let verdict = record_for(tx, config, batch, incoming, reply, &mut task, attempt, now).await;
     if !batch.stale {
         batch.tasks.insert(task.id, task);
     }
