@@ -10,7 +10,7 @@
 //! (measured: 25,000 took seconds), while `?` costs nothing. PostgreSQL only
 //! knows `$N` (and looks it up directly). [`Params`] writes them all.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use sqlx::Row;
 use sqlx::any::AnyArguments;
@@ -301,6 +301,38 @@ impl WriteTx {
         Ok(out)
     }
 
+    /// The tasks among `ids` that exist, each with whether some task depends
+    /// on it (a reply batch needs both; one query).
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn tasks_by_ids_flagged(
+        &mut self,
+        ids: &[TaskId],
+    ) -> Result<Vec<(TaskRow, bool)>, StoreError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(MAX_IN) {
+            let sql = format!(
+                concat!(
+                    "SELECT ",
+                    task_columns!(t),
+                    ", CAST(CASE WHEN EXISTS (SELECT 1 FROM task_deps d WHERE d.dep_id = t.id) ",
+                    "THEN 1 ELSE 0 END AS BIGINT) AS has_dependents FROM tasks t WHERE t.id IN ({})"
+                ),
+                Params::new(self.backend).list(chunk.len())
+            );
+            let mut q = query(sql, chunk.len() == MAX_IN, chunk.len());
+            for id in chunk {
+                q = q.bind(id.to_string());
+            }
+            for row in q.fetch_all(&mut *self.tx).await? {
+                let flag: i64 = row.try_get("has_dependents")?;
+                out.push((TaskRow::from_row(&row)?, flag != 0));
+            }
+        }
+        Ok(out)
+    }
+
     /// Which of `names` a workflow's tasks already have.
     ///
     /// # Errors
@@ -374,32 +406,6 @@ impl WriteTx {
         Ok(())
     }
 
-    /// Which of `ids` some task depends on.
-    ///
-    /// # Errors
-    /// A database failure.
-    pub async fn having_dependents(
-        &mut self,
-        ids: &[TaskId],
-    ) -> Result<HashSet<TaskId>, StoreError> {
-        let mut out = HashSet::new();
-        for chunk in ids.chunks(MAX_IN) {
-            let sql = format!(
-                "SELECT DISTINCT dep_id FROM task_deps WHERE dep_id IN ({})",
-                Params::new(self.backend).list(chunk.len())
-            );
-            let mut q = query(sql, chunk.len() == MAX_IN, chunk.len());
-            for id in chunk {
-                q = q.bind(id.to_string());
-            }
-            for row in q.fetch_all(&mut *self.tx).await? {
-                let id: String = row.try_get("dep_id")?;
-                out.insert(parse_id(&id)?);
-            }
-        }
-        Ok(out)
-    }
-
     /// Locks, until this transaction ends, the workflows of `tasks` (see
     /// [`WriteTx::workflow`]); call it before reading any of their rows.
     /// The locks are taken in id order, the same for every transaction, so
@@ -412,8 +418,23 @@ impl WriteTx {
         if self.backend == Backend::Sqlite || tasks.is_empty() {
             return Ok(());
         }
-        // A task never changes workflow, so finding the workflows first
-        // and locking them next reads nothing that could go stale.
+        // The rows are locked as the sorted scan returns them, in id order.
+        if tasks.len() <= MAX_IN {
+            // One statement (a reply batch, a relay round).
+            let sql = format!(
+                "SELECT id FROM workflows WHERE id IN \
+                 (SELECT workflow_id FROM tasks WHERE id IN ({})) ORDER BY id FOR UPDATE",
+                Params::new(self.backend).list(tasks.len())
+            );
+            let mut q = query(sql, tasks.len() == MAX_IN, tasks.len());
+            for id in tasks {
+                q = q.bind(id.to_string());
+            }
+            q.fetch_all(&mut *self.tx).await?;
+            return Ok(());
+        }
+        // More: find the workflows first (a task never changes workflow, so
+        // nothing read here goes stale), then lock them all in one order.
         let mut workflows = Vec::new();
         for chunk in tasks.chunks(MAX_IN) {
             let sql = format!(
@@ -430,8 +451,6 @@ impl WriteTx {
         }
         workflows.sort_unstable();
         workflows.dedup();
-        // One statement per chunk, in order: rows are locked as the sorted
-        // scan returns them.
         for chunk in workflows.chunks(MAX_IN) {
             let sql = format!(
                 "SELECT id FROM workflows WHERE id IN ({}) ORDER BY id FOR UPDATE",

@@ -344,20 +344,36 @@ impl WriteTx {
             .collect()
     }
 
-    /// The tasks that depend on `task`, whole (the release walk changes them).
+    /// The tasks that depend on `task`, whole (the release walk changes
+    /// them), each with the states of all its dependencies: one query.
     ///
     /// # Errors
     /// A database failure.
-    pub async fn dependents(&mut self, task: TaskId) -> Result<Vec<TaskRow>, StoreError> {
+    pub async fn dependents(
+        &mut self,
+        task: TaskId,
+    ) -> Result<Vec<(TaskRow, Vec<TaskState>)>, StoreError> {
         let rows = sqlx::query(concat!(
             "SELECT ",
             task_columns!(t),
-            " FROM task_deps d JOIN tasks t ON t.id = d.task_id WHERE d.dep_id = $1"
+            ", s.state AS dep_state FROM task_deps d JOIN tasks t ON t.id = d.task_id \
+             JOIN task_deps d2 ON d2.task_id = t.id JOIN tasks s ON s.id = d2.dep_id \
+             WHERE d.dep_id = $1 ORDER BY t.id"
         ))
         .bind(task.to_string())
         .fetch_all(&mut *self.tx)
         .await?;
-        rows.iter().map(TaskRow::from_row).collect()
+        let mut out: Vec<(TaskRow, Vec<TaskState>)> = Vec::new();
+        for row in &rows {
+            let state: String = row.try_get("dep_state")?;
+            let state = TaskState::from_str(&state).map_err(StoreError::Corrupt)?;
+            let id = parse_id(&row.try_get::<String, _>("id")?)?;
+            match out.last_mut() {
+                Some((t, states)) if t.id == id => states.push(state),
+                _ => out.push((TaskRow::from_row(row)?, vec![state])),
+            }
+        }
+        Ok(out)
     }
 
     /// Every dependency edge `(task, dependency)` among a workflow's tasks.

@@ -44,6 +44,19 @@ async fn evaluate(tx: &mut WriteTx, task: &mut TaskRow, now: i64) -> Result<bool
         return Ok(false);
     }
     let states = tx.dependency_states(task.id).await?;
+    evaluate_with(tx, task, states, now).await
+}
+
+/// [`evaluate`], given the states of the task's dependencies.
+async fn evaluate_with(
+    tx: &mut WriteTx,
+    task: &mut TaskRow,
+    states: Vec<TaskState>,
+    now: i64,
+) -> Result<bool, StoreError> {
+    if task.state != TaskState::Waiting || task.attempt != 0 {
+        return Ok(false);
+    }
     let mut all_satisfied = true;
     for s in states {
         match s.satisfies(task.on_dependency_failure) {
@@ -275,7 +288,7 @@ pub(super) async fn release_dependents(
 ) -> Result<(), StoreError> {
     let mut work = vec![(ended.id, ended.state)];
     while let Some((id, state)) = work.pop() {
-        for mut task in tx.dependents(id).await? {
+        for (mut task, states) in tx.dependents(id).await? {
             if task.state != TaskState::Waiting || task.attempt != 0 {
                 continue;
             }
@@ -285,7 +298,7 @@ pub(super) async fn release_dependents(
                 task.finished_at = Some(now);
                 tx.update_task(&task).await?;
                 work.push((task.id, TaskState::Skipped));
-            } else if evaluate(tx, &mut task, now).await? {
+            } else if evaluate_with(tx, &mut task, states, now).await? {
                 // Another dependency had ended badly already.
                 work.push((task.id, TaskState::Skipped));
             }

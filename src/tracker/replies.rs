@@ -122,11 +122,17 @@ impl Batch {
         }
         let task_ids: Vec<TaskId> = task_ids.into_iter().collect();
         tx.lock_workflows_of(&task_ids).await?;
+        let mut with_dependents = HashSet::new();
         let tasks: HashMap<TaskId, TaskRow> = tx
-            .tasks_by_ids(&task_ids)
+            .tasks_by_ids_flagged(&task_ids)
             .await?
             .into_iter()
-            .map(|t| (t.id, t))
+            .map(|(t, has_dependents)| {
+                if has_dependents {
+                    with_dependents.insert(t.id);
+                }
+                (t.id, t)
+            })
             .collect();
         server_ids.extend(tasks.values().map(|t| t.server_id.clone()));
         let server_ids: Vec<&str> = server_ids.iter().map(String::as_str).collect();
@@ -136,7 +142,6 @@ impl Batch {
             .into_iter()
             .map(|s| (s.server_id.clone(), s))
             .collect();
-        let with_dependents = tx.having_dependents(&task_ids).await?;
         let context = Self {
             tasks,
             servers,
