@@ -26,6 +26,9 @@ use lapin::{BasicProperties, Channel, ConnectionProperties, Consumer, ExchangeKi
 use crate::config::{AmqpSettings, QueueType, SecretUrl};
 use crate::protocol::{CONTENT_ENCODING, CONTENT_TYPE};
 
+/// The longest the publisher waits for the confirms of one batch.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// A broker failure. The caller reconnects; nothing is lost because the
 /// outbox keeps unconfirmed messages and unacked replies are redelivered.
 #[derive(Debug, thiserror::Error)]
@@ -481,15 +484,23 @@ impl Publisher {
                 .await?;
             pending.push(confirm);
         }
-        let mut outcomes = Vec::with_capacity(pending.len());
-        for confirm in pending {
-            outcomes.push(match confirm.await? {
-                Confirmation::Ack(None) | Confirmation::NotRequested => Published::Confirmed,
-                Confirmation::Ack(Some(_)) => Published::Unroutable,
-                Confirmation::Nack(_) => Published::Nacked,
-            });
-        }
-        Ok(outcomes)
+        // Bounded: a broker that stops confirming (but keeps the connection)
+        // must not stall the relay forever; the caller reconnects and the
+        // unconfirmed messages are sent again.
+        let confirms = async {
+            let mut outcomes = Vec::with_capacity(pending.len());
+            for confirm in pending {
+                outcomes.push(match confirm.await? {
+                    Confirmation::Ack(None) | Confirmation::NotRequested => Published::Confirmed,
+                    Confirmation::Ack(Some(_)) => Published::Unroutable,
+                    Confirmation::Nack(_) => Published::Nacked,
+                });
+            }
+            Ok::<_, BrokerError>(outcomes)
+        };
+        tokio::time::timeout(CONFIRM_TIMEOUT, confirms)
+            .await
+            .unwrap_or(Err(BrokerError::Timeout(CONFIRM_TIMEOUT)))
     }
 }
 
