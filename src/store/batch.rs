@@ -239,16 +239,7 @@ impl WriteTx {
                             "outbox row for task {task_id}"
                         )));
                     };
-                    self.handed.push(OutboxItem {
-                        id,
-                        kind,
-                        task_id: Some(t.id),
-                        workflow_id: Some(t.workflow_id),
-                        attempt: t.attempt,
-                        server_id: t.server_id.clone(),
-                        created_at: now,
-                        task: Some((*t).clone()),
-                    });
+                    self.handed.push(OutboxItem::of_task(id, kind, t, now));
                 }
             }
         }

@@ -319,6 +319,20 @@ pub struct OutboxItem {
 }
 
 impl OutboxItem {
+    /// The message `kind` about `task` in outbox row `id`, queued at `now`.
+    pub(super) fn of_task(id: i64, kind: OutboxKind, task: &TaskRow, now: i64) -> Self {
+        Self {
+            id,
+            kind,
+            task_id: Some(task.id),
+            workflow_id: Some(task.workflow_id),
+            attempt: task.attempt,
+            server_id: task.server_id.clone(),
+            created_at: now,
+            task: Some(task.clone()),
+        }
+    }
+
     pub(super) fn from_row(row: &AnyRow) -> Result<Self, StoreError> {
         let kind: String = row.try_get("o_kind")?;
         let task_id: String = row.try_get("o_task_id")?;

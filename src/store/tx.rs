@@ -417,7 +417,8 @@ impl WriteTx {
             .collect()
     }
 
-    /// Queues a message for the relay, due at `not_before`.
+    /// Queues a message for the relay, due at `not_before` (the one-row
+    /// form of [`WriteTx::enqueue_many`]).
     ///
     /// # Errors
     /// A database failure.
@@ -428,37 +429,7 @@ impl WriteTx {
         not_before: i64,
         now: i64,
     ) -> Result<(), StoreError> {
-        let lease = self.lease_for(not_before, now);
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO outbox (kind, task_id, workflow_id, attempt, server_id, not_before, \
-             created_at, lease_until) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
-        )
-        .bind(kind.as_str())
-        .bind(task.id.to_string())
-        .bind(task.workflow_id.to_string())
-        .bind(task.attempt)
-        .bind(&task.server_id)
-        .bind(not_before)
-        .bind(now)
-        .bind(lease)
-        .fetch_one(&mut *self.tx)
-        .await?;
-        if lease > 0 {
-            self.handed.push(OutboxItem {
-                id,
-                kind,
-                task_id: Some(task.id),
-                workflow_id: Some(task.workflow_id),
-                attempt: task.attempt,
-                server_id: task.server_id.clone(),
-                created_at: now,
-                task: Some(task.clone()),
-            });
-        }
-        if kind == OutboxKind::Task {
-            self.dispatched_in.insert(task.workflow_id);
-        }
-        Ok(())
+        self.enqueue_many(kind, &[task], not_before, now).await
     }
 
     /// Queues the notification of a workflow's end.
