@@ -257,8 +257,9 @@ async fn every_broker_connection_closed_eight_times_loses_nothing() {
     .await;
     let api = Api::new(&serve.base);
     // The management API lists a new connection only some 4.5 s after it
-    // opened, so each round takes that long: 2 slots per worker and longer
-    // scripts keep the same 400 tasks running through all 8 rounds.
+    // opened (longer on a loaded machine), so each round takes that long:
+    // 2 slots per worker and 1.2 s scripts (400 x 1.2 s / 8 slots = 60 s of
+    // work) keep the same 400 tasks running through all 8 rounds.
     let mut workers = start_workers(dir.path(), &vhost, &[("BORA__WORKER__CONCURRENCY", "2")]);
     let serve_pid = serve.pid();
     let worker_pids: Vec<u32> = workers.iter().map(WorkerProc::pid).collect();
@@ -267,7 +268,7 @@ async fn every_broker_connection_closed_eight_times_loses_nothing() {
     let wf = api
         .post(
             "/v1/workflows",
-            chains_workflow(&runs, CHAINS, LENGTH, SERVERS, 0.8),
+            chains_workflow(&runs, CHAINS, LENGTH, SERVERS, 1.2),
         )
         .await;
     let wf = wf["id"].as_str().unwrap().to_owned();
