@@ -194,6 +194,13 @@ pub struct DispatchSettings {
     pub outbox_lease_s: u64,
 }
 
+impl DispatchSettings {
+    /// `outbox_lease_s` in microseconds (at least a second).
+    pub fn outbox_lease_us(&self) -> i64 {
+        self.outbox_lease_s.max(1) as i64 * 1_000_000
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct WorkerSettings {
     pub server_id: Option<String>,

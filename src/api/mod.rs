@@ -85,7 +85,11 @@ impl AppState {
         for (task, name, state) in self.store().dependency_edges(workflow).await? {
             deps.entry(task).or_default().push((name, state));
         }
-        let seen = self.store().servers_last_seen().await?;
+        // Only the servers these tasks name, not every server bora knows.
+        let servers: std::collections::BTreeSet<&str> =
+            rows.iter().map(|r| r.server_id.as_str()).collect();
+        let servers: Vec<&str> = servers.into_iter().collect();
+        let seen = self.store().last_seen_many(&servers).await?;
         rows.into_iter()
             .map(|row| {
                 let last = seen.get(&row.server_id).copied();

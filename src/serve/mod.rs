@@ -28,6 +28,17 @@ use crate::tracker::{Tracker, TrackerConfig};
 /// open its channel. Past it, it backs off and tries again.
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
+/// A broker loop's connect `steps`, bounded by [`CONNECT_TIMEOUT`]: after
+/// a forced close, a declare or a channel open on a connection the broker
+/// dropped has been seen never to return.
+async fn connect_bounded<T>(
+    steps: impl std::future::Future<Output = Result<T, crate::broker::BrokerError>>,
+) -> Result<T, crate::broker::BrokerError> {
+    tokio::time::timeout(CONNECT_TIMEOUT, steps)
+        .await
+        .unwrap_or(Err(crate::broker::BrokerError::Timeout(CONNECT_TIMEOUT)))
+}
+
 /// A running dispatcher.
 pub struct Dispatcher {
     /// The address the API listens on (the real port when configured as 0).
@@ -65,7 +76,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
             max_result_bytes: settings.dispatch.max_result_bytes,
             max_tasks_per_workflow: settings.dispatch.max_tasks_per_workflow,
             notifications: settings.notifications.enabled,
-            outbox_lease_us: settings.dispatch.outbox_lease_s.max(1) as i64 * 1_000_000,
+            outbox_lease_us: settings.dispatch.outbox_lease_us(),
         },
     );
     let listener = tokio::net::TcpListener::bind(settings.api.listen)

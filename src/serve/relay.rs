@@ -69,24 +69,17 @@ pub async fn run(
         }
     }
     let interval = Duration::from_millis(settings.dispatch.relay_interval_ms.max(10));
-    let lease_us = settings.dispatch.outbox_lease_s.max(1) as i64 * 1_000_000;
+    let lease_us = settings.dispatch.outbox_lease_us();
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
     let mut connected_before = false;
     // Handed messages taken from the channel and not yet sent.
     let mut pending: Vec<OutboxItem> = Vec::new();
     let mut held = Held::new(tracker.clone(), settings.clone());
     'connect: while !shutdown.is_cancelled() {
-        // Bounded: after a forced close, a declare or a channel open on a
-        // connection the broker dropped has been seen never to return.
-        let connected = async {
-            let steps = async {
-                broker.declare_topology().await?;
-                broker.publisher().await
-            };
-            tokio::time::timeout(super::CONNECT_TIMEOUT, steps)
-                .await
-                .unwrap_or(Err(BrokerError::Timeout(super::CONNECT_TIMEOUT)))
-        };
+        let connected = super::connect_bounded(async {
+            broker.declare_topology().await?;
+            broker.publisher().await
+        });
         // A broker that accepts the TCP connection and then says nothing
         // holds `connected` for the pool's create timeout: obey shutdown.
         let connected = tokio::select! {

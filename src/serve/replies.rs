@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::backoff::Backoff;
-use crate::broker::{Broker, BrokerError};
+use crate::broker::Broker;
 use crate::store::now_us;
 use crate::tracker::{Incoming, Tracker, Verdict};
 
@@ -63,17 +63,10 @@ async fn consume(
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
     let mut connected_before = false;
     'connect: while !shutdown.is_cancelled() {
-        // Bounded: after a forced close, a declare or a channel open on a
-        // connection the broker dropped has been seen never to return.
-        let connected = async {
-            let steps = async {
-                broker.declare_topology().await?;
-                broker.reply_consumer().await
-            };
-            tokio::time::timeout(super::CONNECT_TIMEOUT, steps)
-                .await
-                .unwrap_or(Err(BrokerError::Timeout(super::CONNECT_TIMEOUT)))
-        };
+        let connected = super::connect_bounded(async {
+            broker.declare_topology().await?;
+            broker.reply_consumer().await
+        });
         listening.stopped();
         // A broker that accepts the TCP connection and then says nothing
         // holds `connected` for the pool's create timeout: obey shutdown.

@@ -278,14 +278,7 @@ impl Store {
         .bind(id.to_string())
         .fetch_all(&self.pool)
         .await?;
-        let mut counts = TaskCounts::default();
-        for row in rows {
-            let state: String = row.try_get("state")?;
-            let n: i64 = row.try_get("n")?;
-            let state = TaskState::from_str(&state).map_err(StoreError::Corrupt)?;
-            counts.0.insert(state, n as u64);
-        }
-        Ok(counts)
+        counts_of(&rows)
     }
 
     /// Task counts per state over every workflow (the `bora_tasks` gauge).
@@ -296,14 +289,7 @@ impl Store {
         let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM tasks GROUP BY state")
             .fetch_all(&self.pool)
             .await?;
-        let mut counts = TaskCounts::default();
-        for row in rows {
-            let state: String = row.try_get("state")?;
-            let n: i64 = row.try_get("n")?;
-            let state = TaskState::from_str(&state).map_err(StoreError::Corrupt)?;
-            counts.0.insert(state, n as u64);
-        }
-        Ok(counts)
+        counts_of(&rows)
     }
 
     /// A task by id or, failing that, by name.
@@ -631,4 +617,16 @@ impl Store {
         tx.commit().await?;
         Ok(r.rows_affected())
     }
+}
+
+/// Task counts from `(state, n)` rows of a `GROUP BY state`.
+fn counts_of(rows: &[sqlx::any::AnyRow]) -> Result<TaskCounts, StoreError> {
+    let mut counts = TaskCounts::default();
+    for row in rows {
+        let state: String = row.try_get("state")?;
+        let n: i64 = row.try_get("n")?;
+        let state = TaskState::from_str(&state).map_err(StoreError::Corrupt)?;
+        counts.0.insert(state, n as u64);
+    }
+    Ok(counts)
 }

@@ -688,13 +688,17 @@ impl Tracker {
         let due: Vec<&str> = {
             let mut heard = self.heard.lock().unwrap_or_else(|e| e.into_inner());
             ctx.touched()
-                .filter(|s| {
-                    let last = heard.entry((*s).to_owned()).or_insert(i64::MIN);
-                    let due = now.saturating_sub(*last) >= LAST_SEEN_RESOLUTION_US;
-                    if due {
+                .filter(|s| match heard.get_mut(*s) {
+                    // Known: no allocation on this path, once per reply batch.
+                    Some(last) if now.saturating_sub(*last) < LAST_SEEN_RESOLUTION_US => false,
+                    Some(last) => {
                         *last = now;
+                        true
                     }
-                    due
+                    None => {
+                        heard.insert((*s).to_owned(), now);
+                        true
+                    }
                 })
                 .collect()
         };
