@@ -193,7 +193,8 @@ impl WriteTx {
         Ok(())
     }
 
-    /// Queues one message per task (its current attempt), all due at `not_before`.
+    /// Queues one message of `kind` per task (its current attempt), all due
+    /// at `not_before`.
     ///
     /// # Errors
     /// A database failure.
@@ -204,20 +205,35 @@ impl WriteTx {
         not_before: i64,
         now: i64,
     ) -> Result<(), StoreError> {
-        if tasks.is_empty() {
+        let items: Vec<(OutboxKind, &TaskRow)> = tasks.iter().map(|t| (kind, *t)).collect();
+        self.enqueue_mixed(&items, not_before, now).await
+    }
+
+    /// Queues messages of several kinds about tasks (each about its current
+    /// attempt), all due at `not_before`, with one statement per chunk.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn enqueue_mixed(
+        &mut self,
+        items: &[(OutboxKind, &TaskRow)],
+        not_before: i64,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        if items.is_empty() {
             return Ok(());
         }
         const COLS: usize = 8;
         let size = MAX_PARAMS / COLS;
         let lease = self.lease_for(not_before, now);
-        for chunk in tasks.chunks(size) {
+        for chunk in items.chunks(size) {
             let sql = format!(
                 "INSERT INTO outbox (kind, task_id, workflow_id, attempt, server_id, not_before, \
-                 created_at, lease_until) VALUES {} RETURNING id, task_id",
+                 created_at, lease_until) VALUES {} RETURNING id, kind, task_id",
                 Params::new(self.backend).values(chunk.len(), COLS)
             );
             let mut q = query(sql, chunk.len() == size, chunk.len());
-            for t in chunk {
+            for (kind, t) in chunk {
                 q = q
                     .bind(kind.as_str())
                     .bind(t.id.to_string())
@@ -230,23 +246,29 @@ impl WriteTx {
             }
             let rows = q.fetch_all(&mut *self.tx).await?;
             if lease > 0 {
-                let by_task: HashMap<TaskId, &TaskRow> = chunk.iter().map(|t| (t.id, *t)).collect();
+                let by_task: HashMap<(&str, TaskId), (OutboxKind, &TaskRow)> = chunk
+                    .iter()
+                    .map(|(kind, t)| ((kind.as_str(), t.id), (*kind, *t)))
+                    .collect();
                 for row in rows {
                     let id: i64 = row.try_get("id")?;
+                    let kind: String = row.try_get("kind")?;
                     let task_id: String = row.try_get("task_id")?;
-                    let Some(t) = by_task.get(&parse_id(&task_id)?) else {
+                    let Some((kind, t)) = by_task.get(&(kind.as_str(), parse_id(&task_id)?)) else {
                         return Err(StoreError::Corrupt(format!(
-                            "outbox row for task {task_id}"
+                            "outbox row {kind} for task {task_id}"
                         )));
                     };
-                    self.handed.push(OutboxItem::of_task(id, kind, t, now));
+                    self.handed.push(OutboxItem::of_task(id, *kind, t, now));
                 }
             }
         }
-        if kind == OutboxKind::Task {
-            self.dispatched_in
-                .extend(tasks.iter().map(|t| t.workflow_id));
-        }
+        self.dispatched_in.extend(
+            items
+                .iter()
+                .filter(|(kind, _)| *kind == OutboxKind::Task)
+                .map(|(_, t)| t.workflow_id),
+        );
         Ok(())
     }
 
@@ -292,15 +314,16 @@ impl WriteTx {
         Ok(out)
     }
 
-    /// The tasks among `ids` that exist, each with whether some task depends
-    /// on it (a reply batch needs both; one query).
+    /// The tasks a batch of replies is about, each with whether any task
+    /// depends on it and its server's row (`None`: not known): one query
+    /// per chunk of ids.
     ///
     /// # Errors
     /// A database failure.
-    pub async fn tasks_by_ids_flagged(
+    pub async fn tasks_for_replies(
         &mut self,
         ids: &[TaskId],
-    ) -> Result<Vec<(TaskRow, bool)>, StoreError> {
+    ) -> Result<Vec<(TaskRow, bool, Option<ServerRow>)>, StoreError> {
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(MAX_IN) {
             let sql = format!(
@@ -308,7 +331,11 @@ impl WriteTx {
                     "SELECT ",
                     task_columns!(t),
                     ", CAST(CASE WHEN EXISTS (SELECT 1 FROM task_deps d WHERE d.dep_id = t.id) ",
-                    "THEN 1 ELSE 0 END AS BIGINT) AS has_dependents FROM tasks t WHERE t.id IN ({})"
+                    "THEN 1 ELSE 0 END AS BIGINT) AS has_dependents, ",
+                    "s.server_id AS s_server_id, s.kind AS s_kind, s.registered AS s_registered, ",
+                    "s.last_seen AS s_last_seen, s.created_at AS s_created_at ",
+                    "FROM tasks t LEFT JOIN servers s ON s.server_id = t.server_id ",
+                    "WHERE t.id IN ({})"
                 ),
                 Params::new(self.backend).list(chunk.len())
             );
@@ -318,7 +345,11 @@ impl WriteTx {
             }
             for row in q.fetch_all(&mut *self.tx).await? {
                 let flag: i64 = row.try_get("has_dependents")?;
-                out.push((TaskRow::from_row(&row)?, flag != 0));
+                out.push((
+                    TaskRow::from_row(&row)?,
+                    flag != 0,
+                    ServerRow::from_joined(&row)?,
+                ));
             }
         }
         Ok(out)

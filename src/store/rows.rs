@@ -451,13 +451,42 @@ pub struct ServerRow {
 
 impl ServerRow {
     pub(super) fn from_row(row: &AnyRow) -> Result<Self, StoreError> {
-        let kind: String = row.try_get("kind")?;
+        Self::from_columns(
+            row,
+            ["server_id", "kind", "registered", "last_seen", "created_at"],
+        )
+    }
+
+    /// The server columns of a join, aliased `s_<column>`; `None` when the
+    /// join found no server row.
+    pub(super) fn from_joined(row: &AnyRow) -> Result<Option<Self>, StoreError> {
+        if row.try_get::<Option<String>, _>("s_server_id")?.is_none() {
+            return Ok(None);
+        }
+        Self::from_columns(
+            row,
+            [
+                "s_server_id",
+                "s_kind",
+                "s_registered",
+                "s_last_seen",
+                "s_created_at",
+            ],
+        )
+        .map(Some)
+    }
+
+    fn from_columns(
+        row: &AnyRow,
+        [id, kind, registered, last_seen, created_at]: [&str; 5],
+    ) -> Result<Self, StoreError> {
+        let kind: String = row.try_get(kind)?;
         Ok(Self {
-            server_id: row.try_get("server_id")?,
+            server_id: row.try_get(id)?,
             kind: parse(&kind)?,
-            registered: row.try_get::<i64, _>("registered")? != 0,
-            last_seen: row.try_get("last_seen")?,
-            created_at: row.try_get("created_at")?,
+            registered: row.try_get::<i64, _>(registered)? != 0,
+            last_seen: row.try_get(last_seen)?,
+            created_at: row.try_get(created_at)?,
         })
     }
 }

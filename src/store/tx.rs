@@ -353,24 +353,58 @@ impl WriteTx {
         &mut self,
         task: TaskId,
     ) -> Result<Vec<(TaskRow, Vec<TaskState>)>, StoreError> {
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            task_columns!(t),
-            ", s.state AS dep_state FROM task_deps d JOIN tasks t ON t.id = d.task_id \
-             JOIN task_deps d2 ON d2.task_id = t.id JOIN tasks s ON s.id = d2.dep_id \
-             WHERE d.dep_id = $1 ORDER BY t.id"
-        ))
-        .bind(task.to_string())
-        .fetch_all(&mut *self.tx)
-        .await?;
-        let mut out: Vec<(TaskRow, Vec<TaskState>)> = Vec::new();
-        for row in &rows {
-            let state: String = row.try_get("dep_state")?;
-            let state = TaskState::from_str(&state).map_err(StoreError::Corrupt)?;
-            let id = parse_id(&row.try_get::<String, _>("id")?)?;
-            match out.last_mut() {
-                Some((t, states)) if t.id == id => states.push(state),
-                _ => out.push((TaskRow::from_row(row)?, vec![state])),
+        Ok(self
+            .dependents_many(&[task])
+            .await?
+            .into_iter()
+            .map(|(t, deps)| (t, deps.into_iter().map(|(_, s)| s).collect()))
+            .collect())
+    }
+
+    /// The tasks that depend on any of `tasks`, whole and each once, in id
+    /// order, with the id and state of every dependency each has: one query
+    /// per chunk of ids.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn dependents_many(
+        &mut self,
+        tasks: &[TaskId],
+    ) -> Result<Vec<(TaskRow, Vec<(TaskId, TaskState)>)>, StoreError> {
+        let mut out: Vec<(TaskRow, Vec<(TaskId, TaskState)>)> = Vec::new();
+        let mut seen = HashSet::new();
+        for chunk in tasks.chunks(super::batch::MAX_IN) {
+            let sql = format!(
+                concat!(
+                    "SELECT ",
+                    task_columns!(t),
+                    ", s.id AS dep_id, s.state AS dep_state FROM tasks t ",
+                    "JOIN task_deps d2 ON d2.task_id = t.id JOIN tasks s ON s.id = d2.dep_id ",
+                    "WHERE t.id IN (SELECT d.task_id FROM task_deps d WHERE d.dep_id IN ({})) ",
+                    "ORDER BY t.id"
+                ),
+                super::batch::Params::new(self.backend).list(chunk.len())
+            );
+            let mut q = super::batch::query(sql, false, chunk.len());
+            for id in chunk {
+                q = q.bind(id.to_string());
+            }
+            let mut fresh = false;
+            for row in q.fetch_all(&mut *self.tx).await? {
+                let id = parse_id(&row.try_get::<String, _>("id")?)?;
+                let dep = parse_id(&row.try_get::<String, _>("dep_id")?)?;
+                let state: String = row.try_get("dep_state")?;
+                let state = TaskState::from_str(&state).map_err(StoreError::Corrupt)?;
+                match out.last_mut() {
+                    Some((t, deps)) if t.id == id && fresh => deps.push((dep, state)),
+                    _ => {
+                        // A dependent found by an earlier chunk too is kept once.
+                        fresh = seen.insert(id);
+                        if fresh {
+                            out.push((TaskRow::from_row(&row)?, vec![(dep, state)]));
+                        }
+                    }
+                }
             }
         }
         Ok(out)

@@ -165,17 +165,32 @@ impl Tracker {
         self.committed.subscribe()
     }
 
-    async fn commit(&self, mut tx: WriteTx) -> Result<(), StoreError> {
+    async fn commit(&self, tx: WriteTx) -> Result<(), StoreError> {
+        self.commit_with(tx, &[]).await
+    }
+
+    /// Commits, after queueing the first attempts of `dispatched` (due at
+    /// once) together with the task-end notifications: one statement.
+    async fn commit_with(
+        &self,
+        mut tx: WriteTx,
+        dispatched: &[&TaskRow],
+    ) -> Result<(), StoreError> {
+        let now = now_us();
+        let mut messages: Vec<(OutboxKind, &TaskRow)> =
+            dispatched.iter().map(|t| (OutboxKind::Task, *t)).collect();
+        let ended = if self.config.notifications {
+            tx.take_ended()
+        } else {
+            Vec::new()
+        };
+        messages.extend(ended.iter().map(|t| (OutboxKind::TaskEnd, t)));
+        tx.enqueue_mixed(&messages, now, now).await?;
         if self.config.notifications {
             // Every task end is announced; a workflow whose last unfinished
             // task ended here ends with this commit.
-            let now = now_us();
-            let ended = tx.take_ended();
             let workflows: std::collections::BTreeSet<WorkflowId> =
                 ended.iter().map(|t| t.workflow_id).collect();
-            let ended: Vec<&TaskRow> = ended.iter().collect();
-            tx.enqueue_many(OutboxKind::TaskEnd, &ended, now, now)
-                .await?;
             for wf in workflows {
                 if tx.workflow_done(wf).await? {
                     tx.enqueue_workflow_end(wf, now).await?;
@@ -684,7 +699,7 @@ impl Tracker {
                 replies::record(&mut tx, &self.config, &mut ctx, incoming, reply, now).await?,
             );
         }
-        ctx.flush(&mut tx, now).await?;
+        let dispatched = ctx.finish(&mut tx, now).await?;
         let due: Vec<&str> = {
             let mut heard = self.heard.lock().unwrap_or_else(|e| e.into_inner());
             ctx.touched()
@@ -703,7 +718,8 @@ impl Tracker {
                 .collect()
         };
         tx.touch_servers(&due, now).await?;
-        self.commit(tx).await?;
+        let dispatched: Vec<&TaskRow> = dispatched.iter().collect();
+        self.commit_with(tx, &dispatched).await?;
         Ok(verdicts)
     }
 
@@ -966,5 +982,202 @@ mod tests {
         assert!(creates_cycle(a, &[c], &edges));
         assert!(!creates_cycle(c, &[a], &edges));
         assert!(creates_cycle(a, &[a], &edges));
+    }
+}
+
+/// Reply batches against a real (SQLite) store: several results in one
+/// transaction, whose release walk runs in memory.
+#[cfg(test)]
+mod batch_tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::domain::NewTask;
+    use crate::protocol::{RpcReply, TaskResult, task_msg_id};
+
+    async fn tracker() -> (Tracker, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let store = Store::open(&url, 4).await.unwrap();
+        let config = TrackerConfig {
+            require_registration: false,
+            max_redeliveries: 3,
+            dispatcher_user: "guest".into(),
+            reply_exchange: "reply_bora".into(),
+            max_result_bytes: 1 << 20,
+            max_tasks_per_workflow: 100,
+            notifications: true,
+            outbox_lease_us: 5_000_000,
+        };
+        (Tracker::new(store, config), dir)
+    }
+
+    fn specs(tasks: Value) -> Vec<TaskSpec> {
+        serde_json::from_value::<Vec<NewTask>>(tasks)
+            .unwrap()
+            .into_iter()
+            .map(|t| t.validate("").unwrap())
+            .collect()
+    }
+
+    /// The final result of attempt 1, as an oslo server sends it.
+    fn result(task: &TaskRow, exit_code: i64) -> Incoming {
+        let r = TaskResult::from_streams(1, exit_code, String::new(), String::new());
+        Incoming {
+            body: RpcReply::final_result(task_msg_id(task.id, 1), serde_json::to_value(r).unwrap())
+                .encode(),
+            exchange: String::new(),
+            user_id: None,
+        }
+    }
+
+    async fn by_name(tracker: &Tracker, wf: WorkflowId) -> HashMap<String, TaskRow> {
+        let rows = tracker.store().tasks(wf, None, None).await.unwrap();
+        rows.into_iter().map(|t| (t.name.clone(), t)).collect()
+    }
+
+    /// The outbox as (kind, task name or "") in insertion order.
+    async fn outbox(tracker: &Tracker, wf: WorkflowId) -> Vec<(OutboxKind, String)> {
+        let names: HashMap<TaskId, String> = by_name(tracker, wf)
+            .await
+            .into_values()
+            .map(|t| (t.id, t.name))
+            .collect();
+        let mut items = tracker
+            .store()
+            .due_outbox(now_us() + 1_000_000, 1000, now_us() + 1_000_000)
+            .await
+            .unwrap();
+        items.sort_by_key(|i| i.id);
+        items
+            .into_iter()
+            .map(|i| {
+                let name = i.task_id.and_then(|t| names.get(&t).cloned());
+                (i.kind, name.unwrap_or_default())
+            })
+            .collect()
+    }
+
+    fn states(rows: &HashMap<String, TaskRow>) -> Vec<(String, TaskState, i64)> {
+        let mut out: Vec<_> = rows
+            .values()
+            .map(|t| (t.name.clone(), t.state, t.attempt))
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[tokio::test]
+    async fn one_batch_ending_both_dependencies_of_a_join_releases_it_once() {
+        let (tracker, _dir) = tracker().await;
+        let wf = tracker
+            .create_workflow(
+                NewWorkflow {
+                    name: "join".into(),
+                    description: None,
+                    tasks: None,
+                },
+                specs(json!([
+                    {"name": "a", "server_id": "s"},
+                    {"name": "b", "server_id": "s"},
+                    {"name": "join", "server_id": "s", "depends_on": ["a", "b"]},
+                    {"name": "after", "server_id": "s", "depends_on": ["join"]}
+                ])),
+            )
+            .await
+            .unwrap();
+        let rows = by_name(&tracker, wf).await;
+        let before = outbox(&tracker, wf).await;
+        let verdicts = tracker
+            .record_replies(&[result(&rows["a"], 0), result(&rows["b"], 0)])
+            .await
+            .unwrap();
+        assert_eq!(verdicts, vec![Verdict::Recorded, Verdict::Recorded]);
+
+        let rows = by_name(&tracker, wf).await;
+        assert_eq!(
+            states(&rows),
+            vec![
+                ("a".into(), TaskState::Succeeded, 1),
+                ("after".into(), TaskState::Waiting, 0),
+                ("b".into(), TaskState::Succeeded, 1),
+                ("join".into(), TaskState::Waiting, 1),
+            ]
+        );
+        // One message for the join (first attempt), and the two ends.
+        let after: Vec<_> = outbox(&tracker, wf).await[before.len()..].to_vec();
+        assert_eq!(
+            after,
+            vec![
+                (OutboxKind::Task, "join".into()),
+                (OutboxKind::TaskEnd, "a".into()),
+                (OutboxKind::TaskEnd, "b".into()),
+            ]
+        );
+        // Each task's end is in the log once; the join's dispatch is no event.
+        let events = tracker.store().events_after(wf, 0, 100).await.unwrap();
+        let ended: Vec<_> = events
+            .iter()
+            .filter(|e| e.state == "succeeded")
+            .map(|e| e.task_name.clone())
+            .collect();
+        assert_eq!(ended, vec![Some("a".to_owned()), Some("b".to_owned())]);
+    }
+
+    #[tokio::test]
+    async fn one_batch_with_a_failure_skips_down_the_graph_and_ends_the_workflow() {
+        let (tracker, _dir) = tracker().await;
+        let wf = tracker
+            .create_workflow(
+                NewWorkflow {
+                    name: "skip".into(),
+                    description: None,
+                    tasks: None,
+                },
+                specs(json!([
+                    {"name": "a", "server_id": "s"},
+                    {"name": "b", "server_id": "s"},
+                    {"name": "join", "server_id": "s", "depends_on": ["a", "b"]},
+                    {"name": "after", "server_id": "s", "depends_on": ["join"]}
+                ])),
+            )
+            .await
+            .unwrap();
+        let rows = by_name(&tracker, wf).await;
+        let before = outbox(&tracker, wf).await;
+        tracker
+            .record_replies(&[result(&rows["a"], 0), result(&rows["b"], 2)])
+            .await
+            .unwrap();
+        let rows = by_name(&tracker, wf).await;
+        assert_eq!(
+            states(&rows),
+            vec![
+                ("a".into(), TaskState::Succeeded, 1),
+                ("after".into(), TaskState::Skipped, 0),
+                ("b".into(), TaskState::Failed, 1),
+                ("join".into(), TaskState::Skipped, 0),
+            ]
+        );
+        let after: Vec<_> = outbox(&tracker, wf).await[before.len()..].to_vec();
+        assert_eq!(
+            after,
+            vec![
+                (OutboxKind::TaskEnd, "a".into()),
+                (OutboxKind::TaskEnd, "b".into()),
+                (OutboxKind::TaskEnd, "join".into()),
+                (OutboxKind::TaskEnd, "after".into()),
+                (OutboxKind::WorkflowEnd, String::new()),
+            ]
+        );
+        let skipped = tracker
+            .store()
+            .events_after(wf, 0, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.state == "skipped")
+            .count();
+        assert_eq!(skipped, 2);
     }
 }

@@ -5,7 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::domain::{ServerKind, TaskId};
+use crate::domain::{ServerKind, TaskId, TaskState};
 use crate::protocol::{MsgTarget, RpcReply, TaskResult, parse_msg_id};
 use crate::store::{ServerRow, StoreError, TaskRow, WriteTx};
 
@@ -72,8 +72,9 @@ fn authorize(
 
 /// What the replies of one batch need from the store, read with a few
 /// queries up front instead of a few per reply: their tasks, those tasks'
-/// servers, and which of the tasks have dependents. Heartbeat times are
-/// written once per server at the end of the batch.
+/// servers, and which of the tasks have dependents. Everything the batch
+/// changes is kept in memory (the release walk too) and written at the end
+/// with one statement per table; heartbeat times once per server.
 pub(super) struct Batch {
     tasks: HashMap<TaskId, TaskRow>,
     servers: HashMap<String, ServerRow>,
@@ -81,14 +82,17 @@ pub(super) struct Batch {
     /// Servers heard from, in order, written once at the end.
     touched: Vec<String>,
     touched_set: HashSet<String>,
-    /// A release walk changed rows behind `tasks`' back: read from the
-    /// store from then on.
-    stale: bool,
     /// Rows changed and not written yet (the latest version of each), and
     /// the events they owe, in order: written with one statement each per
     /// batch (see [`Batch::flush`]).
     unwritten: HashMap<TaskId, TaskRow>,
     events: Vec<TaskRow>,
+    /// Tasks this batch ended that have dependents: [`Batch::release`]
+    /// walks from them.
+    ended_with_dependents: Vec<TaskId>,
+    /// Dependents the walk gave their first attempt: their messages are
+    /// queued with the commit.
+    dispatched: Vec<TaskId>,
 }
 
 impl Batch {
@@ -123,46 +127,44 @@ impl Batch {
         let task_ids: Vec<TaskId> = task_ids.into_iter().collect();
         tx.lock_workflows_of(&task_ids).await?;
         let mut with_dependents = HashSet::new();
-        let tasks: HashMap<TaskId, TaskRow> = tx
-            .tasks_by_ids_flagged(&task_ids)
-            .await?
-            .into_iter()
-            .map(|(t, has_dependents)| {
-                if has_dependents {
-                    with_dependents.insert(t.id);
-                }
-                (t.id, t)
-            })
-            .collect();
-        server_ids.extend(tasks.values().map(|t| t.server_id.clone()));
-        let server_ids: Vec<&str> = server_ids.iter().map(String::as_str).collect();
-        let servers = tx
-            .servers_by_ids(&server_ids)
-            .await?
-            .into_iter()
-            .map(|s| (s.server_id.clone(), s))
-            .collect();
+        let mut servers = HashMap::new();
+        let mut tasks = HashMap::with_capacity(task_ids.len());
+        for (task, has_dependents, server) in tx.tasks_for_replies(&task_ids).await? {
+            if has_dependents {
+                with_dependents.insert(task.id);
+            }
+            if let Some(server) = server {
+                servers.insert(server.server_id.clone(), server);
+            }
+            tasks.insert(task.id, task);
+        }
+        // Idle heartbeats name a server only.
+        server_ids.retain(|s| !servers.contains_key(s));
+        if !server_ids.is_empty() {
+            let ids: Vec<&str> = server_ids.iter().map(String::as_str).collect();
+            for server in tx.servers_by_ids(&ids).await? {
+                servers.insert(server.server_id.clone(), server);
+            }
+        }
         let context = Self {
             tasks,
             servers,
             with_dependents,
             touched: Vec::new(),
             touched_set: HashSet::new(),
-            stale: false,
             unwritten: HashMap::new(),
             events: Vec::new(),
+            ended_with_dependents: Vec::new(),
+            dispatched: Vec::new(),
         };
         Ok((context, decoded))
     }
 
-    async fn task(&mut self, tx: &mut WriteTx, id: TaskId) -> Result<Option<TaskRow>, StoreError> {
+    fn task(&mut self, id: TaskId) -> Option<TaskRow> {
         if let Some(row) = self.unwritten.get(&id) {
-            return Ok(Some(row.clone()));
+            return Some(row.clone());
         }
-        if self.stale {
-            return tx.task(id).await;
-        }
-        Ok(self.tasks.remove(&id))
+        self.tasks.remove(&id)
     }
 
     /// Keeps `task` to be written at the next flush, with an event if it
@@ -174,8 +176,44 @@ impl Batch {
         self.unwritten.insert(task.id, task.clone());
     }
 
+    /// Releases the dependents of the tasks this batch ended, in memory: a
+    /// dependent whose dependencies are now all satisfied gets its first
+    /// attempt (its message is queued with the commit), one that must be
+    /// skipped is skipped, and its own dependents are walked next. The
+    /// states of dependencies this batch changed are taken from memory, so
+    /// nothing is written before the walk: one query per level of skips.
+    async fn release(&mut self, tx: &mut WriteTx, now: i64) -> Result<(), StoreError> {
+        let mut frontier = std::mem::take(&mut self.ended_with_dependents);
+        while !frontier.is_empty() {
+            let found = tx.dependents_many(&frontier).await?;
+            frontier.clear();
+            for (row, dependencies) in found {
+                let mut task = self.unwritten.get(&row.id).cloned().unwrap_or(row);
+                if task.state != TaskState::Waiting || task.attempt != 0 {
+                    continue;
+                }
+                let states: Vec<TaskState> = dependencies
+                    .iter()
+                    .map(|(id, state)| self.unwritten.get(id).map_or(*state, |t| t.state))
+                    .collect();
+                match release::evaluate_new(&mut task, &states, now)? {
+                    release::Start::Wait => {}
+                    release::Start::Skip => {
+                        self.defer(&task, true);
+                        frontier.push(task.id);
+                    }
+                    release::Start::Dispatch => {
+                        self.defer(&task, false);
+                        self.dispatched.push(task.id);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Writes the deferred rows and their events. Called before anything
-    /// else writes or reads task rows in the store, and at the end.
+    /// else writes task rows in the store, and by [`Batch::finish`].
     pub(super) async fn flush(&mut self, tx: &mut WriteTx, now: i64) -> Result<(), StoreError> {
         if self.unwritten.is_empty() {
             return Ok(());
@@ -187,6 +225,24 @@ impl Batch {
         self.unwritten.clear();
         self.events.clear();
         Ok(())
+    }
+
+    /// The end of the batch: the release walk, then every row and event
+    /// written. Returns the rows whose first attempt the walk dispatched:
+    /// their messages are the caller's to queue.
+    pub(super) async fn finish(
+        &mut self,
+        tx: &mut WriteTx,
+        now: i64,
+    ) -> Result<Vec<TaskRow>, StoreError> {
+        self.release(tx, now).await?;
+        let dispatched = self
+            .dispatched
+            .drain(..)
+            .filter_map(|id| self.unwritten.get(&id).cloned())
+            .collect();
+        self.flush(tx, now).await?;
+        Ok(dispatched)
     }
 
     fn touch(&mut self, server: &str) {
@@ -227,13 +283,11 @@ pub(super) async fn record(
         }
         Ok(MsgTarget::Attempt { task, attempt }) => (task, attempt),
     };
-    let Some(mut task) = batch.task(tx, task_id).await? else {
+    let Some(mut task) = batch.task(task_id) else {
         return Ok(Verdict::Dropped("unknown_task"));
     };
     let verdict = record_for(tx, config, batch, incoming, reply, &mut task, attempt, now).await;
-    if !batch.stale {
-        batch.tasks.insert(task.id, task);
-    }
+    batch.tasks.insert(task.id, task);
     verdict
 }
 
@@ -265,21 +319,16 @@ async fn record_for(
         return Ok(Verdict::Heartbeat);
     }
     let result = TaskResult::from_reply(attempt, reply.result, reply.failure.as_deref());
-    if batch.with_dependents.contains(&task.id) {
-        // The walk reads and writes rows: the store must be up to date.
-        batch.flush(tx, now).await?;
-        release::finish(tx, task, &result, now).await?;
-        // The walk may have changed other rows of this batch.
-        batch.stale = true;
-        return Ok(Verdict::Recorded);
-    }
-    // No dependents: the end is written with the rest of the batch.
     match release::decide_end(task, &result, now, true)? {
         release::End::Final(end) => {
             release::end_in_memory(task, end, now)?;
             batch.defer(task, true);
+            if batch.with_dependents.contains(&task.id) {
+                batch.ended_with_dependents.push(task.id);
+            }
         }
         release::End::Retry(delay) => {
+            // Rare: written at once (the message is due later, not handed off).
             batch.flush(tx, now).await?;
             release::dispatch(tx, task, now, delay).await?;
         }
