@@ -57,6 +57,31 @@ pub enum Command {
     Bench(crate::bench::BenchArgs),
 }
 
+/// Which tokio runtime a command runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuntimeKind {
+    /// One thread: the guest worker (it waits on the broker and on child
+    /// processes; a second scheduler thread only adds hand-offs between
+    /// threads, on a machine whose CPU belongs to the tasks it runs) and the
+    /// client verbs.
+    CurrentThread,
+    /// A thread per core: the dispatcher and the bench.
+    MultiThread,
+}
+
+impl Command {
+    /// The runtime this command runs on.
+    #[must_use]
+    pub fn runtime(&self) -> RuntimeKind {
+        match self {
+            Self::Serve | Self::Bench(_) => RuntimeKind::MultiThread,
+            Self::Worker { .. } | Self::Workflow(_) | Self::Task(_) | Self::Server(_) => {
+                RuntimeKind::CurrentThread
+            }
+        }
+    }
+}
+
 /// Entry point of the binary; returns the process exit code.
 ///
 /// # Errors

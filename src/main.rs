@@ -1,12 +1,24 @@
 use clap::Parser;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     // Two TLS crypto providers get compiled in (through reqwest and lapin);
     // choose one for the whole process. Failing means one is already set.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = bora::cli::Cli::parse();
-    match bora::cli::run(cli).await {
+    let runtime = match cli.command.runtime() {
+        bora::cli::RuntimeKind::CurrentThread => tokio::runtime::Builder::new_current_thread(),
+        bora::cli::RuntimeKind::MultiThread => tokio::runtime::Builder::new_multi_thread(),
+    }
+    .enable_all()
+    .build();
+    let runtime = match runtime {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("bora: starting the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(bora::cli::run(cli)) {
         Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {
             eprintln!("bora: {e:#}");
