@@ -99,13 +99,19 @@ pub struct RpcSettings {
     pub server: String,
 }
 
-/// This machine's host name (for `bora.<host>` and `bora_api.<host>`).
+/// This machine's host name (for `bora.<host>` and `bora_api.<host>`), read
+/// once per process (every notification names it).
 pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".to_owned())
+    static HOSTNAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HOSTNAME
+        .get_or_init(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "localhost".to_owned())
+        })
+        .clone()
 }
 
 /// oslo-style notifications on task and workflow ends.
