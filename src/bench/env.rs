@@ -13,13 +13,14 @@ use anyhow::Context;
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
-use super::BenchArgs;
 use super::client::Client;
 use super::database::BenchDatabase;
 use super::responder::{ReplyMode, Responder};
+use super::{BenchArgs, WorkerMode};
 use crate::broker::Broker;
 use crate::broker::management::Management;
 use crate::config::{SecretUrl, Settings};
+use crate::domain::ServerId;
 use crate::serve::Dispatcher;
 use crate::store::Backend;
 
@@ -105,6 +106,8 @@ pub struct Env {
     dispatcher: Option<Dispatcher>,
     stop_dispatcher: CancellationToken,
     processes: Vec<Child>,
+    in_process: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    stop_workers: CancellationToken,
     stand_in: Option<Responder>,
 }
 
@@ -160,15 +163,17 @@ impl Env {
             dispatcher: None,
             stop_dispatcher: CancellationToken::new(),
             processes: Vec::new(),
+            in_process: Vec::new(),
+            stop_workers: CancellationToken::new(),
             stand_in: None,
         })
     }
 
     pub fn workers_label(&self, args: &BenchArgs) -> &'static str {
-        if args.worker_processes() {
-            "processes"
-        } else {
-            "in-process"
+        match args.worker_mode() {
+            WorkerMode::Processes | WorkerMode::Auto => "processes",
+            WorkerMode::InProcess => "in-process",
+            WorkerMode::StandIn => "stand-in",
         }
     }
 
@@ -211,28 +216,35 @@ impl Env {
             .await
             .context("starting the embedded dispatcher")?;
         self.dispatcher = Some(d);
-        if args.worker_processes() {
-            self.declare_server_queues().await?;
-            self.spawn_processes()?;
-        } else {
-            let queues = self
-                .servers
-                .iter()
-                .map(|s| self.settings.amqp.task_queue(s))
-                .collect();
-            let r = Responder::start(
-                self.amqp_url(),
-                queues,
-                &self.settings.amqp.reply_queue,
-                &crate::broker::management::user_of(self.amqp_url()),
-                ReplyMode::Bora,
-                self.settings.worker.concurrency,
-                self.raw_per_conn(),
-                crate::broker::queue_arguments(&self.settings.amqp),
-            )
-            .await
-            .context("starting the in-process workers")?;
-            self.stand_in = Some(r);
+        match args.worker_mode() {
+            WorkerMode::Processes | WorkerMode::Auto => {
+                self.declare_server_queues().await?;
+                self.spawn_processes()?;
+            }
+            WorkerMode::InProcess => {
+                self.declare_server_queues().await?;
+                self.start_in_process()?;
+            }
+            WorkerMode::StandIn => {
+                let queues = self
+                    .servers
+                    .iter()
+                    .map(|s| self.settings.amqp.task_queue(s))
+                    .collect();
+                let r = Responder::start(
+                    self.amqp_url(),
+                    queues,
+                    &self.settings.amqp.reply_queue,
+                    &crate::broker::management::user_of(self.amqp_url()),
+                    ReplyMode::Bora,
+                    self.settings.worker.concurrency,
+                    self.raw_per_conn(),
+                    crate::broker::queue_arguments(&self.settings.amqp),
+                )
+                .await
+                .context("starting the stand-in workers")?;
+                self.stand_in = Some(r);
+            }
         }
         self.client()?.wait_ready().await
     }
@@ -255,9 +267,39 @@ impl Env {
         Ok(())
     }
 
+    /// The workers' settings: the bench vhost, and their state under the
+    /// temporary directory.
+    fn worker_settings(&self) -> (PathBuf, PathBuf) {
+        (
+            self.dir.path().join("worker"),
+            self.dir.path().join("hooks"),
+        )
+    }
+
+    /// bora's worker, one instance per server, on this process's runtime.
+    fn start_in_process(&mut self) -> anyhow::Result<()> {
+        let (state, hooks) = self.worker_settings();
+        std::fs::create_dir_all(&state)?;
+        let mut s = self.settings.clone();
+        s.worker.amqp_url = Some(self.settings.amqp.url.clone());
+        s.worker.state_dir = state;
+        s.worker.hooks_dir = hooks;
+        s.worker.shutdown_grace_s = 1;
+        for server in &self.servers {
+            let id = ServerId::parse(server)
+                .map_err(|e| anyhow::anyhow!("server id {server:?}: {e}"))?;
+            self.in_process.push(tokio::spawn(crate::worker::run(
+                s.clone(),
+                id,
+                self.stop_workers.clone(),
+            )));
+        }
+        Ok(())
+    }
+
     fn spawn_processes(&mut self) -> anyhow::Result<()> {
         let exe = std::env::current_exe().context("finding the bora executable")?;
-        let state = self.dir.path().join("worker");
+        let (state, hooks) = self.worker_settings();
         std::fs::create_dir_all(&state)?;
         for server in &self.servers {
             let mut cmd = Command::new(&exe);
@@ -270,7 +312,7 @@ impl Env {
                 .env("BORA__AMQP__URL", self.settings.amqp.url.expose())
                 .env("BORA__WORKER__AMQP_URL", self.settings.amqp.url.expose())
                 .env("BORA__WORKER__STATE_DIR", &state)
-                .env("BORA__WORKER__HOOKS_DIR", self.dir.path().join("hooks"))
+                .env("BORA__WORKER__HOOKS_DIR", &hooks)
                 .env("BORA__WORKER__SHUTDOWN_GRACE_S", "1")
                 .env("BORA__LOG__LEVEL", "warn")
                 .env_remove("RUST_LOG")
@@ -321,6 +363,10 @@ impl Env {
             {
                 let _ = child.kill().await;
             }
+        }
+        self.stop_workers.cancel();
+        for worker in self.in_process.drain(..) {
+            let _ = tokio::time::timeout(Duration::from_secs(5), worker).await;
         }
         if let Some(r) = self.stand_in.take() {
             r.close().await;

@@ -4,9 +4,11 @@
 //! starts an embedded dispatcher ([`crate::serve::start`] on 127.0.0.1:0 with
 //! a temporary SQLite file, or `--store-url`: a `postgres://` server gets a
 //! fresh database, dropped afterwards like the vhost), and workers for the servers:
-//! real `bora worker` processes (the same executable) by default, or an
-//! in-process stand-in that speaks the same wire format when there are too
-//! many servers for one process each. Then it measures, in this order:
+//! real `bora worker` processes (the same executable) by default, bora's
+//! worker code run in-process (`--workers in-process`, one instance and one
+//! connection per server), or a stand-in that speaks the same wire format
+//! when there are too many servers for one connection each. Then it
+//! measures, in this order:
 //!
 //! 1. warm-up: one `std.noop` task per server (declares every queue, starts
 //!    every worker); its duration is reported as the declare time;
@@ -51,12 +53,17 @@ use report::Report;
 /// How the servers' workers run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum WorkerMode {
-    /// Processes up to 256 servers, in-process beyond.
+    /// `processes` up to 256 servers, `stand-in` beyond.
     Auto,
     /// One real `bora worker` process per server.
     Processes,
-    /// An in-process stand-in consumer that answers like `std.noop`.
+    /// bora's worker code (`bora worker`'s, unchanged), one instance and
+    /// one broker connection per server, inside the bench process: the
+    /// same process layout as the raw baseline's consumers.
     InProcess,
+    /// A minimal consumer that answers like `std.noop`, 100 queues per
+    /// connection (for thousands of servers).
+    StandIn,
 }
 
 /// Options of `bora bench`.
@@ -95,11 +102,12 @@ pub struct BenchArgs {
 }
 
 impl BenchArgs {
-    fn worker_processes(&self) -> bool {
+    /// The mode `Auto` stands for at this size.
+    fn worker_mode(&self) -> WorkerMode {
         match self.workers {
-            WorkerMode::Processes => true,
-            WorkerMode::InProcess => false,
-            WorkerMode::Auto => self.servers <= 256,
+            WorkerMode::Auto if self.servers <= 256 => WorkerMode::Processes,
+            WorkerMode::Auto => WorkerMode::StandIn,
+            mode => mode,
         }
     }
 }
