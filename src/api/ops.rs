@@ -18,10 +18,12 @@ impl AppState {
         let tasks = new.tasks.take();
         let with_tasks = tasks.is_some();
         let specs = validate_tasks(tasks.unwrap_or_default(), "tasks")?;
-        let id = self.tracker.create_workflow(new, specs).await?;
+        let (id, mut rows) = self.tracker.create_workflow(new, specs).await?;
         let mut view = self.workflow_view(id).await?;
         if with_tasks {
-            let rows = self.store().tasks(id, None, None).await?;
+            // The tasks as committed (not read back: a batch may be large),
+            // in id order like every task list.
+            rows.sort_unstable_by_key(|r| r.id);
             view.tasks = Some(self.task_views(id, rows).await?);
         }
         Ok(view)

@@ -230,7 +230,8 @@ impl Tracker {
         Ok(())
     }
 
-    /// Creates a workflow and its first batch of tasks (validated already).
+    /// Creates a workflow and its first batch of tasks (validated already);
+    /// returns its id and the tasks' rows as committed.
     ///
     /// # Errors
     /// Invalid name, or any error of [`Tracker::add_tasks`].
@@ -238,7 +239,7 @@ impl Tracker {
         &self,
         new: NewWorkflow,
         tasks: Vec<TaskSpec>,
-    ) -> Result<WorkflowId, TrackerError> {
+    ) -> Result<(WorkflowId, Vec<TaskRow>), TrackerError> {
         check_workflow_name(&new.name)?;
         let now = now_us();
         let row = WorkflowRow {
@@ -251,9 +252,9 @@ impl Tracker {
         };
         let mut tx = self.begin().await?;
         tx.insert_workflow(&row).await?;
-        self.insert_tasks(&mut tx, &row, tasks, now).await?;
+        let tasks = self.insert_tasks(&mut tx, &row, tasks, now).await?;
         self.commit(tx).await?;
-        Ok(row.id)
+        Ok((row.id, tasks))
     }
 
     /// Adds a batch of tasks to a workflow. Tasks in the batch may refer to each
@@ -273,9 +274,9 @@ impl Tracker {
             .workflow(workflow)
             .await?
             .ok_or_else(|| TrackerError::NotFound(format!("workflow {workflow}")))?;
-        let ids = self.insert_tasks(&mut tx, &wf, tasks, now).await?;
+        let rows = self.insert_tasks(&mut tx, &wf, tasks, now).await?;
         self.commit(tx).await?;
-        Ok(ids)
+        Ok(rows.iter().map(|r| r.id).collect())
     }
 
     async fn insert_tasks(
@@ -284,7 +285,7 @@ impl Tracker {
         wf: &WorkflowRow,
         tasks: Vec<TaskSpec>,
         now: i64,
-    ) -> Result<Vec<TaskId>, TrackerError> {
+    ) -> Result<Vec<TaskRow>, TrackerError> {
         if tasks.is_empty() {
             return Ok(Vec::new());
         }
@@ -433,7 +434,7 @@ impl Tracker {
         let dispatched: Vec<&TaskRow> = dispatched.iter().map(|&i| &rows[i]).collect();
         tx.enqueue_many(OutboxKind::Task, &dispatched, now, now)
             .await?;
-        Ok(rows.iter().map(|r| r.id).collect())
+        Ok(rows)
     }
 
     /// Changes a workflow's name or description.
@@ -1085,7 +1086,8 @@ mod batch_tests {
                 ])),
             )
             .await
-            .unwrap();
+            .unwrap()
+            .0;
         let rows = by_name(&tracker, wf).await;
         let before = outbox(&tracker, wf).await;
         let verdicts = tracker
@@ -1142,7 +1144,8 @@ mod batch_tests {
                 ])),
             )
             .await
-            .unwrap();
+            .unwrap()
+            .0;
         let rows = by_name(&tracker, wf).await;
         let before = outbox(&tracker, wf).await;
         tracker
