@@ -395,13 +395,14 @@ impl Store {
     ) -> Result<HashMap<TaskId, Vec<(String, TaskState)>>, StoreError> {
         let mut out: HashMap<TaskId, Vec<(String, TaskState)>> = HashMap::new();
         for chunk in tasks.chunks(batch::MAX_IN) {
+            let list = batch::InList::new(chunk);
             let sql = format!(
                 "SELECT d.task_id AS task_id, t.name AS name, t.state AS state FROM task_deps d \
                  JOIN tasks t ON t.id = d.dep_id WHERE d.task_id IN ({}) ORDER BY d.dep_id",
-                batch::Params::new(self.backend).list(chunk.len())
+                batch::Params::new(self.backend).list(list.len())
             );
-            let mut q = batch::query(sql, chunk.len() == batch::MAX_IN, chunk.len());
-            for id in chunk {
+            let mut q = batch::query(sql, list.len() == batch::MAX_IN, list.len());
+            for id in list.values() {
                 q = q.bind(id.to_string());
             }
             for r in q.fetch_all(&self.pool).await? {
@@ -426,13 +427,14 @@ impl Store {
     ) -> Result<HashMap<String, i64>, StoreError> {
         let mut out = HashMap::new();
         for chunk in servers.chunks(batch::MAX_IN) {
+            let list = batch::InList::new(chunk);
             let sql = format!(
                 "SELECT server_id, last_seen FROM servers WHERE last_seen IS NOT NULL \
                  AND server_id IN ({})",
-                batch::Params::new(self.backend).list(chunk.len())
+                batch::Params::new(self.backend).list(list.len())
             );
-            let mut q = batch::query(sql, chunk.len() == batch::MAX_IN, chunk.len());
-            for s in chunk {
+            let mut q = batch::query(sql, list.len() == batch::MAX_IN, list.len());
+            for s in list.values() {
                 q = q.bind(*s);
             }
             for r in q.fetch_all(&self.pool).await? {

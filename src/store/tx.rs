@@ -374,6 +374,7 @@ impl WriteTx {
         let mut out: Vec<(TaskRow, Vec<(TaskId, TaskState)>)> = Vec::new();
         let mut seen = HashSet::new();
         for chunk in tasks.chunks(super::batch::MAX_IN) {
+            let list = super::batch::InList::new(chunk);
             let sql = format!(
                 concat!(
                     "SELECT ",
@@ -383,10 +384,10 @@ impl WriteTx {
                     "WHERE t.id IN (SELECT d.task_id FROM task_deps d WHERE d.dep_id IN ({})) ",
                     "ORDER BY t.id"
                 ),
-                super::batch::Params::new(self.backend).list(chunk.len())
+                super::batch::Params::new(self.backend).list(list.len())
             );
-            let mut q = super::batch::query(sql, false, chunk.len());
-            for id in chunk {
+            let mut q = super::batch::query(sql, false, list.len());
+            for id in list.values() {
                 q = q.bind(id.to_string());
             }
             let mut fresh = false;
