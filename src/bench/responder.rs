@@ -109,11 +109,13 @@ impl Responder {
     }
 
     pub async fn close(self) {
-        for l in &self.loops {
-            l.abort();
-        }
+        // Connections first, with their channels open (a channel dropped by
+        // an aborted loop while its connection closes makes lapin log an error).
         for c in self.connections {
             let _ = c.close(200, "bench done".into()).await;
+        }
+        for l in &self.loops {
+            l.abort();
         }
     }
 }

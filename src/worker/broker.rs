@@ -175,7 +175,13 @@ async fn connected(
         };
         tokio::select! {
             biased;
-            () = stop.cancelled() => return Ok(()),
+            () = stop.cancelled() => {
+                // Closed while its channels are open: the broker closes them
+                // with it (closing them first, by dropping them, made lapin
+                // log an error per channel).
+                let _ = conn.close(200, "bora worker closing".into()).await;
+                return Ok(());
+            }
             () = worker.shutdown.cancelled(), if taking => {
                 // Stop taking tasks; prefetched ones are requeued by their handlers.
                 task_consumer = None;
