@@ -1,9 +1,12 @@
 """An oslo.messaging NotificationListener following bora's notifications.
 
 Listens on topic ``notifications`` of exchange ``bora`` and prints one JSON
-line per notification; exits after a ``bora.workflow.end`` for --workflow, or
-after --timeout seconds (exit 1).
+line per notification; exits a second after a ``bora.workflow.end`` for
+--workflow, or after --timeout seconds (exit 1). The second: ``info`` and
+``error`` notifications come through two queues, so a task's ``info`` end
+published before the workflow's ``error`` end may be consumed after it.
 """
+import time
 import argparse
 import json
 import sys
@@ -51,6 +54,8 @@ def main():
     listener.start()
     print(json.dumps({"ready": True}), flush=True)
     ok = done.wait(a.timeout)
+    if ok:
+        time.sleep(1)
     listener.stop()
     listener.wait()
     return 0 if ok else 1
