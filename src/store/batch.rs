@@ -72,9 +72,13 @@ pub(super) fn query<'q>(
     full: bool,
     rows: usize,
 ) -> Query<'q, sqlx::Any, AnyArguments> {
+    statement(sql, full || rows <= SMALL || rows.is_power_of_two())
+}
+
+/// A statement of dynamic shape, prepared once and cached if `cached`.
+fn statement<'q>(sql: String, cached: bool) -> AnyQuery<'q> {
     // Built from fixed text and placeholders only: every value is bound.
-    sqlx::query(sqlx::AssertSqlSafe(sql))
-        .persistent(full || rows <= SMALL || rows.is_power_of_two())
+    sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(cached)
 }
 
 /// The values of one `IN (...)` list, padded to a power of two (at most
@@ -110,6 +114,98 @@ impl<'a, T> InList<'a, T> {
     }
 }
 
+/// The columns of a task row, in binding order ([`bind_task`]).
+const TASK_INSERT: &str = "INSERT INTO tasks (id, workflow_id, name, server_id, task_group, \
+     config, inputs, outputs, options, on_dependency_failure, timeout_s, retries, retry_delay_s, \
+     delivery, state, attempt, failures, redeliveries, result, created_at, queued_at, \
+     started_at, finished_at, last_heartbeat_at, updated_at) VALUES ";
+const TASK_COLS: usize = 25;
+/// Makes [`TASK_INSERT`] write every column of existing rows.
+const TASK_UPSERT: &str = " ON CONFLICT (id) DO UPDATE SET name = excluded.name, \
+     server_id = excluded.server_id, task_group = excluded.task_group, \
+     config = excluded.config, inputs = excluded.inputs, outputs = excluded.outputs, \
+     options = excluded.options, on_dependency_failure = excluded.on_dependency_failure, \
+     timeout_s = excluded.timeout_s, retries = excluded.retries, \
+     retry_delay_s = excluded.retry_delay_s, delivery = excluded.delivery, \
+     state = excluded.state, attempt = excluded.attempt, failures = excluded.failures, \
+     redeliveries = excluded.redeliveries, result = excluded.result, \
+     queued_at = excluded.queued_at, started_at = excluded.started_at, \
+     finished_at = excluded.finished_at, last_heartbeat_at = excluded.last_heartbeat_at, \
+     updated_at = excluded.updated_at";
+const EVENT_INSERT: &str = "INSERT INTO events (workflow_id, task_id, task_name, server_id, state, attempt, at, kind) VALUES ";
+const EVENT_COLS: usize = 7;
+const OUTBOX_INSERT: &str = "INSERT INTO outbox (kind, task_id, workflow_id, attempt, server_id, \
+     not_before, created_at, lease_until) VALUES ";
+const OUTBOX_COLS: usize = 8;
+const OUTBOX_RETURNING: &str = " RETURNING id, kind, task_id";
+
+type AnyQuery<'q> = Query<'q, sqlx::Any, AnyArguments>;
+
+/// `(?, ..., 'task'), ...`: the values of `n` task events.
+fn event_values(p: &mut Params, n: usize) -> String {
+    (0..n)
+        .map(|_| format!("({}, 'task')", p.list(EVENT_COLS)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn bind_task<'q>(q: AnyQuery<'q>, t: &'q TaskRow) -> AnyQuery<'q> {
+    q.bind(t.id.to_string())
+        .bind(t.workflow_id.to_string())
+        .bind(&t.name)
+        .bind(&t.server_id)
+        .bind(&t.group)
+        .bind(&t.config)
+        .bind(&t.inputs)
+        .bind(&t.outputs)
+        .bind(&t.options)
+        .bind(t.on_dependency_failure.as_str())
+        .bind(t.timeout_s)
+        .bind(t.retries)
+        .bind(t.retry_delay_s)
+        .bind(t.delivery.as_str())
+        .bind(t.state.as_str())
+        .bind(t.attempt)
+        .bind(t.failures)
+        .bind(t.redeliveries)
+        .bind(&t.result)
+        .bind(t.created_at)
+        .bind(t.queued_at)
+        .bind(t.started_at)
+        .bind(t.finished_at)
+        .bind(t.last_heartbeat_at)
+        .bind(t.updated_at)
+}
+
+fn bind_event<'q>(q: AnyQuery<'q>, t: &'q TaskRow, now: i64) -> AnyQuery<'q> {
+    q.bind(t.workflow_id.to_string())
+        .bind(t.id.to_string())
+        .bind(&t.name)
+        .bind(&t.server_id)
+        .bind(t.state.as_str())
+        .bind(t.attempt)
+        .bind(now)
+}
+
+/// The times of a batch of outbox messages.
+#[derive(Clone, Copy)]
+struct Due {
+    not_before: i64,
+    now: i64,
+    lease: i64,
+}
+
+fn bind_message<'q>(q: AnyQuery<'q>, kind: OutboxKind, t: &'q TaskRow, due: Due) -> AnyQuery<'q> {
+    q.bind(kind.as_str())
+        .bind(t.id.to_string())
+        .bind(t.workflow_id.to_string())
+        .bind(t.attempt)
+        .bind(&t.server_id)
+        .bind(due.not_before)
+        .bind(due.now)
+        .bind(due.lease)
+}
+
 impl WriteTx {
     /// Inserts new task rows as they are (state, attempt and all).
     ///
@@ -126,21 +222,7 @@ impl WriteTx {
     /// # Errors
     /// A database failure.
     pub async fn update_tasks(&mut self, tasks: &[&TaskRow]) -> Result<(), StoreError> {
-        self.write_tasks(
-            tasks,
-            " ON CONFLICT (id) DO UPDATE SET name = excluded.name, \
-             server_id = excluded.server_id, task_group = excluded.task_group, \
-             config = excluded.config, inputs = excluded.inputs, outputs = excluded.outputs, \
-             options = excluded.options, on_dependency_failure = excluded.on_dependency_failure, \
-             timeout_s = excluded.timeout_s, retries = excluded.retries, \
-             retry_delay_s = excluded.retry_delay_s, delivery = excluded.delivery, \
-             state = excluded.state, attempt = excluded.attempt, failures = excluded.failures, \
-             redeliveries = excluded.redeliveries, result = excluded.result, \
-             queued_at = excluded.queued_at, started_at = excluded.started_at, \
-             finished_at = excluded.finished_at, last_heartbeat_at = excluded.last_heartbeat_at, \
-             updated_at = excluded.updated_at",
-        )
-        .await
+        self.write_tasks(tasks, TASK_UPSERT).await
     }
 
     async fn write_tasks(
@@ -148,44 +230,15 @@ impl WriteTx {
         tasks: &[&TaskRow],
         on_conflict: &str,
     ) -> Result<(), StoreError> {
-        const COLS: usize = 25;
-        let size = MAX_PARAMS / COLS;
+        let size = MAX_PARAMS / TASK_COLS;
         for chunk in tasks.chunks(size) {
             let sql = format!(
-                "INSERT INTO tasks (id, workflow_id, name, server_id, task_group, config, inputs, \
-                 outputs, options, on_dependency_failure, timeout_s, retries, retry_delay_s, \
-                 delivery, state, attempt, failures, redeliveries, result, created_at, queued_at, \
-                 started_at, finished_at, last_heartbeat_at, updated_at) VALUES {}{on_conflict}",
-                Params::new(self.backend).values(chunk.len(), COLS)
+                "{TASK_INSERT}{}{on_conflict}",
+                Params::new(self.backend).values(chunk.len(), TASK_COLS)
             );
             let mut q = query(sql, chunk.len() == size, chunk.len());
             for t in chunk {
-                q = q
-                    .bind(t.id.to_string())
-                    .bind(t.workflow_id.to_string())
-                    .bind(&t.name)
-                    .bind(&t.server_id)
-                    .bind(&t.group)
-                    .bind(&t.config)
-                    .bind(&t.inputs)
-                    .bind(&t.outputs)
-                    .bind(&t.options)
-                    .bind(t.on_dependency_failure.as_str())
-                    .bind(t.timeout_s)
-                    .bind(t.retries)
-                    .bind(t.retry_delay_s)
-                    .bind(t.delivery.as_str())
-                    .bind(t.state.as_str())
-                    .bind(t.attempt)
-                    .bind(t.failures)
-                    .bind(t.redeliveries)
-                    .bind(&t.result)
-                    .bind(t.created_at)
-                    .bind(t.queued_at)
-                    .bind(t.started_at)
-                    .bind(t.finished_at)
-                    .bind(t.last_heartbeat_at)
-                    .bind(t.updated_at);
+                q = bind_task(q, t);
             }
             q.execute(&mut *self.tx).await?;
         }
@@ -197,31 +250,29 @@ impl WriteTx {
     /// # Errors
     /// A database failure.
     pub async fn task_events(&mut self, tasks: &[&TaskRow], now: i64) -> Result<(), StoreError> {
-        const COLS: usize = 7;
-        let size = MAX_PARAMS / COLS;
+        self.note_events(tasks);
+        self.insert_events(tasks, now).await
+    }
+
+    /// Remembers the events of `tasks` for what the tracker does after
+    /// commit (see [`WriteTx::take_ended`]), without writing them: for
+    /// [`WriteTx::write_noted`].
+    pub fn note_events(&mut self, tasks: &[&TaskRow]) {
+        for t in tasks {
+            self.note_event(t);
+        }
+    }
+
+    async fn insert_events(&mut self, tasks: &[&TaskRow], now: i64) -> Result<(), StoreError> {
+        let size = MAX_PARAMS / EVENT_COLS;
         for chunk in tasks.chunks(size) {
             let sql = format!(
-                "INSERT INTO events (workflow_id, task_id, task_name, server_id, state, attempt, \
-                 at, kind) VALUES {}",
-                {
-                    let mut p = Params::new(self.backend);
-                    (0..chunk.len())
-                        .map(|_| format!("({}, 'task')", p.list(COLS)))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                }
+                "{EVENT_INSERT}{}",
+                event_values(&mut Params::new(self.backend), chunk.len())
             );
             let mut q = query(sql, chunk.len() == size, chunk.len());
             for t in chunk {
-                self.note_event(t);
-                q = q
-                    .bind(t.workflow_id.to_string())
-                    .bind(t.id.to_string())
-                    .bind(&t.name)
-                    .bind(&t.server_id)
-                    .bind(t.state.as_str())
-                    .bind(t.attempt)
-                    .bind(now);
+                q = bind_event(q, t, now);
             }
             q.execute(&mut *self.tx).await?;
         }
@@ -258,44 +309,51 @@ impl WriteTx {
         if items.is_empty() {
             return Ok(());
         }
-        const COLS: usize = 8;
-        let size = MAX_PARAMS / COLS;
-        let lease = self.lease_for(not_before, now);
+        let size = MAX_PARAMS / OUTBOX_COLS;
+        let due = Due {
+            not_before,
+            now,
+            lease: self.lease_for(not_before, now),
+        };
         for chunk in items.chunks(size) {
             let sql = format!(
-                "INSERT INTO outbox (kind, task_id, workflow_id, attempt, server_id, not_before, \
-                 created_at, lease_until) VALUES {} RETURNING id, kind, task_id",
-                Params::new(self.backend).values(chunk.len(), COLS)
+                "{OUTBOX_INSERT}{}{OUTBOX_RETURNING}",
+                Params::new(self.backend).values(chunk.len(), OUTBOX_COLS)
             );
             let mut q = query(sql, chunk.len() == size, chunk.len());
             for (kind, t) in chunk {
-                q = q
-                    .bind(kind.as_str())
-                    .bind(t.id.to_string())
-                    .bind(t.workflow_id.to_string())
-                    .bind(t.attempt)
-                    .bind(&t.server_id)
-                    .bind(not_before)
-                    .bind(now)
-                    .bind(lease);
+                q = bind_message(q, *kind, t, due);
             }
             let rows = q.fetch_all(&mut *self.tx).await?;
-            if lease > 0 {
-                let by_task: HashMap<(&str, TaskId), (OutboxKind, &TaskRow)> = chunk
-                    .iter()
-                    .map(|(kind, t)| ((kind.as_str(), t.id), (*kind, *t)))
-                    .collect();
-                for row in rows {
-                    let id: i64 = row.try_get("id")?;
-                    let kind: String = row.try_get("kind")?;
-                    let task_id: String = row.try_get("task_id")?;
-                    let Some((kind, t)) = by_task.get(&(kind.as_str(), parse_id(&task_id)?)) else {
-                        return Err(StoreError::Corrupt(format!(
-                            "outbox row {kind} for task {task_id}"
-                        )));
-                    };
-                    self.handed.push(OutboxItem::of_task(id, *kind, t, now));
-                }
+            self.queued(chunk, &rows, due)?;
+        }
+        Ok(())
+    }
+
+    /// What follows the insert of `items` (whose `RETURNING id, kind,
+    /// task_id` rows are `returned`): the claimed ones are handed to the
+    /// relay, and workflows that got a task message are remembered.
+    fn queued(
+        &mut self,
+        items: &[(OutboxKind, &TaskRow)],
+        returned: &[sqlx::any::AnyRow],
+        due: Due,
+    ) -> Result<(), StoreError> {
+        if due.lease > 0 {
+            let by_task: HashMap<(&str, TaskId), (OutboxKind, &TaskRow)> = items
+                .iter()
+                .map(|(kind, t)| ((kind.as_str(), t.id), (*kind, *t)))
+                .collect();
+            for row in returned {
+                let id: i64 = row.try_get("id")?;
+                let kind: String = row.try_get("kind")?;
+                let task_id: String = row.try_get("task_id")?;
+                let Some((kind, t)) = by_task.get(&(kind.as_str(), parse_id(&task_id)?)) else {
+                    return Err(StoreError::Corrupt(format!(
+                        "outbox row {kind} for task {task_id}"
+                    )));
+                };
+                self.handed.push(OutboxItem::of_task(id, *kind, t, due.now));
             }
         }
         self.dispatched_in.extend(
@@ -305,6 +363,74 @@ impl WriteTx {
                 .map(|(_, t)| t.workflow_id),
         );
         Ok(())
+    }
+
+    /// The end of a state change in one go: task rows written whole,
+    /// events already noted (see [`WriteTx::note_events`]), and messages
+    /// about tasks due at once. On PostgreSQL, when they fit, one statement
+    /// (the rows and events as data-modifying `WITH` parts of the outbox
+    /// insert): each statement there is a round trip to the server, and this
+    /// is the tail of every reply batch (a chain link). Elsewhere, or
+    /// larger, one statement per table.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn write_noted(
+        &mut self,
+        rows: &[&TaskRow],
+        events: &[&TaskRow],
+        messages: &[(OutboxKind, &TaskRow)],
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let fits = rows.len() <= MAX_PARAMS / TASK_COLS
+            && events.len() <= MAX_PARAMS / EVENT_COLS
+            && messages.len() <= MAX_PARAMS / OUTBOX_COLS;
+        if self.backend == Backend::Sqlite || messages.is_empty() || !fits {
+            if !rows.is_empty() {
+                self.update_tasks(rows).await?;
+            }
+            self.insert_events(events, now).await?;
+            return self.enqueue_mixed(messages, now, now).await;
+        }
+        let mut p = Params::new(self.backend);
+        let mut parts = Vec::new();
+        if !rows.is_empty() {
+            let values = p.values(rows.len(), TASK_COLS);
+            parts.push(format!("t AS ({TASK_INSERT}{values}{TASK_UPSERT})"));
+        }
+        if !events.is_empty() {
+            let values = event_values(&mut p, events.len());
+            parts.push(format!("e AS ({EVENT_INSERT}{values})"));
+        }
+        let with = if parts.is_empty() {
+            String::new()
+        } else {
+            format!("WITH {} ", parts.join(", "))
+        };
+        let sql = format!(
+            "{with}{OUTBOX_INSERT}{}{OUTBOX_RETURNING}",
+            p.values(messages.len(), OUTBOX_COLS)
+        );
+        // A chain link's shape (two rows, an event, two messages) and other
+        // small ones are prepared once.
+        let small = rows.len() <= SMALL && events.len() <= SMALL && messages.len() <= SMALL;
+        let mut q = statement(sql, small);
+        for t in rows {
+            q = bind_task(q, t);
+        }
+        for t in events {
+            q = bind_event(q, t, now);
+        }
+        let due = Due {
+            not_before: now,
+            now,
+            lease: self.lease_for(now, now),
+        };
+        for (kind, t) in messages {
+            q = bind_message(q, *kind, t, due);
+        }
+        let returned = q.fetch_all(&mut *self.tx).await?;
+        self.queued(messages, &returned, due)
     }
 
     /// Inserts dependency edges `(task, dependency)`.

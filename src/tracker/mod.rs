@@ -166,26 +166,33 @@ impl Tracker {
     }
 
     async fn commit(&self, tx: WriteTx) -> Result<(), StoreError> {
-        self.commit_with(tx, &[]).await
+        self.commit_with(tx, replies::Pending::default()).await
     }
 
-    /// Commits, after queueing the first attempts of `dispatched` (due at
-    /// once) together with the task-end notifications: one statement.
+    /// Commits, after writing `pending` (rows, their events, the first
+    /// attempts to queue) together with the task-end notifications of the
+    /// transaction: one statement on PostgreSQL (see [`WriteTx::write_noted`]).
     async fn commit_with(
         &self,
         mut tx: WriteTx,
-        dispatched: &[&TaskRow],
+        pending: replies::Pending,
     ) -> Result<(), StoreError> {
         let now = now_us();
-        let mut messages: Vec<(OutboxKind, &TaskRow)> =
-            dispatched.iter().map(|t| (OutboxKind::Task, *t)).collect();
+        let events: Vec<&TaskRow> = pending.events.iter().collect();
+        tx.note_events(&events);
         let ended = if self.config.notifications {
             tx.take_ended()
         } else {
             Vec::new()
         };
+        let mut messages: Vec<(OutboxKind, &TaskRow)> = pending
+            .dispatched
+            .iter()
+            .map(|t| (OutboxKind::Task, t))
+            .collect();
         messages.extend(ended.iter().map(|t| (OutboxKind::TaskEnd, t)));
-        tx.enqueue_mixed(&messages, now, now).await?;
+        let rows: Vec<&TaskRow> = pending.rows.iter().collect();
+        tx.write_noted(&rows, &events, &messages, now).await?;
         if self.config.notifications {
             // Every task end is announced; a workflow whose last unfinished
             // task ended here ends with this commit.
@@ -700,7 +707,7 @@ impl Tracker {
                 replies::record(&mut tx, &self.config, &mut ctx, incoming, reply, now).await?,
             );
         }
-        let dispatched = ctx.finish(&mut tx, now).await?;
+        let pending = ctx.finish(&mut tx, now).await?;
         let due: Vec<&str> = {
             let mut heard = self.heard.lock().unwrap_or_else(|e| e.into_inner());
             ctx.touched()
@@ -719,8 +726,7 @@ impl Tracker {
                 .collect()
         };
         tx.touch_servers(&due, now).await?;
-        let dispatched: Vec<&TaskRow> = dispatched.iter().collect();
-        self.commit_with(tx, &dispatched).await?;
+        self.commit_with(tx, pending).await?;
         Ok(verdicts)
     }
 

@@ -70,6 +70,16 @@ fn authorize(
     Err("wrong_user")
 }
 
+/// Changes decided in memory and not written yet: rows (their latest
+/// version), the events they owe in order, and the rows whose first attempt
+/// is to be queued.
+#[derive(Debug, Default)]
+pub(super) struct Pending {
+    pub(super) rows: Vec<TaskRow>,
+    pub(super) events: Vec<TaskRow>,
+    pub(super) dispatched: Vec<TaskRow>,
+}
+
 /// What the replies of one batch need from the store, read with a few
 /// queries up front instead of a few per reply: their tasks, those tasks'
 /// servers, and which of the tasks have dependents. Everything the batch
@@ -227,22 +237,24 @@ impl Batch {
         Ok(())
     }
 
-    /// The end of the batch: the release walk, then every row and event
-    /// written. Returns the rows whose first attempt the walk dispatched:
-    /// their messages are the caller's to queue.
+    /// The end of the batch: the release walk. Returns what the batch
+    /// changed, for the commit to write with the messages it causes.
     pub(super) async fn finish(
         &mut self,
         tx: &mut WriteTx,
         now: i64,
-    ) -> Result<Vec<TaskRow>, StoreError> {
+    ) -> Result<Pending, StoreError> {
         self.release(tx, now).await?;
         let dispatched = self
             .dispatched
             .drain(..)
             .filter_map(|id| self.unwritten.get(&id).cloned())
             .collect();
-        self.flush(tx, now).await?;
-        Ok(dispatched)
+        Ok(Pending {
+            rows: self.unwritten.drain().map(|(_, t)| t).collect(),
+            events: std::mem::take(&mut self.events),
+            dispatched,
+        })
     }
 
     fn touch(&mut self, server: &str) {
