@@ -185,44 +185,14 @@ impl WriteTx {
         Ok(())
     }
 
-    /// Writes every column of `t` but its id and workflow.
+    /// Writes every column of `t` but its id and workflow: the one-row form
+    /// of [`WriteTx::update_tasks`] (an upsert on the id; callers read the
+    /// row under its workflow's lock, so it exists).
     ///
     /// # Errors
     /// A database failure, or a duplicate name.
     pub async fn update_task(&mut self, t: &TaskRow) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE tasks SET name = $2, server_id = $3, task_group = $4, config = $5, \
-             inputs = $6, outputs = $7, options = $8, on_dependency_failure = $9, timeout_s = $10, \
-             retries = $11, retry_delay_s = $12, delivery = $13, state = $14, attempt = $15, \
-             failures = $16, redeliveries = $17, result = $18, queued_at = $19, started_at = $20, \
-             finished_at = $21, last_heartbeat_at = $22, updated_at = $23 WHERE id = $1",
-        )
-        .bind(t.id.to_string())
-        .bind(&t.name)
-        .bind(&t.server_id)
-        .bind(&t.group)
-        .bind(&t.config)
-        .bind(&t.inputs)
-        .bind(&t.outputs)
-        .bind(&t.options)
-        .bind(t.on_dependency_failure.as_str())
-        .bind(t.timeout_s)
-        .bind(t.retries)
-        .bind(t.retry_delay_s)
-        .bind(t.delivery.as_str())
-        .bind(t.state.as_str())
-        .bind(t.attempt)
-        .bind(t.failures)
-        .bind(t.redeliveries)
-        .bind(&t.result)
-        .bind(t.queued_at)
-        .bind(t.started_at)
-        .bind(t.finished_at)
-        .bind(t.last_heartbeat_at)
-        .bind(t.updated_at)
-        .execute(&mut *self.tx)
-        .await?;
-        Ok(())
+        self.update_tasks(&[t]).await
     }
 
     /// # Errors

@@ -1019,6 +1019,22 @@ mod batch_tests {
         (Tracker::new(store, config), dir)
     }
 
+    /// a and b, a join of both, and a task after the join.
+    async fn join_workflow(tracker: &Tracker) -> WorkflowId {
+        let tasks = specs(json!([
+            {"name": "a", "server_id": "s"},
+            {"name": "b", "server_id": "s"},
+            {"name": "join", "server_id": "s", "depends_on": ["a", "b"]},
+            {"name": "after", "server_id": "s", "depends_on": ["join"]}
+        ]));
+        let new = NewWorkflow {
+            name: "join".into(),
+            description: None,
+            tasks: None,
+        };
+        tracker.create_workflow(new, tasks).await.unwrap().0
+    }
+
     fn specs(tasks: Value) -> Vec<TaskSpec> {
         serde_json::from_value::<Vec<NewTask>>(tasks)
             .unwrap()
@@ -1077,23 +1093,7 @@ mod batch_tests {
     #[tokio::test]
     async fn one_batch_ending_both_dependencies_of_a_join_releases_it_once() {
         let (tracker, _dir) = tracker().await;
-        let wf = tracker
-            .create_workflow(
-                NewWorkflow {
-                    name: "join".into(),
-                    description: None,
-                    tasks: None,
-                },
-                specs(json!([
-                    {"name": "a", "server_id": "s"},
-                    {"name": "b", "server_id": "s"},
-                    {"name": "join", "server_id": "s", "depends_on": ["a", "b"]},
-                    {"name": "after", "server_id": "s", "depends_on": ["join"]}
-                ])),
-            )
-            .await
-            .unwrap()
-            .0;
+        let wf = join_workflow(&tracker).await;
         let rows = by_name(&tracker, wf).await;
         let before = outbox(&tracker, wf).await;
         let verdicts = tracker
@@ -1135,23 +1135,7 @@ mod batch_tests {
     #[tokio::test]
     async fn one_batch_with_a_failure_skips_down_the_graph_and_ends_the_workflow() {
         let (tracker, _dir) = tracker().await;
-        let wf = tracker
-            .create_workflow(
-                NewWorkflow {
-                    name: "skip".into(),
-                    description: None,
-                    tasks: None,
-                },
-                specs(json!([
-                    {"name": "a", "server_id": "s"},
-                    {"name": "b", "server_id": "s"},
-                    {"name": "join", "server_id": "s", "depends_on": ["a", "b"]},
-                    {"name": "after", "server_id": "s", "depends_on": ["join"]}
-                ])),
-            )
-            .await
-            .unwrap()
-            .0;
+        let wf = join_workflow(&tracker).await;
         let rows = by_name(&tracker, wf).await;
         let before = outbox(&tracker, wf).await;
         tracker
