@@ -314,23 +314,6 @@ impl WriteTx {
             .collect()
     }
 
-    /// The tasks that depend on `task`, whole (the release walk changes
-    /// them), each with the states of all its dependencies: one query.
-    ///
-    /// # Errors
-    /// A database failure.
-    pub async fn dependents(
-        &mut self,
-        task: TaskId,
-    ) -> Result<Vec<(TaskRow, Vec<TaskState>)>, StoreError> {
-        Ok(self
-            .dependents_many(&[task])
-            .await?
-            .into_iter()
-            .map(|(t, deps)| (t, deps.into_iter().map(|(_, s)| s).collect()))
-            .collect())
-    }
-
     /// The tasks that depend on any of `tasks`, whole and each once, in id
     /// order, with the id and state of every dependency each has: one query
     /// per chunk of ids.
@@ -587,26 +570,13 @@ impl WriteTx {
         Ok(v.unwrap_or(0) != 0)
     }
 
-    /// Appends a task's state change to the event log.
+    /// Appends a task's state change to the event log (the one-row form of
+    /// [`WriteTx::task_events`]).
     ///
     /// # Errors
     /// A database failure.
     pub async fn task_event(&mut self, task: &TaskRow, now: i64) -> Result<(), StoreError> {
-        self.note_event(task);
-        sqlx::query(
-            "INSERT INTO events (workflow_id, task_id, task_name, server_id, kind, state, attempt, at) \
-             VALUES ($1, $2, $3, $4, 'task', $5, $6, $7)",
-        )
-        .bind(task.workflow_id.to_string())
-        .bind(task.id.to_string())
-        .bind(&task.name)
-        .bind(&task.server_id)
-        .bind(task.state.as_str())
-        .bind(task.attempt)
-        .bind(now)
-        .execute(&mut *self.tx)
-        .await?;
-        Ok(())
+        self.task_events(&[task], now).await
     }
 
     /// Remembers a task event for what the tracker does after commit

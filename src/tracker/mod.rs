@@ -166,32 +166,33 @@ impl Tracker {
     }
 
     async fn commit(&self, tx: WriteTx) -> Result<(), StoreError> {
-        self.commit_with(tx, replies::Pending::default()).await
+        self.commit_with(tx, release::Changes::default()).await
     }
 
-    /// Commits, after writing `pending` (rows, their events, the first
+    /// Commits, after writing `changes` (rows, their events, the first
     /// attempts to queue) together with the task-end notifications of the
     /// transaction: one statement on PostgreSQL (see [`WriteTx::write_noted`]).
     async fn commit_with(
         &self,
         mut tx: WriteTx,
-        pending: replies::Pending,
+        changes: release::Changes,
     ) -> Result<(), StoreError> {
         let now = now_us();
-        let events: Vec<&TaskRow> = pending.events.iter().collect();
+        let events: Vec<&TaskRow> = changes.events.iter().collect();
         tx.note_events(&events);
         let ended = if self.config.notifications {
             tx.take_ended()
         } else {
             Vec::new()
         };
-        let mut messages: Vec<(OutboxKind, &TaskRow)> = pending
+        let mut messages: Vec<(OutboxKind, &TaskRow)> = changes
             .dispatched
             .iter()
+            .filter_map(|id| changes.rows.get(id))
             .map(|t| (OutboxKind::Task, t))
             .collect();
         messages.extend(ended.iter().map(|t| (OutboxKind::TaskEnd, t)));
-        let rows: Vec<&TaskRow> = pending.rows.iter().collect();
+        let rows: Vec<&TaskRow> = changes.rows.values().collect();
         tx.write_noted(&rows, &events, &messages, now).await?;
         if self.config.notifications {
             // Every task end is announced; a workflow whose last unfinished
@@ -707,7 +708,7 @@ impl Tracker {
                 replies::record(&mut tx, &self.config, &mut ctx, incoming, reply, now).await?,
             );
         }
-        let pending = ctx.finish(&mut tx, now).await?;
+        let changes = ctx.finish(&mut tx, now).await?;
         let due: Vec<&str> = {
             let mut heard = self.heard.lock().unwrap_or_else(|e| e.into_inner());
             ctx.touched()
@@ -726,7 +727,7 @@ impl Tracker {
                 .collect()
         };
         tx.touch_servers(&due, now).await?;
-        self.commit_with(tx, pending).await?;
+        self.commit_with(tx, changes).await?;
         Ok(verdicts)
     }
 

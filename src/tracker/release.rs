@@ -2,7 +2,9 @@
 //! the outbox), finish (end it and release its dependents), cancel, and the
 //! release walk that skips or dispatches dependents.
 
-use crate::domain::{Delivery, OnDependencyFailure, TaskState};
+use std::collections::HashMap;
+
+use crate::domain::{Delivery, TaskId, TaskState};
 use crate::protocol::TaskResult;
 use crate::store::{OutboxKind, StoreError, TaskRow, WriteTx};
 
@@ -44,36 +46,19 @@ async fn evaluate(tx: &mut WriteTx, task: &mut TaskRow, now: i64) -> Result<bool
         return Ok(false);
     }
     let states = tx.dependency_states(task.id).await?;
-    evaluate_with(tx, task, states, now).await
-}
-
-/// [`evaluate`], given the states of the task's dependencies.
-async fn evaluate_with(
-    tx: &mut WriteTx,
-    task: &mut TaskRow,
-    states: Vec<TaskState>,
-    now: i64,
-) -> Result<bool, StoreError> {
-    if task.state != TaskState::Waiting || task.attempt != 0 {
-        return Ok(false);
-    }
-    let mut all_satisfied = true;
-    for s in states {
-        match s.satisfies(task.on_dependency_failure) {
-            Some(true) => {}
-            Some(false) => {
-                transition(tx, task, TaskState::Skipped, now).await?;
-                task.finished_at = Some(now);
-                tx.update_task(task).await?;
-                return Ok(true);
-            }
-            None => all_satisfied = false,
+    match evaluate_new(task, &states, now)? {
+        Start::Wait => Ok(false),
+        Start::Skip => {
+            tx.task_event(task, now).await?;
+            tx.update_task(task).await?;
+            Ok(true)
+        }
+        Start::Dispatch => {
+            tx.update_task(task).await?;
+            tx.enqueue(OutboxKind::Task, task, now, now).await?;
+            Ok(false)
         }
     }
-    if all_satisfied {
-        dispatch(tx, task, now, 0).await?;
-    }
-    Ok(false)
 }
 
 /// What a task of a new batch does at creation.
@@ -280,27 +265,81 @@ pub(super) async fn cancel(
 }
 
 /// After `ended` reached a terminal state: skip or dispatch each dependent
-/// that was waiting for it, and so on down the graph.
+/// that was waiting for it, and so on down the graph ([`walk`], then its
+/// rows, events and messages written).
 pub(super) async fn release_dependents(
     tx: &mut WriteTx,
     ended: &TaskRow,
     now: i64,
 ) -> Result<(), StoreError> {
-    let mut work = vec![(ended.id, ended.state)];
-    while let Some((id, state)) = work.pop() {
-        for (mut task, states) in tx.dependents(id).await? {
+    let mut changes = Changes::default();
+    walk(tx, vec![ended.id], &mut changes, now).await?;
+    let rows: Vec<&TaskRow> = changes.rows.values().collect();
+    tx.update_tasks(&rows).await?;
+    let events: Vec<&TaskRow> = changes.events.iter().collect();
+    tx.task_events(&events, now).await?;
+    let dispatched: Vec<&TaskRow> = changes
+        .dispatched
+        .iter()
+        .filter_map(|id| changes.rows.get(id))
+        .collect();
+    tx.enqueue_many(OutboxKind::Task, &dispatched, now, now)
+        .await
+}
+
+/// Task rows changed in memory and not written yet (the latest version of
+/// each), the events they owe in order, and the tasks whose first attempt
+/// a release walk dispatched.
+#[derive(Debug, Default)]
+pub(super) struct Changes {
+    pub(super) rows: HashMap<TaskId, TaskRow>,
+    pub(super) events: Vec<TaskRow>,
+    pub(super) dispatched: Vec<TaskId>,
+}
+
+impl Changes {
+    /// Keeps `task`, with an event if it changed state.
+    pub(super) fn keep(&mut self, task: &TaskRow, event: bool) {
+        if event {
+            self.events.push(task.clone());
+        }
+        self.rows.insert(task.id, task.clone());
+    }
+}
+
+/// The release walk, in memory: from the tasks in `ended` (just ended), a
+/// dependent whose dependencies are now all satisfied gets its first
+/// attempt, one that must be skipped is skipped and its own dependents are
+/// walked next. States of tasks in `changes` are taken from there, so
+/// nothing needs writing before the walk: one query per level of skips.
+pub(super) async fn walk(
+    tx: &mut WriteTx,
+    mut frontier: Vec<TaskId>,
+    changes: &mut Changes,
+    now: i64,
+) -> Result<(), StoreError> {
+    while !frontier.is_empty() {
+        let found = tx.dependents_many(&frontier).await?;
+        frontier.clear();
+        for (row, dependencies) in found {
+            let mut task = changes.rows.get(&row.id).cloned().unwrap_or(row);
             if task.state != TaskState::Waiting || task.attempt != 0 {
                 continue;
             }
-            if state.satisfies(task.on_dependency_failure) == Some(false) {
-                debug_assert_eq!(task.on_dependency_failure, OnDependencyFailure::Skip);
-                transition(tx, &mut task, TaskState::Skipped, now).await?;
-                task.finished_at = Some(now);
-                tx.update_task(&task).await?;
-                work.push((task.id, TaskState::Skipped));
-            } else if evaluate_with(tx, &mut task, states, now).await? {
-                // Another dependency had ended badly already.
-                work.push((task.id, TaskState::Skipped));
+            let states: Vec<TaskState> = dependencies
+                .iter()
+                .map(|(id, state)| changes.rows.get(id).map_or(*state, |t| t.state))
+                .collect();
+            match evaluate_new(&mut task, &states, now)? {
+                Start::Wait => {}
+                Start::Skip => {
+                    changes.keep(&task, true);
+                    frontier.push(task.id);
+                }
+                Start::Dispatch => {
+                    changes.keep(&task, false);
+                    changes.dispatched.push(task.id);
+                }
             }
         }
     }

@@ -5,12 +5,12 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::domain::{ServerKind, TaskId, TaskState};
+use crate::domain::{ServerKind, TaskId};
 use crate::protocol::{MsgTarget, RpcReply, TaskResult, parse_msg_id};
 use crate::store::{ServerRow, StoreError, TaskRow, WriteTx};
 
 use super::TrackerConfig;
-use super::release;
+use super::release::{self, Changes};
 
 /// One reply as it came off the reply queue.
 #[derive(Debug, Clone)]
@@ -70,16 +70,6 @@ fn authorize(
     Err("wrong_user")
 }
 
-/// Changes decided in memory and not written yet: rows (their latest
-/// version), the events they owe in order, and the rows whose first attempt
-/// is to be queued.
-#[derive(Debug, Default)]
-pub(super) struct Pending {
-    pub(super) rows: Vec<TaskRow>,
-    pub(super) events: Vec<TaskRow>,
-    pub(super) dispatched: Vec<TaskRow>,
-}
-
 /// What the replies of one batch need from the store, read with a few
 /// queries up front instead of a few per reply: their tasks, those tasks'
 /// servers, and which of the tasks have dependents. Everything the batch
@@ -92,17 +82,12 @@ pub(super) struct Batch {
     /// Servers heard from, in order, written once at the end.
     touched: Vec<String>,
     touched_set: HashSet<String>,
-    /// Rows changed and not written yet (the latest version of each), and
-    /// the events they owe, in order: written with one statement each per
-    /// batch (see [`Batch::flush`]).
-    unwritten: HashMap<TaskId, TaskRow>,
-    events: Vec<TaskRow>,
-    /// Tasks this batch ended that have dependents: [`Batch::release`]
-    /// walks from them.
+    /// What the batch changed and has not written yet (see
+    /// [`Batch::flush`], [`Batch::finish`]).
+    changes: Changes,
+    /// Tasks this batch ended that have dependents: the release walk
+    /// starts from them.
     ended_with_dependents: Vec<TaskId>,
-    /// Dependents the walk gave their first attempt: their messages are
-    /// queued with the commit.
-    dispatched: Vec<TaskId>,
 }
 
 impl Batch {
@@ -162,99 +147,43 @@ impl Batch {
             with_dependents,
             touched: Vec::new(),
             touched_set: HashSet::new(),
-            unwritten: HashMap::new(),
-            events: Vec::new(),
+            changes: Changes::default(),
             ended_with_dependents: Vec::new(),
-            dispatched: Vec::new(),
         };
         Ok((context, decoded))
     }
 
     fn task(&mut self, id: TaskId) -> Option<TaskRow> {
-        if let Some(row) = self.unwritten.get(&id) {
+        if let Some(row) = self.changes.rows.get(&id) {
             return Some(row.clone());
         }
         self.tasks.remove(&id)
     }
 
-    /// Keeps `task` to be written at the next flush, with an event if it
-    /// changed state.
-    fn defer(&mut self, task: &TaskRow, event: bool) {
-        if event {
-            self.events.push(task.clone());
-        }
-        self.unwritten.insert(task.id, task.clone());
-    }
-
-    /// Releases the dependents of the tasks this batch ended, in memory: a
-    /// dependent whose dependencies are now all satisfied gets its first
-    /// attempt (its message is queued with the commit), one that must be
-    /// skipped is skipped, and its own dependents are walked next. The
-    /// states of dependencies this batch changed are taken from memory, so
-    /// nothing is written before the walk: one query per level of skips.
-    async fn release(&mut self, tx: &mut WriteTx, now: i64) -> Result<(), StoreError> {
-        let mut frontier = std::mem::take(&mut self.ended_with_dependents);
-        while !frontier.is_empty() {
-            let found = tx.dependents_many(&frontier).await?;
-            frontier.clear();
-            for (row, dependencies) in found {
-                let mut task = self.unwritten.get(&row.id).cloned().unwrap_or(row);
-                if task.state != TaskState::Waiting || task.attempt != 0 {
-                    continue;
-                }
-                let states: Vec<TaskState> = dependencies
-                    .iter()
-                    .map(|(id, state)| self.unwritten.get(id).map_or(*state, |t| t.state))
-                    .collect();
-                match release::evaluate_new(&mut task, &states, now)? {
-                    release::Start::Wait => {}
-                    release::Start::Skip => {
-                        self.defer(&task, true);
-                        frontier.push(task.id);
-                    }
-                    release::Start::Dispatch => {
-                        self.defer(&task, false);
-                        self.dispatched.push(task.id);
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Writes the deferred rows and their events. Called before anything
-    /// else writes task rows in the store, and by [`Batch::finish`].
+    /// Writes the changes so far. Called before anything else writes task
+    /// rows in the store.
     pub(super) async fn flush(&mut self, tx: &mut WriteTx, now: i64) -> Result<(), StoreError> {
-        if self.unwritten.is_empty() {
+        let changes = std::mem::take(&mut self.changes);
+        if changes.rows.is_empty() {
             return Ok(());
         }
-        let rows: Vec<&TaskRow> = self.unwritten.values().collect();
+        let rows: Vec<&TaskRow> = changes.rows.values().collect();
         tx.update_tasks(&rows).await?;
-        let events: Vec<&TaskRow> = self.events.iter().collect();
-        tx.task_events(&events, now).await?;
-        self.unwritten.clear();
-        self.events.clear();
-        Ok(())
+        let events: Vec<&TaskRow> = changes.events.iter().collect();
+        tx.task_events(&events, now).await
     }
 
-    /// The end of the batch: the release walk. Returns what the batch
-    /// changed, for the commit to write with the messages it causes.
+    /// The end of the batch: the release walk from the tasks it ended.
+    /// Returns what the batch changed, for the commit to write with the
+    /// messages it causes.
     pub(super) async fn finish(
         &mut self,
         tx: &mut WriteTx,
         now: i64,
-    ) -> Result<Pending, StoreError> {
-        self.release(tx, now).await?;
-        let dispatched = self
-            .dispatched
-            .drain(..)
-            .filter_map(|id| self.unwritten.get(&id).cloned())
-            .collect();
-        Ok(Pending {
-            rows: self.unwritten.drain().map(|(_, t)| t).collect(),
-            events: std::mem::take(&mut self.events),
-            dispatched,
-        })
+    ) -> Result<Changes, StoreError> {
+        let ended = std::mem::take(&mut self.ended_with_dependents);
+        release::walk(tx, ended, &mut self.changes, now).await?;
+        Ok(std::mem::take(&mut self.changes))
     }
 
     fn touch(&mut self, server: &str) {
@@ -327,14 +256,14 @@ async fn record_for(
     batch.touch(&task.server_id);
     if !reply.ending {
         let moved = release::mark_running_in_memory(task, now)?;
-        batch.defer(task, moved);
+        batch.changes.keep(task, moved);
         return Ok(Verdict::Heartbeat);
     }
     let result = TaskResult::from_reply(attempt, reply.result, reply.failure.as_deref());
     match release::decide_end(task, &result, now, true)? {
         release::End::Final(end) => {
             release::end_in_memory(task, end, now)?;
-            batch.defer(task, true);
+            batch.changes.keep(task, true);
             if batch.with_dependents.contains(&task.id) {
                 batch.ended_with_dependents.push(task.id);
             }
