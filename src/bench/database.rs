@@ -97,17 +97,10 @@ impl Drop for BenchDatabase {
         if self.dropped {
             return;
         }
-        // Drop cannot await: drop it from a thread with its own runtime.
         let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
-        let _ = std::thread::spawn(move || {
-            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                let _ = rt.block_on(drop_database(&admin_url, &name));
-            }
-        })
-        .join();
+        super::clean_up_on_drop(async move {
+            let _ = drop_database(&admin_url, &name).await;
+        });
     }
 }
 

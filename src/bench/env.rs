@@ -78,17 +78,10 @@ impl Drop for Vhost {
         if self.deleted {
             return;
         }
-        // Drop cannot await: delete from a thread with its own runtime.
         let (mgmt, name) = (self.mgmt.clone(), self.name.clone());
-        let _ = std::thread::spawn(move || {
-            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                let _ = rt.block_on(mgmt.delete_vhost(&name));
-            }
-        })
-        .join();
+        super::clean_up_on_drop(async move {
+            let _ = mgmt.delete_vhost(&name).await;
+        });
     }
 }
 

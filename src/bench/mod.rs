@@ -50,6 +50,21 @@ use crate::config::Settings;
 use env::Env;
 use report::Report;
 
+/// Runs `cleanup` to its end from a `Drop`, which cannot await: on a
+/// thread of its own, with a runtime of its own (the vhost and the
+/// database are removed also when the bench fails or is interrupted).
+fn clean_up_on_drop(cleanup: impl std::future::Future<Output = ()> + Send + 'static) {
+    let _ = std::thread::spawn(move || {
+        if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            rt.block_on(cleanup);
+        }
+    })
+    .join();
+}
+
 /// How the servers' workers run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum WorkerMode {
