@@ -29,6 +29,8 @@ use crate::protocol::TaskMessage;
 
 /// Unconfirmed publishes in flight during the throughput run.
 const WINDOW: usize = 1_000;
+/// Publishes queued together before their writes are awaited.
+const BURST: usize = 100;
 /// Most replies taken (and acked with one `multiple` ack) at once.
 const REPLY_PREFETCH: u16 = 512;
 /// A reply that does not come within this long fails the bench.
@@ -185,10 +187,19 @@ impl Raw {
         let t0 = Instant::now();
         let publisher = async {
             let mut pending = VecDeque::with_capacity(WINDOW);
-            for i in 0..n {
-                pending
-                    .push_back(publish(channel, exchange, &queues[i % queues.len()], body).await?);
-                if pending.len() >= WINDOW
+            let mut next = 0;
+            while next < n {
+                // Polled together, a burst's frames go out in as few writes
+                // as fit (as bora's relay publishes a batch).
+                let burst = BURST.min(n - next);
+                let published = futures_util::future::try_join_all(
+                    (next..next + burst)
+                        .map(|i| publish(channel, exchange, &queues[i % queues.len()], body)),
+                )
+                .await?;
+                next += burst;
+                pending.extend(published);
+                while pending.len() >= WINDOW
                     && let Some(c) = pending.pop_front()
                 {
                     confirmed(c.await?)?;
