@@ -10,7 +10,7 @@
 //! (measured: 25,000 took seconds), while `?` costs nothing. PostgreSQL only
 //! knows `$N` (and looks it up directly). [`Params`] writes them all.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use sqlx::Row;
 use sqlx::any::AnyArguments;
@@ -18,7 +18,7 @@ use sqlx::query::Query;
 
 use super::rows::parse_id;
 use super::{Backend, OutboxItem, OutboxKind, ServerRow, StoreError, TaskRow, WriteTx};
-use crate::domain::{TaskId, WorkflowId};
+use crate::domain::{TaskId, TaskState, WorkflowId};
 
 /// Most bound parameters per statement (SQLite allows 32766, PostgreSQL 65535).
 const MAX_PARAMS: usize = 3_000;
@@ -453,29 +453,6 @@ impl WriteTx {
         Ok(())
     }
 
-    /// The tasks among `ids` that exist (in no particular order).
-    ///
-    /// # Errors
-    /// A database failure.
-    pub async fn tasks_by_ids(&mut self, ids: &[TaskId]) -> Result<Vec<TaskRow>, StoreError> {
-        let mut out = Vec::with_capacity(ids.len());
-        for chunk in ids.chunks(MAX_IN) {
-            let list = InList::new(chunk);
-            let sql = format!(
-                concat!("SELECT ", task_columns!(), " FROM tasks WHERE id IN ({})"),
-                Params::new(self.backend).list(list.len())
-            );
-            let mut q = query(sql, list.len() == MAX_IN, list.len());
-            for id in list.values() {
-                q = q.bind(id.to_string());
-            }
-            for row in q.fetch_all(&mut *self.tx).await? {
-                out.push(TaskRow::from_row(&row)?);
-            }
-        }
-        Ok(out)
-    }
-
     /// The tasks a batch of replies is about, each with whether any task
     /// depends on it and its server's row (`None`: not known): one query
     /// per chunk of ids.
@@ -567,31 +544,68 @@ impl WriteTx {
         Ok(())
     }
 
-    /// Writes `state`, `queued_at` and `updated_at` of tasks moved to `queued`
-    /// (the tracker checked each move).
+    /// Moves the published attempts among `published` (task, attempt)
+    /// that are still `waiting` to `queued`, with their events, and returns
+    /// how many moved. Done in the store (an event insert from the rows,
+    /// then the update) rather than by reading the rows back: a fast worker's
+    /// result, or a newer attempt, may have overtaken the confirm, and the
+    /// `state` and `attempt` conditions leave those rows alone.
     ///
     /// # Errors
     /// A database failure.
-    pub async fn set_queued(&mut self, ids: &[TaskId], now: i64) -> Result<(), StoreError> {
-        for chunk in ids.chunks(MAX_IN) {
-            let list = InList::new(chunk);
-            let mut p = Params::new(self.backend);
-            let sql = format!(
-                "UPDATE tasks SET state = 'queued', queued_at = {}, updated_at = {} \
-                 WHERE id IN ({})",
-                p.one(),
-                p.one(),
-                p.list(list.len())
-            );
-            let mut q = query(sql, list.len() == MAX_IN, list.len())
-                .bind(now)
-                .bind(now);
-            for id in list.values() {
-                q = q.bind(id.to_string());
-            }
-            q.execute(&mut *self.tx).await?;
+    pub async fn queue_published(
+        &mut self,
+        published: &[(TaskId, i64)],
+        now: i64,
+    ) -> Result<usize, StoreError> {
+        let mut by_attempt: BTreeMap<i64, Vec<TaskId>> = BTreeMap::new();
+        for (task, attempt) in published {
+            by_attempt.entry(*attempt).or_default().push(*task);
         }
-        Ok(())
+        let mut moved = 0;
+        for (attempt, ids) in by_attempt {
+            for chunk in ids.chunks(MAX_IN) {
+                let list = InList::new(chunk);
+                let mut p = Params::new(self.backend);
+                let sql = format!(
+                    "INSERT INTO events (workflow_id, task_id, task_name, server_id, state, \
+                     attempt, at, kind) SELECT workflow_id, id, name, server_id, 'queued', \
+                     attempt, {}, 'task' FROM tasks \
+                     WHERE state = 'waiting' AND attempt = {} AND id IN ({}) ORDER BY id",
+                    p.one(),
+                    p.one(),
+                    p.list(list.len())
+                );
+                let mut q = query(sql, list.len() == MAX_IN, list.len())
+                    .bind(now)
+                    .bind(attempt);
+                for id in list.values() {
+                    q = q.bind(id.to_string());
+                }
+                q.execute(&mut *self.tx).await?;
+
+                let mut p = Params::new(self.backend);
+                let sql = format!(
+                    "UPDATE tasks SET state = 'queued', queued_at = {}, updated_at = {} \
+                     WHERE state = 'waiting' AND attempt = {} AND id IN ({})",
+                    p.one(),
+                    p.one(),
+                    p.one(),
+                    p.list(list.len())
+                );
+                let mut q = query(sql, list.len() == MAX_IN, list.len())
+                    .bind(now)
+                    .bind(now)
+                    .bind(attempt);
+                for id in list.values() {
+                    q = q.bind(id.to_string());
+                }
+                let n = q.execute(&mut *self.tx).await?.rows_affected() as usize;
+                self.note_entered(TaskState::Queued, n);
+                moved += n;
+            }
+        }
+        Ok(moved)
     }
 
     /// Locks, until this transaction ends, the workflows of `tasks` (see

@@ -581,6 +581,11 @@ impl WriteTx {
 
     /// Remembers a task event for what the tracker does after commit
     /// (transition counts; end notifications).
+    /// Counts `n` events into `state` written by the store itself.
+    pub(super) fn note_entered(&mut self, state: TaskState, n: usize) {
+        self.entered.extend(std::iter::repeat_n(state, n));
+    }
+
     pub(super) fn note_event(&mut self, task: &TaskRow) {
         self.entered.push(task.state);
         if task.state.is_terminal() {

@@ -751,29 +751,7 @@ impl Tracker {
             .filter(|i| i.kind == OutboxKind::Task)
             .filter_map(|i| i.task_id.map(|t| (t, i.attempt)))
             .collect();
-        let task_ids: Vec<TaskId> = published
-            .iter()
-            .map(|(t, _)| *t)
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
-        let mut tasks: HashMap<TaskId, TaskRow> = tx
-            .tasks_by_ids(&task_ids)
-            .await?
-            .into_iter()
-            .map(|t| (t.id, t))
-            .collect();
-        let mut moved = Vec::new();
-        for (task_id, attempt) in published {
-            if let Some(task) = tasks.get_mut(&task_id)
-                && release::mark_queued(task, attempt, now)?
-            {
-                moved.push(task_id);
-            }
-        }
-        let events: Vec<&TaskRow> = moved.iter().map(|id| &tasks[id]).collect();
-        tx.task_events(&events, now).await?;
-        tx.set_queued(&moved, now).await?;
+        tx.queue_published(&published, now).await?;
         self.commit(tx).await?;
         Ok(())
     }
@@ -1173,5 +1151,55 @@ mod batch_tests {
             .filter(|e| e.state == "skipped")
             .count();
         assert_eq!(skipped, 2);
+    }
+
+    #[tokio::test]
+    async fn a_confirm_moves_only_the_attempts_still_waiting_for_it() {
+        let (tracker, _dir) = tracker().await;
+        let wf = join_workflow(&tracker).await;
+        let rows = by_name(&tracker, wf).await;
+        let items = tracker
+            .store()
+            .due_outbox(now_us() + 1_000_000, 1000, now_us() + 1_000_000)
+            .await
+            .unwrap();
+        let item = |name: &str| {
+            items
+                .iter()
+                .find(|i| i.kind == OutboxKind::Task && i.task_id == Some(rows[name].id))
+                .cloned()
+                .unwrap()
+        };
+        // b's worker answered before the broker's confirm was recorded; the
+        // confirm of an attempt a has not reached yet moves nothing either.
+        tracker
+            .record_replies(&[result(&rows["b"], 0)])
+            .await
+            .unwrap();
+        let mut later = item("a");
+        later.attempt = 2;
+        tracker
+            .confirm_published(&[item("b"), later])
+            .await
+            .unwrap();
+        let queued = |events: &[crate::store::EventRow]| -> Vec<Option<String>> {
+            events
+                .iter()
+                .filter(|e| e.state == "queued")
+                .map(|e| e.task_name.clone())
+                .collect()
+        };
+        let events = tracker.store().events_after(wf, 0, 100).await.unwrap();
+        assert_eq!(queued(&events), Vec::<Option<String>>::new());
+        let now = by_name(&tracker, wf).await;
+        assert_eq!(now["a"].state, TaskState::Waiting);
+        assert_eq!(now["b"].state, TaskState::Succeeded);
+
+        tracker.confirm_published(&[item("a")]).await.unwrap();
+        let events = tracker.store().events_after(wf, 0, 100).await.unwrap();
+        assert_eq!(queued(&events), vec![Some("a".to_owned())]);
+        let now = by_name(&tracker, wf).await;
+        assert_eq!(now["a"].state, TaskState::Queued);
+        assert!(now["a"].queued_at.is_some());
     }
 }

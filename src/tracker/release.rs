@@ -131,21 +131,6 @@ pub(super) async fn dispatch(
         .await
 }
 
-/// The broker confirmed attempt `attempt` of `task`: moves the row in
-/// memory and returns whether it moved (the caller logs the event and writes
-/// the rows of a whole relay round at once).
-pub(super) fn mark_queued(task: &mut TaskRow, attempt: i64, now: i64) -> Result<bool, StoreError> {
-    // A fast worker may have reported already; a newer attempt may exist.
-    if task.attempt != attempt || task.state != TaskState::Waiting {
-        return Ok(false);
-    }
-    check(task, TaskState::Queued)?;
-    task.state = TaskState::Queued;
-    task.updated_at = now;
-    task.queued_at = Some(now);
-    Ok(true)
-}
-
 /// The worker reported that the current attempt runs (a heartbeat): moves
 /// the row in memory, and returns whether the task moved to `running` (an
 /// event is due). The caller writes the row.
