@@ -26,6 +26,8 @@
 //! - [`database`]: the fresh PostgreSQL database of a `postgres://` `--store-url`.
 //! - [`client`]: the few REST calls the bench makes.
 //! - [`scenarios`]: warm-up, throughput, chain and DAG through bora.
+//! - [`listener`]: consumes the notifications, as a deployment's listener
+//!   would, and counts the task ends (the bench fails if one is missing).
 //! - [`raw`]: the baseline without bora in the path.
 //! - [`responder`]: in-process consumers that answer tasks (raw, or bora's format).
 //! - [`report`]: percentiles, the table and the JSON line.
@@ -35,6 +37,7 @@
 mod client;
 mod database;
 mod env;
+mod listener;
 mod raw;
 mod report;
 mod responder;
@@ -161,6 +164,9 @@ async fn measure(env: &mut Env, args: &BenchArgs) -> anyhow::Result<Report> {
         report.store_database = Some((db.name().to_owned(), db.label()));
     }
     env.start(args).await?;
+    let listener = listener::Listener::start(env.settings())
+        .await
+        .context("starting the notification listener")?;
     let client = env.client()?;
     let servers = env.servers().to_vec();
     let say = |s: &str| {
@@ -188,6 +194,22 @@ async fn measure(env: &mut Env, args: &BenchArgs) -> anyhow::Result<Report> {
         say(&format!("dag: one workflow of {n} tasks"));
         report.dag = Some(scenarios::dag(&client, &servers, n, env).await?);
     }
+
+    if env.settings().notifications.enabled {
+        // Every task end is announced, once the relay has sent it.
+        let expected =
+            (servers.len() + args.tasks + args.chain + args.dag_tasks.unwrap_or(0)) as u64;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while listener.task_ends() < expected && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(POLL).await;
+        }
+        anyhow::ensure!(
+            listener.task_ends() >= expected,
+            "{} task-end notifications for {expected} tasks",
+            listener.task_ends()
+        );
+    }
+    listener.close().await;
 
     if !args.no_raw {
         let mut raw = raw::Raw::start(env.amqp_url(), env.settings(), &servers, env.raw_per_conn())

@@ -293,6 +293,21 @@ impl Broker {
         Ok(())
     }
 
+    /// Declares a notification queue as the relay does before its first
+    /// notification to it (durable, bound by its own name), for a listener
+    /// that starts first.
+    ///
+    /// # Errors
+    /// The broker is unreachable or refuses (a queue made with other flags).
+    pub async fn declare_notification_queue(&self, queue: &str) -> Result<(), BrokerError> {
+        self.declare_topology().await?;
+        let conn = self.connection().await?;
+        let ch = conn.create_channel().await?;
+        declare_bound_queue(&ch, &self.settings, queue).await?;
+        let _ = ch.close(200, "declared".into()).await;
+        Ok(())
+    }
+
     /// A publisher on its own channel with publisher confirms.
     ///
     /// # Errors
