@@ -545,8 +545,7 @@ impl WriteTx {
     }
 
     /// Moves the published attempts among `published` (task, attempt)
-    /// that are still `waiting` to `queued`, with their events, and returns
-    /// how many moved. Done in the store (an event insert from the rows,
+    /// that are still `waiting` to `queued`, with their events. Done in the store (an event insert from the rows,
     /// then the update) rather than by reading the rows back: a fast worker's
     /// result, or a newer attempt, may have overtaken the confirm, and the
     /// `state` and `attempt` conditions leave those rows alone.
@@ -557,12 +556,11 @@ impl WriteTx {
         &mut self,
         published: &[(TaskId, i64)],
         now: i64,
-    ) -> Result<usize, StoreError> {
+    ) -> Result<(), StoreError> {
         let mut by_attempt: BTreeMap<i64, Vec<TaskId>> = BTreeMap::new();
         for (task, attempt) in published {
             by_attempt.entry(*attempt).or_default().push(*task);
         }
-        let mut moved = 0;
         for (attempt, ids) in by_attempt {
             for chunk in ids.chunks(MAX_IN) {
                 let list = InList::new(chunk);
@@ -602,10 +600,9 @@ impl WriteTx {
                 }
                 let n = q.execute(&mut *self.tx).await?.rows_affected() as usize;
                 self.note_entered(TaskState::Queued, n);
-                moved += n;
             }
         }
-        Ok(moved)
+        Ok(())
     }
 
     /// Locks, until this transaction ends, the workflows of `tasks` (see
