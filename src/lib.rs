@@ -10,6 +10,7 @@
 //! `ARCHITECTURE.md` at the repository root draws how a task flows through them.
 
 pub mod api;
+pub mod app;
 pub mod backoff;
 pub mod bench;
 pub mod broker;
@@ -23,5 +24,4 @@ pub mod rpc;
 pub mod serve;
 pub mod store;
 pub mod telemetry;
-pub mod tracker;
 pub mod worker;

@@ -4,16 +4,17 @@
 //! password is returned once and never stored by bora.
 //!
 //! Broker side through the management API and AMQP (`broker`), state through
-//! the tracker (cancelling a revoked server's tasks). Nothing here touches SQL.
+//! the use cases of `app` (a server's row; cancelling a revoked server's
+//! tasks). Nothing here touches SQL.
 
 use rand::RngCore;
 
+use crate::app::{App, AppError};
 use crate::broker::management::{Management, ManagementError, vhost_of};
 use crate::broker::{Broker, BrokerError};
 use crate::config::Settings;
+use crate::domain::broker_user;
 use crate::domain::{ServerId, ServerKind};
-use crate::store::StoreError;
-use crate::tracker::Tracker;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -22,7 +23,7 @@ pub enum RegistryError {
     #[error("{0}")]
     Broker(#[from] BrokerError),
     #[error(transparent)]
-    Store(#[from] StoreError),
+    App(#[from] AppError),
 }
 
 /// What a registration returns, once.
@@ -39,11 +40,6 @@ pub struct Registration {
     pub rotated: bool,
     pub task_queue: String,
     pub control_queue: String,
-}
-
-/// The broker user of a server.
-pub fn broker_user(server: &ServerId) -> String {
-    format!("bora-srv-{server}")
 }
 
 /// Escapes a name for use inside a RabbitMQ permission regex.
@@ -93,7 +89,7 @@ pub fn permissions(
 pub struct Registry {
     management: Management,
     broker: Broker,
-    tracker: Tracker,
+    app: App,
     settings: std::sync::Arc<Settings>,
     vhost: String,
 }
@@ -104,13 +100,13 @@ impl Registry {
     pub fn new(
         settings: std::sync::Arc<Settings>,
         broker: Broker,
-        tracker: Tracker,
+        app: App,
     ) -> Result<Self, ManagementError> {
         Ok(Self {
             management: Management::new(&settings.amqp.management_url)?,
             vhost: vhost_of(settings.amqp.url.expose()),
             broker,
-            tracker,
+            app,
             settings,
         })
     }
@@ -142,12 +138,13 @@ impl Registry {
         };
         self.management.set_connection_limit(&user, limit).await?;
         let was_registered = self
-            .tracker
+            .app
             .store()
             .server(server.as_str())
-            .await?
+            .await
+            .map_err(AppError::from)?
             .is_some_and(|s| s.registered);
-        self.tracker.register_server(server, kind).await?;
+        self.app.register_server(server, kind).await?;
         Ok(Registration {
             server_id: server.clone(),
             kind,
@@ -174,7 +171,7 @@ impl Registry {
         if let Err(e) = self.management.close_connections_of(&user).await {
             tracing::warn!(server_id = %server, error = %e, "could not list or close the revoked user's connections");
         }
-        let cancelled = self.tracker.forget_server(server).await?;
+        let cancelled = self.app.forget_server(server).await?;
         for q in [
             self.settings.amqp.task_queue(server.as_str()),
             self.settings.amqp.control_queue(server.as_str()),

@@ -3,8 +3,9 @@
 //! arguments, validation and results as REST, so Heat can drive bora with the
 //! library it already uses.
 //!
-//! Requests are decoded by `protocol`, served through the same `api` code as
-//! REST (views, validation, tracker), and answered like oslo (oslo-wire 5):
+//! Requests are decoded by `protocol`, served through the same use cases and
+//! views as REST (`app`; this module never imports `api`), and answered
+//! like oslo (oslo-wire 5):
 //! `result`, `failure`, `ending: true`, `_msg_id`; errors as failures of
 //! module `bora.errors` that an oslo client raises as `RemoteError`. Casts
 //! (no `_msg_id`) run and get no reply. A repeated `_unique_id` is dropped
@@ -12,9 +13,9 @@
 //! and no SQL.
 
 use std::collections::{HashSet, VecDeque};
-use std::time::Duration;
 
-use axum::http::StatusCode;
+use std::sync::Arc;
+
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
@@ -22,30 +23,99 @@ use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::api::{ApiError, AppState, tasks, workflow_id};
-use crate::backoff::Backoff;
+use crate::app::input::{NewTask, NewWorkflow};
+use crate::app::queries::workflow_id;
+use crate::app::{App, AppError};
+use crate::broker::Broker;
+use crate::broker::reconnect::Reconnect;
 use crate::broker::rpc::RpcEndpoint;
-use crate::domain::{NewTask, ServerId, ServerKind};
+use crate::config::Settings;
+use crate::domain::{ServerId, ServerKind};
 use crate::protocol::{Failure, RpcReply, RpcRequest};
+use crate::registration::{Registry, RegistryError};
 
 /// How many recent `_unique_id`s are remembered to drop re-sent requests.
 const DEDUP_WINDOW: usize = 1024;
 
-/// The exception classes an oslo client sees (`RemoteError.exc_type`).
-fn failure_class(status: StatusCode) -> &'static str {
-    match status {
-        StatusCode::NOT_FOUND => "NotFound",
-        StatusCode::CONFLICT => "Conflict",
-        StatusCode::UNAUTHORIZED => "Unauthorized",
-        s if s.is_client_error() => "ValidationError",
-        _ => "ServiceUnavailable",
+/// What the RPC API serves with; cheap to clone.
+#[derive(Clone)]
+pub struct RpcState {
+    /// The use cases and reads (shared with REST).
+    pub app: App,
+    /// Server registration (shared with REST).
+    pub registry: Registry,
+    /// The broker the endpoint consumes from.
+    pub broker: Broker,
+    /// `rpc.*` and the API tokens.
+    pub settings: Arc<Settings>,
+}
+
+/// Why a call failed, before it becomes an oslo failure.
+#[derive(Debug)]
+enum CallError {
+    /// A use case refused or failed.
+    App(AppError),
+    /// Registration failed on the broker's side.
+    Registry(RegistryError),
+    /// The arguments do not fit the method.
+    Arguments(String),
+    /// No or a wrong token.
+    Unauthorized,
+}
+
+impl From<AppError> for CallError {
+    fn from(e: AppError) -> Self {
+        CallError::App(e)
     }
 }
 
-fn failure_of(e: &ApiError) -> Failure {
-    let mut f = Failure::new("bora.errors", failure_class(e.status), e.message.clone());
+impl From<RegistryError> for CallError {
+    fn from(e: RegistryError) -> Self {
+        match e {
+            RegistryError::App(e) => CallError::App(e),
+            other => CallError::Registry(other),
+        }
+    }
+}
+
+/// The oslo failure a client sees (`RemoteError.exc_type` and the `code`
+/// keyword argument): classes `bora.errors.{NotFound, Conflict,
+/// ValidationError, Unauthorized, ServiceUnavailable}`.
+fn failure_of(e: &CallError) -> Failure {
+    let (class, code, message) = match e {
+        CallError::App(AppError::NotFound(m)) => ("NotFound", "not_found", m.clone()),
+        CallError::App(AppError::Conflict { code, message }) => {
+            ("Conflict", *code, message.clone())
+        }
+        CallError::App(AppError::Invalid { code, message, .. }) => {
+            ("ValidationError", *code, message.clone())
+        }
+        CallError::App(AppError::IllegalMove(e)) => {
+            ("Conflict", "illegal_state_change", e.to_string())
+        }
+        CallError::App(AppError::Store(e)) => {
+            warn!(error = %e, "store failure while serving an RPC call");
+            (
+                "ServiceUnavailable",
+                "store_unavailable",
+                "the store failed to answer; try again".to_owned(),
+            )
+        }
+        CallError::Registry(e) => (
+            "ServiceUnavailable",
+            "broker_unavailable",
+            format!("the broker did not complete the change: {e}"),
+        ),
+        CallError::Arguments(m) => ("ValidationError", "invalid_arguments", m.clone()),
+        CallError::Unauthorized => (
+            "Unauthorized",
+            "unauthorized",
+            "a valid API token is required as the context's auth_token".to_owned(),
+        ),
+    };
+    let mut f = Failure::new("bora.errors", class, message);
     f.kwargs
-        .insert("code".into(), Value::String(e.code.to_owned()));
+        .insert("code".into(), Value::String(code.to_owned()));
     f
 }
 
@@ -58,9 +128,9 @@ fn no_such_method(method: &str) -> Failure {
 }
 
 /// Parses a call's keyword arguments into `T`; a mismatch is a ValidationError.
-fn kwargs<T: DeserializeOwned>(args: &Map<String, Value>) -> Result<T, ApiError> {
+fn kwargs<T: DeserializeOwned>(args: &Map<String, Value>) -> Result<T, CallError> {
     serde_json::from_value(Value::Object(args.clone()))
-        .map_err(|e| ApiError::unprocessable("invalid_arguments", e.to_string()))
+        .map_err(|e| CallError::Arguments(e.to_string()))
 }
 
 #[derive(Deserialize)]
@@ -97,10 +167,10 @@ fn to_value<T: serde::Serialize>(v: T) -> Value {
 
 /// Runs one method; `Err(None)` for an unknown method.
 async fn call(
-    state: &AppState,
+    state: &RpcState,
     method: &str,
     args: &Map<String, Value>,
-) -> Result<Value, Option<ApiError>> {
+) -> Result<Value, Option<CallError>> {
     let r = match method {
         "create_workflow" => create_workflow(state, args).await,
         "add_task" => add_task(state, args).await,
@@ -114,51 +184,68 @@ async fn call(
     r.map_err(Some)
 }
 
-async fn create_workflow(state: &AppState, args: &Map<String, Value>) -> Result<Value, ApiError> {
-    Ok(to_value(state.create_workflow(kwargs(args)?).await?))
+async fn create_workflow(state: &RpcState, args: &Map<String, Value>) -> Result<Value, CallError> {
+    let new: NewWorkflow = kwargs(args)?;
+    Ok(to_value(state.app.create_workflow_view(new).await?))
 }
 
-async fn add_task(state: &AppState, args: &Map<String, Value>) -> Result<Value, ApiError> {
+async fn add_task(state: &RpcState, args: &Map<String, Value>) -> Result<Value, CallError> {
     let a: AddTaskArgs = kwargs(args)?;
-    Ok(to_value(state.add_task(&a.workflow_id, a.task).await?))
-}
-
-async fn get_workflow(state: &AppState, args: &Map<String, Value>) -> Result<Value, ApiError> {
-    let a: WorkflowArg = kwargs(args)?;
     Ok(to_value(
-        state.workflow_view(workflow_id(&a.workflow_id)?).await?,
+        state.app.add_task_view(&a.workflow_id, a.task).await?,
     ))
 }
 
-async fn get_task(state: &AppState, args: &Map<String, Value>) -> Result<Value, ApiError> {
+async fn get_workflow(state: &RpcState, args: &Map<String, Value>) -> Result<Value, CallError> {
+    let a: WorkflowArg = kwargs(args)?;
+    Ok(to_value(
+        state
+            .app
+            .workflow_view(workflow_id(&a.workflow_id)?)
+            .await?,
+    ))
+}
+
+async fn get_task(state: &RpcState, args: &Map<String, Value>) -> Result<Value, CallError> {
     let a: GetTaskArgs = kwargs(args)?;
-    let wf = tasks::existing_workflow(state, &a.workflow_id).await?;
-    let row = tasks::task_row(state, wf, &a.task).await?;
-    Ok(to_value(state.task_view(row).await?))
+    let wf = state.app.existing_workflow(&a.workflow_id).await?;
+    let row = state.app.task(wf, &a.task).await?;
+    Ok(to_value(state.app.task_view(row).await?))
 }
 
-async fn list_tasks(state: &AppState, args: &Map<String, Value>) -> Result<Value, ApiError> {
+async fn list_tasks(state: &RpcState, args: &Map<String, Value>) -> Result<Value, CallError> {
     let a: WorkflowArg = kwargs(args)?;
-    let wf = tasks::existing_workflow(state, &a.workflow_id).await?;
-    let rows = state.store().tasks(wf, None, None).await?;
-    Ok(json!({ "tasks": state.task_views(wf, rows).await? }))
+    let wf = state.app.existing_workflow(&a.workflow_id).await?;
+    let rows = state
+        .app
+        .store()
+        .tasks(wf, None, None)
+        .await
+        .map_err(AppError::from)?;
+    Ok(json!({ "tasks": state.app.task_views(wf, rows).await? }))
 }
 
-async fn cancel_workflow(state: &AppState, args: &Map<String, Value>) -> Result<Value, ApiError> {
+async fn cancel_workflow(state: &RpcState, args: &Map<String, Value>) -> Result<Value, CallError> {
     let a: WorkflowArg = kwargs(args)?;
-    Ok(to_value(state.cancel_workflow(&a.workflow_id).await?))
+    Ok(to_value(
+        state.app.cancel_workflow_view(&a.workflow_id).await?,
+    ))
 }
 
-async fn register_server(state: &AppState, args: &Map<String, Value>) -> Result<Value, ApiError> {
+async fn register_server(state: &RpcState, args: &Map<String, Value>) -> Result<Value, CallError> {
     let a: RegisterArgs = kwargs(args)?;
-    let id = ServerId::parse(&a.server_id)
-        .map_err(|e| ApiError::unprocessable("validation_failed", format!("server_id: {e}")))?;
+    let id = ServerId::parse(&a.server_id).map_err(|e| {
+        CallError::App(AppError::invalid(
+            "validation_failed",
+            format!("server_id: {e}"),
+        ))
+    })?;
     Ok(to_value(state.registry.register(&id, a.kind).await?))
 }
 
 /// With API tokens configured, a call must carry one as its context's
 /// `auth_token` (`_context_auth_token`, as oslo's RequestContext sends it).
-fn authorized(state: &AppState, req: &RpcRequest) -> bool {
+fn authorized(state: &RpcState, req: &RpcRequest) -> bool {
     let tokens = &state.settings.api.tokens;
     if tokens.is_empty() {
         return true;
@@ -189,30 +276,19 @@ fn compatible(req: &RpcRequest) -> bool {
 }
 
 /// Serves the RPC API until shutdown, reconnecting after broker failures.
-pub async fn run(state: AppState, shutdown: CancellationToken) {
+pub async fn run(state: RpcState, shutdown: CancellationToken) {
     let topic = state.settings.rpc.topic.clone();
     let server = state.settings.rpc_server_name();
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+    let mut link = Reconnect::new("rpc");
     let mut seen: (HashSet<String>, VecDeque<String>) = (HashSet::new(), VecDeque::new());
-    'connect: while !shutdown.is_cancelled() {
-        let connected = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            c = state.broker.rpc_endpoint(&topic, &server) => c,
+    'connect: loop {
+        let connected = link
+            .connect(&shutdown, || state.broker.rpc_endpoint(&topic, &server))
+            .await;
+        let Some(mut endpoint) = connected else {
+            return;
         };
-        let mut endpoint = match connected {
-            Ok(e) => {
-                info!(topic, server, "RPC API consuming");
-                backoff.reset();
-                e
-            }
-            Err(e) => {
-                warn!(error = %e, "RPC API cannot reach the broker; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(backoff.next_delay()) => continue 'connect,
-                }
-            }
-        };
+        info!(topic, server, "RPC API consuming");
         loop {
             let next = tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -234,7 +310,7 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
 }
 
 async fn serve_one(
-    state: &AppState,
+    state: &RpcState,
     endpoint: &RpcEndpoint,
     delivery: crate::broker::rpc::RpcDelivery,
     seen: &mut (HashSet<String>, VecDeque<String>),
@@ -274,11 +350,7 @@ async fn serve_one(
             ),
         ))
     } else if !authorized(state, &req) {
-        Err(failure_of(&ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "a valid API token is required as the context's auth_token",
-        )))
+        Err(failure_of(&CallError::Unauthorized))
     } else {
         match call(state, &req.method, &req.args).await {
             Ok(v) => Ok(v),
@@ -319,15 +391,22 @@ mod tests {
 
     #[test]
     fn errors_map_to_oslo_failure_classes() {
-        let f = failure_of(&ApiError::not_found("workflow x not found"));
+        let f = failure_of(&CallError::App(AppError::NotFound(
+            "workflow x not found".into(),
+        )));
         assert_eq!(f.module, "bora.errors");
         assert_eq!(f.class, "NotFound");
         assert_eq!(f.message, "workflow x not found");
+        let class = |e: CallError| failure_of(&e).class;
         assert_eq!(
-            failure_class(StatusCode::UNPROCESSABLE_ENTITY),
+            class(CallError::App(AppError::invalid("x", "y"))),
             "ValidationError"
         );
-        assert_eq!(failure_class(StatusCode::CONFLICT), "Conflict");
-        assert_eq!(failure_class(StatusCode::UNAUTHORIZED), "Unauthorized");
+        assert_eq!(class(CallError::Arguments("x".into())), "ValidationError");
+        assert_eq!(
+            class(CallError::App(AppError::conflict("x", "y"))),
+            "Conflict"
+        );
+        assert_eq!(class(CallError::Unauthorized), "Unauthorized");
     }
 }

@@ -9,9 +9,9 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::app::AppError;
 use crate::domain::FieldError;
 use crate::store::StoreError;
-use crate::tracker::TrackerError;
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -97,14 +97,14 @@ impl From<StoreError> for ApiError {
     }
 }
 
-impl From<TrackerError> for ApiError {
-    fn from(e: TrackerError) -> Self {
+impl From<AppError> for ApiError {
+    fn from(e: AppError) -> Self {
         match e {
-            TrackerError::NotFound(what) => ApiError::not_found(format!("{what} not found")),
-            TrackerError::Conflict { code, message } => {
+            AppError::NotFound(message) => ApiError::not_found(message),
+            AppError::Conflict { code, message } => {
                 ApiError::new(StatusCode::CONFLICT, code, message)
             }
-            TrackerError::Invalid {
+            AppError::Invalid {
                 code,
                 message,
                 details,
@@ -114,7 +114,17 @@ impl From<TrackerError> for ApiError {
                 message,
                 details,
             },
-            TrackerError::Store(e) => e.into(),
+            AppError::IllegalMove(e) => {
+                tracing::error!(error = %e, "a request asked for an illegal state move");
+                ApiError::new(StatusCode::CONFLICT, "illegal_state_change", e.to_string())
+            }
+            AppError::Store(e) => e.into(),
         }
+    }
+}
+
+impl From<crate::domain::Corrupt> for ApiError {
+    fn from(e: crate::domain::Corrupt) -> Self {
+        StoreError::from(e).into()
     }
 }

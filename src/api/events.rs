@@ -64,7 +64,7 @@ pub(super) async fn stream(
         .ok_or_else(|| ApiError::not_found(format!("workflow {wf} not found")))?;
     let after = last_event_id(&headers)?;
     let cursor = Cursor {
-        commits: state.tracker.commits(),
+        commits: state.app.commits(),
         state,
         workflow: wf,
         after,

@@ -1,22 +1,21 @@
-//! The REST API (SPEC 3): routes, shared state, readiness, metrics, and the
-//! views built from the store. Handlers validate input (parse at the edge),
-//! hand state changes to the tracker and read through the store; they never
-//! touch AMQP or SQL themselves (the one broker question, a queue's depth,
-//! goes through `broker`). Every route is registered through utoipa-axum,
-//! so `/openapi.json` cannot miss one.
+//! The REST API (SPEC 3): routes, shared state, readiness and metrics.
+//! Handlers parse input at the edge, call the use cases and queries of
+//! `app` (shared with the RPC API, which this module never imports), and
+//! map [`crate::app::AppError`] to statuses; they never touch AMQP or SQL
+//! themselves (the one broker question, a queue's depth, goes through
+//! `broker`). Every route is registered through utoipa-axum, so
+//! `/openapi.json` cannot miss one.
 
 mod auth;
 mod error;
 mod events;
 mod extract;
 pub mod openapi;
-mod ops;
 mod servers;
 pub(crate) mod tasks;
 pub mod views;
 mod workflows;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, State};
@@ -29,17 +28,18 @@ use utoipa_axum::routes;
 
 pub use error::{ApiError, ErrorBody};
 
+use crate::app::App;
 use crate::broker::Broker;
 use crate::config::Settings;
 use crate::domain::{TaskState, WorkflowId};
-use crate::store::{Store, TaskRow, now_us};
-use crate::tracker::Tracker;
-use views::{Health, Readiness, TaskView, WorkflowView};
+use crate::store::Store;
+use views::{Health, Readiness};
 
 /// What every handler can reach; cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
-    pub tracker: Tracker,
+    /// The use cases and reads.
+    pub app: App,
     pub broker: Broker,
     pub registry: crate::registration::Registry,
     pub settings: Arc<Settings>,
@@ -50,60 +50,13 @@ pub struct AppState {
 
 impl AppState {
     pub(crate) fn store(&self) -> &Store {
-        self.tracker.store()
-    }
-
-    /// Whether a heartbeat at `last_seen` is recent enough to call the server online.
-    fn online(&self, last_seen: Option<i64>) -> bool {
-        let window = self.settings.dispatch.heartbeat_timeout_s as i64 * 1_000_000;
-        last_seen.is_some_and(|t| now_us() - t <= window)
-    }
-
-    pub(crate) async fn workflow_view(&self, id: WorkflowId) -> Result<WorkflowView, ApiError> {
-        let row = self
-            .store()
-            .workflow(id)
-            .await?
-            .ok_or_else(|| ApiError::not_found(format!("workflow {id} not found")))?;
-        let counts = self.store().task_counts(id).await?;
-        Ok(WorkflowView::new(row, counts))
-    }
-
-    pub(crate) async fn task_view(&self, row: TaskRow) -> Result<TaskView, ApiError> {
-        let deps = self.store().dependencies(row.id).await?;
-        let seen = self.store().server_last_seen(&row.server_id).await?;
-        Ok(TaskView::new(row, &deps, seen, self.online(seen))?)
-    }
-
-    /// Views of many tasks of one workflow, with two extra queries in all.
-    pub(crate) async fn task_views(
-        &self,
-        workflow: WorkflowId,
-        rows: Vec<TaskRow>,
-    ) -> Result<Vec<TaskView>, ApiError> {
-        let mut deps: HashMap<_, Vec<(String, TaskState)>> = HashMap::new();
-        for (task, name, state) in self.store().dependency_edges(workflow).await? {
-            deps.entry(task).or_default().push((name, state));
-        }
-        // Only the servers these tasks name, not every server bora knows.
-        let servers: std::collections::BTreeSet<&str> =
-            rows.iter().map(|r| r.server_id.as_str()).collect();
-        let servers: Vec<&str> = servers.into_iter().collect();
-        let seen = self.store().last_seen_many(&servers).await?;
-        rows.into_iter()
-            .map(|row| {
-                let last = seen.get(&row.server_id).copied();
-                let d = deps.get(&row.id).map(Vec::as_slice).unwrap_or(&[]);
-                TaskView::new(row, d, last, self.online(last)).map_err(ApiError::from)
-            })
-            .collect()
+        self.app.store()
     }
 }
 
 /// Parses a workflow id from a path; anything else names no workflow.
 pub(crate) fn workflow_id(raw: &str) -> Result<WorkflowId, ApiError> {
-    raw.parse()
-        .map_err(|_| ApiError::not_found(format!("workflow {raw:?} not found")))
+    Ok(crate::app::queries::workflow_id(raw)?)
 }
 
 /// Every documented route, with its OpenAPI description.
@@ -201,7 +154,10 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         }
     }
     if let Ok(seen) = state.store().servers_last_seen().await {
-        let online = seen.values().filter(|&&t| state.online(Some(t))).count();
+        let online = seen
+            .values()
+            .filter(|&&t| state.app.online(Some(t)))
+            .count();
         metrics::gauge!("bora_servers_online").set(online as f64);
     }
     (

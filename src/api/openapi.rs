@@ -3,24 +3,23 @@
 //! Paths come from the `#[utoipa::path]` of each handler, registered through
 //! utoipa-axum's router (so a route cannot exist undocumented); this module
 //! adds what is common to them: the document's info, the bearer scheme, the
-//! refusals every `/v1` route can give (401, 503), and the schemas of the
-//! two domain types whose JSON is hand-written (`TaskCounts`, `OutputSpec`).
+//! refusals every `/v1` route can give (401, 503). The schemas of the
+//! domain's types are `app::schema`'s.
 
 use std::borrow::Cow;
 use std::sync::Arc;
 
 use axum::{Extension, Json};
 use utoipa::openapi::path::Operation;
-use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, OneOfBuilder, Schema, Type};
+use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{
     Content, OpenApi, RefOr, Response, ResponseBuilder, Responses, ServerBuilder,
 };
-use utoipa::{OpenApi as _, PartialSchema, ToSchema};
+use utoipa::{OpenApi as _, ToSchema};
 
 use super::error::ErrorBody;
 use super::views::{EventView, StreamEnd};
-use crate::domain::{OutputSpec, TaskCounts, TaskState};
 
 #[derive(utoipa::OpenApi)]
 #[openapi(
@@ -162,63 +161,4 @@ fn sse_event_schema() -> RefOr<Schema> {
     responses((status = 200, description = "The OpenAPI 3.1 document", body = Object)))]
 pub(super) async fn document(Extension(doc): Extension<Arc<OpenApi>>) -> Json<OpenApi> {
     Json(OpenApi::clone(&doc))
-}
-
-impl PartialSchema for TaskCounts {
-    fn schema() -> RefOr<Schema> {
-        let mut obj = ObjectBuilder::new()
-            .description(Some(
-                "Number of tasks in each state; every state is present",
-            ))
-            .additional_properties(Some(AdditionalProperties::FreeForm(false)));
-        for st in TaskState::ALL {
-            obj = obj
-                .property(
-                    st.as_str(),
-                    ObjectBuilder::new()
-                        .schema_type(Type::Integer)
-                        .minimum(Some(0)),
-                )
-                .required(st.as_str());
-        }
-        RefOr::T(Schema::Object(obj.build()))
-    }
-}
-
-impl ToSchema for TaskCounts {
-    fn name() -> Cow<'static, str> {
-        Cow::Borrowed("TaskCounts")
-    }
-}
-
-impl PartialSchema for OutputSpec {
-    fn schema() -> RefOr<Schema> {
-        let full = ObjectBuilder::new()
-            .property("name", ObjectBuilder::new().schema_type(Type::String))
-            .required("name")
-            .property(
-                "error_output",
-                ObjectBuilder::new()
-                    .schema_type(Type::Boolean)
-                    .description(Some(
-                        "Heat's rule: if this output comes back non-empty, the task failed",
-                    )),
-            )
-            .additional_properties(Some(AdditionalProperties::FreeForm(false)));
-        RefOr::T(Schema::OneOf(
-            OneOfBuilder::new()
-                .description(Some(
-                    "A declared output: a bare name, or {name, error_output} (responses always use the object)",
-                ))
-                .item(ObjectBuilder::new().schema_type(Type::String))
-                .item(full)
-                .build(),
-        ))
-    }
-}
-
-impl ToSchema for OutputSpec {
-    fn name() -> Cow<'static, str> {
-        Cow::Borrowed("OutputSpec")
-    }
 }

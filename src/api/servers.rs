@@ -10,7 +10,8 @@ use super::AppState;
 use super::error::{ApiError, ErrorBody};
 use super::extract::JsonBody;
 use super::views::timestamp;
-use crate::domain::{NewServer, ServerId, ServerKind};
+use crate::app::input::NewServer;
+use crate::domain::{ServerId, ServerKind};
 use crate::registration::{Registration, RegistryError};
 use crate::store::ServerRow;
 
@@ -28,7 +29,7 @@ pub struct ServerView {
 impl From<RegistryError> for ApiError {
     fn from(e: RegistryError) -> Self {
         match e {
-            RegistryError::Store(e) => e.into(),
+            RegistryError::App(e) => e.into(),
             other => {
                 tracing::error!(error = %other, "broker refused a registration step");
                 ApiError::new(
@@ -48,7 +49,7 @@ fn server_id(raw: &str) -> Result<ServerId, ApiError> {
 impl AppState {
     fn server_view(&self, row: ServerRow) -> ServerView {
         ServerView {
-            online: self.online(row.last_seen),
+            online: self.app.online(row.last_seen),
             server_id: row.server_id,
             kind: row.kind,
             registered: row.registered,

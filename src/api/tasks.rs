@@ -11,31 +11,19 @@ use super::error::{ApiError, ErrorBody};
 use super::extract::{JsonBody, QueryParams};
 use super::views::{HeatSignal, TaskList, TaskView};
 use super::{AppState, workflow_id};
-use crate::domain::{NewTask, ServerId, TaskPatch, TaskState, WorkflowId};
-use crate::store::TaskRow;
+use crate::app::input::{NewTask, TaskPatch};
+use crate::domain::{ServerId, Task, TaskState, WorkflowId};
 
 pub(crate) async fn existing_workflow(state: &AppState, raw: &str) -> Result<WorkflowId, ApiError> {
-    let id = workflow_id(raw)?;
-    state
-        .store()
-        .workflow(id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("workflow {id} not found")))?;
-    Ok(id)
+    Ok(state.app.existing_workflow(raw).await?)
 }
 
 pub(crate) async fn task_row(
     state: &AppState,
     wf: WorkflowId,
     reference: &str,
-) -> Result<TaskRow, ApiError> {
-    state
-        .store()
-        .task_by_ref(wf, reference)
-        .await?
-        .ok_or_else(|| {
-            ApiError::not_found(format!("task {reference:?} not found in workflow {wf}"))
-        })
+) -> Result<Task, ApiError> {
+    Ok(state.app.task(wf, reference).await?)
 }
 
 /// Adds one task to a workflow.
@@ -55,7 +43,10 @@ pub(super) async fn add(
     Path(wf): Path<String>,
     JsonBody(task): JsonBody<NewTask>,
 ) -> Result<(StatusCode, Json<TaskView>), ApiError> {
-    Ok((StatusCode::CREATED, Json(state.add_task(&wf, task).await?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(state.app.add_task_view(&wf, task).await?),
+    ))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -96,7 +87,7 @@ pub(super) async fn list(
         .transpose()
         .map_err(|e| ApiError::unprocessable("invalid_query", e))?;
     let rows = state.store().tasks(wf, filter, server.as_ref()).await?;
-    let tasks = state.task_views(wf, rows).await?;
+    let tasks = state.app.task_views(wf, rows).await?;
     Ok(Json(TaskList { tasks }))
 }
 
@@ -143,20 +134,26 @@ pub(super) async fn show(
     let row = task_row(&state, wf, &task).await?;
     match q.format.as_deref() {
         None | Some("bora") => {
-            let queued = row.state == TaskState::Queued;
+            let queued = row.state() == TaskState::Queued;
             let server = row.server_id.clone();
-            let mut view = state.task_view(row).await?;
+            let mut view = state.app.task_view(row).await?;
             if queued {
                 view.messages_ahead = state.broker.task_queue_ready(&server).await.ok();
             }
             Ok(Json(view).into_response())
         }
         Some("heat") => {
-            let result = row.result()?.ok_or_else(|| {
+            let result: Option<crate::protocol::TaskResult> = row
+                .result
+                .as_deref()
+                .map(serde_json::from_str)
+                .transpose()
+                .map_err(|e| crate::domain::Corrupt(format!("result: {e}")))?;
+            let result = result.ok_or_else(|| {
                 ApiError::new(
                     StatusCode::CONFLICT,
                     "no_result",
-                    format!("task {:?} has no result yet ({})", row.name, row.state),
+                    format!("task {:?} has no result yet ({})", row.name, row.state()),
                 )
             })?;
             Ok(Json(HeatSignal::from(result.to_heat())).into_response())
@@ -189,9 +186,9 @@ pub(super) async fn patch(
     JsonBody(patch): JsonBody<TaskPatch>,
 ) -> Result<Json<TaskView>, ApiError> {
     let wf = workflow_id(&wf)?;
-    let id = state.tracker.patch_task(wf, &task, patch).await?;
+    let id = state.app.patch_task(wf, &task, patch).await?;
     let row = task_row(&state, wf, &id.to_string()).await?;
-    Ok(Json(state.task_view(row).await?))
+    Ok(Json(state.app.task_view(row).await?))
 }
 
 /// Cancels a task (its worker is told); deletes it if it was never handed
@@ -210,7 +207,7 @@ pub(super) async fn cancel(
     State(state): State<AppState>,
     Path((wf, task)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    state.tracker.cancel_task(workflow_id(&wf)?, &task).await?;
+    state.app.cancel_task(workflow_id(&wf)?, &task).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

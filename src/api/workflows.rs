@@ -10,27 +10,8 @@ use super::error::{ApiError, ErrorBody};
 use super::extract::{JsonBody, QueryParams};
 use super::views::{WorkflowList, WorkflowView};
 use super::{AppState, workflow_id};
-use crate::domain::{NewWorkflow, TaskSpec, WorkflowId, WorkflowPatch, WorkflowState};
-
-/// Validates every task of a batch, reporting all invalid fields at once.
-pub(crate) fn validate_tasks(
-    tasks: Vec<crate::domain::NewTask>,
-    prefix: &str,
-) -> Result<Vec<TaskSpec>, ApiError> {
-    let mut specs = Vec::with_capacity(tasks.len());
-    let mut errors = Vec::new();
-    for (i, t) in tasks.into_iter().enumerate() {
-        match t.validate(&format!("{prefix}[{i}].")) {
-            Ok(s) => specs.push(s),
-            Err(e) => errors.extend(e),
-        }
-    }
-    if errors.is_empty() {
-        Ok(specs)
-    } else {
-        Err(ApiError::validation(errors))
-    }
-}
+use crate::app::input::{NewWorkflow, WorkflowPatch};
+use crate::domain::{WorkflowId, WorkflowState};
 
 /// Creates a workflow, optionally with a first batch of tasks (which may
 /// refer to each other by name, in any order).
@@ -47,7 +28,10 @@ pub(super) async fn create(
     State(state): State<AppState>,
     JsonBody(new): JsonBody<NewWorkflow>,
 ) -> Result<(StatusCode, Json<WorkflowView>), ApiError> {
-    Ok((StatusCode::CREATED, Json(state.create_workflow(new).await?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(state.app.create_workflow_view(new).await?),
+    ))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -134,7 +118,7 @@ pub(super) async fn show(
     State(state): State<AppState>,
     Path(wf): Path<String>,
 ) -> Result<Json<WorkflowView>, ApiError> {
-    Ok(Json(state.workflow_view(workflow_id(&wf)?).await?))
+    Ok(Json(state.app.workflow_view(workflow_id(&wf)?).await?))
 }
 
 /// Changes a workflow's name or description.
@@ -154,8 +138,8 @@ pub(super) async fn patch(
     JsonBody(patch): JsonBody<WorkflowPatch>,
 ) -> Result<Json<WorkflowView>, ApiError> {
     let id = workflow_id(&wf)?;
-    state.tracker.patch_workflow(id, patch).await?;
-    Ok(Json(state.workflow_view(id).await?))
+    state.app.patch_workflow(id, patch).await?;
+    Ok(Json(state.app.workflow_view(id).await?))
 }
 
 /// Cancels every unfinished task (workers are told), then deletes the workflow.
@@ -169,7 +153,7 @@ pub(super) async fn delete(
     State(state): State<AppState>,
     Path(wf): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    state.tracker.delete_workflow(workflow_id(&wf)?).await?;
+    state.app.delete_workflow(workflow_id(&wf)?).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -185,5 +169,5 @@ pub(super) async fn cancel(
     State(state): State<AppState>,
     Path(wf): Path<String>,
 ) -> Result<Json<WorkflowView>, ApiError> {
-    Ok(Json(state.cancel_workflow(&wf).await?))
+    Ok(Json(state.app.cancel_workflow_view(&wf).await?))
 }

@@ -14,7 +14,6 @@ use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
 use super::client::Client;
-use super::database::BenchDatabase;
 use super::responder::{ReplyMode, Responder};
 use super::{BenchArgs, WorkerMode};
 use crate::broker::Broker;
@@ -23,6 +22,7 @@ use crate::config::{SecretUrl, Settings};
 use crate::domain::ServerId;
 use crate::serve::Dispatcher;
 use crate::store::Backend;
+use crate::store::scratch::BenchDatabase;
 
 /// Largest request body of the embedded dispatcher: a `--dag-tasks` workflow
 /// is created in one request.
@@ -82,6 +82,15 @@ impl Drop for Vhost {
         super::clean_up_on_drop(async move {
             let _ = mgmt.delete_vhost(&name).await;
         });
+    }
+}
+
+impl Drop for Env {
+    /// The database goes also when the bench fails or is interrupted.
+    fn drop(&mut self) {
+        if let Some(drop) = self.database.as_ref().and_then(BenchDatabase::drop_later) {
+            super::clean_up_on_drop(drop);
+        }
     }
 }
 

@@ -35,7 +35,6 @@
 //! Nothing here is used by `serve` or `worker`; the bench only drives them.
 
 mod client;
-mod database;
 mod env;
 mod listener;
 mod raw;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::client::{Client, TaskInfo, noop};
 use super::env::Env;
-use crate::store::now_us;
+use crate::app::now_us;
 
 /// Result of the throughput run.
 #[derive(Debug, Clone)]

@@ -8,6 +8,7 @@
 //! declares it, so either side may declare first (oslo-wire 8).
 
 pub mod management;
+pub mod reconnect;
 pub mod rpc;
 
 use std::collections::HashSet;

@@ -1,4 +1,4 @@
-//! The dispatcher process (`bora serve`): wires the store, the tracker, the
+//! The dispatcher process (`bora serve`): wires the store, the use cases, the
 //! broker, the REST API, the outbox relay and the result consumer together,
 //! and shuts them down in order.
 //!
@@ -19,25 +19,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::api::{self, AppState};
+use crate::app::{App, AppConfig};
 use crate::broker::Broker;
 use crate::config::Settings;
 use crate::store::Store;
-use crate::tracker::{Tracker, TrackerConfig};
-
-/// The most a broker loop waits to (re)connect: declare the topology and
-/// open its channel. Past it, it backs off and tries again.
-const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
-
-/// A broker loop's connect `steps`, bounded by [`CONNECT_TIMEOUT`]: after
-/// a forced close, a declare or a channel open on a connection the broker
-/// dropped has been seen never to return.
-async fn connect_bounded<T>(
-    steps: impl std::future::Future<Output = Result<T, crate::broker::BrokerError>>,
-) -> Result<T, crate::broker::BrokerError> {
-    tokio::time::timeout(CONNECT_TIMEOUT, steps)
-        .await
-        .unwrap_or(Err(crate::broker::BrokerError::Timeout(CONNECT_TIMEOUT)))
-}
 
 /// A running dispatcher.
 pub struct Dispatcher {
@@ -66,9 +51,9 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         .with_context(|| format!("opening the store {}", settings.store.url))?;
     let broker = Broker::new(&settings.amqp.url, &settings.amqp, "bora-serve")
         .context("configuring the broker connection")?;
-    let tracker = Tracker::new(
+    let app = App::new(
         store.clone(),
-        TrackerConfig {
+        AppConfig {
             require_registration: settings.dispatch.require_registration,
             max_redeliveries: settings.dispatch.max_redeliveries,
             dispatcher_user: crate::broker::management::user_of(settings.amqp.url.expose()),
@@ -77,6 +62,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
             max_tasks_per_workflow: settings.dispatch.max_tasks_per_workflow,
             notifications: settings.notifications.enabled,
             outbox_lease_us: settings.dispatch.outbox_lease_us(),
+            online_window_us: settings.dispatch.heartbeat_timeout_s as i64 * 1_000_000,
         },
     );
     let listener = tokio::net::TcpListener::bind(settings.api.listen)
@@ -87,39 +73,42 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
     let listening = replies::Listening::default();
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(relay::run(
-        tracker.clone(),
+        app.clone(),
         broker.clone(),
         settings.clone(),
         shutdown.clone(),
     )));
     tasks.push(tokio::spawn(scanner::run(
-        tracker.clone(),
+        app.clone(),
         settings.clone(),
         listening.clone(),
         shutdown.clone(),
     )));
     tasks.push(tokio::spawn(replies::run(
-        tracker.clone(),
+        app.clone(),
         broker.clone(),
         listening,
         shutdown.clone(),
     )));
     let registry =
-        crate::registration::Registry::new(settings.clone(), broker.clone(), tracker.clone())
+        crate::registration::Registry::new(settings.clone(), broker.clone(), app.clone())
             .context("configuring the management API client")?;
+    if settings.rpc.enabled {
+        let rpc = crate::rpc::RpcState {
+            app: app.clone(),
+            registry: registry.clone(),
+            broker: broker.clone(),
+            settings: settings.clone(),
+        };
+        tasks.push(tokio::spawn(crate::rpc::run(rpc, shutdown.clone())));
+    }
     let state = AppState {
         registry,
-        tracker,
+        app,
         broker,
         settings: settings.clone(),
         shutdown: shutdown.clone(),
     };
-    if settings.rpc.enabled {
-        tasks.push(tokio::spawn(crate::rpc::run(
-            state.clone(),
-            shutdown.clone(),
-        )));
-    }
     let app = api::router(state);
     let stop = shutdown.clone();
     tasks.push(tokio::spawn(async move {

@@ -20,14 +20,15 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::api::views::{TaskView, WorkflowView};
-use crate::backoff::Backoff;
+use crate::app::{App, AppError, now_us};
+use crate::broker::reconnect::Reconnect;
 use crate::broker::{Broker, BrokerError, Outgoing, Published, Publisher};
 use crate::config::Settings;
-use crate::domain::{TaskId, TaskState, WorkflowState};
-use crate::protocol::{CancelMessage, Notification};
-use crate::store::{OutboxItem, OutboxKind, StoreError, TaskRow, now_us};
-use crate::tracker::Tracker;
+use crate::domain::{Task, TaskId, TaskState, WorkflowState};
+use crate::protocol::{
+    CancelMessage, Notification, TaskEndPayload, TaskMessage, WorkflowEndPayload,
+};
+use crate::store::{OutboxItem, OutboxKind, StoreError};
 
 /// Messages taken from the outbox per round.
 const BATCH: u32 = 500;
@@ -42,23 +43,24 @@ enum RelayError {
     #[error(transparent)]
     Broker(#[from] BrokerError),
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(#[from] AppError),
 }
 
-pub async fn run(
-    tracker: Tracker,
-    broker: Broker,
-    settings: Arc<Settings>,
-    shutdown: CancellationToken,
-) {
-    let wake = tracker.relay_wake();
-    let Some(mut handed) = tracker.take_handoff() else {
+impl From<StoreError> for RelayError {
+    fn from(e: StoreError) -> Self {
+        RelayError::Store(e.into())
+    }
+}
+
+pub async fn run(app: App, broker: Broker, settings: Arc<Settings>, shutdown: CancellationToken) {
+    let wake = app.relay_wake();
+    let Some(mut handed) = app.take_handoff() else {
         error!("the relay's hand-off was taken already; is a second relay running?");
         return;
     };
     // SQLite has this one dispatcher: whatever its previous run claimed and
     // never sent is due now, not at the end of its lease.
-    match tracker.store().release_leases().await {
+    match app.store().release_leases().await {
         Ok(0) => {}
         Ok(n) => info!(
             messages = n,
@@ -70,39 +72,19 @@ pub async fn run(
     }
     let interval = Duration::from_millis(settings.dispatch.relay_interval_ms.max(10));
     let lease_us = settings.dispatch.outbox_lease_us();
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
-    let mut connected_before = false;
+    let mut link = Reconnect::new("relay");
     // Handed messages taken from the channel and not yet sent.
     let mut pending: Vec<OutboxItem> = Vec::new();
-    let mut held = Held::new(tracker.clone(), settings.clone());
-    'connect: while !shutdown.is_cancelled() {
-        let connected = super::connect_bounded(async {
-            broker.declare_topology().await?;
-            broker.publisher().await
-        });
-        // A broker that accepts the TCP connection and then says nothing
-        // holds `connected` for the pool's create timeout: obey shutdown.
-        let connected = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            c = connected => c,
-        };
-        let mut publisher = match connected {
-            Ok(p) => {
-                info!("relay connected to the broker");
-                if std::mem::replace(&mut connected_before, true) {
-                    metrics::counter!("bora_broker_reconnects_total", "component" => "relay")
-                        .increment(1);
-                }
-                backoff.reset();
-                p
-            }
-            Err(e) => {
-                warn!(error = %e, "relay cannot reach the broker; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(backoff.next_delay()) => continue 'connect,
-                }
-            }
+    let mut held = Held::new(app.clone(), settings.clone());
+    'connect: loop {
+        let connected = link
+            .connect(&shutdown, || async {
+                broker.declare_topology().await?;
+                broker.publisher().await
+            })
+            .await;
+        let Some(mut publisher) = connected else {
+            return;
         };
         // Sweep the store first after every (re)connect.
         let mut sweep = true;
@@ -126,14 +108,11 @@ pub async fn run(
                 } else if sweep {
                     sweep = false;
                     let now = now_us();
-                    let items = tracker
-                        .store()
-                        .due_outbox(now, BATCH, now + lease_us)
-                        .await?;
+                    let items = app.store().due_outbox(now, BATCH, now + lease_us).await?;
                     // A full batch: more may be due at once.
                     sweep = items.len() == BATCH as usize;
                     held.take(&mut publisher, items).await?;
-                    let wait = match tracker.store().next_outbox_due().await {
+                    let wait = match app.store().next_outbox_due().await {
                         Ok(Some(due)) => {
                             Duration::from_micros((due - now_us()).max(0) as u64).min(interval)
                         }
@@ -214,7 +193,7 @@ impl Outcome {
 /// waits for them), and the notifications not sent yet (they take store
 /// reads to render, and nobody waits for them).
 struct Held {
-    tracker: Tracker,
+    app: App,
     settings: Arc<Settings>,
     outcome: Outcome,
     notes: Vec<OutboxItem>,
@@ -222,9 +201,9 @@ struct Held {
 }
 
 impl Held {
-    fn new(tracker: Tracker, settings: Arc<Settings>) -> Self {
+    fn new(app: App, settings: Arc<Settings>) -> Self {
         Self {
-            tracker,
+            app,
             settings,
             outcome: Outcome::default(),
             notes: Vec::new(),
@@ -248,7 +227,7 @@ impl Held {
             .partition(|i| matches!(i.kind, OutboxKind::Task | OutboxKind::Cancel));
         self.notes.extend(notes);
         let sent = send(
-            &self.tracker,
+            &self.app,
             publisher,
             &self.settings,
             urgent,
@@ -271,7 +250,7 @@ impl Held {
     async fn flush(&mut self, publisher: &mut Publisher) -> Result<(), RelayError> {
         let notes = std::mem::take(&mut self.notes);
         let sent = send(
-            &self.tracker,
+            &self.app,
             publisher,
             &self.settings,
             notes,
@@ -292,7 +271,7 @@ impl Held {
         };
         // Claimed rows would wait for their lease to end: give them back
         // now, for whichever relay reconnects first.
-        if let Err(e) = self.tracker.postpone(&unsent, now_us()).await {
+        if let Err(e) = self.app.postpone(&unsent, now_us()).await {
             warn!(error = %e, "cannot give claimed outbox rows back; they are due again when their lease ends");
         }
         Err(e)
@@ -300,7 +279,7 @@ impl Held {
 
     /// Records the outcome held. A store failure leaves the rows claimed
     /// until their lease ends: sent again then.
-    async fn record(&mut self) -> Result<(), StoreError> {
+    async fn record(&mut self) -> Result<(), AppError> {
         let o = std::mem::take(&mut self.outcome);
         self.since = None;
         debug!(
@@ -310,21 +289,19 @@ impl Held {
             moot = o.moot.len(),
             "relay round"
         );
-        self.tracker.confirm_published(&o.confirmed).await?;
-        self.tracker
-            .postpone(&o.failed, now_us() + RETRY_US)
-            .await?;
-        self.tracker
+        self.app.confirm_published(&o.confirmed).await?;
+        self.app.postpone(&o.failed, now_us() + RETRY_US).await?;
+        self.app
             .postpone(&o.waiting, now_us() + REFUSED_RETRY_US)
             .await?;
-        self.tracker.discard(&o.moot).await
+        self.app.discard(&o.moot).await
     }
 
     /// The connection is gone or the relay stops: records what was
     /// confirmed and gives the unsent notifications back.
     async fn abandon(&mut self) {
         let notes = std::mem::take(&mut self.notes);
-        if let Err(e) = self.tracker.postpone(&notes, now_us()).await {
+        if let Err(e) = self.app.postpone(&notes, now_us()).await {
             warn!(error = %e, "cannot give claimed outbox rows back; they are due again when their lease ends");
         }
         if let Err(e) = self.record().await {
@@ -336,7 +313,7 @@ impl Held {
 /// Renders and publishes `items`, sorting them into `outcome`. On a broker
 /// error, returns it with the items not sent.
 async fn send(
-    tracker: &Tracker,
+    app: &App,
     publisher: &mut Publisher,
     settings: &Settings,
     items: Vec<OutboxItem>,
@@ -345,14 +322,14 @@ async fn send(
     if items.is_empty() {
         return Ok(());
     }
-    let context = match RenderContext::load(tracker, &items).await {
+    let context = match RenderContext::load(app, &items).await {
         Ok(c) => c,
         Err(e) => return Err((e.into(), items)),
     };
     let mut sending: Vec<(OutboxItem, Outgoing)> = Vec::with_capacity(items.len());
     let mut rest = items.into_iter();
     while let Some(item) = rest.next() {
-        match render(&item, tracker, settings, &context).await {
+        match render(&item, app, settings, &context).await {
             Ok(Some(msg)) => sending.push((item, msg)),
             Ok(None) => outcome.moot.push(item),
             Err(e) => {
@@ -459,8 +436,8 @@ struct RenderContext {
 }
 
 impl RenderContext {
-    async fn load(tracker: &Tracker, items: &[OutboxItem]) -> Result<Self, StoreError> {
-        let ended: Vec<&TaskRow> = items
+    async fn load(app: &App, items: &[OutboxItem]) -> Result<Self, StoreError> {
+        let ended: Vec<&Task> = items
             .iter()
             .filter(|i| i.kind == OutboxKind::TaskEnd)
             .filter_map(|i| i.task.as_ref())
@@ -472,19 +449,19 @@ impl RenderContext {
         let servers: BTreeSet<&str> = ended.iter().map(|t| t.server_id.as_str()).collect();
         let servers: Vec<&str> = servers.into_iter().collect();
         Ok(Self {
-            dependencies: tracker.store().dependencies_many(&ids).await?,
-            last_seen: tracker.store().last_seen_many(&servers).await?,
+            dependencies: app.store().dependencies_many(&ids).await?,
+            last_seen: app.store().last_seen_many(&servers).await?,
         })
     }
 }
 
 async fn render(
     item: &OutboxItem,
-    tracker: &Tracker,
+    app: &App,
     settings: &Settings,
     context: &RenderContext,
 ) -> Result<Option<Outgoing>, StoreError> {
-    let store = tracker.store();
+    let store = app.store();
     Ok(match item.kind {
         OutboxKind::Cancel => item.task_id.map(|task_id| Outgoing {
             routing_key: settings.amqp.control_queue(&item.server_id),
@@ -500,10 +477,10 @@ async fn render(
             let Some(task) = item.task.as_ref() else {
                 return Ok(None);
             };
-            if task.attempt != item.attempt || task.state != TaskState::Waiting {
+            if task.attempt != item.attempt || task.state() != TaskState::Waiting {
                 return Ok(None);
             }
-            match task.message() {
+            match TaskMessage::of(task) {
                 Ok(m) => Some(Outgoing {
                     routing_key: settings.amqp.task_queue(&item.server_id),
                     body: m
@@ -518,25 +495,24 @@ async fn render(
             }
         }
         OutboxKind::TaskEnd => {
-            let Some(task) = item.task.clone() else {
+            let Some(task) = item.task.as_ref() else {
                 return Ok(None);
             };
-            let error = task.state != TaskState::Succeeded;
+            let error = task.state() != TaskState::Succeeded;
             let deps = context
                 .dependencies
                 .get(&task.id)
                 .map(Vec::as_slice)
                 .unwrap_or_default();
-            let window = settings.dispatch.heartbeat_timeout_s as i64 * 1_000_000;
             let last_seen = context.last_seen.get(&task.server_id).copied();
-            let online = last_seen.is_some_and(|t| now_us() - t <= window);
-            let mut view = TaskView::new(task, deps, last_seen, online)?;
-            // Without the streams: notifications are summaries.
-            if let Some(r) = view.result.as_mut() {
-                r.stdout.clear();
-                r.stderr.clear();
-            }
-            let payload = serde_json::to_value(view).unwrap_or_default();
+            let online = app.online(last_seen);
+            let payload = match TaskEndPayload::new(task, deps, last_seen, online) {
+                Ok(p) => serde_json::to_value(p).unwrap_or_default(),
+                Err(e) => {
+                    error!(task_id = %task.id, error = %e, "cannot render a task's end; dropping it");
+                    return Ok(None);
+                }
+            };
             Some(notification(settings, "bora.task.end", error, payload))
         }
         OutboxKind::WorkflowEnd => {
@@ -547,9 +523,9 @@ async fn render(
                 return Ok(None);
             };
             let counts = store.task_counts(wf).await?;
-            let view = WorkflowView::new(row, counts);
-            let error = view.state != WorkflowState::Succeeded;
-            let payload = serde_json::to_value(view).unwrap_or_default();
+            let payload = WorkflowEndPayload::new(&row, counts);
+            let error = payload.state != WorkflowState::Succeeded;
+            let payload = serde_json::to_value(payload).unwrap_or_default();
             Some(notification(settings, "bora.workflow.end", error, payload))
         }
     })

@@ -9,15 +9,14 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{error, warn};
 
-use crate::backoff::Backoff;
+use crate::app::now_us;
+use crate::app::{App, Incoming, Verdict};
 use crate::broker::Broker;
-use crate::store::now_us;
-use crate::tracker::{Incoming, Tracker, Verdict};
+use crate::broker::reconnect::Reconnect;
 
 /// Since when (store clock, µs) the result consumer has been consuming
 /// without a break; unset while it is not. Heartbeats sent while nobody
@@ -44,55 +43,25 @@ impl Listening {
     }
 }
 
-pub async fn run(
-    tracker: Tracker,
-    broker: Broker,
-    listening: Listening,
-    shutdown: CancellationToken,
-) {
-    consume(&tracker, &broker, &listening, &shutdown).await;
+pub async fn run(app: App, broker: Broker, listening: Listening, shutdown: CancellationToken) {
+    consume(&app, &broker, &listening, &shutdown).await;
     listening.stopped();
 }
 
-async fn consume(
-    tracker: &Tracker,
-    broker: &Broker,
-    listening: &Listening,
-    shutdown: &CancellationToken,
-) {
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
-    let mut connected_before = false;
-    'connect: while !shutdown.is_cancelled() {
-        let connected = super::connect_bounded(async {
-            broker.declare_topology().await?;
-            broker.reply_consumer().await
-        });
+async fn consume(app: &App, broker: &Broker, listening: &Listening, shutdown: &CancellationToken) {
+    let mut link = Reconnect::new("replies");
+    'connect: loop {
         listening.stopped();
-        // A broker that accepts the TCP connection and then says nothing
-        // holds `connected` for the pool's create timeout: obey shutdown.
-        let connected = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            c = connected => c,
+        let connected = link
+            .connect(shutdown, || async {
+                broker.declare_topology().await?;
+                broker.reply_consumer().await
+            })
+            .await;
+        let Some(mut consumer) = connected else {
+            return;
         };
-        let mut consumer = match connected {
-            Ok(c) => {
-                info!("result consumer connected to the broker");
-                listening.started();
-                if std::mem::replace(&mut connected_before, true) {
-                    metrics::counter!("bora_broker_reconnects_total", "component" => "replies")
-                        .increment(1);
-                }
-                backoff.reset();
-                c
-            }
-            Err(e) => {
-                warn!(error = %e, "result consumer cannot reach the broker; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(backoff.next_delay()) => continue 'connect,
-                }
-            }
-        };
+        listening.started();
         loop {
             let batch = tokio::select! {
                 _ = shutdown.cancelled() => {
@@ -129,16 +98,13 @@ async fn consume(
             // only when the dispatcher dies or loses the broker (a crash that
             // repeats on the same reply is what the limit is for).
             let verdicts = loop {
-                match tracker.record_replies(&incoming).await {
+                match app.record_replies(&incoming).await {
                     Ok(verdicts) => break verdicts,
                     Err(e) => {
                         error!(error = %e, "cannot record replies; keeping them and retrying");
-                        tokio::select! {
-                            _ = shutdown.cancelled() => {
-                                consumer.close().await;
-                                return;
-                            }
-                            _ = tokio::time::sleep(backoff.next_delay()) => {}
+                        if !link.pause(shutdown).await {
+                            consumer.close().await;
+                            return;
                         }
                     }
                 }

@@ -17,12 +17,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::error;
 
 use super::replies::Listening;
+use crate::app::App;
+use crate::app::now_us;
 use crate::config::Settings;
-use crate::store::now_us;
-use crate::tracker::Tracker;
 
 pub async fn run(
-    tracker: Tracker,
+    app: App,
     settings: Arc<Settings>,
     listening: Listening,
     shutdown: CancellationToken,
@@ -43,7 +43,7 @@ pub async fn run(
         if listening.since().is_none_or(|t| now_us() - t < window) {
             continue;
         }
-        match tracker.scan(heartbeat_timeout, grace).await {
+        match app.scan(heartbeat_timeout, grace).await {
             Ok(r) => {
                 metrics::counter!("bora_attempts_lost_total").increment(r.lost as u64);
                 metrics::counter!("bora_attempts_expired_total").increment(r.expired as u64);

@@ -88,7 +88,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let amqp_url = settings.worker_amqp_url().clone();
     let user_id = broker_user(&amqp_url)?;
-    let registered_user = user_id == crate::registration::broker_user(&server_id);
+    let registered_user = user_id == crate::domain::broker_user(&server_id);
     let ws = &settings.worker;
     let runners = RunnerConfig {
         hooks_dir: ws.hooks_dir.clone(),

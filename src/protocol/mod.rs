@@ -12,7 +12,10 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::domain::{Delivery, OutputSpec, ServerId, TaskId, WorkflowId};
+use crate::domain::{Corrupt, Delivery, OutputSpec, ServerId, Task, TaskId, WorkflowId};
+
+mod notification;
+pub use notification::{Notification, TaskEndPayload, WorkflowEndPayload, timestamp};
 
 /// `oslo.version` of the envelope.
 pub const OSLO_VERSION: &str = "2.0";
@@ -319,6 +322,27 @@ pub struct TaskMessage {
 }
 
 impl TaskMessage {
+    /// What a worker needs to run `task`'s current attempt.
+    ///
+    /// # Errors
+    /// A stored value of the task that does not parse.
+    pub fn of(task: &Task) -> Result<Self, Corrupt> {
+        Ok(Self {
+            id: task.id,
+            workflow_id: task.workflow_id,
+            name: task.name.clone(),
+            server_id: task.server()?,
+            group: task.group.clone(),
+            config: task.config.clone(),
+            inputs: task.inputs()?,
+            outputs: task.outputs()?,
+            options: task.options()?,
+            timeout_s: task.timeout_s as u32,
+            attempt: task.attempt as u32,
+            delivery: task.delivery,
+        })
+    }
+
     /// The call that carries this attempt to a worker (SPEC 5): `_msg_id` =
     /// `<task_id>.<attempt>`, `_unique_id` fixed per attempt, `_timeout` = twice
     /// the heartbeat period so oslo servers heartbeat as often as bora's worker.
@@ -392,49 +416,6 @@ impl CancelMessage {
             ))));
         }
         serde_json::from_value(Value::Object(req.args.clone())).map_err(ProtocolError::Shape)
-    }
-}
-
-/// An oslo.messaging Notifier message (messaging v2 driver): what a
-/// `NotificationListener` receives as `(ctxt, publisher_id, event_type,
-/// payload, metadata)`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Notification {
-    pub message_id: String,
-    pub publisher_id: String,
-    pub event_type: String,
-    /// `INFO` or `ERROR` (upper case, as oslo's Notifier sends it).
-    pub priority: String,
-    pub payload: Value,
-    /// Python's `str(datetime.utcnow())`: `2026-11-25 04:51:47.722413`.
-    pub timestamp: String,
-    #[serde(rename = "_unique_id")]
-    pub unique_id: String,
-}
-
-impl Notification {
-    pub fn new(publisher_id: &str, event_type: &str, error: bool, payload: Value) -> Self {
-        Self {
-            message_id: Uuid::new_v4().to_string(),
-            publisher_id: publisher_id.to_owned(),
-            event_type: event_type.to_owned(),
-            priority: if error { "ERROR" } else { "INFO" }.to_owned(),
-            payload,
-            timestamp: chrono::Utc::now()
-                .naive_utc()
-                .format("%Y-%m-%d %H:%M:%S%.6f")
-                .to_string(),
-            unique_id: fresh_unique_id(),
-        }
-    }
-
-    /// The routing key under `topic`: `<topic>.info` or `<topic>.error`.
-    pub fn routing_key(&self, topic: &str) -> String {
-        format!("{topic}.{}", self.priority.to_lowercase())
-    }
-
-    pub fn encode(&self) -> Vec<u8> {
-        encode_envelope(self)
     }
 }
 

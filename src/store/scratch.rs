@@ -1,11 +1,13 @@
 //! A PostgreSQL database that lives as long as the bench: with
 //! `--store-url postgres://...` the bench connects to that server, creates
 //! `bora_bench_<random>`, runs the dispatcher on it, and drops it afterwards
-//! (also on error, Ctrl-C or a panic, through a `Drop` fallback), as it does
-//! with its vhost, so a bench neither depends on nor leaves behind data.
+//! (also on error, Ctrl-C or a panic, through the bench's `Drop` fallback,
+//! [`BenchDatabase::drop_later`]), as it does with its vhost, so a bench
+//! neither depends on nor leaves behind data.
 //!
-//! This is administration of a scratch database, not state: the dispatcher's
-//! own SQL stays in `store`. Knows nothing of the broker or the dispatcher.
+//! Administration of a scratch database, not state; it lives in `store`
+//! because all of bora's SQL does. Knows nothing of the broker or the
+//! dispatcher.
 
 use std::time::Duration;
 
@@ -78,6 +80,18 @@ impl BenchDatabase {
         format!("postgres://{host}/{}", self.name)
     }
 
+    /// The drop as a future that owns what it needs (for a `Drop`, which
+    /// cannot await, to run on a runtime of its own); `None` once dropped.
+    pub fn drop_later(&self) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
+        if self.dropped {
+            return None;
+        }
+        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
+        Some(async move {
+            let _ = drop_database(&admin_url, &name).await;
+        })
+    }
+
     /// Drops the database; the dispatcher must be stopped (its leftover
     /// connections are ended by `FORCE`). Reports, never fails: the bench's
     /// outcome does not depend on it.
@@ -89,18 +103,6 @@ impl BenchDatabase {
             Ok(()) => self.dropped = true,
             Err(e) => eprintln!("bench: could not drop database {}: {e:#}", self.name),
         }
-    }
-}
-
-impl Drop for BenchDatabase {
-    fn drop(&mut self) {
-        if self.dropped {
-            return;
-        }
-        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
-        super::clean_up_on_drop(async move {
-            let _ = drop_database(&admin_url, &name).await;
-        });
     }
 }
 

@@ -1,0 +1,248 @@
+//! Creating a workflow and adding tasks to one: names checked, references
+//! resolved (within the batch by name, then among the workflow's tasks by id
+//! or name), the batch ordered dependencies first (a cycle is refused), and
+//! each new task released, skipped or left waiting in memory before the
+//! unit of work writes the batch.
+
+use std::collections::{HashMap, HashSet};
+
+use tracing::instrument;
+
+use super::input::NewWorkflow;
+use super::release::decide;
+use super::unit::UnitOfWork;
+use super::{App, AppError, now_us};
+use crate::domain::{
+    FieldError, Task, TaskId, TaskSpec, TaskState, Workflow, WorkflowId, check_name,
+    topological_order,
+};
+use crate::store::WriteTx;
+
+impl App {
+    /// Creates a workflow and its first batch of tasks (validated already);
+    /// returns its id and the tasks as committed.
+    ///
+    /// # Errors
+    /// Invalid name, or any error of [`App::add_tasks`].
+    #[instrument(skip_all, fields(workflow_id, tasks = tasks.len()))]
+    pub async fn create_workflow(
+        &self,
+        new: NewWorkflow,
+        tasks: Vec<TaskSpec>,
+    ) -> Result<(WorkflowId, Vec<Task>), AppError> {
+        check_workflow_name(&new.name)?;
+        let now = now_us();
+        let wf = Workflow::new(new.name, new.description, now);
+        tracing::Span::current().record("workflow_id", tracing::field::display(wf.id));
+        let mut tx = self.begin().await?;
+        let mut uow = UnitOfWork::default();
+        let id = wf.id;
+        uow.create_workflow(wf.clone());
+        let created = self
+            .insert_tasks(&mut tx, &mut uow, &wf, 0, tasks, now)
+            .await?;
+        let tasks: Vec<Task> = created
+            .iter()
+            .filter_map(|id| uow.task(*id).cloned())
+            .collect();
+        self.commit(tx, uow, now).await.map_err(duplicate_names)?;
+        Ok((id, tasks))
+    }
+
+    /// Adds a batch of tasks to a workflow. Tasks in the batch may refer to
+    /// each other by name in any order, and to existing tasks by id or name.
+    ///
+    /// # Errors
+    /// Unknown workflow (404), cancelled workflow or duplicate name (409),
+    /// unknown dependency, cycle or unregistered server (422).
+    #[instrument(skip_all, fields(workflow_id = %workflow, tasks = tasks.len()))]
+    pub async fn add_tasks(
+        &self,
+        workflow: WorkflowId,
+        tasks: Vec<TaskSpec>,
+    ) -> Result<Vec<TaskId>, AppError> {
+        let now = now_us();
+        let mut tx = self.begin().await?;
+        let wf = tx
+            .workflow(workflow)
+            .await?
+            .ok_or_else(|| AppError::NotFound(format!("workflow {workflow} not found")))?;
+        let existing = if tasks.is_empty() {
+            0
+        } else {
+            tx.count_tasks(workflow).await?
+        };
+        let mut uow = UnitOfWork::default();
+        let ids = self
+            .insert_tasks(&mut tx, &mut uow, &wf, existing, tasks, now)
+            .await?;
+        self.commit(tx, uow, now).await.map_err(duplicate_names)?;
+        Ok(ids)
+    }
+
+    /// Checks and resolves a batch, then keeps its tasks in `uow` as they
+    /// end up: created `waiting` (an event each, in request order), then
+    /// released in dependency order. Returns their ids in request order.
+    async fn insert_tasks(
+        &self,
+        tx: &mut WriteTx,
+        uow: &mut UnitOfWork,
+        wf: &Workflow,
+        existing: u64,
+        tasks: Vec<TaskSpec>,
+        now: i64,
+    ) -> Result<Vec<TaskId>, AppError> {
+        if tasks.is_empty() {
+            return Ok(Vec::new());
+        }
+        if wf.cancelled {
+            return Err(AppError::conflict(
+                "workflow_cancelled",
+                format!("workflow {} is cancelled: it takes no new tasks", wf.id),
+            ));
+        }
+        let limit = self.config.max_tasks_per_workflow;
+        if existing + tasks.len() as u64 > limit {
+            return Err(AppError::invalid(
+                "too_many_tasks",
+                format!(
+                    "workflow {} would hold {} tasks; the limit is {limit} (dispatch.max_tasks_per_workflow)",
+                    wf.id,
+                    existing + tasks.len() as u64,
+                ),
+            ));
+        }
+        // Names are unique within the batch and the workflow. One query asks
+        // the store which of the batch's names are taken (none can be in a
+        // workflow that has no tasks yet).
+        let taken: HashSet<String> = if existing == 0 {
+            HashSet::new()
+        } else {
+            let names: Vec<&str> = tasks.iter().map(|t| t.name.as_str()).collect();
+            tx.taken_names(wf.id, &names).await?.into_iter().collect()
+        };
+        let mut registered: HashMap<&str, bool> = HashMap::new();
+        let mut by_name: HashMap<&str, usize> = HashMap::new();
+        for (i, t) in tasks.iter().enumerate() {
+            if by_name.insert(t.name.as_str(), i).is_some() {
+                return Err(AppError::conflict(
+                    "duplicate_name",
+                    format!("task name {:?} appears twice in the request", t.name),
+                ));
+            }
+            if taken.contains(&t.name) {
+                return Err(AppError::conflict(
+                    "duplicate_name",
+                    format!("workflow already has a task named {:?}", t.name),
+                ));
+            }
+            if self.config.require_registration {
+                let server = t.server_id.as_str();
+                let ok = match registered.get(server) {
+                    Some(&ok) => ok,
+                    None => {
+                        let ok = tx.is_registered(server).await?;
+                        registered.insert(server, ok);
+                        ok
+                    }
+                };
+                if !ok {
+                    return Err(AppError::invalid(
+                        "unregistered_server",
+                        format!(
+                            "tasks[{i}].server_id: server {server:?} is not registered (dispatch.require_registration is on)"
+                        ),
+                    ));
+                }
+            }
+        }
+        // Resolve references: first within the batch (by name), then existing tasks.
+        let mut batch_edges: Vec<Vec<usize>> = vec![Vec::new(); tasks.len()];
+        let mut existing_deps: Vec<Vec<TaskId>> = vec![Vec::new(); tasks.len()];
+        let mut resolved: HashMap<&str, (TaskId, TaskState)> = HashMap::new();
+        for (i, t) in tasks.iter().enumerate() {
+            for r in &t.depends_on {
+                if let Some(&j) = by_name.get(r.as_str()) {
+                    if j == i {
+                        return Err(AppError::invalid(
+                            "dependency_cycle",
+                            format!("task {:?} depends on itself", t.name),
+                        ));
+                    }
+                    batch_edges[i].push(j);
+                } else if let Some((id, _)) = resolved.get(r.as_str()) {
+                    existing_deps[i].push(*id);
+                } else if let Some(dep) = tx.task_by_ref(wf.id, r).await? {
+                    existing_deps[i].push(dep.id);
+                    resolved.insert(r.as_str(), (dep.id, dep.state()));
+                } else {
+                    return Err(AppError::invalid(
+                        "unknown_dependency",
+                        format!(
+                            "task {:?} depends on {r:?}, which is neither in this request nor in workflow {}",
+                            t.name, wf.id
+                        ),
+                    ));
+                }
+            }
+        }
+        let order = topological_order(&batch_edges).map_err(|cycle| {
+            let names: Vec<&str> = cycle.iter().map(|&i| tasks[i].name.as_str()).collect();
+            AppError::invalid(
+                "dependency_cycle",
+                format!("dependency cycle among tasks {names:?}"),
+            )
+        })?;
+        let existing_states: HashMap<TaskId, TaskState> = resolved.into_values().collect();
+        let ids: Vec<TaskId> = tasks.iter().map(|t| t.id).collect();
+        for spec in &tasks {
+            uow.create(Task::new(wf.id, spec, now));
+        }
+        // Released dependencies first, so a skip travels down the batch in
+        // one pass and each row is written as it ends up.
+        for &i in &order {
+            let Some(task) = uow.task(ids[i]).cloned() else {
+                continue;
+            };
+            let states: Vec<TaskState> = batch_edges[i]
+                .iter()
+                .filter_map(|&j| uow.task(ids[j]).map(Task::state))
+                .chain(
+                    existing_deps[i]
+                        .iter()
+                        .filter_map(|d| existing_states.get(d).copied()),
+                )
+                .collect();
+            decide(uow, task, states, now)?;
+        }
+        for i in 0..tasks.len() {
+            uow.add_edges(batch_edges[i].iter().map(|&j| (ids[i], ids[j])));
+            uow.add_edges(existing_deps[i].iter().map(|&d| (ids[i], d)));
+        }
+        Ok(ids)
+    }
+}
+
+/// A name taken by a concurrent request shows up as a uniqueness violation.
+fn duplicate_names(e: crate::store::StoreError) -> AppError {
+    if e.is_unique_violation() {
+        AppError::conflict(
+            "duplicate_name",
+            "workflow already has a task of one of these names",
+        )
+    } else {
+        e.into()
+    }
+}
+
+/// A workflow name: the rule of [`check_name`], as a field error.
+pub(super) fn check_workflow_name(name: &str) -> Result<(), AppError> {
+    check_name(name).map_err(|e| AppError::Invalid {
+        code: "validation_failed",
+        message: format!("name: {e}"),
+        details: vec![FieldError {
+            field: "name".into(),
+            message: e,
+        }],
+    })
+}

@@ -1,0 +1,327 @@
+//! What clients send, before validation: the bodies of REST requests and
+//! the arguments of RPC calls (one shape for both), and their validation
+//! into the domain's specs with every field problem reported at once.
+//! Their OpenAPI schemas are derived here; the field rules are the domain's.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::domain::{
+    DEFAULT_TIMEOUT_S, Delivery, FieldError, MAX_RETRIES, MAX_RETRY_DELAY_S, MAX_TIMEOUT_S,
+    OnDependencyFailure, OutputSpec, ServerId, ServerKind, TaskId, TaskSpec, check_group,
+    check_input_name, check_name, check_output_name, field_err, ranged,
+};
+
+/// A registration request (`POST /v1/servers`).
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewServer {
+    pub server_id: String,
+    #[serde(default)]
+    pub kind: ServerKind,
+}
+
+/// A task as a client submits it (REST body or RPC argument), before validation.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewTask {
+    pub name: Option<String>,
+    pub server_id: String,
+    pub group: Option<String>,
+    pub config: Option<String>,
+    pub inputs: Option<serde_json::Map<String, Value>>,
+    pub outputs: Option<Vec<OutputSpec>>,
+    pub options: Option<serde_json::Map<String, Value>>,
+    pub depends_on: Option<Vec<String>>,
+    pub on_dependency_failure: Option<OnDependencyFailure>,
+    pub timeout_s: Option<i64>,
+    pub retries: Option<i64>,
+    pub retry_delay_s: Option<i64>,
+    pub delivery: Option<Delivery>,
+}
+
+impl NewTask {
+    /// Validates every field, reporting all problems at once. `prefix` locates
+    /// the task in the request (e.g. `tasks[3].`).
+    ///
+    /// # Errors
+    /// Every field that is out of range or malformed.
+    pub fn validate(self, prefix: &str) -> Result<TaskSpec, Vec<FieldError>> {
+        let mut errors = Vec::new();
+        let f = |name: &str| format!("{prefix}{name}");
+        let id = TaskId::new();
+        let name = match self.name {
+            Some(n) => {
+                if let Err(e) = check_name(&n) {
+                    errors.push(field_err(f("name"), e));
+                }
+                n
+            }
+            None => id.to_string(),
+        };
+        let server_id = match ServerId::parse(&self.server_id) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                errors.push(field_err(f("server_id"), e));
+                None
+            }
+        };
+        let group = self.group.unwrap_or_else(|| "script".to_owned());
+        if let Err(e) = check_group(&group) {
+            errors.push(field_err(f("group"), e));
+        }
+        let inputs = self.inputs.unwrap_or_default();
+        for k in inputs.keys() {
+            if let Err(e) = check_input_name(k) {
+                errors.push(field_err(f("inputs"), e));
+            }
+        }
+        let outputs = self.outputs.unwrap_or_default();
+        let mut seen = std::collections::HashSet::new();
+        for o in &outputs {
+            if let Err(e) = check_output_name(&o.name) {
+                errors.push(field_err(f("outputs"), e));
+            } else if !seen.insert(o.name.as_str()) {
+                errors.push(field_err(
+                    f("outputs"),
+                    format!("output {:?} is declared twice", o.name),
+                ));
+            }
+        }
+        let depends_on = self.depends_on.unwrap_or_default();
+        let mut seen_deps = std::collections::HashSet::new();
+        for d in &depends_on {
+            if !seen_deps.insert(d.as_str()) {
+                errors.push(field_err(
+                    f("depends_on"),
+                    format!("dependency {d:?} is listed twice"),
+                ));
+            }
+        }
+        let timeout_s = ranged(
+            &f("timeout_s"),
+            self.timeout_s,
+            DEFAULT_TIMEOUT_S,
+            1,
+            MAX_TIMEOUT_S,
+            &mut errors,
+        );
+        let retries = ranged(&f("retries"), self.retries, 0, 0, MAX_RETRIES, &mut errors);
+        let retry_delay_s = ranged(
+            &f("retry_delay_s"),
+            self.retry_delay_s,
+            0,
+            0,
+            MAX_RETRY_DELAY_S,
+            &mut errors,
+        );
+        match server_id {
+            Some(server_id) if errors.is_empty() => Ok(TaskSpec {
+                id,
+                name,
+                server_id,
+                group,
+                config: self.config.unwrap_or_default(),
+                inputs,
+                outputs,
+                options: self.options.unwrap_or_default(),
+                depends_on,
+                on_dependency_failure: self.on_dependency_failure.unwrap_or_default(),
+                timeout_s,
+                retries,
+                retry_delay_s,
+                delivery: self.delivery.unwrap_or_default(),
+            }),
+            _ => Err(errors),
+        }
+    }
+}
+
+/// A change to a waiting task (`PATCH`): absent fields stay as they are.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TaskPatch {
+    pub name: Option<String>,
+    pub server_id: Option<String>,
+    pub group: Option<String>,
+    pub config: Option<String>,
+    pub inputs: Option<serde_json::Map<String, Value>>,
+    pub outputs: Option<Vec<OutputSpec>>,
+    pub options: Option<serde_json::Map<String, Value>>,
+    pub depends_on: Option<Vec<String>>,
+    pub on_dependency_failure: Option<OnDependencyFailure>,
+    pub timeout_s: Option<i64>,
+    pub retries: Option<i64>,
+    pub retry_delay_s: Option<i64>,
+    pub delivery: Option<Delivery>,
+}
+
+impl TaskPatch {
+    /// Applies the patch to `spec` and re-validates the result.
+    ///
+    /// # Errors
+    /// Every field of the result that is invalid.
+    pub fn apply(self, spec: &TaskSpec) -> Result<TaskSpec, Vec<FieldError>> {
+        let merged = NewTask {
+            name: Some(self.name.unwrap_or_else(|| spec.name.clone())),
+            server_id: self
+                .server_id
+                .unwrap_or_else(|| spec.server_id.as_str().to_owned()),
+            group: Some(self.group.unwrap_or_else(|| spec.group.clone())),
+            config: Some(self.config.unwrap_or_else(|| spec.config.clone())),
+            inputs: Some(self.inputs.unwrap_or_else(|| spec.inputs.clone())),
+            outputs: Some(self.outputs.unwrap_or_else(|| spec.outputs.clone())),
+            options: Some(self.options.unwrap_or_else(|| spec.options.clone())),
+            depends_on: Some(self.depends_on.unwrap_or_else(|| spec.depends_on.clone())),
+            on_dependency_failure: Some(
+                self.on_dependency_failure
+                    .unwrap_or(spec.on_dependency_failure),
+            ),
+            timeout_s: Some(self.timeout_s.unwrap_or(i64::from(spec.timeout_s))),
+            retries: Some(self.retries.unwrap_or(i64::from(spec.retries))),
+            retry_delay_s: Some(self.retry_delay_s.unwrap_or(i64::from(spec.retry_delay_s))),
+            delivery: Some(self.delivery.unwrap_or(spec.delivery)),
+        };
+        let mut out = merged.validate("")?;
+        out.id = spec.id;
+        Ok(out)
+    }
+}
+
+/// A new workflow with its optional first batch of tasks.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewWorkflow {
+    pub name: String,
+    pub description: Option<String>,
+    pub tasks: Option<Vec<NewTask>>,
+}
+
+/// A change to a workflow's name or description.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkflowPatch {
+    pub name: Option<String>,
+    pub description: Option<String>,
+}
+
+/// Validates every task of a batch, reporting all invalid fields at once;
+/// `prefix` names the batch in field paths (`tasks` → `tasks[3].name`).
+///
+/// # Errors
+/// Every invalid field of every task.
+pub fn validate_tasks(tasks: Vec<NewTask>, prefix: &str) -> Result<Vec<TaskSpec>, Vec<FieldError>> {
+    let mut specs = Vec::with_capacity(tasks.len());
+    let mut errors = Vec::new();
+    for (i, t) in tasks.into_iter().enumerate() {
+        match t.validate(&format!("{prefix}[{i}].")) {
+            Ok(s) => specs.push(s),
+            Err(e) => errors.extend(e),
+        }
+    }
+    if errors.is_empty() {
+        Ok(specs)
+    } else {
+        Err(errors)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn new_task(v: Value) -> NewTask {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn defaults_follow_the_spec() {
+        let t = new_task(json!({"server_id": "x"})).validate("").unwrap();
+        assert_eq!(t.name, t.id.to_string());
+        assert_eq!(t.group, "script");
+        assert_eq!(t.config, "");
+        assert_eq!(t.timeout_s, 3600);
+        assert_eq!(t.retries, 0);
+        assert_eq!(t.on_dependency_failure, OnDependencyFailure::Skip);
+        assert_eq!(t.delivery, Delivery::AtLeastOnce);
+    }
+
+    #[test]
+    fn validation_reports_every_field() {
+        let errs = new_task(json!({
+            "name": "",
+            "server_id": "bad id",
+            "group": "../x",
+            "timeout_s": 0,
+            "retries": 101,
+            "retry_delay_s": -1,
+            "inputs": {"A=B": 1},
+            "outputs": ["ok", "a/b", {"name": "ok"}],
+            "depends_on": ["a", "a"]
+        }))
+        .validate("tasks[0].")
+        .unwrap_err();
+        let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
+        for f in [
+            "tasks[0].name",
+            "tasks[0].server_id",
+            "tasks[0].group",
+            "tasks[0].timeout_s",
+            "tasks[0].retries",
+            "tasks[0].retry_delay_s",
+            "tasks[0].inputs",
+            "tasks[0].outputs",
+            "tasks[0].depends_on",
+        ] {
+            assert!(fields.contains(&f), "{f} missing from {fields:?}");
+        }
+    }
+
+    #[test]
+    fn outputs_accept_both_forms() {
+        let t = new_task(json!({
+            "server_id": "x",
+            "outputs": ["a", {"name": "b", "error_output": true}]
+        }))
+        .validate("")
+        .unwrap();
+        assert_eq!(
+            t.outputs,
+            vec![
+                OutputSpec {
+                    name: "a".into(),
+                    error_output: false
+                },
+                OutputSpec {
+                    name: "b".into(),
+                    error_output: true
+                },
+            ]
+        );
+        assert!(
+            serde_json::from_value::<NewTask>(json!({"server_id": "x", "outputs": [1]})).is_err()
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let e =
+            serde_json::from_value::<NewTask>(json!({"server_id": "x", "timeout": 5})).unwrap_err();
+        assert!(e.to_string().contains("unknown field `timeout`"), "{e}");
+    }
+
+    #[test]
+    fn patch_keeps_id_and_revalidates() {
+        let t = new_task(json!({"server_id": "x", "name": "a"}))
+            .validate("")
+            .unwrap();
+        let p: TaskPatch = serde_json::from_value(json!({"timeout_s": 5})).unwrap();
+        let t2 = p.apply(&t).unwrap();
+        assert_eq!(t2.id, t.id);
+        assert_eq!(t2.timeout_s, 5);
+        assert_eq!(t2.name, "a");
+        let p: TaskPatch = serde_json::from_value(json!({"timeout_s": 0})).unwrap();
+        assert!(p.apply(&t).is_err());
+    }
+}

@@ -1,0 +1,300 @@
+//! Recording what workers send back: heartbeats (`ending: false`), final
+//! results, and idle heartbeats, a batch in one transaction. A reply
+//! changes state at most once per (task, attempt): anything for an unknown
+//! task, another attempt or an ended task is dropped with a reason the
+//! consumer logs and counts. Who may send a reply is checked here too.
+
+use std::collections::{HashMap, HashSet};
+
+use tracing::instrument;
+
+use super::release::walk;
+use super::unit::UnitOfWork;
+use super::{App, AppConfig, AppError, now_us};
+use crate::domain::{ServerKind, Task, TaskId, TaskState, is_broker_user_of};
+use crate::protocol::{MsgTarget, RpcReply, TaskResult, parse_msg_id};
+use crate::store::{ServerRow, WriteTx};
+
+/// A server's `last_seen` is written at most this often: it only says
+/// whether a server is online (within `heartbeat_timeout_s`), and skipping
+/// the write saves a statement in most reply batches.
+const LAST_SEEN_RESOLUTION_US: i64 = 1_000_000;
+
+/// One reply as it came off the reply queue.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    /// The message body (an oslo envelope).
+    pub body: Vec<u8>,
+    /// The exchange it was published to: `""` (the default exchange, used by
+    /// oslo servers) or the `reply_bora` exchange (bora's workers).
+    pub exchange: String,
+    /// The broker-validated `user_id` property, if set.
+    pub user_id: Option<String>,
+}
+
+/// What became of one reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// A final result changed the task's state.
+    Recorded,
+    /// A heartbeat or started report.
+    Heartbeat,
+    /// Ignored; the reason is a metric label.
+    Dropped(&'static str),
+}
+
+/// Whether a reply about `server_id` may be believed, given how it arrived
+/// (SPEC 5). `Err` carries the reason it may not.
+fn authorize(
+    config: &AppConfig,
+    incoming: &Incoming,
+    server_id: &str,
+    server: Option<&ServerRow>,
+) -> Result<(), &'static str> {
+    let registered = server.filter(|s| s.registered);
+    if incoming.exchange.is_empty() {
+        // The default exchange: only trusted oslo servers can publish there
+        // (a guest's broker user cannot), or anyone in quick-start mode.
+        return match registered {
+            Some(s) if s.kind == ServerKind::Oslo => Ok(()),
+            _ if !config.require_registration => Ok(()),
+            _ => Err("wrong_route"),
+        };
+    }
+    if incoming.exchange != config.reply_exchange {
+        return Err("wrong_route");
+    }
+    // The reply exchange: the broker validated `user_id` against the
+    // connection's user, so it names the sender.
+    let user = incoming.user_id.as_deref();
+    if let Some(s) = registered
+        && s.kind == ServerKind::Guest
+        && user.is_some_and(|u| is_broker_user_of(u, server_id))
+    {
+        return Ok(());
+    }
+    if !config.require_registration && user == Some(config.dispatcher_user.as_str()) {
+        return Ok(());
+    }
+    Err("wrong_user")
+}
+
+/// What the replies of one batch need from the store, read with a few
+/// queries up front instead of a few per reply: their tasks, those tasks'
+/// servers, and which of the tasks have dependents.
+struct Batch {
+    tasks: HashMap<TaskId, Task>,
+    servers: HashMap<String, ServerRow>,
+    with_dependents: HashSet<TaskId>,
+    /// Servers heard from, in order, written once at the end.
+    touched: Vec<String>,
+    touched_set: HashSet<String>,
+    /// Tasks this batch ended that have dependents: the walk starts there.
+    ended_with_dependents: Vec<TaskId>,
+}
+
+impl Batch {
+    /// Reads what `batch` needs; returns it and each reply decoded
+    /// (`None`: oversized, left unread, or malformed).
+    async fn load(
+        tx: &mut WriteTx,
+        config: &AppConfig,
+        batch: &[Incoming],
+    ) -> Result<(Self, Vec<Option<RpcReply>>), AppError> {
+        let mut task_ids = HashSet::new();
+        let mut server_ids = HashSet::new();
+        let decoded: Vec<Option<RpcReply>> = batch
+            .iter()
+            .map(|i| {
+                (i.body.len() <= config.max_result_bytes)
+                    .then(|| RpcReply::decode(&i.body).ok())
+                    .flatten()
+            })
+            .collect();
+        for reply in decoded.iter().flatten() {
+            match parse_msg_id(&reply.msg_id) {
+                Ok(MsgTarget::Server(s)) => {
+                    server_ids.insert(s.as_str().to_owned());
+                }
+                Ok(MsgTarget::Attempt { task, .. }) => {
+                    task_ids.insert(task);
+                }
+                Err(_) => {}
+            }
+        }
+        let task_ids: Vec<TaskId> = task_ids.into_iter().collect();
+        tx.lock_workflows_of(&task_ids).await?;
+        let mut with_dependents = HashSet::new();
+        let mut servers = HashMap::new();
+        let mut tasks = HashMap::with_capacity(task_ids.len());
+        for (task, has_dependents, server) in tx.tasks_for_replies(&task_ids).await? {
+            if has_dependents {
+                with_dependents.insert(task.id);
+            }
+            if let Some(server) = server {
+                servers.insert(server.server_id.clone(), server);
+            }
+            tasks.insert(task.id, task);
+        }
+        // Idle heartbeats name a server only.
+        server_ids.retain(|s| !servers.contains_key(s));
+        if !server_ids.is_empty() {
+            let ids: Vec<&str> = server_ids.iter().map(String::as_str).collect();
+            for server in tx.servers_by_ids(&ids).await? {
+                servers.insert(server.server_id.clone(), server);
+            }
+        }
+        let context = Self {
+            tasks,
+            servers,
+            with_dependents,
+            touched: Vec::new(),
+            touched_set: HashSet::new(),
+            ended_with_dependents: Vec::new(),
+        };
+        Ok((context, decoded))
+    }
+
+    fn touch(&mut self, server: &str) {
+        if self.touched_set.insert(server.to_owned()) {
+            self.touched.push(server.to_owned());
+        }
+    }
+}
+
+impl App {
+    /// Records replies from workers in one transaction, returning a verdict
+    /// per reply.
+    ///
+    /// # Errors
+    /// A store failure: nothing was recorded, the caller must not ack.
+    #[instrument(skip_all, fields(replies = batch.len()))]
+    pub async fn record_replies(&self, batch: &[Incoming]) -> Result<Vec<Verdict>, AppError> {
+        let now = now_us();
+        let mut tx = self.begin().await?;
+        let (mut ctx, decoded) = Batch::load(&mut tx, &self.config, batch).await?;
+        let mut uow = UnitOfWork::default();
+        let mut verdicts = Vec::with_capacity(batch.len());
+        for (incoming, reply) in batch.iter().zip(decoded) {
+            verdicts.push(self.record(&mut ctx, &mut uow, incoming, reply, now)?);
+        }
+        let ended = std::mem::take(&mut ctx.ended_with_dependents);
+        walk(&mut tx, &mut uow, ended, now).await?;
+        let due = self.due_last_seen(&ctx.touched, now);
+        tx.touch_servers(&due, now).await?;
+        self.commit(tx, uow, now).await?;
+        Ok(verdicts)
+    }
+
+    /// The servers among `touched` whose `last_seen` this dispatcher has
+    /// not written for [`LAST_SEEN_RESOLUTION_US`].
+    fn due_last_seen<'a>(&self, touched: &'a [String], now: i64) -> Vec<&'a str> {
+        let mut heard = self.heard.lock().unwrap_or_else(|e| e.into_inner());
+        touched
+            .iter()
+            .map(String::as_str)
+            .filter(|s| match heard.get_mut(*s) {
+                // Known: no allocation on this path, once per reply batch.
+                Some(last) if now.saturating_sub(*last) < LAST_SEEN_RESOLUTION_US => false,
+                Some(last) => {
+                    *last = now;
+                    true
+                }
+                None => {
+                    heard.insert((*s).to_owned(), now);
+                    true
+                }
+            })
+            .collect()
+    }
+
+    /// Decides what one reply means, in memory.
+    fn record(
+        &self,
+        batch: &mut Batch,
+        uow: &mut UnitOfWork,
+        incoming: &Incoming,
+        reply: Option<RpcReply>,
+        now: i64,
+    ) -> Result<Verdict, AppError> {
+        if incoming.body.len() > self.config.max_result_bytes {
+            return Ok(Verdict::Dropped("oversized"));
+        }
+        let Some(reply) = reply else {
+            return Ok(Verdict::Dropped("malformed"));
+        };
+        let (task_id, attempt) = match parse_msg_id(&reply.msg_id) {
+            Err(_) => return Ok(Verdict::Dropped("unknown_msg_id")),
+            Ok(MsgTarget::Server(server)) => {
+                let row = batch.servers.get(server.as_str());
+                if let Err(reason) = authorize(&self.config, incoming, server.as_str(), row) {
+                    return Ok(Verdict::Dropped(reason));
+                }
+                batch.touch(server.as_str());
+                return Ok(Verdict::Heartbeat);
+            }
+            Ok(MsgTarget::Attempt { task, attempt }) => (task, attempt),
+        };
+        let Some(mut task) = uow
+            .task(task_id)
+            .cloned()
+            .or_else(|| batch.tasks.get(&task_id).cloned())
+        else {
+            return Ok(Verdict::Dropped("unknown_task"));
+        };
+        let row = batch.servers.get(&task.server_id);
+        if let Err(reason) = authorize(&self.config, incoming, &task.server_id, row) {
+            return Ok(Verdict::Dropped(reason));
+        }
+        if task.attempt != i64::from(attempt) || attempt == 0 {
+            return Ok(Verdict::Dropped("stale_attempt"));
+        }
+        if task.state().is_terminal() {
+            return Ok(Verdict::Dropped("already_ended"));
+        }
+        batch.touch(&task.server_id);
+        if !reply.ending {
+            let moved = task.heartbeat(now)?;
+            uow.keep(&task, moved);
+            return Ok(Verdict::Heartbeat);
+        }
+        let result = TaskResult::from_reply(attempt, reply.result, reply.failure.as_deref());
+        if end_attempt(uow, task, &result, true, now)? && batch.with_dependents.contains(&task_id) {
+            batch.ended_with_dependents.push(task_id);
+        }
+        Ok(Verdict::Recorded)
+    }
+}
+
+/// Ends the current attempt of `task` with `result`: a new attempt after
+/// `retry_delay_s` while `may_retry` and `retries` allow, else the end its
+/// result says. Returns whether the task ended (its dependents are the
+/// caller's to release).
+pub(super) fn end_attempt(
+    uow: &mut UnitOfWork,
+    mut task: Task,
+    result: &TaskResult,
+    may_retry: bool,
+    now: i64,
+) -> Result<bool, AppError> {
+    let end = if result.succeeded(&task.outputs()?) {
+        TaskState::Succeeded
+    } else if result.timed_out {
+        TaskState::TimedOut
+    } else {
+        TaskState::Failed
+    };
+    let text = serde_json::to_string(result)
+        .map_err(|e| AppError::Store(crate::store::StoreError::Corrupt(e.to_string())))?;
+    task.keep_result(text, now);
+    if end != TaskState::Succeeded && may_retry && task.failures < task.retries {
+        task.failures += 1;
+        let moved = task.dispatch(now)?;
+        uow.keep(&task, moved);
+        uow.publish(&task, now + task.retry_delay_s * 1_000_000);
+        return Ok(false);
+    }
+    task.finish(end, now)?;
+    uow.keep(&task, true);
+    Ok(true)
+}

@@ -1,0 +1,27 @@
+//! The domain: what bora's words mean, with no I/O. Ids ([`ids`]), the task
+//! state machine and the derived workflow state ([`state`]), the task entity
+//! that alone moves a task's state ([`task`]), workflows ([`workflow`]),
+//! what a task is asked to do and the rules for its fields ([`spec`]), and
+//! the graph rules: release, topological order, cycles ([`graph`]).
+//!
+//! Everything here is a value in memory. It knows nothing of SQL, AMQP,
+//! HTTP or OpenAPI, and nothing of the layers that use it; the
+//! architecture test (`tests/architecture.rs`) checks that it imports none.
+
+pub mod graph;
+pub mod ids;
+pub mod spec;
+pub mod state;
+pub mod task;
+pub mod workflow;
+
+pub use graph::{Readiness, creates_cycle, readiness, topological_order};
+pub use ids::{MAX_SERVER_ID_LEN, ServerId, TaskId, WorkflowId, broker_user, is_broker_user_of};
+pub use spec::{
+    DEFAULT_TIMEOUT_S, Delivery, FieldError, MAX_GROUP_LEN, MAX_NAME_LEN, MAX_RETRIES,
+    MAX_RETRY_DELAY_S, MAX_TIMEOUT_S, OnDependencyFailure, OutputSpec, ServerKind, TaskSpec,
+    check_group, check_input_name, check_name, check_output_name, field_err, ranged,
+};
+pub use state::{IllegalTransition, TaskCounts, TaskState, WorkflowState};
+pub use task::{Corrupt, Task};
+pub use workflow::Workflow;

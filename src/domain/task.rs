@@ -1,0 +1,360 @@
+//! The task entity: a task as bora holds it, and the one writer of its
+//! state. Every state move goes through [`Task`]'s methods, each of which
+//! checks [`TaskState::check_transition`] first; `state` is private, so no
+//! other code can assign it. The methods say whether the task moved (an
+//! event is due); what to do about it (events, messages, the release of
+//! dependents) is the use case's.
+
+use serde_json::{Map, Value};
+
+use super::{
+    Delivery, IllegalTransition, OnDependencyFailure, OutputSpec, ServerId, TaskId, TaskSpec,
+    TaskState, WorkflowId,
+};
+
+/// A stored value of a task that does not parse (the store was written by
+/// something else, or by hand).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("corrupt task data: {0}")]
+pub struct Corrupt(pub String);
+
+fn json<T: serde::de::DeserializeOwned>(s: &str, what: &str) -> Result<T, Corrupt> {
+    serde_json::from_str(s).map_err(|e| Corrupt(format!("{what}: {e}")))
+}
+
+/// A task. JSON fields stay text (as stored) and are parsed only where a
+/// value is needed: most moves never look at them.
+#[derive(Debug, Clone)]
+pub struct Task {
+    /// Never changes.
+    pub id: TaskId,
+    /// Never changes.
+    pub workflow_id: WorkflowId,
+    /// Unique in its workflow.
+    pub name: String,
+    /// The target server's id (validated when the spec was).
+    pub server_id: String,
+    /// The runner or hook that runs it.
+    pub group: String,
+    /// The script or hook configuration.
+    pub config: String,
+    /// JSON object text.
+    pub inputs: String,
+    /// JSON list text of [`OutputSpec`].
+    pub outputs: String,
+    /// JSON object text.
+    pub options: String,
+    /// What it does when a dependency ends unsuccessfully.
+    pub on_dependency_failure: OnDependencyFailure,
+    /// Seconds an attempt may run.
+    pub timeout_s: i64,
+    /// Attempts after a failure.
+    pub retries: i64,
+    /// Seconds before a retry.
+    pub retry_delay_s: i64,
+    /// Whether a lost attempt may run again.
+    pub delivery: Delivery,
+    /// Private: only this entity's methods move it.
+    state: TaskState,
+    /// 0 until its first attempt goes out; the current attempt after.
+    pub attempt: i64,
+    /// Failed attempts retried so far (against `retries`).
+    pub failures: i64,
+    /// Attempts sent again after a lost worker (against `max_redeliveries`).
+    pub redeliveries: i64,
+    /// JSON text of the last result.
+    pub result: Option<String>,
+    /// Times in microseconds since the epoch.
+    pub created_at: i64,
+    /// When the broker confirmed the current attempt (or it reported first).
+    pub queued_at: Option<i64>,
+    /// When the current attempt reported that it started.
+    pub started_at: Option<i64>,
+    /// When it reached a terminal state.
+    pub finished_at: Option<i64>,
+    /// The current attempt's last heartbeat.
+    pub last_heartbeat_at: Option<i64>,
+    /// The last change of any field.
+    pub updated_at: i64,
+}
+
+impl Task {
+    /// A new task for a validated spec: `waiting`, attempt 0.
+    pub fn new(workflow_id: WorkflowId, spec: &TaskSpec, now: i64) -> Self {
+        let mut task = Self::restored(spec.id, workflow_id, TaskState::Waiting);
+        task.created_at = now;
+        task.updated_at = now;
+        task.set_spec(spec);
+        task
+    }
+
+    /// A task in `state` with every other field empty, for the store's
+    /// decoding to fill in. Not a move: it restores what was stored.
+    pub fn restored(id: TaskId, workflow_id: WorkflowId, state: TaskState) -> Self {
+        Self {
+            id,
+            workflow_id,
+            name: String::new(),
+            server_id: String::new(),
+            group: String::new(),
+            config: String::new(),
+            inputs: "{}".into(),
+            outputs: "[]".into(),
+            options: "{}".into(),
+            on_dependency_failure: OnDependencyFailure::default(),
+            timeout_s: 0,
+            retries: 0,
+            retry_delay_s: 0,
+            delivery: Delivery::default(),
+            state,
+            attempt: 0,
+            failures: 0,
+            redeliveries: 0,
+            result: None,
+            created_at: 0,
+            queued_at: None,
+            started_at: None,
+            finished_at: None,
+            last_heartbeat_at: None,
+            updated_at: 0,
+        }
+    }
+
+    /// Where the task is in its life.
+    pub fn state(&self) -> TaskState {
+        self.state
+    }
+
+    /// Whether the task waits for its dependencies (its first attempt has
+    /// not gone out): the only tasks the release rule decides about.
+    pub fn awaits_release(&self) -> bool {
+        self.state == TaskState::Waiting && self.attempt == 0
+    }
+
+    /// The one assignment of `state`.
+    fn move_to(&mut self, to: TaskState, now: i64) -> Result<(), IllegalTransition> {
+        self.state.check_transition(to)?;
+        self.state = to;
+        self.updated_at = now;
+        Ok(())
+    }
+
+    /// Hands out the next attempt: the first one at release, another after
+    /// a failure or a lost worker. The task is `waiting` until the broker
+    /// confirms the publish. Returns whether the state moved (back to
+    /// `waiting`).
+    ///
+    /// # Errors
+    /// The task has ended.
+    pub fn dispatch(&mut self, now: i64) -> Result<bool, IllegalTransition> {
+        let moved = self.state != TaskState::Waiting;
+        if moved {
+            self.move_to(TaskState::Waiting, now)?;
+        }
+        self.attempt += 1;
+        self.queued_at = None;
+        self.started_at = None;
+        self.last_heartbeat_at = None;
+        self.updated_at = now;
+        Ok(moved)
+    }
+
+    /// A dependency ended in a way its policy does not accept.
+    ///
+    /// # Errors
+    /// The task is not `waiting`.
+    pub fn skip(&mut self, now: i64) -> Result<(), IllegalTransition> {
+        self.move_to(TaskState::Skipped, now)?;
+        self.finished_at = Some(now);
+        Ok(())
+    }
+
+    /// The broker confirmed the publish of `attempt`: `queued`, if the task
+    /// still waits for that attempt's confirm (a fast worker's report, or a
+    /// newer attempt, may have overtaken it). Returns whether it moved.
+    ///
+    /// # Errors
+    /// Never in practice: a waiting task may always be queued.
+    pub fn confirm_published(&mut self, attempt: i64, now: i64) -> Result<bool, IllegalTransition> {
+        if self.state != TaskState::Waiting || self.attempt != attempt {
+            return Ok(false);
+        }
+        self.move_to(TaskState::Queued, now)?;
+        self.queued_at = Some(now);
+        Ok(true)
+    }
+
+    /// The worker reported that the current attempt runs (a heartbeat).
+    /// Returns whether the task moved to `running`.
+    ///
+    /// # Errors
+    /// The task has ended.
+    pub fn heartbeat(&mut self, now: i64) -> Result<bool, IllegalTransition> {
+        let moved = matches!(self.state, TaskState::Waiting | TaskState::Queued);
+        if moved {
+            self.move_to(TaskState::Running, now)?;
+            self.queued_at.get_or_insert(now);
+            self.started_at = Some(now);
+        }
+        self.last_heartbeat_at = Some(now);
+        self.updated_at = now;
+        Ok(moved)
+    }
+
+    /// Keeps the current attempt's result (JSON text). A result without a
+    /// started report (instant runners, oslo servers) sets the times the
+    /// report would have.
+    pub fn keep_result(&mut self, result: String, now: i64) {
+        self.result = Some(result);
+        if self.state != TaskState::Running {
+            self.queued_at.get_or_insert(now);
+            self.started_at.get_or_insert(now);
+        }
+        self.updated_at = now;
+    }
+
+    /// The task ends in `end` (a terminal state).
+    ///
+    /// # Errors
+    /// The task has ended already, or `end` is not reachable from its state.
+    pub fn finish(&mut self, end: TaskState, now: i64) -> Result<(), IllegalTransition> {
+        self.move_to(end, now)?;
+        self.finished_at = Some(now);
+        Ok(())
+    }
+
+    /// Overwrites the client-given fields with `spec` (not the id).
+    pub fn set_spec(&mut self, spec: &TaskSpec) {
+        self.name = spec.name.clone();
+        self.server_id = spec.server_id.as_str().to_owned();
+        self.group = spec.group.clone();
+        self.config = spec.config.clone();
+        self.inputs = Value::Object(spec.inputs.clone()).to_string();
+        self.outputs = serde_json::to_string(&spec.outputs).unwrap_or_else(|_| "[]".into());
+        self.options = Value::Object(spec.options.clone()).to_string();
+        self.on_dependency_failure = spec.on_dependency_failure;
+        self.timeout_s = i64::from(spec.timeout_s);
+        self.retries = i64::from(spec.retries);
+        self.retry_delay_s = i64::from(spec.retry_delay_s);
+        self.delivery = spec.delivery;
+    }
+
+    /// # Errors
+    /// The stored JSON does not parse.
+    pub fn inputs(&self) -> Result<Map<String, Value>, Corrupt> {
+        json(&self.inputs, "inputs")
+    }
+
+    /// # Errors
+    /// The stored JSON does not parse.
+    pub fn options(&self) -> Result<Map<String, Value>, Corrupt> {
+        json(&self.options, "options")
+    }
+
+    /// # Errors
+    /// The stored JSON does not parse.
+    pub fn outputs(&self) -> Result<Vec<OutputSpec>, Corrupt> {
+        json(&self.outputs, "outputs")
+    }
+
+    /// The target server's id.
+    ///
+    /// # Errors
+    /// The stored id is not a valid server id.
+    pub fn server(&self) -> Result<ServerId, Corrupt> {
+        ServerId::parse(&self.server_id).map_err(Corrupt)
+    }
+
+    /// The spec this task was made from, with `depends_on` as given.
+    ///
+    /// # Errors
+    /// A stored value that does not parse.
+    pub fn spec(&self, depends_on: Vec<String>) -> Result<TaskSpec, Corrupt> {
+        Ok(TaskSpec {
+            id: self.id,
+            name: self.name.clone(),
+            server_id: self.server()?,
+            group: self.group.clone(),
+            config: self.config.clone(),
+            inputs: self.inputs()?,
+            outputs: self.outputs()?,
+            options: self.options()?,
+            depends_on,
+            on_dependency_failure: self.on_dependency_failure,
+            timeout_s: self.timeout_s as u32,
+            retries: self.retries as u32,
+            retry_delay_s: self.retry_delay_s as u32,
+            delivery: self.delivery,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task() -> Task {
+        let spec = TaskSpec {
+            id: TaskId::new(),
+            name: "a".into(),
+            server_id: ServerId::parse("s").unwrap(),
+            group: "script".into(),
+            config: String::new(),
+            inputs: Map::new(),
+            outputs: Vec::new(),
+            options: Map::new(),
+            depends_on: Vec::new(),
+            on_dependency_failure: OnDependencyFailure::Skip,
+            timeout_s: 60,
+            retries: 0,
+            retry_delay_s: 0,
+            delivery: Delivery::AtLeastOnce,
+        };
+        Task::new(WorkflowId::new(), &spec, 1)
+    }
+
+    #[test]
+    fn a_life_from_release_to_success() {
+        let mut t = task();
+        assert!(t.awaits_release());
+        assert!(!t.dispatch(2).unwrap(), "the first attempt is no move");
+        assert_eq!((t.state(), t.attempt), (TaskState::Waiting, 1));
+        assert!(
+            !t.confirm_published(2, 3).unwrap(),
+            "another attempt's confirm"
+        );
+        assert!(t.confirm_published(1, 3).unwrap());
+        assert!(t.heartbeat(4).unwrap());
+        assert!(!t.heartbeat(5).unwrap(), "already running");
+        t.finish(TaskState::Succeeded, 6).unwrap();
+        assert_eq!(t.finished_at, Some(6));
+        assert!(
+            t.finish(TaskState::Failed, 7).is_err(),
+            "ended tasks never move"
+        );
+        assert!(t.dispatch(7).is_err());
+    }
+
+    #[test]
+    fn a_retry_goes_back_to_waiting() {
+        let mut t = task();
+        t.dispatch(2).unwrap();
+        t.heartbeat(3).unwrap();
+        assert!(t.dispatch(4).unwrap(), "running -> waiting is an event");
+        assert_eq!(
+            (t.state(), t.attempt, t.started_at),
+            (TaskState::Waiting, 2, None)
+        );
+    }
+
+    #[test]
+    fn only_a_waiting_task_is_skipped() {
+        let mut t = task();
+        t.dispatch(2).unwrap();
+        t.confirm_published(1, 3).unwrap();
+        assert!(t.skip(4).is_err());
+        let mut t = task();
+        t.skip(4).unwrap();
+        assert_eq!(t.state(), TaskState::Skipped);
+    }
+}

@@ -1,0 +1,205 @@
+//! oslo notifications (`bora.task.end`, `bora.workflow.end`) and their
+//! payloads. The payloads are wire types of their own, built from the
+//! domain's values: changing a REST view never changes a notification.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use super::{TaskResult, encode_envelope, fresh_unique_id};
+use crate::domain::{
+    Corrupt, Delivery, OnDependencyFailure, OutputSpec, Task, TaskCounts, TaskId, TaskState,
+    Workflow, WorkflowId, WorkflowState,
+};
+
+/// RFC 3339 with microseconds, UTC: how every time is written in JSON.
+pub fn timestamp(us: i64) -> String {
+    DateTime::<Utc>::from_timestamp_micros(us)
+        .unwrap_or_default()
+        .to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+/// An oslo.messaging Notifier message (messaging v2 driver): what a
+/// `NotificationListener` receives as `(ctxt, publisher_id, event_type,
+/// payload, metadata)`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Notification {
+    pub message_id: String,
+    pub publisher_id: String,
+    pub event_type: String,
+    /// `INFO` or `ERROR` (upper case, as oslo's Notifier sends it).
+    pub priority: String,
+    pub payload: Value,
+    /// Python's `str(datetime.utcnow())`: `2026-11-25 04:51:47.722413`.
+    pub timestamp: String,
+    #[serde(rename = "_unique_id")]
+    pub unique_id: String,
+}
+
+impl Notification {
+    pub fn new(publisher_id: &str, event_type: &str, error: bool, payload: Value) -> Self {
+        Self {
+            message_id: Uuid::new_v4().to_string(),
+            publisher_id: publisher_id.to_owned(),
+            event_type: event_type.to_owned(),
+            priority: if error { "ERROR" } else { "INFO" }.to_owned(),
+            payload,
+            timestamp: chrono::Utc::now()
+                .naive_utc()
+                .format("%Y-%m-%d %H:%M:%S%.6f")
+                .to_string(),
+            unique_id: fresh_unique_id(),
+        }
+    }
+
+    /// The routing key under `topic`: `<topic>.info` or `<topic>.error`.
+    pub fn routing_key(&self, topic: &str) -> String {
+        format!("{topic}.{}", self.priority.to_lowercase())
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        encode_envelope(self)
+    }
+}
+
+/// A dependency of a task and where it stands.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DependencyState {
+    /// The dependency's name.
+    pub name: String,
+    /// Its state when the notification was rendered.
+    pub state: TaskState,
+}
+
+/// The payload of `bora.task.end`: the task as it ended, its last result
+/// without the streams (notifications are summaries).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskEndPayload {
+    pub id: TaskId,
+    pub workflow_id: WorkflowId,
+    pub name: String,
+    pub server_id: String,
+    pub group: String,
+    pub config: String,
+    pub inputs: Map<String, Value>,
+    pub outputs: Vec<OutputSpec>,
+    pub options: Map<String, Value>,
+    /// Names of the dependencies.
+    pub depends_on: Vec<String>,
+    pub on_dependency_failure: OnDependencyFailure,
+    pub timeout_s: i64,
+    pub retries: i64,
+    pub retry_delay_s: i64,
+    pub delivery: Delivery,
+    pub state: TaskState,
+    pub attempt: i64,
+    pub result: Option<TaskResult>,
+    /// The unfinished dependencies of a waiting task (empty at an end).
+    pub blocked_by: Vec<String>,
+    pub dependencies: Vec<DependencyState>,
+    pub server_online: bool,
+    pub server_last_seen: Option<String>,
+    /// Always null here (a REST-only hint).
+    pub messages_ahead: Option<u32>,
+    pub created_at: String,
+    pub queued_at: Option<String>,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+}
+
+impl TaskEndPayload {
+    /// The payload for `task` with its dependencies as (name, state) and its
+    /// server's last heartbeat.
+    ///
+    /// # Errors
+    /// A stored value of the task that does not parse.
+    pub fn new(
+        task: &Task,
+        deps: &[(String, TaskState)],
+        server_last_seen: Option<i64>,
+        server_online: bool,
+    ) -> Result<Self, Corrupt> {
+        let mut result: Option<TaskResult> = task
+            .result
+            .as_deref()
+            .map(serde_json::from_str)
+            .transpose()
+            .map_err(|e| Corrupt(format!("result: {e}")))?;
+        if let Some(r) = result.as_mut() {
+            r.stdout.clear();
+            r.stderr.clear();
+        }
+        let blocked_by = if task.state() == TaskState::Waiting {
+            deps.iter()
+                .filter(|(_, s)| !s.is_terminal())
+                .map(|(n, _)| n.clone())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Ok(Self {
+            id: task.id,
+            workflow_id: task.workflow_id,
+            name: task.name.clone(),
+            server_id: task.server_id.clone(),
+            group: task.group.clone(),
+            config: task.config.clone(),
+            inputs: task.inputs()?,
+            outputs: task.outputs()?,
+            options: task.options()?,
+            depends_on: deps.iter().map(|(n, _)| n.clone()).collect(),
+            on_dependency_failure: task.on_dependency_failure,
+            timeout_s: task.timeout_s,
+            retries: task.retries,
+            retry_delay_s: task.retry_delay_s,
+            delivery: task.delivery,
+            state: task.state(),
+            attempt: task.attempt,
+            result,
+            blocked_by,
+            dependencies: deps
+                .iter()
+                .map(|(name, state)| DependencyState {
+                    name: name.clone(),
+                    state: *state,
+                })
+                .collect(),
+            server_online,
+            server_last_seen: server_last_seen.map(timestamp),
+            messages_ahead: None,
+            created_at: timestamp(task.created_at),
+            queued_at: task.queued_at.map(timestamp),
+            started_at: task.started_at.map(timestamp),
+            finished_at: task.finished_at.map(timestamp),
+        })
+    }
+}
+
+/// The payload of `bora.workflow.end`: the workflow with its derived state
+/// and counts.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WorkflowEndPayload {
+    pub id: WorkflowId,
+    pub name: String,
+    pub description: Option<String>,
+    pub state: WorkflowState,
+    pub task_counts: TaskCounts,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl WorkflowEndPayload {
+    /// The payload for `workflow` with these task counts.
+    pub fn new(workflow: &Workflow, counts: TaskCounts) -> Self {
+        Self {
+            id: workflow.id,
+            name: workflow.name.clone(),
+            description: workflow.description.clone(),
+            state: WorkflowState::derive(workflow.cancelled, &counts),
+            task_counts: counts,
+            created_at: timestamp(workflow.created_at),
+            updated_at: timestamp(workflow.updated_at),
+        }
+    }
+}

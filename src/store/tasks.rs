@@ -1,0 +1,462 @@
+//! The `tasks` table: task rows decoded into the domain's [`Task`], written
+//! whole (one upsert for new and changed rows alike, a statement per chunk),
+//! and the reads the use cases and the views need, by id, by reference, by
+//! state and by server.
+
+use std::str::FromStr;
+
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
+
+use super::servers::ServerRow;
+use super::sql::{AnyQuery, InList, MAX_IN, MAX_PARAMS, Params, query};
+use super::{Store, StoreError, WriteTx, parse_id};
+use crate::domain::{ServerId, Task, TaskCounts, TaskId, TaskState, WorkflowId};
+
+/// The columns of a task row, in decoding order ([`decode`]).
+macro_rules! task_columns {
+    () => {
+        "id, workflow_id, name, server_id, task_group, config, inputs, outputs, options, \
+         on_dependency_failure, timeout_s, retries, retry_delay_s, delivery, state, attempt, \
+         failures, redeliveries, result, created_at, queued_at, started_at, finished_at, \
+         last_heartbeat_at, updated_at"
+    };
+    (t) => {
+        "t.id, t.workflow_id, t.name, t.server_id, t.task_group, t.config, t.inputs, t.outputs, \
+         t.options, t.on_dependency_failure, t.timeout_s, t.retries, t.retry_delay_s, \
+         t.delivery, t.state, t.attempt, t.failures, t.redeliveries, t.result, t.created_at, \
+         t.queued_at, t.started_at, t.finished_at, t.last_heartbeat_at, t.updated_at"
+    };
+}
+pub(super) use task_columns;
+
+/// The columns of a task row, in binding order ([`bind`]).
+pub(super) const INSERT: &str = "INSERT INTO tasks (id, workflow_id, name, server_id, task_group, \
+     config, inputs, outputs, options, on_dependency_failure, timeout_s, retries, retry_delay_s, \
+     delivery, state, attempt, failures, redeliveries, result, created_at, queued_at, \
+     started_at, finished_at, last_heartbeat_at, updated_at) VALUES ";
+pub(super) const COLS: usize = 25;
+/// Makes [`INSERT`] write every column of existing rows.
+pub(super) const UPSERT: &str = " ON CONFLICT (id) DO UPDATE SET name = excluded.name, \
+     server_id = excluded.server_id, task_group = excluded.task_group, \
+     config = excluded.config, inputs = excluded.inputs, outputs = excluded.outputs, \
+     options = excluded.options, on_dependency_failure = excluded.on_dependency_failure, \
+     timeout_s = excluded.timeout_s, retries = excluded.retries, \
+     retry_delay_s = excluded.retry_delay_s, delivery = excluded.delivery, \
+     state = excluded.state, attempt = excluded.attempt, failures = excluded.failures, \
+     redeliveries = excluded.redeliveries, result = excluded.result, \
+     queued_at = excluded.queued_at, started_at = excluded.started_at, \
+     finished_at = excluded.finished_at, last_heartbeat_at = excluded.last_heartbeat_at, \
+     updated_at = excluded.updated_at";
+
+fn parse<T: FromStr<Err = String>>(s: &str) -> Result<T, StoreError> {
+    s.parse().map_err(StoreError::Corrupt)
+}
+
+/// A task from a row with [`task_columns`].
+pub(super) fn decode(row: &AnyRow) -> Result<Task, StoreError> {
+    let id: String = row.try_get("id")?;
+    let workflow_id: String = row.try_get("workflow_id")?;
+    let state: String = row.try_get("state")?;
+    let mut t = Task::restored(parse_id(&id)?, parse_id(&workflow_id)?, parse(&state)?);
+    let odf: String = row.try_get("on_dependency_failure")?;
+    let delivery: String = row.try_get("delivery")?;
+    t.name = row.try_get("name")?;
+    t.server_id = row.try_get("server_id")?;
+    t.group = row.try_get("task_group")?;
+    t.config = row.try_get("config")?;
+    t.inputs = row.try_get("inputs")?;
+    t.outputs = row.try_get("outputs")?;
+    t.options = row.try_get("options")?;
+    t.on_dependency_failure = parse(&odf)?;
+    t.timeout_s = row.try_get("timeout_s")?;
+    t.retries = row.try_get("retries")?;
+    t.retry_delay_s = row.try_get("retry_delay_s")?;
+    t.delivery = parse(&delivery)?;
+    t.attempt = row.try_get("attempt")?;
+    t.failures = row.try_get("failures")?;
+    t.redeliveries = row.try_get("redeliveries")?;
+    t.result = row.try_get("result")?;
+    t.created_at = row.try_get("created_at")?;
+    t.queued_at = row.try_get("queued_at")?;
+    t.started_at = row.try_get("started_at")?;
+    t.finished_at = row.try_get("finished_at")?;
+    t.last_heartbeat_at = row.try_get("last_heartbeat_at")?;
+    t.updated_at = row.try_get("updated_at")?;
+    Ok(t)
+}
+
+/// Binds every column of `t`, in [`INSERT`]'s order.
+pub(super) fn bind<'q>(q: AnyQuery<'q>, t: &'q Task) -> AnyQuery<'q> {
+    q.bind(t.id.to_string())
+        .bind(t.workflow_id.to_string())
+        .bind(&t.name)
+        .bind(&t.server_id)
+        .bind(&t.group)
+        .bind(&t.config)
+        .bind(&t.inputs)
+        .bind(&t.outputs)
+        .bind(&t.options)
+        .bind(t.on_dependency_failure.as_str())
+        .bind(t.timeout_s)
+        .bind(t.retries)
+        .bind(t.retry_delay_s)
+        .bind(t.delivery.as_str())
+        .bind(t.state().as_str())
+        .bind(t.attempt)
+        .bind(t.failures)
+        .bind(t.redeliveries)
+        .bind(&t.result)
+        .bind(t.created_at)
+        .bind(t.queued_at)
+        .bind(t.started_at)
+        .bind(t.finished_at)
+        .bind(t.last_heartbeat_at)
+        .bind(t.updated_at)
+}
+
+/// A task of `workflow` by id, else by name.
+pub(super) async fn by_ref(
+    conn: &mut AnyConnection,
+    workflow: WorkflowId,
+    reference: &str,
+) -> Result<Option<Task>, StoreError> {
+    let by_id = match reference.parse::<TaskId>() {
+        Ok(id) => {
+            sqlx::query(concat!(
+                "SELECT ",
+                task_columns!(),
+                " FROM tasks WHERE id = $1 AND workflow_id = $2"
+            ))
+            .bind(id.to_string())
+            .bind(workflow.to_string())
+            .fetch_optional(&mut *conn)
+            .await?
+        }
+        Err(_) => None,
+    };
+    let row = match by_id {
+        Some(r) => Some(r),
+        None => {
+            sqlx::query(concat!(
+                "SELECT ",
+                task_columns!(),
+                " FROM tasks WHERE workflow_id = $1 AND name = $2"
+            ))
+            .bind(workflow.to_string())
+            .bind(reference)
+            .fetch_optional(&mut *conn)
+            .await?
+        }
+    };
+    row.as_ref().map(decode).transpose()
+}
+
+/// Task counts from `(state, n)` rows of a `GROUP BY state`.
+fn counts_of(rows: &[AnyRow]) -> Result<TaskCounts, StoreError> {
+    let mut counts = TaskCounts::default();
+    for row in rows {
+        let state: String = row.try_get("state")?;
+        let n: i64 = row.try_get("n")?;
+        counts.0.insert(parse(&state)?, n as u64);
+    }
+    Ok(counts)
+}
+
+impl Store {
+    /// A task by id or, failing that, by name.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn task_by_ref(
+        &self,
+        workflow: WorkflowId,
+        reference: &str,
+    ) -> Result<Option<Task>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        by_ref(&mut conn, workflow, reference).await
+    }
+
+    /// The tasks of a workflow in creation order, optionally filtered.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn tasks(
+        &self,
+        workflow: WorkflowId,
+        state: Option<TaskState>,
+        server: Option<&ServerId>,
+    ) -> Result<Vec<Task>, StoreError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            task_columns!(),
+            " FROM tasks WHERE workflow_id = $1 AND ($2 = '' OR state = $2) \
+             AND ($3 = '' OR server_id = $3) ORDER BY id"
+        ))
+        .bind(workflow.to_string())
+        .bind(state.map(TaskState::as_str).unwrap_or(""))
+        .bind(server.map(ServerId::as_str).unwrap_or(""))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(decode).collect()
+    }
+
+    /// Task counts per state of one workflow.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn task_counts(&self, id: WorkflowId) -> Result<TaskCounts, StoreError> {
+        let rows = sqlx::query(
+            "SELECT state, COUNT(*) AS n FROM tasks WHERE workflow_id = $1 GROUP BY state",
+        )
+        .bind(id.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        counts_of(&rows)
+    }
+
+    /// Task counts per state over every workflow (the `bora_tasks` gauge).
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn task_counts_all(&self) -> Result<TaskCounts, StoreError> {
+        let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM tasks GROUP BY state")
+            .fetch_all(&self.pool)
+            .await?;
+        counts_of(&rows)
+    }
+}
+
+impl WriteTx {
+    /// Writes tasks whole: inserts new rows, overwrites every column of
+    /// existing ones (an upsert on the id), a statement per chunk.
+    ///
+    /// # Errors
+    /// A database failure, or a duplicate name (see [`StoreError::is_unique_violation`]).
+    pub async fn write_tasks(&mut self, tasks: &[&Task]) -> Result<(), StoreError> {
+        let size = MAX_PARAMS / COLS;
+        for chunk in tasks.chunks(size) {
+            let sql = format!(
+                "{INSERT}{}{UPSERT}",
+                Params::new(self.backend).values(chunk.len(), COLS)
+            );
+            let mut q = query(sql, chunk.len() == size, chunk.len());
+            for t in chunk {
+                q = bind(q, t);
+            }
+            q.execute(&mut *self.tx).await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes tasks with their edges and unconfirmed `run_task` messages.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn delete_tasks(&mut self, ids: &[TaskId]) -> Result<(), StoreError> {
+        for id in ids {
+            let id = id.to_string();
+            sqlx::query("DELETE FROM outbox WHERE kind = 'task' AND task_id = $1")
+                .bind(&id)
+                .execute(&mut *self.tx)
+                .await?;
+            sqlx::query("DELETE FROM task_deps WHERE task_id = $1 OR dep_id = $1")
+                .bind(&id)
+                .execute(&mut *self.tx)
+                .await?;
+            sqlx::query("DELETE FROM tasks WHERE id = $1")
+                .bind(&id)
+                .execute(&mut *self.tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// A task by id or, failing that, by name.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn task_by_ref(
+        &mut self,
+        workflow: WorkflowId,
+        reference: &str,
+    ) -> Result<Option<Task>, StoreError> {
+        by_ref(&mut self.tx, workflow, reference).await
+    }
+
+    /// The tasks among `ids` that exist, one query per chunk.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn tasks_by_ids(&mut self, ids: &[TaskId]) -> Result<Vec<Task>, StoreError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(MAX_IN) {
+            let list = InList::new(chunk);
+            let sql = format!(
+                concat!("SELECT ", task_columns!(), " FROM tasks WHERE id IN ({})"),
+                Params::new(self.backend).list(list.len())
+            );
+            let mut q = query(sql, list.len() == MAX_IN, list.len());
+            for id in list.values() {
+                q = q.bind(id.to_string());
+            }
+            for row in q.fetch_all(&mut *self.tx).await? {
+                out.push(decode(&row)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The unfinished tasks of a workflow (`workflow`) or aimed at a server
+    /// (`server`), in id order.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn unfinished_tasks(
+        &mut self,
+        workflow: Option<WorkflowId>,
+        server: Option<&str>,
+    ) -> Result<Vec<Task>, StoreError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            task_columns!(),
+            " FROM tasks WHERE ($1 = '' OR workflow_id = $1) AND ($2 = '' OR server_id = $2) \
+             AND state IN ('waiting', 'queued', 'running') ORDER BY id"
+        ))
+        .bind(workflow.map(|w| w.to_string()).unwrap_or_default())
+        .bind(server.unwrap_or(""))
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.iter().map(decode).collect()
+    }
+
+    /// How many tasks a workflow holds.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn count_tasks(&mut self, workflow: WorkflowId) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tasks WHERE workflow_id = $1")
+            .bind(workflow.to_string())
+            .fetch_one(&mut *self.tx)
+            .await?;
+        Ok(n as u64)
+    }
+
+    /// How many of a workflow's tasks are unfinished.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn open_tasks(&mut self, workflow: WorkflowId) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM tasks WHERE workflow_id = $1 \
+             AND state IN ('waiting', 'queued', 'running')",
+        )
+        .bind(workflow.to_string())
+        .fetch_one(&mut *self.tx)
+        .await?;
+        Ok(n as u64)
+    }
+
+    /// The tasks a batch of replies is about, each with whether any task
+    /// depends on it and its server's row (`None`: not known): one query
+    /// per chunk of ids.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn tasks_for_replies(
+        &mut self,
+        ids: &[TaskId],
+    ) -> Result<Vec<(Task, bool, Option<ServerRow>)>, StoreError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(MAX_IN) {
+            let list = InList::new(chunk);
+            let sql = format!(
+                concat!(
+                    "SELECT ",
+                    task_columns!(t),
+                    ", CAST(CASE WHEN EXISTS (SELECT 1 FROM task_deps d WHERE d.dep_id = t.id) ",
+                    "THEN 1 ELSE 0 END AS BIGINT) AS has_dependents, ",
+                    "s.server_id AS s_server_id, s.kind AS s_kind, s.registered AS s_registered, ",
+                    "s.last_seen AS s_last_seen, s.created_at AS s_created_at ",
+                    "FROM tasks t LEFT JOIN servers s ON s.server_id = t.server_id ",
+                    "WHERE t.id IN ({})"
+                ),
+                Params::new(self.backend).list(list.len())
+            );
+            let mut q = query(sql, list.len() == MAX_IN, list.len());
+            for id in list.values() {
+                q = q.bind(id.to_string());
+            }
+            for row in q.fetch_all(&mut *self.tx).await? {
+                let flag: i64 = row.try_get("has_dependents")?;
+                out.push((decode(&row)?, flag != 0, ServerRow::from_joined(&row)?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Which of `names` a workflow's tasks already have.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn taken_names(
+        &mut self,
+        workflow: WorkflowId,
+        names: &[&str],
+    ) -> Result<Vec<String>, StoreError> {
+        let mut out = Vec::new();
+        for chunk in names.chunks(MAX_IN) {
+            let list = InList::new(chunk);
+            let mut p = Params::new(self.backend);
+            let sql = format!(
+                "SELECT name FROM tasks WHERE workflow_id = {} AND name IN ({})",
+                p.one(),
+                p.list(list.len())
+            );
+            let mut q = query(sql, list.len() == MAX_IN, list.len()).bind(workflow.to_string());
+            for n in list.values() {
+                q = q.bind(*n);
+            }
+            for row in q.fetch_all(&mut *self.tx).await? {
+                out.push(row.try_get("name")?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Running attempts whose last heartbeat is older than `cutoff`.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn silent_running(&mut self, cutoff: i64) -> Result<Vec<Task>, StoreError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            task_columns!(),
+            " FROM tasks WHERE state = 'running' AND COALESCE(last_heartbeat_at, started_at, 0) < $1 \
+             ORDER BY id LIMIT 1000"
+        ))
+        .bind(cutoff)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.iter().map(decode).collect()
+    }
+
+    /// Queued or running attempts published more than their `timeout_s`
+    /// (plus `grace_us`) before `now`.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn overdue(&mut self, now: i64, grace_us: i64) -> Result<Vec<Task>, StoreError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            task_columns!(),
+            " FROM tasks WHERE state IN ('queued', 'running') AND queued_at IS NOT NULL \
+             AND queued_at + timeout_s * 1000000 + $2 < $1 ORDER BY id LIMIT 1000"
+        ))
+        .bind(now)
+        .bind(grace_us)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.iter().map(decode).collect()
+    }
+}

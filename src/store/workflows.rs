@@ -1,0 +1,224 @@
+//! The `workflows` table: workflow rows, and their row locks, which order
+//! every transaction that changes a workflow's tasks (PostgreSQL; SQLite's
+//! one writer holds the whole database).
+
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use super::sql::{InList, MAX_IN, Params, query};
+use super::{Backend, Store, StoreError, WriteTx, parse_id};
+use crate::domain::{TaskId, Workflow, WorkflowId};
+
+macro_rules! workflow_columns {
+    () => {
+        "id, name, description, cancelled, created_at, updated_at"
+    };
+}
+
+fn decode(row: &AnyRow) -> Result<Workflow, StoreError> {
+    let id: String = row.try_get("id")?;
+    Ok(Workflow {
+        id: parse_id(&id)?,
+        name: row.try_get("name")?,
+        description: row.try_get("description")?,
+        cancelled: row.try_get::<i64, _>("cancelled")? != 0,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+impl Store {
+    /// # Errors
+    /// A database failure.
+    pub async fn workflow(&self, id: WorkflowId) -> Result<Option<Workflow>, StoreError> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            workflow_columns!(),
+            " FROM workflows WHERE id = $1"
+        ))
+        .bind(id.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(decode).transpose()
+    }
+
+    /// One page of workflows in creation order, after `marker`.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn workflows_after(
+        &self,
+        marker: Option<WorkflowId>,
+        limit: u32,
+    ) -> Result<Vec<Workflow>, StoreError> {
+        // Ids are UUIDv7: their text order is their creation order.
+        let marker = marker.map(|m| m.to_string()).unwrap_or_default();
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            workflow_columns!(),
+            " FROM workflows WHERE id > $1 ORDER BY id LIMIT $2"
+        ))
+        .bind(marker)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(decode).collect()
+    }
+}
+
+impl WriteTx {
+    /// # Errors
+    /// A database failure.
+    pub async fn insert_workflow(&mut self, w: &Workflow) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO workflows (id, name, description, cancelled, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(w.id.to_string())
+        .bind(&w.name)
+        .bind(&w.description)
+        .bind(i64::from(w.cancelled))
+        .bind(w.created_at)
+        .bind(w.updated_at)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    /// A workflow, locked until this transaction ends (on PostgreSQL; SQLite's
+    /// transactions hold the whole database): read it first, before any of
+    /// its tasks, in every transaction that changes them.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn workflow(&mut self, id: WorkflowId) -> Result<Option<Workflow>, StoreError> {
+        let sql = match self.backend {
+            Backend::Sqlite => concat!(
+                "SELECT ",
+                workflow_columns!(),
+                " FROM workflows WHERE id = $1"
+            ),
+            Backend::Postgres => concat!(
+                "SELECT ",
+                workflow_columns!(),
+                " FROM workflows WHERE id = $1 FOR UPDATE"
+            ),
+        };
+        let row = sqlx::query(sql)
+            .bind(id.to_string())
+            .fetch_optional(&mut *self.tx)
+            .await?;
+        row.as_ref().map(decode).transpose()
+    }
+
+    /// Writes name, description, cancelled and updated_at.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn update_workflow(&mut self, w: &Workflow) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE workflows SET name = $2, description = $3, cancelled = $4, updated_at = $5 \
+             WHERE id = $1",
+        )
+        .bind(w.id.to_string())
+        .bind(&w.name)
+        .bind(&w.description)
+        .bind(i64::from(w.cancelled))
+        .bind(w.updated_at)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Deletes a workflow with its tasks and their edges (outbox cancels stay).
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn delete_workflow(&mut self, id: WorkflowId) -> Result<(), StoreError> {
+        let id = id.to_string();
+        sqlx::query(
+            "DELETE FROM outbox WHERE kind = 'task' AND task_id IN \
+             (SELECT id FROM tasks WHERE workflow_id = $1)",
+        )
+        .bind(&id)
+        .execute(&mut *self.tx)
+        .await?;
+        sqlx::query(
+            "DELETE FROM task_deps WHERE task_id IN (SELECT id FROM tasks WHERE workflow_id = $1)",
+        )
+        .bind(&id)
+        .execute(&mut *self.tx)
+        .await?;
+        sqlx::query("DELETE FROM tasks WHERE workflow_id = $1")
+            .bind(&id)
+            .execute(&mut *self.tx)
+            .await?;
+        sqlx::query("DELETE FROM workflows WHERE id = $1")
+            .bind(&id)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    /// Locks, until this transaction ends, the workflows of `tasks` (see
+    /// [`WriteTx::workflow`]); call it before reading any of their rows.
+    /// The locks are taken in id order, the same for every transaction, so
+    /// two transactions locking overlapping sets cannot deadlock. A no-op on
+    /// SQLite, whose write transactions hold the whole database.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn lock_workflows_of(&mut self, tasks: &[TaskId]) -> Result<(), StoreError> {
+        if self.backend == Backend::Sqlite || tasks.is_empty() {
+            return Ok(());
+        }
+        // The rows are locked as the sorted scan returns them, in id order.
+        if tasks.len() <= MAX_IN {
+            // One statement (a reply batch, a relay round).
+            let list = InList::new(tasks);
+            let sql = format!(
+                "SELECT id FROM workflows WHERE id IN \
+                 (SELECT workflow_id FROM tasks WHERE id IN ({})) ORDER BY id FOR UPDATE",
+                Params::new(self.backend).list(list.len())
+            );
+            let mut q = query(sql, list.len() == MAX_IN, list.len());
+            for id in list.values() {
+                q = q.bind(id.to_string());
+            }
+            q.fetch_all(&mut *self.tx).await?;
+            return Ok(());
+        }
+        // More: find the workflows first (a task never changes workflow, so
+        // nothing read here goes stale), then lock them all in one order.
+        let mut workflows = Vec::new();
+        for chunk in tasks.chunks(MAX_IN) {
+            let list = InList::new(chunk);
+            let sql = format!(
+                "SELECT DISTINCT workflow_id FROM tasks WHERE id IN ({})",
+                Params::new(self.backend).list(list.len())
+            );
+            let mut q = query(sql, list.len() == MAX_IN, list.len());
+            for id in list.values() {
+                q = q.bind(id.to_string());
+            }
+            for row in q.fetch_all(&mut *self.tx).await? {
+                workflows.push(row.try_get::<String, _>("workflow_id")?);
+            }
+        }
+        workflows.sort_unstable();
+        workflows.dedup();
+        for chunk in workflows.chunks(MAX_IN) {
+            let list = InList::new(chunk);
+            let sql = format!(
+                "SELECT id FROM workflows WHERE id IN ({}) ORDER BY id FOR UPDATE",
+                Params::new(self.backend).list(list.len())
+            );
+            let mut q = query(sql, list.len() == MAX_IN, list.len());
+            for id in list.values() {
+                q = q.bind(id.as_str());
+            }
+            q.fetch_all(&mut *self.tx).await?;
+        }
+        Ok(())
+    }
+}
