@@ -1,40 +1,51 @@
-//! Exponential backoff with full jitter, for every reconnect loop.
+//! Exponential backoff with jitter, for every reconnect loop. The delays come
+//! from `backon`'s [`ExponentialBuilder`]; this type adds what the loops need
+//! around it: it never runs out, and [`Backoff::reset`] starts over after a
+//! success.
 
 use std::time::Duration;
 
-/// Delays of `base * 2^n`, capped, each drawn uniformly from `[cap/2, cap]` of
-/// the step so that many clients that lost the broker at once do not return
-/// at once.
-#[derive(Debug, Clone)]
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+
+/// Delays that double from `base` up to `max`, each drawn uniformly from
+/// `[step/2, step)` of its step so that many clients that lost the broker at
+/// once do not return at once.
+///
+/// backon's jitter adds a random part of the step on top of it (a delay in
+/// `[step, 2*step)`), so the builder is given half the base and half the cap:
+/// the delays then stay within `max`.
+#[derive(Debug)]
 pub struct Backoff {
-    base: Duration,
+    builder: ExponentialBuilder,
     max: Duration,
-    attempt: u32,
+    delays: ExponentialBackoff,
 }
 
 impl Backoff {
     pub fn new(base: Duration, max: Duration) -> Self {
+        let builder = ExponentialBuilder::new()
+            .with_factor(2.0)
+            .with_min_delay(base / 2)
+            .with_max_delay(max / 2)
+            .with_jitter()
+            .without_max_times();
         Self {
-            base,
+            builder,
             max,
-            attempt: 0,
+            delays: builder.build(),
         }
     }
 
     /// The next delay.
     pub fn next_delay(&mut self) -> Duration {
-        let step = self
-            .base
-            .saturating_mul(1u32 << self.attempt.min(16))
-            .min(self.max);
-        self.attempt = self.attempt.saturating_add(1);
-        let half = step / 2;
-        half + step.mul_f64(rand::random::<f64>() * 0.5)
+        // Without a maximum number of times the iterator does not end; the
+        // cap stands in should it ever do.
+        self.delays.next().unwrap_or(self.max).min(self.max)
     }
 
     /// Back to the shortest delay (after a success).
     pub fn reset(&mut self) {
-        self.attempt = 0;
+        self.delays = self.builder.build();
     }
 }
 
@@ -54,5 +65,25 @@ mod tests {
         assert!(b.next_delay() >= Duration::from_secs(1));
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn never_runs_out_and_stays_within_the_cap() {
+        let (base, max) = (Duration::from_millis(100), Duration::from_secs(10));
+        let mut b = Backoff::new(base, max);
+        let steps: Vec<Duration> = (0..10_000).map(|_| b.next_delay()).collect();
+        // 100 ms doubled reaches the 10 s cap at the 8th delay. backon
+        // computes in f32: allow a microsecond either way.
+        let slack = Duration::from_micros(1);
+        for (n, d) in steps.iter().enumerate() {
+            let step = base.saturating_mul(1u32 << n.min(16)).min(max);
+            assert!(
+                *d + slack >= step / 2 && *d <= step + slack,
+                "delay {n}: {d:?}"
+            );
+            assert!(*d <= max, "delay {n}: {d:?}");
+        }
+        let distinct: std::collections::HashSet<_> = steps[100..200].iter().collect();
+        assert!(distinct.len() > 50, "jittered, not fixed");
     }
 }

@@ -7,7 +7,7 @@
 //! - [`http`]: the HTTP client and the error a failed request becomes.
 //! - [`render`]: tables and the "why is it waiting?" explanation.
 //! - [`graph`]: Graphviz DOT and Mermaid renderings of a workflow.
-//! - [`sse`]: a small parser of `text/event-stream`.
+//! - [`sse`]: the events of a `text/event-stream` body (parsed by `sse-stream`).
 //! - [`watch`]: live progress of a workflow from its event stream.
 //!
 //! Exit codes scripts can rely on: 0 success; 1 the request failed (the
@@ -25,7 +25,7 @@ mod watch;
 pub use commands::{ServerArgs, TaskArgs, WorkflowArgs, run_server, run_task, run_workflow};
 pub use graph::{dot, mermaid};
 pub use http::{Client, ClientError};
-pub use sse::{SseEvent, SseParser};
+pub use sse::{SseError, SseEvent, sse_events};
 
 /// What a client command ends with, for the process exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,13 +11,14 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use reqwest::Method;
 use reqwest::header::ACCEPT;
 use serde_json::Value;
 
 use super::http::{Client, ClientError, segment};
-use super::sse::{SseEvent, SseParser};
+use super::sse::{SseEvent, sse_events};
 use super::{Outcome, render};
 
 /// Consecutive failed connection attempts before giving up.
@@ -188,7 +189,7 @@ pub async fn watch(client: &Client, wf: &str, json: bool) -> Result<Outcome, Cli
         if let Some(id) = progress.last_id {
             req = req.header("Last-Event-ID", id.to_string());
         }
-        let mut resp = match client.send(req, &events_path).await {
+        let resp = match client.send(req, &events_path).await {
             Ok(r) => r,
             Err(e @ ClientError::Transport { .. }) => {
                 failures += 1;
@@ -212,14 +213,12 @@ pub async fn watch(client: &Client, wf: &str, json: bool) -> Result<Outcome, Cli
             }
         };
         failures = 0;
-        let mut parser = SseParser::new();
+        let mut events = std::pin::pin!(sse_events(resp.bytes_stream()));
         // Until the stream closes without an `end`, or breaks: then resume
         // after the last id.
-        while let Ok(Some(bytes)) = resp.chunk().await {
-            for ev in parser.feed(&bytes) {
-                if let Some(outcome) = handle(&display, &name, &mut progress, ev) {
-                    return Ok(outcome);
-                }
+        while let Some(Ok(ev)) = events.next().await {
+            if let Some(outcome) = handle(&display, &name, &mut progress, ev) {
+                return Ok(outcome);
             }
         }
         failures += 1;

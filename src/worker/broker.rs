@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Worker, handler};
 use crate::broker::{BrokerError, declare_queue};
+use crate::config::SecretUrl;
 use crate::protocol::{CancelMessage, RpcRequest};
 
 const TASK_CONSUMER: &str = "bora-worker-tasks";
@@ -54,6 +55,19 @@ enum SessionError {
     Waiting(String),
     #[error("{0}")]
     Lost(&'static str),
+}
+
+/// The broker user of the URL, sent as `user_id` on every reply (the broker
+/// checks it against the authenticated user).
+///
+/// # Errors
+/// A URL that is not an AMQP URL.
+pub(super) fn broker_user(url: &SecretUrl) -> anyhow::Result<String> {
+    let uri: lapin::uri::AMQPUri = url
+        .expose()
+        .parse()
+        .map_err(|e| anyhow::anyhow!("invalid broker URL {url}: {e}"))?;
+    Ok(uri.authority.userinfo.username)
 }
 
 /// Keeps the worker connected until `stop` fires.

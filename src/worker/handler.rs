@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
-use tracing::Instrument;
 
 use super::Worker;
 use super::broker::SessionCtx;
@@ -24,7 +23,20 @@ use super::runner::Runner;
 use crate::domain::Delivery as DeliveryMode;
 use crate::protocol::{RpcReply, RpcRequest, TaskMessage, TaskResult, task_msg_id};
 
-/// Handles one delivery from the task queue to its end.
+/// Handles one delivery from the task queue to its end, inside a `task`
+/// span: `server_id` from the start, the workflow, task, attempt and group
+/// once the message is decoded (an undecodable one leaves them empty).
+#[tracing::instrument(
+    name = "task",
+    skip_all,
+    fields(
+        server_id = %worker.server_id,
+        workflow_id = tracing::field::Empty,
+        task_id = tracing::field::Empty,
+        attempt = tracing::field::Empty,
+        group = tracing::field::Empty,
+    )
+)]
 pub async fn handle(worker: Arc<Worker>, delivery: Delivery, session: SessionCtx) {
     let req = match RpcRequest::decode(&delivery.data) {
         Ok(req) => req,
@@ -36,27 +48,20 @@ pub async fn handle(worker: Arc<Worker>, delivery: Delivery, session: SessionCtx
             return bad_message(&worker, &delivery, req.msg_id.as_deref(), &e.to_string()).await;
         }
     };
+    let span = tracing::Span::current();
+    span.record("workflow_id", tracing::field::display(&task.workflow_id));
+    span.record("task_id", tracing::field::display(&task.id));
+    span.record("attempt", task.attempt);
+    span.record("group", tracing::field::display(&task.group));
     let msg_id = task_msg_id(task.id, task.attempt);
-    let span = tracing::info_span!(
-        "task",
-        workflow_id = %task.workflow_id,
-        task_id = %task.id,
-        server_id = %worker.server_id,
-        attempt = task.attempt,
-        group = %task.group,
-    );
     if task.server_id != worker.server_id {
         let why = format!(
             "task for server {} delivered to server {}",
             task.server_id, worker.server_id
         );
-        return bad_message(&worker, &delivery, Some(&msg_id), &why)
-            .instrument(span)
-            .await;
+        return bad_message(&worker, &delivery, Some(&msg_id), &why).await;
     }
-    handle_task(worker, delivery, session, task, msg_id)
-        .instrument(span)
-        .await;
+    handle_task(worker, delivery, session, task, msg_id).await;
 }
 
 async fn handle_task(

@@ -3,7 +3,8 @@
 //! heartbeats and the result to the dispatcher's reply exchange.
 //!
 //! # Layout
-//! - [`broker`]: connection, topology checks, consumers, reconnect with backoff.
+//! - [`broker`]: connection, topology checks, consumers, reconnect with backoff;
+//!   the user name of the broker URL.
 //! - [`publisher`]: replies with confirms and `user_id`; results kept across reconnects.
 //! - [`handler`]: the life of one task delivery (admit, ledger, started, ack, run, report).
 //! - [`runner`]: which runner a group gets, and how its output becomes a result.
@@ -37,6 +38,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{AmqpSettings, SecretUrl, Settings};
 use crate::domain::ServerId;
 use crate::protocol::{IDLE_HEARTBEAT_PREFIX, RpcReply};
+use broker::broker_user;
 use ledger::Ledger;
 use publisher::Publisher;
 use registry::Registry;
@@ -162,16 +164,6 @@ pub async fn run(
     let _ = connection.await;
     tracing::info!("worker stopped");
     Ok(())
-}
-
-/// The broker user of the URL, sent as `user_id` on every reply (the broker
-/// checks it against the authenticated user).
-fn broker_user(url: &SecretUrl) -> anyhow::Result<String> {
-    let uri: lapin::uri::AMQPUri = url
-        .expose()
-        .parse()
-        .map_err(|e| anyhow::anyhow!("invalid broker URL {url}: {e}"))?;
-    Ok(uri.authority.userinfo.username)
 }
 
 /// `<state_dir>/scratch` when it can be made (not /tmp: it may be `noexec`),

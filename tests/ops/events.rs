@@ -3,16 +3,17 @@
 
 use std::time::Duration;
 
-use bora::client::{SseEvent, SseParser};
+use std::pin::Pin;
+
+use bora::client::{SseError, SseEvent, sse_events};
+use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 use crate::helpers::*;
 
 /// An open event stream.
 struct Stream {
-    resp: reqwest::Response,
-    parser: SseParser,
-    buffered: std::collections::VecDeque<SseEvent>,
+    events: Pin<Box<dyn futures_util::Stream<Item = Result<SseEvent, SseError>> + Send>>,
 }
 
 impl Stream {
@@ -31,24 +32,16 @@ impl Stream {
             "text/event-stream"
         );
         Self {
-            resp,
-            parser: SseParser::new(),
-            buffered: Default::default(),
+            events: Box::pin(sse_events(resp.bytes_stream())),
         }
     }
 
     /// The next event; `None` when the stream closed.
     async fn next(&mut self) -> Option<SseEvent> {
-        loop {
-            if let Some(e) = self.buffered.pop_front() {
-                return Some(e);
-            }
-            let chunk = tokio::time::timeout(Duration::from_secs(20), self.resp.chunk())
-                .await
-                .expect("no event within 20 s")
-                .unwrap()?;
-            self.buffered.extend(self.parser.feed(&chunk));
-        }
+        tokio::time::timeout(Duration::from_secs(20), self.events.next())
+            .await
+            .expect("no event within 20 s")
+            .map(|e| e.unwrap())
     }
 
     /// Every event up to and including `end`, then asserts the stream closed.

@@ -95,6 +95,21 @@ async fn failing_script_reports_its_exit_code() {
     assert_eq!(r.error, None, "a task's own failure is not an error");
     assert_eq!(r.stdout, "before\n");
     assert_eq!(r.stderr, "oops\n");
+
+    // The handler's lines carry the task's span.
+    let log = app.log();
+    let finished = log
+        .lines()
+        .find(|l| l.contains("task finished"))
+        .unwrap_or_else(|| panic!("no 'task finished' line:\n{log}"));
+    for field in [
+        format!("workflow_id={}", t.workflow_id),
+        format!("task_id={}", t.id),
+        "attempt=1".to_owned(),
+        format!("server_id={}", t.server_id),
+    ] {
+        assert!(finished.contains(&field), "{field} not in {finished:?}");
+    }
 }
 
 #[tokio::test]
@@ -492,6 +507,15 @@ async fn bad_messages_are_dropped_answered_when_possible_and_counted() {
     app.result(&ok, SHORT).await;
     assert_eq!(app.queue_state(&q).await.0, 0);
     assert!(app.log().contains("bad_messages=3"), "{}", app.log());
+    // Even an undecodable message is handled inside a span naming the server.
+    let in_span = format!("task{{server_id={}}}", app.server_id);
+    assert!(
+        app.log()
+            .lines()
+            .any(|l| l.contains("bad message on the task queue") && l.contains(&in_span)),
+        "{}",
+        app.log()
+    );
     let _ = RpcRequest::decode(&body).unwrap();
 }
 
