@@ -58,17 +58,7 @@ impl ApiError {
 
     /// 422 listing every invalid field.
     pub fn validation(details: Vec<FieldError>) -> Self {
-        let message = details
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("; ");
-        Self {
-            status: StatusCode::UNPROCESSABLE_ENTITY,
-            code: "validation_failed",
-            message,
-            details,
-        }
+        AppError::validation(details).into()
     }
 }
 

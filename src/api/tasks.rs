@@ -143,13 +143,7 @@ pub(super) async fn show(
             Ok(Json(view).into_response())
         }
         Some("heat") => {
-            let result: Option<crate::protocol::TaskResult> = row
-                .result
-                .as_deref()
-                .map(serde_json::from_str)
-                .transpose()
-                .map_err(|e| crate::domain::Corrupt(format!("result: {e}")))?;
-            let result = result.ok_or_else(|| {
+            let result = crate::protocol::TaskResult::of_task(&row)?.ok_or_else(|| {
                 ApiError::new(
                     StatusCode::CONFLICT,
                     "no_result",

@@ -6,7 +6,7 @@ use tracing::instrument;
 
 use super::release::walk;
 use super::unit::UnitOfWork;
-use super::{App, AppError, now_us};
+use super::{App, AppError, locked_workflow, now_us};
 use crate::domain::{Task, TaskState, WorkflowId};
 use crate::store::WriteTx;
 
@@ -62,9 +62,7 @@ impl App {
     pub async fn cancel_task(&self, workflow: WorkflowId, reference: &str) -> Result<(), AppError> {
         let now = now_us();
         let mut tx = self.begin().await?;
-        tx.workflow(workflow)
-            .await?
-            .ok_or_else(|| AppError::NotFound(format!("workflow {workflow} not found")))?;
+        locked_workflow(&mut tx, workflow).await?;
         let task = tx
             .task_by_ref(workflow, reference)
             .await?
@@ -95,10 +93,7 @@ async fn cancel_all(
     workflow: WorkflowId,
     now: i64,
 ) -> Result<(), AppError> {
-    let mut wf = tx
-        .workflow(workflow)
-        .await?
-        .ok_or_else(|| AppError::NotFound(format!("workflow {workflow} not found")))?;
+    let mut wf = locked_workflow(tx, workflow).await?;
     if wf.cancel(now) {
         uow.workflow_event(workflow, "cancelled");
         uow.change_workflow(wf);

@@ -11,7 +11,7 @@ use tracing::instrument;
 use super::input::NewWorkflow;
 use super::release::decide;
 use super::unit::UnitOfWork;
-use super::{App, AppError, now_us};
+use super::{App, AppError, locked_workflow, now_us};
 use crate::domain::{
     FieldError, Task, TaskId, TaskSpec, TaskState, Workflow, WorkflowId, check_name,
     topological_order,
@@ -63,10 +63,7 @@ impl App {
     ) -> Result<Vec<TaskId>, AppError> {
         let now = now_us();
         let mut tx = self.begin().await?;
-        let wf = tx
-            .workflow(workflow)
-            .await?
-            .ok_or_else(|| AppError::NotFound(format!("workflow {workflow} not found")))?;
+        let wf = locked_workflow(&mut tx, workflow).await?;
         let existing = if tasks.is_empty() {
             0
         } else {

@@ -212,3 +212,14 @@ impl App {
         Ok(())
     }
 }
+
+/// The workflow `id`, locked until the transaction ends (see
+/// [`WriteTx::workflow`]): read first by every use case that changes it.
+async fn locked_workflow(
+    tx: &mut WriteTx,
+    id: crate::domain::WorkflowId,
+) -> Result<crate::domain::Workflow, AppError> {
+    tx.workflow(id)
+        .await?
+        .ok_or_else(|| AppError::NotFound(format!("workflow {id} not found")))
+}

@@ -9,7 +9,7 @@ use super::create::check_workflow_name;
 use super::input::{TaskPatch, WorkflowPatch};
 use super::release::evaluate;
 use super::unit::UnitOfWork;
-use super::{App, AppError, now_us};
+use super::{App, AppError, locked_workflow, now_us};
 use crate::domain::{TaskId, WorkflowId, creates_cycle};
 
 impl App {
@@ -25,10 +25,7 @@ impl App {
     ) -> Result<(), AppError> {
         let now = now_us();
         let mut tx = self.begin().await?;
-        let mut wf = tx
-            .workflow(workflow)
-            .await?
-            .ok_or_else(|| AppError::NotFound(format!("workflow {workflow} not found")))?;
+        let mut wf = locked_workflow(&mut tx, workflow).await?;
         if let Some(name) = patch.name {
             check_workflow_name(&name)?;
             wf.name = name;
@@ -57,10 +54,7 @@ impl App {
     ) -> Result<TaskId, AppError> {
         let now = now_us();
         let mut tx = self.begin().await?;
-        let wf = tx
-            .workflow(workflow)
-            .await?
-            .ok_or_else(|| AppError::NotFound(format!("workflow {workflow} not found")))?;
+        let wf = locked_workflow(&mut tx, workflow).await?;
         let mut task = tx
             .task_by_ref(workflow, reference)
             .await?

@@ -112,24 +112,12 @@ impl TaskView {
         server_online: bool,
     ) -> Result<Self, Corrupt> {
         let state = row.state();
-        let blocked_by = if state == TaskState::Waiting {
-            deps.iter()
-                .filter(|(_, s)| !s.is_terminal())
-                .map(|(n, _)| n.clone())
-                .collect()
-        } else {
-            Vec::new()
-        };
+        let blocked_by = crate::domain::blocked_by(state, deps);
         Ok(Self {
             inputs: row.inputs()?,
             outputs: row.outputs()?,
             options: row.options()?,
-            result: row
-                .result
-                .as_deref()
-                .map(serde_json::from_str)
-                .transpose()
-                .map_err(|e| Corrupt(format!("result: {e}")))?,
+            result: TaskResult::of_task(&row)?,
             id: row.id,
             workflow_id: row.workflow_id,
             name: row.name,

@@ -40,6 +40,20 @@ pub fn readiness(
     }
 }
 
+/// What a task in `state` waits for: the names of its unfinished
+/// dependencies among `dependencies` (name, state) while it is `waiting`,
+/// none otherwise.
+pub fn blocked_by(state: TaskState, dependencies: &[(String, TaskState)]) -> Vec<String> {
+    if state != TaskState::Waiting {
+        return Vec::new();
+    }
+    dependencies
+        .iter()
+        .filter(|(_, s)| !s.is_terminal())
+        .map(|(n, _)| n.clone())
+        .collect()
+}
+
 /// Kahn's algorithm over `edges[i]` = the batch indexes task `i` depends on.
 /// Returns dependencies before dependents, or the tasks left in a cycle.
 ///

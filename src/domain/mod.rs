@@ -15,7 +15,7 @@ pub mod state;
 pub mod task;
 pub mod workflow;
 
-pub use graph::{Readiness, creates_cycle, readiness, topological_order};
+pub use graph::{Readiness, blocked_by, creates_cycle, readiness, topological_order};
 pub use ids::{MAX_SERVER_ID_LEN, ServerId, TaskId, WorkflowId, broker_user, is_broker_user_of};
 pub use spec::{
     DEFAULT_TIMEOUT_S, Delivery, FieldError, MAX_GROUP_LEN, MAX_NAME_LEN, MAX_RETRIES,

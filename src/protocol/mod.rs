@@ -468,6 +468,18 @@ pub fn sha256_hex(data: &[u8]) -> String {
 }
 
 impl TaskResult {
+    /// The last result stored on `task`, if it has one.
+    ///
+    /// # Errors
+    /// The stored JSON does not parse.
+    pub fn of_task(task: &Task) -> Result<Option<Self>, Corrupt> {
+        task.result
+            .as_deref()
+            .map(serde_json::from_str)
+            .transpose()
+            .map_err(|e| Corrupt(format!("result: {e}")))
+    }
+
     /// A result that says only what went wrong outside the task itself.
     pub fn error(attempt: u32, message: impl Into<String>) -> Self {
         let mut r = Self::from_streams(attempt, -1, String::new(), String::new());

@@ -120,24 +120,12 @@ impl TaskEndPayload {
         server_last_seen: Option<i64>,
         server_online: bool,
     ) -> Result<Self, Corrupt> {
-        let mut result: Option<TaskResult> = task
-            .result
-            .as_deref()
-            .map(serde_json::from_str)
-            .transpose()
-            .map_err(|e| Corrupt(format!("result: {e}")))?;
+        let mut result: Option<TaskResult> = TaskResult::of_task(task)?;
         if let Some(r) = result.as_mut() {
             r.stdout.clear();
             r.stderr.clear();
         }
-        let blocked_by = if task.state() == TaskState::Waiting {
-            deps.iter()
-                .filter(|(_, s)| !s.is_terminal())
-                .map(|(n, _)| n.clone())
-                .collect()
-        } else {
-            Vec::new()
-        };
+        let blocked_by = crate::domain::blocked_by(task.state(), deps);
         Ok(Self {
             id: task.id,
             workflow_id: task.workflow_id,
