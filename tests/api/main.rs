@@ -5,6 +5,7 @@
 
 mod e2e;
 mod helpers;
+mod management;
 mod oslo;
 mod quorum;
 mod scanner;
