@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::helpers::*;
 
@@ -33,10 +33,6 @@ async fn start_worker(app: &TestApp, server: &str, extra: &[(&str, &str)]) -> Wo
     }
 }
 
-fn ts(v: &Value) -> chrono::DateTime<chrono::Utc> {
-    v.as_str().unwrap().parse().unwrap()
-}
-
 #[tokio::test]
 async fn the_proposal_flow_runs_end_to_end_on_two_workers() {
     let app = spawn_app().await;
@@ -58,26 +54,21 @@ async fn the_proposal_flow_runs_end_to_end_on_two_workers() {
             ]
         }))
         .await;
-    let id = wf["id"].as_str().unwrap().to_owned();
+    let id = wf.id();
     let wf = app.wait_workflow_state(&id, "succeeded").await;
-    assert_eq!(wf["task_counts"]["succeeded"], 4);
+    assert_eq!(wf.task_counts.succeeded, 4);
     let a = app.task(&id, "A").await;
     let b = app.task(&id, "B").await;
     let c = app.task(&id, "C").await;
-    assert_eq!(a["result"]["outputs"]["token"], "abc123");
-    assert!(
-        a["result"]["stdout"]
-            .as_str()
-            .unwrap()
-            .starts_with("A ran on")
-    );
-    assert_eq!(b["result"]["outputs"]["said"], "hello x3");
-    assert_eq!(c["result"]["stdout"], "C\n");
+    assert_eq!(a.result().outputs.get("token"), Some(&json!("abc123")));
+    assert!(a.result().stdout.starts_with("A ran on"), "{a:?}");
+    assert_eq!(b.result().outputs.get("said"), Some(&json!("hello x3")));
+    assert_eq!(c.result().stdout, "C\n");
     // Order: each dependent started only after its dependency finished.
-    assert!(ts(&b["started_at"]) >= ts(&a["finished_at"]));
-    assert!(ts(&c["started_at"]) >= ts(&b["finished_at"]));
+    assert!(b.started_at() >= a.finished_at());
+    assert!(c.started_at() >= b.finished_at());
     // Workers heartbeat: the servers are online.
-    assert_eq!(c["server_online"], true);
+    assert!(c.server_online, "{c:?}");
     let (_, heat) = app
         .get(&format!("/v1/workflows/{id}/tasks/B?format=heat"))
         .await;
@@ -104,21 +95,21 @@ async fn failures_timeouts_and_cancels_through_the_api() {
             ]
         }))
         .await;
-    let id = wf["id"].as_str().unwrap().to_owned();
+    let id = wf.id();
     let fails = app.wait_task_state(&id, "fails", "failed").await;
-    assert_eq!(fails["result"]["exit_code"], 3);
-    assert_eq!(fails["result"]["stderr"], "oops\n");
-    assert_eq!(fails["result"]["error"], Value::Null);
+    assert_eq!(fails.result().exit_code, 3);
+    assert_eq!(fails.result().stderr, "oops\n");
+    assert_eq!(fails.result().error, None);
     let slow = app.wait_task_state(&id, "slow", "timed_out").await;
-    assert_eq!(slow["result"]["timed_out"], true);
+    assert!(slow.result().timed_out, "{slow:?}");
     // Cancel the running `sleep 30`: the one slot frees at once for `after`.
     app.wait_task_state(&id, "long", "running").await;
     let (s, _) = app.delete(&format!("/v1/workflows/{id}/tasks/long")).await;
     assert_eq!(s, StatusCode::NO_CONTENT);
     let after = app.wait_task_state(&id, "after", "succeeded").await;
     let long = app.task(&id, "long").await;
-    assert_eq!(long["state"], "cancelled");
-    let waited = ts(&after["finished_at"]) - ts(&long["finished_at"]);
+    assert_eq!(long.state, "cancelled");
+    let waited = after.finished_at() - long.finished_at();
     println!(
         "cancel to next task finished: {} ms",
         waited.num_milliseconds()
@@ -128,7 +119,7 @@ async fn failures_timeouts_and_cancels_through_the_api() {
         "the cancelled sleep kept its slot"
     );
     let wf = app.wait_workflow_state(&id, "failed").await;
-    assert_eq!(wf["task_counts"]["timed_out"], 1);
+    assert_eq!(wf.task_counts.timed_out, 1);
     app.stop().await;
 }
 
@@ -145,9 +136,9 @@ async fn a_registered_guest_worker_runs_with_its_own_credentials() {
             {"name": "t", "server_id": server, "config": "echo from a least-privilege worker"}
         ]}))
         .await;
-    let id = wf["id"].as_str().unwrap().to_owned();
+    let id = wf.id();
     let t = app.wait_task_state(&id, "t", "succeeded").await;
-    assert_eq!(t["result"]["stdout"], "from a least-privilege worker\n");
+    assert_eq!(t.result().stdout, "from a least-privilege worker\n");
     // Its idle heartbeats count, so it shows online.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let (_, one) = app.get(&format!("/v1/servers/{server}")).await;

@@ -22,6 +22,9 @@ pub use mgmt::{MGMT, mgmt_put};
 #[path = "../common/store.rs"]
 mod store;
 pub use store::TestStore;
+#[path = "../common/views.rs"]
+pub mod views;
+pub use views::*;
 
 pub fn amqp_base() -> String {
     std::env::var("BORA_TEST_AMQP").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672".into())
@@ -212,52 +215,117 @@ impl TestApp {
         split(r).await
     }
 
-    /// Creates a workflow and returns its body (asserting 201).
-    pub async fn create_workflow(&self, body: Value) -> Value {
-        let (status, wf) = self.post("/v1/workflows", body).await;
-        assert_eq!(status, StatusCode::CREATED, "{wf}");
-        wf
+    /// Creates a workflow (asserting 201).
+    pub async fn create_workflow(&self, body: Value) -> WorkflowOut {
+        expect_body(
+            self.post("/v1/workflows", body).await,
+            StatusCode::CREATED,
+            "created workflow",
+        )
     }
 
-    pub async fn task(&self, wf: &str, task: &str) -> Value {
-        let (status, t) = self.get(&format!("/v1/workflows/{wf}/tasks/{task}")).await;
-        assert_eq!(status, StatusCode::OK, "{t}");
-        t
+    /// Adds a task to a workflow (asserting 201).
+    pub async fn add_task(&self, wf: &str, body: Value) -> TaskOut {
+        expect_body(
+            self.post(&format!("/v1/workflows/{wf}/tasks"), body).await,
+            StatusCode::CREATED,
+            "added task",
+        )
     }
 
-    pub async fn workflow(&self, wf: &str) -> Value {
-        let (status, w) = self.get(&format!("/v1/workflows/{wf}")).await;
-        assert_eq!(status, StatusCode::OK, "{w}");
-        w
+    /// A task by name or id (asserting 200).
+    pub async fn task(&self, wf: &str, task: &str) -> TaskOut {
+        expect_body(
+            self.get(&format!("/v1/workflows/{wf}/tasks/{task}")).await,
+            StatusCode::OK,
+            "task",
+        )
+    }
+
+    /// The tasks of a workflow; `query` is empty or starts with `?`.
+    pub async fn tasks(&self, wf: &str, query: &str) -> Vec<TaskOut> {
+        let list: TaskListOut = expect_body(
+            self.get(&format!("/v1/workflows/{wf}/tasks{query}")).await,
+            StatusCode::OK,
+            "task list",
+        );
+        list.tasks
+    }
+
+    /// PATCHes a task (asserting 200).
+    pub async fn patch_task(&self, wf: &str, task: &str, body: Value) -> TaskOut {
+        expect_body(
+            self.patch(&format!("/v1/workflows/{wf}/tasks/{task}"), body)
+                .await,
+            StatusCode::OK,
+            "patched task",
+        )
+    }
+
+    /// A workflow (asserting 200).
+    pub async fn workflow(&self, wf: &str) -> WorkflowOut {
+        expect_body(
+            self.get(&format!("/v1/workflows/{wf}")).await,
+            StatusCode::OK,
+            "workflow",
+        )
+    }
+
+    /// One page of workflows; `query` is empty or starts with `?`.
+    pub async fn workflows(&self, query: &str) -> WorkflowListOut {
+        expect_body(
+            self.get(&format!("/v1/workflows{query}")).await,
+            StatusCode::OK,
+            "workflow list",
+        )
+    }
+
+    /// PATCHes a workflow (asserting 200).
+    pub async fn patch_workflow(&self, wf: &str, body: Value) -> WorkflowOut {
+        expect_body(
+            self.patch(&format!("/v1/workflows/{wf}"), body).await,
+            StatusCode::OK,
+            "patched workflow",
+        )
+    }
+
+    /// Cancels a workflow (asserting 200).
+    pub async fn cancel_workflow(&self, wf: &str) -> WorkflowOut {
+        expect_body(
+            self.post(&format!("/v1/workflows/{wf}/cancel"), json!({}))
+                .await,
+            StatusCode::OK,
+            "cancelled workflow",
+        )
     }
 
     /// Polls until the task reaches `state`, returning it.
-    pub async fn wait_task_state(&self, wf: &str, task: &str, state: &str) -> Value {
+    pub async fn wait_task_state(&self, wf: &str, task: &str, state: &str) -> TaskOut {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let t = self.task(wf, task).await;
-            if t["state"] == state {
+            if t.state == state {
                 return t;
             }
             assert!(
                 Instant::now() < deadline,
-                "task {task} never reached {state}: {t}"
+                "task {task} never reached {state}: {t:?}"
             );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
 
     /// Polls until the workflow reaches `state`, returning it.
-    pub async fn wait_workflow_state(&self, wf: &str, state: &str) -> Value {
+    pub async fn wait_workflow_state(&self, wf: &str, state: &str) -> WorkflowOut {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let w = self.workflow(wf).await;
-            if w["state"] == state {
+            if w.state == state {
                 return w;
             }
             assert!(
                 Instant::now() < deadline,
-                "workflow never reached {state}: {w}"
+                "workflow never reached {state}: {w:?}"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -301,6 +369,17 @@ async fn split(r: reqwest::Response) -> (StatusCode, Value) {
         serde_json::from_str(&text).unwrap_or(Value::String(text))
     };
     (status, body)
+}
+
+/// Asserts a response's status and reads its body as `T`.
+pub fn expect_body<T: serde::de::DeserializeOwned>(
+    resp: (StatusCode, Value),
+    status: StatusCode,
+    what: &str,
+) -> T {
+    let (got, body) = resp;
+    assert_eq!(got, status, "{what}: {body}");
+    parse(what, body)
 }
 
 /// Asserts an error response: status and the JSON error body's code.

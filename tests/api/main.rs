@@ -18,25 +18,20 @@ use helpers::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-fn wf_id(wf: &Value) -> String {
-    wf["id"].as_str().unwrap().to_owned()
-}
-
 #[tokio::test]
 async fn proposal_flow_releases_tasks_in_dependency_order() {
     let app = spawn_app().await;
     // A on X; B on Y after A; C on X after B; D on Y in parallel.
     let wf = app.create_workflow(json!({"name": "proposal"})).await;
-    let id = wf_id(&wf);
-    assert_eq!(wf["state"], "empty");
+    let id = wf.id();
+    assert_eq!(wf.state, "empty");
     for body in [
         json!({"name": "A", "server_id": "server-x", "config": "echo a"}),
         json!({"name": "B", "server_id": "server-y", "depends_on": ["A"]}),
         json!({"name": "C", "server_id": "server-x", "depends_on": ["B"]}),
         json!({"name": "D", "server_id": "server-y"}),
     ] {
-        let (s, t) = app.post(&format!("/v1/workflows/{id}/tasks"), body).await;
-        assert_eq!(s, StatusCode::CREATED, "{t}");
+        app.add_task(&id, body).await;
     }
     let mut x = app.fake_worker("server-x").await;
     let mut y = app.fake_worker("server-y").await;
@@ -49,36 +44,35 @@ async fn proposal_flow_releases_tasks_in_dependency_order() {
     let d = y.next_task().await;
     assert_eq!(d.name, "D");
     let b_view = app.task(&id, "B").await;
-    assert_eq!(b_view["state"], "waiting");
-    assert_eq!(b_view["blocked_by"], json!(["A"]));
-    assert_eq!(b_view["depends_on"], json!(["A"]));
+    assert_eq!(b_view.state, "waiting");
+    assert_eq!(b_view.blocked_by, ["A"]);
+    assert_eq!(b_view.depends_on, ["A"]);
     app.wait_task_state(&id, "A", "queued").await;
 
     x.started(&a).await;
     let a_view = app.wait_task_state(&id, "A", "running").await;
-    assert!(a_view["started_at"].is_string());
-    assert_eq!(a_view["server_online"], true);
+    assert!(a_view.started_at.is_some(), "{a_view:?}");
+    assert!(a_view.server_online, "{a_view:?}");
     y.expect_nothing(Duration::from_millis(300)).await;
     x.finish(&a, 0).await;
 
     let b = y.next_task().await;
     assert_eq!(b.name, "B");
     let a_view = app.task(&id, "A").await;
-    assert_eq!(a_view["state"], "succeeded");
-    assert_eq!(a_view["result"]["exit_code"], 0);
-    assert_eq!(a_view["result"]["stdout"], "out\n");
+    assert_eq!(a_view.state, "succeeded");
+    assert_eq!(a_view.result().exit_code, 0);
+    assert_eq!(a_view.result().stdout, "out\n");
     x.expect_nothing(Duration::from_millis(300)).await;
     y.finish(&d, 0).await;
     y.finish(&b, 0).await;
 
     let c = x.next_task().await;
     assert_eq!(c.name, "C");
-    let wf = app.workflow(&id).await;
-    assert_eq!(wf["state"], "running");
+    assert_eq!(app.workflow(&id).await.state, "running");
     x.finish(&c, 0).await;
     let wf = app.wait_workflow_state(&id, "succeeded").await;
-    assert_eq!(wf["task_counts"]["succeeded"], 4);
-    assert_eq!(wf["task_counts"]["waiting"], 0);
+    assert_eq!(wf.task_counts.succeeded, 4);
+    assert_eq!(wf.task_counts.waiting, 0);
     app.stop().await;
 }
 
@@ -96,10 +90,10 @@ async fn batch_creation_accepts_forward_references() {
             ]
         }))
         .await;
-    let id = wf_id(&wf);
-    assert_eq!(wf["description"], "refs in any order");
-    assert_eq!(wf["tasks"].as_array().unwrap().len(), 3);
-    assert_eq!(wf["task_counts"]["waiting"], 3);
+    let id = wf.id();
+    assert_eq!(wf.description.as_deref(), Some("refs in any order"));
+    assert_eq!(wf.tasks.as_ref().map(Vec::len), Some(3), "{wf:?}");
+    assert_eq!(wf.task_counts.waiting, 3);
     let mut w = app.fake_worker("s1").await;
     for expected in ["first", "middle", "last"] {
         let t = w.next_task().await;
@@ -117,7 +111,7 @@ async fn task_added_after_its_dependency_finished_runs_at_once() {
     let wf = app
         .create_workflow(json!({"name": "late", "tasks": [{"name": "a", "server_id": "s"}]}))
         .await;
-    let id = wf_id(&wf);
+    let id = wf.id();
     let mut w = app.fake_worker("s").await;
     let a = w.next_task().await;
     w.finish(&a, 0).await;
@@ -125,18 +119,17 @@ async fn task_added_after_its_dependency_finished_runs_at_once() {
 
     // Depend on it by id this time.
     let a_id = a.id.to_string();
-    let (s, b) = app
-        .post(
-            &format!("/v1/workflows/{id}/tasks"),
+    let b = app
+        .add_task(
+            &id,
             json!({"name": "b", "server_id": "s", "depends_on": [a_id]}),
         )
         .await;
-    assert_eq!(s, StatusCode::CREATED, "{b}");
-    assert_eq!(b["depends_on"], json!(["a"]));
-    assert_eq!(b["blocked_by"], json!([]));
+    assert_eq!(b.depends_on, ["a"]);
+    assert!(b.blocked_by.is_empty(), "{b:?}");
     let bt = w.next_task().await;
     assert_eq!(bt.name, "b");
-    assert_eq!(app.workflow(&id).await["state"], "running");
+    assert_eq!(app.workflow(&id).await.state, "running");
     w.finish(&bt, 0).await;
     app.wait_workflow_state(&id, "succeeded").await;
     app.stop().await;
@@ -157,14 +150,14 @@ async fn failure_skips_dependents_down_the_chain_unless_they_run_anyway() {
             ]
         }))
         .await;
-    let id = wf_id(&wf);
+    let id = wf.id();
     let mut w = app.fake_worker("s").await;
     let a = w.next_task().await;
     w.finish(&a, 3).await;
     let a_view = app.wait_task_state(&id, "a", "failed").await;
-    assert_eq!(a_view["result"]["exit_code"], 3);
-    assert_eq!(app.task(&id, "b").await["state"], "skipped");
-    assert_eq!(app.task(&id, "c").await["state"], "skipped");
+    assert_eq!(a_view.result().exit_code, 3);
+    assert_eq!(app.task(&id, "b").await.state, "skipped");
+    assert_eq!(app.task(&id, "c").await.state, "skipped");
     // cleanup runs although c was skipped.
     let cleanup = w.next_task().await;
     assert_eq!(cleanup.name, "cleanup");
@@ -173,20 +166,19 @@ async fn failure_skips_dependents_down_the_chain_unless_they_run_anyway() {
     assert_eq!(last.name, "after-cleanup");
     w.finish(&last, 0).await;
     let wf = app.wait_workflow_state(&id, "failed").await;
-    let counts = &wf["task_counts"];
-    assert_eq!(counts["failed"], 1);
-    assert_eq!(counts["skipped"], 2);
-    assert_eq!(counts["succeeded"], 2);
+    let counts = &wf.task_counts;
+    assert_eq!(counts.failed, 1);
+    assert_eq!(counts.skipped, 2);
+    assert_eq!(counts.succeeded, 2);
 
     // A task added later that depends on the failed task is skipped at once.
-    let (s, t) = app
-        .post(
-            &format!("/v1/workflows/{id}/tasks"),
+    let t = app
+        .add_task(
+            &id,
             json!({"name": "late", "server_id": "s", "depends_on": ["a"]}),
         )
         .await;
-    assert_eq!(s, StatusCode::CREATED);
-    assert_eq!(t["state"], "skipped");
+    assert_eq!(t.state, "skipped");
     app.stop().await;
 }
 
@@ -203,7 +195,7 @@ async fn error_outputs_errors_and_retries() {
             ]
         }))
         .await;
-    let id = wf_id(&wf);
+    let id = wf.id();
     let mut w = app.fake_worker("s").await;
     for _ in 0..3 {
         let t = w.next_task().await;
@@ -231,13 +223,16 @@ async fn error_outputs_errors_and_retries() {
     assert_eq!(retry.attempt, 2);
     w.finish(&retry, 0).await;
     let t = app.wait_task_state(&id, "flaky", "succeeded").await;
-    assert_eq!(t["attempt"], 2);
-    assert_eq!(t["result"]["attempt"], 2);
+    assert_eq!(t.attempt, 2);
+    assert_eq!(t.result().attempt, 2);
     let t = app.wait_task_state(&id, "erroutput", "failed").await;
-    assert_eq!(t["result"]["outputs"]["out"], "42");
+    assert_eq!(t.result().outputs.get("out"), Some(&json!("42")));
     let t = app.wait_task_state(&id, "broken", "failed").await;
-    assert_eq!(t["result"]["error"], "no runner for group nope");
-    assert_eq!(t["result"]["exit_code"], -1);
+    assert_eq!(
+        t.result().error.as_deref(),
+        Some("no runner for group nope")
+    );
+    assert_eq!(t.result().exit_code, -1);
     app.stop().await;
 }
 
@@ -247,12 +242,12 @@ async fn heat_format_and_lookup_by_id_or_name() {
     let wf = app
         .create_workflow(json!({"name": "heat", "tasks": [{"name": "deploy", "server_id": "s", "outputs": ["result"]}]}))
         .await;
-    let id = wf_id(&wf);
+    let id = wf.id();
     let mut w = app.fake_worker("s").await;
     let t = w.next_task().await;
     let by_name = app.task(&id, "deploy").await;
     let by_id = app.task(&id, &t.id.to_string()).await;
-    assert_eq!(by_name["id"], by_id["id"]);
+    assert_eq!(by_name.id, by_id.id);
     let (s, body) = app
         .get(&format!("/v1/workflows/{id}/tasks/deploy?format=heat"))
         .await;
@@ -270,9 +265,9 @@ async fn heat_format_and_lookup_by_id_or_name() {
         json!({"deploy_stdout": "done\n", "deploy_stderr": "warn\n", "deploy_status_code": 0, "result": "ok"})
     );
     let t = app.task(&id, "deploy").await;
-    assert_eq!(t["result"]["stdout_bytes"], 5);
+    assert_eq!(t.result().stdout_bytes, 5);
     assert_eq!(
-        t["result"]["stdout_sha256"],
+        t.result().stdout_sha256,
         bora::protocol::sha256_hex(b"done\n")
     );
     app.stop().await;
@@ -286,12 +281,12 @@ async fn tasks_wait_in_the_queue_of_a_server_without_worker() {
             json!({"name": "late-worker", "tasks": [{"name": "t", "server_id": "sleepy"}]}),
         )
         .await;
-    let id = wf_id(&wf);
+    let id = wf.id();
     app.wait_task_state(&id, "t", "queued").await;
     let queue = app.settings.amqp.task_queue("sleepy");
     assert_eq!(app.vhost.queue_depth(&queue).await, 1);
     let t = app.task(&id, "t").await;
-    assert_eq!(t["server_online"], false);
+    assert!(!t.server_online, "{t:?}");
     // The message is a persistent oslo call with no expiration.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut w = app.fake_worker("sleepy").await;
@@ -314,17 +309,14 @@ async fn cancel_reaches_the_worker_and_ends_the_workflow() {
             ]
         }))
         .await;
-    let id = wf_id(&wf);
+    let id = wf.id();
     let mut w = app.fake_worker("s").await;
     let long = w.next_task().await;
     w.started(&long).await;
     app.wait_task_state(&id, "long", "running").await;
-    let (s, wf) = app
-        .post(&format!("/v1/workflows/{id}/cancel"), json!({}))
-        .await;
-    assert_eq!(s, StatusCode::OK, "{wf}");
-    assert_eq!(wf["state"], "cancelled");
-    assert_eq!(wf["task_counts"]["cancelled"], 2);
+    let wf = app.cancel_workflow(&id).await;
+    assert_eq!(wf.state, "cancelled");
+    assert_eq!(wf.task_counts.cancelled, 2);
     // The cancel travels on the server's control queue.
     let req = app.next_cancel("s").await;
     assert_eq!(req.method, "cancel_task");
@@ -333,7 +325,7 @@ async fn cancel_reaches_the_worker_and_ends_the_workflow() {
     // A late result for the cancelled attempt changes nothing.
     w.finish(&long, 0).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(app.task(&id, "long").await["state"], "cancelled");
+    assert_eq!(app.task(&id, "long").await.state, "cancelled");
     // A cancelled workflow takes no new tasks.
     let r = app
         .post(
@@ -358,17 +350,13 @@ async fn patch_and_delete_of_tasks_and_workflows() {
             ]
         }))
         .await;
-    let id = wf_id(&wf);
+    let id = wf.id();
     // PATCH of a waiting task.
-    let (s, b) = app
-        .patch(
-            &format!("/v1/workflows/{id}/tasks/b"),
-            json!({"config": "echo patched", "timeout_s": 60}),
-        )
+    let b = app
+        .patch_task(&id, "b", json!({"config": "echo patched", "timeout_s": 60}))
         .await;
-    assert_eq!(s, StatusCode::OK, "{b}");
-    assert_eq!(b["config"], "echo patched");
-    assert_eq!(b["timeout_s"], 60);
+    assert_eq!(b.config, "echo patched");
+    assert_eq!(b.timeout_s, 60);
     // a was published: no longer patchable.
     app.wait_task_state(&id, "a", "queued").await;
     let r = app
@@ -379,13 +367,7 @@ async fn patch_and_delete_of_tasks_and_workflows() {
         .await;
     assert_error(&r, StatusCode::CONFLICT, "task_not_waiting");
     // A cycle through PATCH is refused.
-    let r = app
-        .patch(
-            &format!("/v1/workflows/{id}/tasks/b"),
-            json!({"depends_on": ["c"]}),
-        )
-        .await;
-    assert_eq!(r.0, StatusCode::OK, "{}", r.1);
+    app.patch_task(&id, "b", json!({"depends_on": ["c"]})).await;
     let r = app
         .patch(
             &format!("/v1/workflows/{id}/tasks/c"),
@@ -398,23 +380,19 @@ async fn patch_and_delete_of_tasks_and_workflows() {
     assert_eq!(s, StatusCode::NO_CONTENT);
     let (s, _) = app.get(&format!("/v1/workflows/{id}/tasks/c")).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
-    assert_eq!(app.task(&id, "b").await["state"], "skipped");
+    assert_eq!(app.task(&id, "b").await.state, "skipped");
     // DELETE of a published task cancels it and keeps the record.
     let (s, _) = app.delete(&format!("/v1/workflows/{id}/tasks/a")).await;
     assert_eq!(s, StatusCode::NO_CONTENT);
-    assert_eq!(app.task(&id, "a").await["state"], "cancelled");
+    assert_eq!(app.task(&id, "a").await.state, "cancelled");
     let r = app.delete(&format!("/v1/workflows/{id}/tasks/a")).await;
     assert_error(&r, StatusCode::CONFLICT, "task_finished");
     // PATCH of the workflow.
-    let (s, w) = app
-        .patch(
-            &format!("/v1/workflows/{id}"),
-            json!({"name": "renamed", "description": "d"}),
-        )
+    let w = app
+        .patch_workflow(&id, json!({"name": "renamed", "description": "d"}))
         .await;
-    assert_eq!(s, StatusCode::OK);
-    assert_eq!(w["name"], "renamed");
-    assert_eq!(w["description"], "d");
+    assert_eq!(w.name, "renamed");
+    assert_eq!(w.description.as_deref(), Some("d"));
     // DELETE of the workflow.
     let (s, _) = app.delete(&format!("/v1/workflows/{id}")).await;
     assert_eq!(s, StatusCode::NO_CONTENT);
@@ -429,52 +407,35 @@ async fn listing_filters_and_pages() {
     let mut ids = Vec::new();
     for i in 0..5 {
         let wf = app.create_workflow(json!({"name": format!("wf{i}")})).await;
-        ids.push(wf_id(&wf));
+        ids.push(wf.id());
     }
     let wf = app
         .create_workflow(json!({"name": "busy", "tasks": [
             {"name": "x", "server_id": "s1"}, {"name": "y", "server_id": "s2"}
         ]}))
         .await;
-    let busy = wf_id(&wf);
-    let (s, page1) = app.get("/v1/workflows?limit=2").await;
-    assert_eq!(s, StatusCode::OK);
-    let names: Vec<&str> = page1["workflows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| w["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, ["wf0", "wf1"]);
-    let marker = page1["next_marker"].as_str().unwrap();
-    let (_, page2) = app
-        .get(&format!("/v1/workflows?limit=2&marker={marker}"))
-        .await;
-    assert_eq!(page2["workflows"][0]["name"], "wf2");
-    let (_, all) = app.get("/v1/workflows?limit=100").await;
-    assert_eq!(all["workflows"].as_array().unwrap().len(), 6);
-    assert_eq!(all["next_marker"], Value::Null);
-    let (_, running) = app.get("/v1/workflows?state=running").await;
-    assert_eq!(running["workflows"].as_array().unwrap().len(), 1);
-    assert_eq!(running["workflows"][0]["id"], busy.as_str());
-    let (_, empty) = app.get("/v1/workflows?state=empty&limit=3").await;
-    assert_eq!(empty["workflows"].as_array().unwrap().len(), 3);
-    assert!(empty["next_marker"].is_string());
+    let busy = wf.id();
+    let page1 = app.workflows("?limit=2").await;
+    assert_eq!(page1.names(), ["wf0", "wf1"]);
+    let marker = page1.next_marker.expect("a next page");
+    let page2 = app.workflows(&format!("?limit=2&marker={marker}")).await;
+    assert_eq!(page2.workflows[0].name, "wf2");
+    let all = app.workflows("?limit=100").await;
+    assert_eq!(all.workflows.len(), 6);
+    assert_eq!(all.next_marker, None);
+    let running = app.workflows("?state=running").await;
+    assert_eq!(running.workflows.len(), 1);
+    assert_eq!(running.workflows[0].id(), busy);
+    let empty = app.workflows("?state=empty&limit=3").await;
+    assert_eq!(empty.workflows.len(), 3);
+    assert!(empty.next_marker.is_some());
 
-    let (_, tasks) = app
-        .get(&format!("/v1/workflows/{busy}/tasks?server_id=s2"))
-        .await;
-    assert_eq!(tasks["tasks"].as_array().unwrap().len(), 1);
-    assert_eq!(tasks["tasks"][0]["name"], "y");
+    let tasks = app.tasks(&busy, "?server_id=s2").await;
+    assert_eq!(tasks.len(), 1);
+    assert_eq!(tasks[0].name, "y");
     app.wait_task_state(&busy, "x", "queued").await;
-    let (_, tasks) = app
-        .get(&format!("/v1/workflows/{busy}/tasks?state=queued"))
-        .await;
-    assert_eq!(tasks["tasks"].as_array().unwrap().len(), 2);
-    let (_, tasks) = app
-        .get(&format!("/v1/workflows/{busy}/tasks?state=running"))
-        .await;
-    assert_eq!(tasks["tasks"].as_array().unwrap().len(), 0);
+    assert_eq!(app.tasks(&busy, "?state=queued").await.len(), 2);
+    assert_eq!(app.tasks(&busy, "?state=running").await.len(), 0);
     app.stop().await;
 }
 
@@ -484,7 +445,7 @@ async fn every_client_error_has_its_status_and_json_body() {
     let wf = app
         .create_workflow(json!({"name": "errors", "tasks": [{"name": "a", "server_id": "s"}]}))
         .await;
-    let id = wf_id(&wf);
+    let id = wf.id();
     let tasks = format!("/v1/workflows/{id}/tasks");
 
     // 400: not JSON.
@@ -592,8 +553,7 @@ async fn every_client_error_has_its_status_and_json_body() {
         .await;
     assert_error(&r, StatusCode::UNPROCESSABLE_ENTITY, "dependency_cycle");
     // Nothing of a refused batch was created.
-    let (_, list) = app.get("/v1/workflows?limit=100").await;
-    assert_eq!(list["workflows"].as_array().unwrap().len(), 1);
+    assert_eq!(app.workflows("?limit=100").await.workflows.len(), 1);
     // 422: bad query parameters.
     let r = app.get("/v1/workflows?limit=0").await;
     assert_error(&r, StatusCode::UNPROCESSABLE_ENTITY, "invalid_query");
@@ -627,7 +587,7 @@ async fn bad_replies_are_dropped_and_counted_and_the_next_result_is_fine() {
     let wf = app
         .create_workflow(json!({"name": "poison", "tasks": [{"name": "t", "server_id": "s"}]}))
         .await;
-    let id = wf_id(&wf);
+    let id = wf.id();
     let mut w = app.fake_worker("s").await;
     let t = w.next_task().await;
     w.send_raw(b"not json at all").await;
@@ -655,7 +615,7 @@ async fn bad_replies_are_dropped_and_counted_and_the_next_result_is_fine() {
     // The duplicate of a recorded result is dropped too.
     w.finish(&t, 1).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(app.task(&id, "t").await["state"], "succeeded");
+    assert_eq!(app.task(&id, "t").await.state, "succeeded");
     let (_, metrics) = app.get("/metrics").await;
     let text = metrics.as_str().unwrap_or_default().to_owned();
     for reason in [
@@ -786,7 +746,7 @@ async fn task_and_workflow_ends_are_announced_as_oslo_notifications() {
             {"name": "bad", "server_id": "s", "depends_on": ["ok"]}
         ]}))
         .await;
-    let id = wf_id(&wf);
+    let id = wf.id();
     let mut w = app.fake_worker("s").await;
     let ok = w.next_task().await;
     w.finish(&ok, 0).await;

@@ -100,26 +100,23 @@ async fn an_oslo_rpc_server_works_as_a_worker_in_a_chain_with_a_bora_worker() {
             {"name": "boom", "server_id": "oslo-1", "config": "raise"}
         ]}))
         .await;
-    let id = wf["id"].as_str().unwrap().to_owned();
+    let id = wf.id();
     let wf = app.wait_workflow_state(&id, "failed").await;
-    assert_eq!(wf["task_counts"]["succeeded"], 3, "{wf}");
+    assert_eq!(wf.task_counts.succeeded, 3, "{wf:?}");
     let b = app.task(&id, "b").await;
-    assert_eq!(b["state"], "succeeded");
-    assert_eq!(b["result"]["stdout"], "ran b on oslo-1\n");
-    assert_eq!(b["result"]["outputs"]["echo"], "hi");
+    assert_eq!(b.state, "succeeded");
+    assert_eq!(b.result().stdout, "ran b on oslo-1\n");
+    assert_eq!(b.result().outputs.get("echo"), Some(&json!("hi")));
     let c = app.task(&id, "c").await;
-    let at = |v: &Value| {
-        v.as_str()
-            .unwrap()
-            .parse::<chrono::DateTime<chrono::Utc>>()
-            .unwrap()
-    };
-    assert!(at(&b["started_at"]) >= at(&app.task(&id, "a").await["finished_at"]));
-    assert!(at(&c["started_at"]) >= at(&b["finished_at"]));
+    assert!(b.started_at() >= app.task(&id, "a").await.finished_at());
+    assert!(c.started_at() >= b.finished_at());
     // An exception in the oslo endpoint is a failed task naming it.
     let boom = app.task(&id, "boom").await;
-    assert_eq!(boom["state"], "failed");
-    assert_eq!(boom["result"]["error"], "ValueError: boom from oslo");
+    assert_eq!(boom.state, "failed");
+    assert_eq!(
+        boom.result().error.as_deref(),
+        Some("ValueError: boom from oslo")
+    );
     app.stop().await;
 }
 
@@ -150,7 +147,7 @@ async fn an_oslo_rpc_client_drives_bora_through_bora_api() {
         assert!(summary["not_found"].as_str().unwrap().contains("not found"));
         assert!(summary["invalid"].as_str().unwrap().contains("server_id"));
         let wf = app.workflow(summary["workflow"].as_str().unwrap()).await;
-        assert_eq!(wf["state"], "succeeded");
+        assert_eq!(wf.state, "succeeded");
     }
     app.stop().await;
 }
@@ -165,7 +162,7 @@ async fn an_oslo_notification_listener_follows_task_and_workflow_ends() {
             {"name": "two", "server_id": "n-1", "config": "exit 4", "depends_on": ["one"]}
         ]}))
         .await;
-    let id = wf["id"].as_str().unwrap().to_owned();
+    let id = wf.id();
     let url = oslo_url(&app);
     let (mut listener, mut lines) = start_python(
         &[

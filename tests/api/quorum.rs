@@ -73,10 +73,6 @@ async fn queue_info(app: &TestApp, queue: &str) -> Value {
     mgmt_get(&format!("queues/{}/{queue}", app.vhost.name)).await
 }
 
-fn wf_id(wf: &Value) -> String {
-    wf["id"].as_str().unwrap().to_owned()
-}
-
 #[tokio::test]
 async fn a_workflow_runs_end_to_end_on_quorum_queues() {
     let app = spawn_app_with(&QUORUM).await;
@@ -92,19 +88,15 @@ async fn a_workflow_runs_end_to_end_on_quorum_queues() {
             ]
         }))
         .await;
-    let id = wf_id(&wf);
+    let id = wf.id();
     let wf = app.wait_workflow_state(&id, "succeeded").await;
-    assert_eq!(wf["task_counts"]["succeeded"], 2);
+    assert_eq!(wf.task_counts.succeeded, 2);
     let first = app.task(&id, "first").await;
     let second = app.task(&id, "second").await;
-    assert_eq!(first["result"]["outputs"]["v"], "42");
-    assert_eq!(second["result"]["stdout"], "second\n");
-    let started: chrono::DateTime<chrono::Utc> =
-        second["started_at"].as_str().unwrap().parse().unwrap();
-    let finished: chrono::DateTime<chrono::Utc> =
-        first["finished_at"].as_str().unwrap().parse().unwrap();
+    assert_eq!(first.result().outputs.get("v"), Some(&json!("42")));
+    assert_eq!(second.result().stdout, "second\n");
     assert!(
-        started >= finished,
+        second.started_at() >= first.finished_at(),
         "the dependent ran before its dependency"
     );
 
@@ -177,7 +169,7 @@ async fn the_delivery_limit_stops_a_message_requeued_forever() {
             {"name": "p", "server_id": "poisoned", "timeout_s": 1}
         ]}))
         .await;
-    let id = wf_id(&wf);
+    let id = wf.id();
     app.wait_task_state(&id, "p", "queued").await;
     let queue = app.settings.amqp.task_queue("poisoned");
     assert_eq!(
@@ -244,7 +236,7 @@ async fn the_delivery_limit_stops_a_message_requeued_forever() {
 
     // The dispatcher never hears of it again: its deadline ends the attempt.
     let t = app.wait_task_state(&id, "p", "timed_out").await;
-    assert_eq!(t["attempt"], 1);
+    assert_eq!(t.attempt, 1);
     app.stop().await;
 }
 
@@ -257,7 +249,7 @@ async fn a_worker_reports_a_queue_of_the_other_type_and_still_runs_tasks() {
             {"name": "t", "server_id": "mixed", "config": "echo ran"}
         ]}))
         .await;
-    let id = wf_id(&wf);
+    let id = wf.id();
     app.wait_task_state(&id, "t", "queued").await;
     let queue = app.settings.amqp.task_queue("mixed");
     assert_eq!(queue_info(&app, &queue).await["type"], "classic");
@@ -277,7 +269,7 @@ async fn a_worker_reports_a_queue_of_the_other_type_and_still_runs_tasks() {
     }
     // A stale setting never stops work: the existing queue is consumed.
     let t = app.wait_task_state(&id, "t", "succeeded").await;
-    assert_eq!(t["result"]["stdout"], "ran\n");
+    assert_eq!(t.result().stdout, "ran\n");
     app.stop().await;
 }
 
@@ -373,13 +365,13 @@ async fn a_queue_of_the_other_type_holds_back_only_its_own_server() {
             {"name": "on-new", "server_id": "new", "config": "echo new"}
         ]}))
         .await;
-    let id = wf_id(&wf);
+    let id = wf.id();
     let _w = start_worker(&app, "new", &QUORUM);
     // The refused queue does not stop the relay: the other server's task runs.
     let t = app.wait_task_state(&id, "on-new", "succeeded").await;
-    assert_eq!(t["result"]["stdout"], "new\n");
+    assert_eq!(t.result().stdout, "new\n");
     let old = app.task(&id, "on-old").await;
-    assert_eq!(old["state"], "waiting", "{old}");
+    assert_eq!(old.state, "waiting", "{old:?}");
     assert_eq!(
         app.vhost
             .queue_depth(&app.settings.amqp.task_queue("old"))

@@ -18,7 +18,7 @@ async fn a_silent_worker_loses_its_attempt_and_the_task_runs_again() {
             json!({"name": "lost", "tasks": [{"name": "t", "server_id": "s", "retries": 0}]}),
         )
         .await;
-    let id = wf["id"].as_str().unwrap().to_owned();
+    let id = wf.id();
     let mut w = app.fake_worker("s").await;
     let first = w.next_task().await;
     w.started(&first).await;
@@ -35,13 +35,13 @@ async fn a_silent_worker_loses_its_attempt_and_the_task_runs_again() {
     w.started(&second).await;
     // Silent again: redeliveries (1) are used up, so it fails.
     let t = app.wait_task_state(&id, "t", "failed").await;
-    assert_eq!(t["attempt"], 2);
+    assert_eq!(t.attempt, 2);
     assert!(
-        t["result"]["error"]
-            .as_str()
-            .unwrap()
-            .starts_with("worker lost"),
-        "{t}"
+        t.result()
+            .error
+            .as_deref()
+            .is_some_and(|e| e.starts_with("worker lost")),
+        "{t:?}"
     );
     app.stop().await;
 }
@@ -54,18 +54,18 @@ async fn an_at_most_once_task_is_never_sent_again_after_its_worker_is_lost() {
             {"name": "t", "server_id": "s", "delivery": "at_most_once", "retries": 3}
         ]}))
         .await;
-    let id = wf["id"].as_str().unwrap().to_owned();
+    let id = wf.id();
     let mut w = app.fake_worker("s").await;
     let first = w.next_task().await;
     w.started(&first).await;
     let t = app.wait_task_state(&id, "t", "failed").await;
-    assert_eq!(t["attempt"], 1);
+    assert_eq!(t.attempt, 1);
     assert!(
-        t["result"]["error"]
-            .as_str()
-            .unwrap()
-            .contains("worker lost"),
-        "{t}"
+        t.result()
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("worker lost")),
+        "{t:?}"
     );
     w.expect_nothing(Duration::from_millis(500)).await;
     app.stop().await;
@@ -81,16 +81,17 @@ async fn a_task_with_no_result_within_its_timeout_ends_timed_out() {
             {"name": "next", "server_id": "nobody", "depends_on": ["t"]}
         ]}))
         .await;
-    let id = wf["id"].as_str().unwrap().to_owned();
+    let id = wf.id();
     let t = app.wait_task_state(&id, "t", "timed_out").await;
-    assert_eq!(t["result"]["timed_out"], true);
+    assert!(t.result().timed_out, "{t:?}");
     assert!(
-        t["result"]["error"]
-            .as_str()
-            .unwrap()
-            .contains("no result within 1 s")
+        t.result()
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("no result within 1 s")),
+        "{t:?}"
     );
-    assert_eq!(app.task(&id, "next").await["state"], "skipped");
+    assert_eq!(app.task(&id, "next").await.state, "skipped");
     // The worker that boots late is told not to run it.
     let cancel = app.next_cancel("nobody").await;
     assert_eq!(cancel.method, "cancel_task");

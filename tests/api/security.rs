@@ -267,10 +267,9 @@ async fn a_forged_result_is_ignored_until_the_real_worker_reports() {
     let wf = app
         .create_workflow(json!({"name": "forge", "tasks": [{"name": "t", "server_id": b}]}))
         .await;
-    let wf_id = wf["id"].as_str().unwrap().to_owned();
+    let wf_id = wf.id();
     app.wait_task_state(&wf_id, "t", "queued").await;
-    let task = app.task(&wf_id, "t").await;
-    let task_id: bora::domain::TaskId = task["id"].as_str().unwrap().parse().unwrap();
+    let task_id = app.task(&wf_id, "t").await.id;
 
     // A forges a success for B's task under its own (valid) identity.
     let forger = FakeWorker::connect(reg_a["amqp_url"].as_str().unwrap(), &app.settings, &a).await;
@@ -295,8 +294,8 @@ async fn a_forged_result_is_ignored_until_the_real_worker_reports() {
         .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let t = app.task(&wf_id, "t").await;
-    assert_eq!(t["state"], "queued", "{t}");
-    assert_eq!(t["result"], Value::Null);
+    assert_eq!(t.state, "queued", "{t:?}");
+    assert!(t.result.is_none(), "{t:?}");
     let (_, metrics) = app.get("/metrics").await;
     assert!(
         metrics
@@ -312,7 +311,7 @@ async fn a_forged_result_is_ignored_until_the_real_worker_reports() {
     let msg = real.next_task().await;
     real.finish(&msg, 0).await;
     let t = app.wait_task_state(&wf_id, "t", "succeeded").await;
-    assert_eq!(t["result"]["stdout"], "out\n");
+    assert_eq!(t.result().stdout, "out\n");
     forger.close().await;
     real.close().await;
     guard.run().await;
@@ -333,7 +332,7 @@ async fn a_revoked_server_cannot_reconnect_and_its_tasks_are_cancelled() {
             {"name": "cleanup", "server_id": other, "depends_on": ["t"], "on_dependency_failure": "run"}
         ]}))
         .await;
-    let wf_id = wf["id"].as_str().unwrap().to_owned();
+    let wf_id = wf.id();
     app.wait_task_state(&wf_id, "t", "queued").await;
     let conn = connect(&url).await;
     assert!(conn.status().connected());
@@ -353,10 +352,10 @@ async fn a_revoked_server_cannot_reconnect_and_its_tasks_are_cancelled() {
     let again = Connection::connect(&url, ConnectionProperties::default()).await;
     assert!(again.is_err(), "a revoked server reconnected");
     // Its tasks are cancelled; dependents are skipped or released.
-    assert_eq!(app.task(&wf_id, "t").await["state"], "cancelled");
-    assert_eq!(app.task(&wf_id, "after").await["state"], "skipped");
+    assert_eq!(app.task(&wf_id, "t").await.state, "cancelled");
+    assert_eq!(app.task(&wf_id, "after").await.state, "skipped");
     let cleanup = app.wait_task_state(&wf_id, "cleanup", "queued").await;
-    assert_eq!(cleanup["server_id"], other.as_str());
+    assert_eq!(cleanup.server_id, other);
     let r = app.get(&format!("/v1/servers/{gone}")).await;
     assert_error(&r, StatusCode::NOT_FOUND, "not_found");
     guard.run().await;
@@ -377,10 +376,9 @@ async fn with_registration_required_only_the_servers_own_user_counts() {
     let wf = app
         .create_workflow(json!({"name": "strict", "tasks": [{"name": "t", "server_id": s}]}))
         .await;
-    let wf_id = wf["id"].as_str().unwrap().to_owned();
+    let wf_id = wf.id();
     app.wait_task_state(&wf_id, "t", "queued").await;
-    let task = app.task(&wf_id, "t").await;
-    let task_id: bora::domain::TaskId = task["id"].as_str().unwrap().parse().unwrap();
+    let task_id = app.task(&wf_id, "t").await.id;
     // The dispatcher's own user is no longer accepted for a registered server.
     let admin = app.fake_worker("unrelated").await;
     admin
@@ -402,7 +400,7 @@ async fn with_registration_required_only_the_servers_own_user_counts() {
     )
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(app.task(&wf_id, "t").await["state"], "queued");
+    assert_eq!(app.task(&wf_id, "t").await.state, "queued");
     let (_, metrics) = app.get("/metrics").await;
     let text = metrics.as_str().unwrap_or_default().to_owned();
     for reason in ["wrong_user", "oversized"] {

@@ -22,19 +22,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use harness::{TestStore, Vhost};
+use harness::{TaskOut, TestStore, Vhost, WorkflowOut};
 use procs::*;
 
 const CHAINS: usize = 40;
 const LENGTH: usize = 10;
 const SERVERS: usize = 4;
-
-fn ts(v: &Value) -> chrono::DateTime<chrono::Utc> {
-    v.as_str()
-        .unwrap_or_else(|| panic!("not a timestamp: {v}"))
-        .parse()
-        .expect("RFC 3339")
-}
 
 /// What a run of the chains workload measured.
 #[derive(Debug, Default)]
@@ -52,35 +45,26 @@ struct Outcome {
 /// Checks the chains workload after it ended: all succeeded, order kept in
 /// every chain (from the API's timestamps and from the run files), each
 /// task's terminal state in the event log exactly once.
-async fn check_chains(api: &Api, wf: &str, runs: &Path, workflow: &Value) -> Outcome {
+async fn check_chains(api: &Api, wf: &str, runs: &Path, workflow: &WorkflowOut) -> Outcome {
     let total = (CHAINS * LENGTH) as u64;
-    assert_eq!(workflow["state"], "succeeded", "{workflow}");
-    assert_eq!(
-        workflow["task_counts"]["succeeded"].as_u64(),
-        Some(total),
-        "{workflow}"
-    );
+    assert_eq!(workflow.state, "succeeded", "{workflow:?}");
+    assert_eq!(workflow.task_counts.succeeded, total, "{workflow:?}");
 
-    let tasks: HashMap<String, Value> = api
-        .tasks(wf)
-        .await
-        .into_iter()
-        .map(|t| (t["name"].as_str().unwrap_or_default().to_owned(), t))
-        .collect();
+    let tasks = by_name(api.tasks(wf).await);
     assert_eq!(tasks.len() as u64, total);
     let mut reattempted = 0;
     for c in 0..CHAINS {
         for k in 0..LENGTH {
             let t = &tasks[&format!("c{c}-{k}")];
-            assert_eq!(t["state"], "succeeded", "{t}");
-            if t["attempt"].as_i64().unwrap_or(0) > 1 {
+            assert_eq!(t.state, "succeeded", "{t:?}");
+            if t.attempt > 1 {
                 reattempted += 1;
             }
             if k > 0 {
                 let prev = &tasks[&format!("c{c}-{}", k - 1)];
                 assert!(
-                    ts(&t["started_at"]) >= ts(&prev["finished_at"]),
-                    "chain {c}: step {k} started before step {} finished\n{prev}\n{t}",
+                    t.started_at() >= prev.finished_at(),
+                    "chain {c}: step {k} started before step {} finished\n{prev:?}\n{t:?}",
                     k - 1
                 );
             }
@@ -90,13 +74,13 @@ async fn check_chains(api: &Api, wf: &str, runs: &Path, workflow: &Value) -> Out
     let events = api.events(wf).await;
     let mut terminal: HashMap<String, Vec<String>> = HashMap::new();
     for e in &events {
-        let state = e["state"].as_str().unwrap_or_default();
+        let state = e.state.as_str();
         if matches!(
             state,
             "succeeded" | "failed" | "timed_out" | "cancelled" | "skipped"
         ) {
             terminal
-                .entry(e["task_name"].as_str().unwrap_or_default().to_owned())
+                .entry(e.task().to_owned())
                 .or_default()
                 .push(state.to_owned());
         }
@@ -130,6 +114,11 @@ async fn check_chains(api: &Api, wf: &str, runs: &Path, workflow: &Value) -> Out
         executions: runs.counts.values().sum(),
         events: events.len(),
     }
+}
+
+/// A workflow's tasks by name.
+fn by_name(tasks: Vec<TaskOut>) -> HashMap<String, TaskOut> {
+    tasks.into_iter().map(|t| (t.name.clone(), t)).collect()
 }
 
 fn start_workers(dir: &Path, vhost: &Vhost, extra: &[(&str, &str)]) -> Vec<WorkerProc> {
@@ -184,23 +173,16 @@ async fn the_dispatcher_killed_five_times_loses_nothing() {
     let runs = dir.path().join("runs");
     let t0 = Instant::now();
     let wf = api
-        .post(
-            "/v1/workflows",
-            chains_workflow(&runs, CHAINS, LENGTH, SERVERS, 0.25),
-        )
+        .create_workflow(chains_workflow(&runs, CHAINS, LENGTH, SERVERS, 0.25))
         .await;
-    let wf = wf["id"].as_str().unwrap().to_owned();
+    let wf = wf.id();
 
     let mut totals = HashMap::new();
     let mut downtimes = Vec::new();
     let mut done_at_kill = Vec::new();
     for (i, gap_ms) in [900u64, 1300, 1000, 1500, 800].into_iter().enumerate() {
         tokio::time::sleep(Duration::from_millis(gap_ms)).await;
-        let w = api.get(&format!("/v1/workflows/{wf}")).await;
-        let done = w
-            .as_ref()
-            .and_then(|w| w["task_counts"]["succeeded"].as_u64())
-            .unwrap_or(0);
+        let done = succeeded(&api.workflow(&wf).await);
         done_at_kill.push(done);
         if let Some(m) = api.metrics().await {
             add_counters(&mut totals, &m);
@@ -266,12 +248,9 @@ async fn every_broker_connection_closed_eight_times_loses_nothing() {
     let runs = dir.path().join("runs");
     let t0 = Instant::now();
     let wf = api
-        .post(
-            "/v1/workflows",
-            chains_workflow(&runs, CHAINS, LENGTH, SERVERS, 1.2),
-        )
+        .create_workflow(chains_workflow(&runs, CHAINS, LENGTH, SERVERS, 1.2))
         .await;
-    let wf = wf["id"].as_str().unwrap().to_owned();
+    let wf = wf.id();
 
     let mut closed = Vec::new();
     let mut seen = std::collections::HashSet::new();
@@ -279,11 +258,7 @@ async fn every_broker_connection_closed_eight_times_loses_nothing() {
     let mut done_at_close = 0;
     for i in 0..8 {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        done_at_close = api
-            .get(&format!("/v1/workflows/{wf}"))
-            .await
-            .and_then(|w| w["task_counts"]["succeeded"].as_u64())
-            .unwrap_or(0);
+        done_at_close = succeeded(&api.workflow(&wf).await);
         // The dispatcher's relay, result consumer and RPC API, and 4 workers.
         let (n, waited) = close_all_connections(&vhost.name, &mut seen, 7).await;
         closed.push(n);
@@ -335,15 +310,14 @@ async fn every_broker_connection_closed_eight_times_loses_nothing() {
     );
     // The dispatcher still takes RPC and REST work after the closes.
     let after = api
-        .post(
-            "/v1/workflows",
+        .create_workflow(
             json!({"name": "after", "tasks": [{"name": "t", "server_id": "s0", "group": "std.echo"}]}),
         )
         .await;
     let after = api
-        .wait_workflow_end(after["id"].as_str().unwrap(), Duration::from_secs(30))
+        .wait_workflow_end(&after.id(), Duration::from_secs(30))
         .await;
-    assert_eq!(after["state"], "succeeded", "{after}");
+    assert_eq!(after.state, "succeeded", "{after:?}");
     println!(
         "connections closed x8 ({closed:?} per round): {} tasks succeeded in {elapsed:?}; 0 restarts \
          (pids unchanged); reconnects relay={relay} replies={replies}; /readyz not 200 just after \
@@ -378,15 +352,12 @@ async fn a_worker_killed_mid_task_gets_its_task_run_again() {
         runs.display()
     );
     let wf = api
-        .post(
-            "/v1/workflows",
-            json!({"name": "lost-worker", "tasks": [
-                {"name": "slow", "server_id": "s", "config": script},
-                {"name": "next", "server_id": "s", "depends_on": ["slow"], "group": "std.echo"}
-            ]}),
-        )
+        .create_workflow(json!({"name": "lost-worker", "tasks": [
+            {"name": "slow", "server_id": "s", "config": script},
+            {"name": "next", "server_id": "s", "depends_on": ["slow"], "group": "std.echo"}
+        ]}))
         .await;
-    let wf = wf["id"].as_str().unwrap().to_owned();
+    let wf = wf.id();
     api.wait_task_state(&wf, "slow", "running").await;
     // `running` is recorded from the worker's started report, which comes
     // before the script is spawned: wait until the script really runs.
@@ -404,26 +375,23 @@ async fn a_worker_killed_mid_task_gets_its_task_run_again() {
     let _second = WorkerProc::start(dir.path(), &vhost.amqp_url(), "s", &[]);
     let rerun = loop {
         let t = api.wait_task_state(&wf, "slow", "running").await;
-        if t["attempt"].as_i64() == Some(2) {
+        if t.attempt == 2 {
             break t;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let detected = killed.elapsed();
     let w = api.wait_workflow_end(&wf, Duration::from_secs(60)).await;
-    assert_eq!(w["state"], "succeeded", "{w}");
-    let slow = api
-        .get(&format!("/v1/workflows/{wf}/tasks/slow"))
-        .await
-        .unwrap();
-    assert_eq!(slow["attempt"], 2, "{slow}");
-    assert_eq!(slow["result"]["attempt"], 2, "{slow}");
-    assert_eq!(slow["state"], "succeeded");
+    assert_eq!(w.state, "succeeded", "{w:?}");
+    let slow = api.task(&wf, "slow").await.unwrap();
+    assert_eq!(slow.attempt, 2, "{slow:?}");
+    assert_eq!(slow.result().attempt, 2, "{slow:?}");
+    assert_eq!(slow.state, "succeeded");
     let events = api.events(&wf).await;
     let running: Vec<i64> = events
         .iter()
-        .filter(|e| e["task_name"] == "slow" && e["state"] == "running")
-        .filter_map(|e| e["attempt"].as_i64())
+        .filter(|e| e.task() == "slow" && e.state == "running")
+        .filter_map(|e| e.attempt)
         .collect();
     assert_eq!(running, vec![1, 2], "{events:?}");
     let text = std::fs::read_to_string(&runs).unwrap_or_default();
@@ -438,8 +406,8 @@ async fn a_worker_killed_mid_task_gets_its_task_run_again() {
         "worker kill -9 mid-task: new attempt running {detected:?} after the kill \
          (heartbeat_timeout_s = 2, worker heartbeat 1 s); attempt {} succeeded; \
          script started {starts} times, finished {ends} times (an orphan of the killed worker \
-         finishing counts here); rerun started_at {}",
-        slow["attempt"], rerun["started_at"],
+         finishing counts here); rerun started_at {:?}",
+        slow.attempt, rerun.started_at,
     );
     assert_eq!(
         ends, 1,
@@ -463,17 +431,14 @@ async fn poison_on_the_reply_queue_is_dropped_and_counted() {
     let api = Api::new(&serve.base);
     let _worker = WorkerProc::start(dir.path(), &vhost.amqp_url(), "s", &[]);
     let wf = api
-        .post(
-            "/v1/workflows",
-            json!({"name": "poison", "tasks": [
-                {"name": "a", "server_id": "s", "config": "sleep 1; echo a"},
-                {"name": "b", "server_id": "s", "config": "echo b", "depends_on": ["a"]},
-                {"name": "c", "server_id": "s", "group": "std.echo", "inputs": {"x": 1},
-                 "depends_on": ["b"]}
-            ]}),
-        )
+        .create_workflow(json!({"name": "poison", "tasks": [
+            {"name": "a", "server_id": "s", "config": "sleep 1; echo a"},
+            {"name": "b", "server_id": "s", "config": "echo b", "depends_on": ["a"]},
+            {"name": "c", "server_id": "s", "group": "std.echo", "inputs": {"x": 1},
+             "depends_on": ["b"]}
+        ]}))
         .await;
-    let wf = wf["id"].as_str().unwrap().to_owned();
+    let wf = wf.id();
     api.wait_task_state(&wf, "a", "running").await;
     let before = api.metrics().await.expect("metrics");
     let url = vhost.amqp_url();
@@ -499,12 +464,9 @@ async fn poison_on_the_reply_queue_is_dropped_and_counted() {
         publish_reply(&url, body).await;
     }
     let w = api.wait_workflow_end(&wf, Duration::from_secs(60)).await;
-    assert_eq!(w["state"], "succeeded", "{w}");
-    let c = api
-        .get(&format!("/v1/workflows/{wf}/tasks/c"))
-        .await
-        .unwrap();
-    assert_eq!(c["result"]["outputs"]["x"], 1, "{c}");
+    assert_eq!(w.state, "succeeded", "{w:?}");
+    let c = api.task(&wf, "c").await.unwrap();
+    assert_eq!(c.result().outputs.get("x"), Some(&json!(1)), "{c:?}");
     let after = api.metrics().await.expect("metrics");
     let mut expected: HashMap<&str, f64> = HashMap::new();
     for (reason, _) in &poison {
@@ -546,18 +508,15 @@ async fn sigterm_stops_serve_cleanly_and_results_sent_meanwhile_are_recorded() {
     let _worker = WorkerProc::start(dir.path(), &vhost.amqp_url(), "s", &[]);
     let runs = dir.path().join("runs.log");
     let wf = api
-        .post(
-            "/v1/workflows",
-            json!({"name": "sigterm", "tasks": [
-                {"name": "long", "server_id": "s",
-                 "config": format!("#!/bin/sh\necho long >> {}\nsleep 4\n", runs.display())},
-                {"name": "quick", "server_id": "s", "group": "std.echo", "inputs": {"n": 1}},
-                {"name": "after", "server_id": "s", "config": "echo after",
-                 "depends_on": ["long", "quick"]}
-            ]}),
-        )
+        .create_workflow(json!({"name": "sigterm", "tasks": [
+            {"name": "long", "server_id": "s",
+             "config": format!("#!/bin/sh\necho long >> {}\nsleep 4\n", runs.display())},
+            {"name": "quick", "server_id": "s", "group": "std.echo", "inputs": {"n": 1}},
+            {"name": "after", "server_id": "s", "config": "echo after",
+             "depends_on": ["long", "quick"]}
+        ]}))
         .await;
-    let wf = wf["id"].as_str().unwrap().to_owned();
+    let wf = wf.id();
     api.wait_task_state(&wf, "long", "running").await;
     // An open event stream must not hold the shutdown open.
     let stream = tokio::spawn({
@@ -613,14 +572,11 @@ async fn sigterm_stops_serve_cleanly_and_results_sent_meanwhile_are_recorded() {
     let backlog = vhost.queue_depth("reply_bora").await;
     let ready = serve.restart().await;
     let w = api.wait_workflow_end(&wf, Duration::from_secs(60)).await;
-    assert_eq!(w["state"], "succeeded", "{w}");
-    let long = api
-        .get(&format!("/v1/workflows/{wf}/tasks/long"))
-        .await
-        .unwrap();
+    assert_eq!(w.state, "succeeded", "{w:?}");
+    let long = api.task(&wf, "long").await.unwrap();
     // Its heartbeats were in the queue: a dispatcher that was away must not
     // call the worker lost for the silence it did not hear.
-    assert_eq!(long["attempt"], 1, "{long}");
+    assert_eq!(long.attempt, 1, "{long:?}");
     let text = std::fs::read_to_string(&runs).unwrap_or_default();
     assert_eq!(text.lines().count(), 1, "the long task ran again:\n{text}");
     println!(
@@ -628,7 +584,7 @@ async fn sigterm_stops_serve_cleanly_and_results_sent_meanwhile_are_recorded() {
          {:?} (> heartbeat_timeout_s = {timeout_s}) with {backlog} replies waiting; ready again \
          after {ready:?}; long task recorded at attempt {} (not re-run); polls {waited}",
         down.elapsed(),
-        long["attempt"],
+        long.attempt,
     );
     let (code, _) = serve.sigterm().await;
     assert_eq!(code, 0);
@@ -715,10 +671,9 @@ fn groups_workflow(log: &Path, servers: usize) -> (Value, HashMap<String, Vec<St
     (json!({"name": "scale-out", "tasks": tasks}), deps)
 }
 
-fn succeeded(w: &Option<Value>) -> u64 {
-    w.as_ref()
-        .and_then(|w| w["task_counts"]["succeeded"].as_u64())
-        .unwrap_or(0)
+/// Tasks succeeded so far; 0 while the dispatcher does not answer.
+fn succeeded(w: &Option<WorkflowOut>) -> u64 {
+    w.as_ref().map_or(0, |w| w.task_counts.succeeded)
 }
 
 #[tokio::test]
@@ -737,18 +692,17 @@ async fn three_dispatchers_on_postgres_one_killed_mid_run_lose_nothing() {
     let log = dir.path().join("runs.log");
     let (body, deps) = groups_workflow(&log, SERVERS);
     let t0 = Instant::now();
-    let wf = apis[0].post("/v1/workflows", body).await;
-    let wf = wf["id"].as_str().unwrap().to_owned();
+    let wf = apis[0].create_workflow(body).await;
+    let wf = wf.id();
     let submitted = t0.elapsed();
-    let path = format!("/v1/workflows/{wf}");
 
     // Kill the busiest dispatcher once about a third of the tasks succeeded.
     let third = SCALE_TASKS as u64 / 3;
-    while succeeded(&apis[0].get(&path).await) < third {
+    while succeeded(&apis[0].workflow(&wf).await) < third {
         assert!(
             t0.elapsed() < Duration::from_secs(180),
             "a third of the tasks never succeeded: {:?}",
-            apis[0].get(&path).await
+            apis[0].workflow(&wf).await
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -762,7 +716,7 @@ async fn three_dispatchers_on_postgres_one_killed_mid_run_lose_nothing() {
     let victim = (0..3)
         .max_by(|&a, &b| busy[a].total_cmp(&busy[b]))
         .unwrap_or(2);
-    let done_at_kill = succeeded(&apis[victim].get(&path).await);
+    let done_at_kill = succeeded(&apis[victim].workflow(&wf).await);
     let kill_wall = chrono::Utc::now();
     let killed = Instant::now();
     serves[victim].kill9().await;
@@ -782,16 +736,13 @@ async fn three_dispatchers_on_postgres_one_killed_mid_run_lose_nothing() {
     // Progress after the kill, to see the stall and its end.
     let mut timeline = vec![(Duration::ZERO, done_at_kill)];
     let w = loop {
-        let w = api.get(&path).await;
+        let w = api.workflow(&wf).await;
         let n = succeeded(&w);
         if timeline.last().is_none_or(|&(_, last)| last != n) {
             timeline.push((killed.elapsed(), n));
         }
         if let Some(w) = w
-            && matches!(
-                w["state"].as_str(),
-                Some("succeeded" | "failed" | "cancelled")
-            )
+            && w.is_ended()
         {
             break w;
         }
@@ -803,38 +754,32 @@ async fn three_dispatchers_on_postgres_one_killed_mid_run_lose_nothing() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let elapsed = t0.elapsed();
-    assert_eq!(w["state"], "succeeded", "{w}");
-    assert_eq!(
-        w["task_counts"]["succeeded"].as_u64(),
-        Some(SCALE_TASKS as u64),
-        "{w}"
-    );
+    assert_eq!(w.state, "succeeded", "{w:?}");
+    assert_eq!(w.task_counts.succeeded, SCALE_TASKS as u64, "{w:?}");
 
     // Both survivors answer the same.
     let other = &apis[survivors[1]];
-    let w2 = other.get(&path).await.expect("the other survivor answers");
-    assert_eq!(w2["state"], w["state"], "{w2} vs {w}");
-    assert_eq!(w2["task_counts"], w["task_counts"], "{w2} vs {w}");
+    let w2 = other
+        .workflow(&wf)
+        .await
+        .expect("the other survivor answers");
+    assert_eq!(w2.state, w.state, "{w2:?} vs {w:?}");
+    assert_eq!(w2.task_counts, w.task_counts, "{w2:?} vs {w:?}");
 
     // Every task succeeded, once, at attempt 1, after its dependencies.
-    let tasks: HashMap<String, Value> = api
-        .tasks(&wf)
-        .await
-        .into_iter()
-        .map(|t| (t["name"].as_str().unwrap_or_default().to_owned(), t))
-        .collect();
+    let tasks = by_name(api.tasks(&wf).await);
     assert_eq!(tasks.len(), SCALE_TASKS);
     let mut reattempted = Vec::new();
     for (name, t) in &tasks {
-        assert_eq!(t["state"], "succeeded", "{t}");
-        if t["attempt"].as_i64() != Some(1) {
+        assert_eq!(t.state, "succeeded", "{t:?}");
+        if t.attempt != 1 {
             reattempted.push(name.clone());
         }
         for d in &deps[name] {
             let dep = &tasks[d];
             assert!(
-                ts(&t["started_at"]) >= ts(&dep["finished_at"]),
-                "{name} started before its dependency {d} finished\n{dep}\n{t}"
+                t.started_at() >= dep.finished_at(),
+                "{name} started before its dependency {d} finished\n{dep:?}\n{t:?}"
             );
         }
     }
@@ -848,10 +793,10 @@ async fn three_dispatchers_on_postgres_one_killed_mid_run_lose_nothing() {
         .filter_map(|(name, t)| {
             let ready = deps[name]
                 .iter()
-                .map(|d| ts(&tasks[d]["finished_at"]).timestamp_micros())
+                .map(|d| tasks[d].finished_at().timestamp_micros())
                 .max()
-                .unwrap_or_else(|| ts(&t["created_at"]).timestamp_micros());
-            let queued = ts(&t["queued_at"]).timestamp_micros();
+                .unwrap_or_else(|| t.created_at.timestamp_micros());
+            let queued = t.queued_at().timestamp_micros();
             (ready < kill_us && queued > kill_us + 500_000)
                 .then(|| (queued - kill_us, name.clone()))
         })
@@ -1021,20 +966,16 @@ async fn a_fan_in_whose_results_reach_two_dispatchers_at_once_is_released_once()
         .cloned()
         .collect();
     let wf = apis[0]
-        .post("/v1/workflows", json!({"name": "fan-in", "tasks": tasks}))
+        .create_workflow(json!({"name": "fan-in", "tasks": tasks}))
         .await;
-    let wf = wf["id"].as_str().unwrap().to_owned();
-    let path = format!("/v1/workflows/{wf}");
+    let wf = wf.id();
     let mut released = Vec::new();
     for r in 0..ROUNDS {
         // All of the round running, then every script let go at once.
         let t0 = Instant::now();
         loop {
-            let w = apis[1].get(&path).await;
-            let running = w
-                .as_ref()
-                .and_then(|w| w["task_counts"]["running"].as_u64())
-                .unwrap_or(0);
+            let w = apis[1].workflow(&wf).await;
+            let running = w.as_ref().map_or(0, |w| w.task_counts.running);
             if running == WIDTH as u64 {
                 break;
             }
@@ -1053,19 +994,19 @@ async fn a_fan_in_whose_results_reach_two_dispatchers_at_once_is_released_once()
                 .is_some_and(|rest| rest.is_empty() || rest.starts_with('-'))
         }) {
             let t = apis[1].wait_task_state(&wf, join, "succeeded").await;
-            assert_eq!(t["attempt"], 1, "{t}");
+            assert_eq!(t.attempt, 1, "{t:?}");
         }
         released.push(go.elapsed());
     }
     let w = apis[0]
         .wait_workflow_end(&wf, Duration::from_secs(60))
         .await;
-    assert_eq!(w["state"], "succeeded", "{w}");
+    assert_eq!(w.state, "succeeded", "{w:?}");
     let w1 = apis[1]
-        .get(&path)
+        .workflow(&wf)
         .await
         .expect("the other dispatcher answers");
-    assert_eq!(w1["task_counts"], w["task_counts"]);
+    assert_eq!(w1.task_counts, w.task_counts);
 
     let events = apis[0].events(&wf).await;
     let elog = EventLog::new(&events, &deps);
@@ -1090,8 +1031,8 @@ async fn a_fan_in_whose_results_reach_two_dispatchers_at_once_is_released_once()
         }
         let attempts: Vec<i64> = events
             .iter()
-            .filter(|e| e["task_name"] == *join && e["state"] != "waiting")
-            .filter_map(|e| e["attempt"].as_i64())
+            .filter(|e| e.task() == join.as_str() && e.state != "waiting")
+            .filter_map(|e| e.attempt)
             .collect();
         assert!(attempts.iter().all(|&a| a == 1), "{join}: {attempts:?}");
     }

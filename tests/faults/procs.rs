@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
-use crate::harness::{MGMT, TestStore};
+use crate::harness::{EventOut, MGMT, TaskListOut, TaskOut, TestStore, WorkflowOut, parse};
 
 pub const BORA: &str = env!("CARGO_BIN_EXE_bora");
 
@@ -295,6 +295,25 @@ impl Api {
         r.json().await.ok()
     }
 
+    /// A workflow, or `None` while the dispatcher does not answer.
+    pub async fn workflow(&self, wf: &str) -> Option<WorkflowOut> {
+        let v = self.get(&format!("/v1/workflows/{wf}")).await?;
+        Some(parse("workflow", v))
+    }
+
+    /// A task, or `None` while the dispatcher does not answer.
+    pub async fn task(&self, wf: &str, task: &str) -> Option<TaskOut> {
+        let v = self
+            .get(&format!("/v1/workflows/{wf}/tasks/{task}"))
+            .await?;
+        Some(parse("task", v))
+    }
+
+    /// Creates a workflow (only called while the dispatcher is up).
+    pub async fn create_workflow(&self, body: Value) -> WorkflowOut {
+        parse("created workflow", self.post("/v1/workflows", body).await)
+    }
+
     /// POSTs and asserts success (only called while the dispatcher is up).
     pub async fn post(&self, path: &str, body: Value) -> Value {
         let r = self
@@ -312,56 +331,53 @@ impl Api {
 
     /// Polls until the workflow ends (or `limit` passes, which fails the
     /// test), through dispatcher outages.
-    pub async fn wait_workflow_end(&self, wf: &str, limit: Duration) -> Value {
+    pub async fn wait_workflow_end(&self, wf: &str, limit: Duration) -> WorkflowOut {
         let t0 = Instant::now();
-        let mut last = Value::Null;
+        let mut last = None;
         loop {
-            if let Some(w) = self.get(&format!("/v1/workflows/{wf}")).await {
-                if matches!(
-                    w["state"].as_str(),
-                    Some("succeeded" | "failed" | "cancelled")
-                ) {
+            if let Some(w) = self.workflow(wf).await {
+                if w.is_ended() {
                     return w;
                 }
-                last = w;
+                last = Some(w);
             }
             assert!(
                 t0.elapsed() < limit,
-                "workflow {wf} did not end within {limit:?}: {last}"
+                "workflow {wf} did not end within {limit:?}: {last:?}"
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 
     /// Polls until a task is in `state`.
-    pub async fn wait_task_state(&self, wf: &str, task: &str, state: &str) -> Value {
+    pub async fn wait_task_state(&self, wf: &str, task: &str, state: &str) -> TaskOut {
         let t0 = Instant::now();
-        let mut last = Value::Null;
+        let mut last = None;
         loop {
-            if let Some(t) = self.get(&format!("/v1/workflows/{wf}/tasks/{task}")).await {
-                if t["state"] == state {
+            if let Some(t) = self.task(wf, task).await {
+                if t.state == state {
                     return t;
                 }
-                last = t;
+                last = Some(t);
             }
             assert!(
                 t0.elapsed() < Duration::from_secs(60),
-                "task {task} never reached {state}: {last}"
+                "task {task} never reached {state}: {last:?}"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
-    pub async fn tasks(&self, wf: &str) -> Vec<Value> {
+    pub async fn tasks(&self, wf: &str) -> Vec<TaskOut> {
         let v = self
             .get(&format!("/v1/workflows/{wf}/tasks"))
             .await
             .expect("task list");
-        v["tasks"].as_array().expect("tasks array").clone()
+        parse::<TaskListOut>("task list", v).tasks
     }
 
     /// The whole event stream of an ended workflow (it closes after `end`).
-    pub async fn events(&self, wf: &str) -> Vec<Value> {
+    pub async fn events(&self, wf: &str) -> Vec<EventOut> {
         let text = self
             .http
             .get(format!("{}/v1/workflows/{wf}/events", self.base))
@@ -399,7 +415,7 @@ impl Api {
 }
 
 /// `task`/`workflow` events of an SSE body (the closing `end` event is left out).
-pub fn parse_sse(text: &str) -> Vec<Value> {
+pub fn parse_sse(text: &str) -> Vec<EventOut> {
     let mut events = Vec::new();
     for block in text.split("\n\n") {
         let mut kind = "";
@@ -412,7 +428,8 @@ pub fn parse_sse(text: &str) -> Vec<Value> {
             }
         }
         if (kind == "task" || kind == "workflow") && !data.is_empty() {
-            events.push(serde_json::from_str(&data).expect("event data is JSON"));
+            let data: Value = serde_json::from_str(&data).expect("event data is JSON");
+            events.push(parse("event data", data));
         }
     }
     events
@@ -694,14 +711,14 @@ pub struct EventLog {
 }
 
 impl EventLog {
-    pub fn new(events: &[Value], deps: &HashMap<String, Vec<String>>) -> Self {
+    pub fn new(events: &[EventOut], deps: &HashMap<String, Vec<String>>) -> Self {
         let mut terminal: HashMap<String, Vec<String>> = HashMap::new();
         let mut states: HashMap<String, Vec<String>> = HashMap::new();
         let mut left_waiting: HashMap<String, usize> = HashMap::new();
         let mut succeeded: HashMap<String, usize> = HashMap::new();
         for (i, e) in events.iter().enumerate() {
-            let name = e["task_name"].as_str().unwrap_or_default().to_owned();
-            let state = e["state"].as_str().unwrap_or_default().to_owned();
+            let name = e.task().to_owned();
+            let state = e.state.clone();
             match state.as_str() {
                 "queued" | "running" => {
                     left_waiting.entry(name.clone()).or_insert(i);
@@ -734,12 +751,11 @@ impl EventLog {
             }
         }
         out_of_order.sort();
-        let ids: Vec<i64> = events.iter().filter_map(|e| e["id"].as_i64()).collect();
         Self {
             terminal,
             out_of_order,
             states,
-            ids_increase: ids.len() == events.len() && ids.windows(2).all(|w| w[0] < w[1]),
+            ids_increase: events.windows(2).all(|w| w[0].id < w[1].id),
         }
     }
 }

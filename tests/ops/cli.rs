@@ -30,7 +30,7 @@ async fn workflow_verbs_create_list_show_graph_cancel_delete() {
     // create prints the id alone on stdout (for scripts), the tasks on stderr.
     let out = bora(&app, &["workflow", "create", "-f", &file]).await;
     let id = out.ok().trim().to_owned();
-    assert_eq!(app.workflow(&id).await["name"], "cli-flow");
+    assert_eq!(app.workflow(&id).await.name, "cli-flow");
     assert!(out.stderr.contains("cli-db"), "{}", out.stderr);
 
     // The same shape as JSON, through --json.
@@ -107,7 +107,7 @@ async fn workflow_verbs_create_list_show_graph_cancel_delete() {
         .await
         .json();
     assert_eq!(cancelled["state"], "cancelled");
-    assert_eq!(app.workflow(&id).await["state"], "cancelled");
+    assert_eq!(app.workflow(&id).await.state, "cancelled");
 
     let deleted = bora(&app, &["workflow", "delete", &id]).await;
     assert!(deleted.ok().contains("deleted"));
@@ -127,7 +127,7 @@ async fn task_verbs_add_list_show_cancel_and_errors() {
     let wf = app
         .create_workflow(serde_json::json!({"name": "tasks"}))
         .await;
-    let id = wf["id"].as_str().unwrap().to_owned();
+    let id = wf.id();
 
     let added = bora(
         &app,
@@ -156,8 +156,8 @@ async fn task_verbs_add_list_show_cancel_and_errors() {
     let out = bora(&app, &["task", "add", &id, "-f", &file]).await;
     let app_id = out.ok().trim().to_owned();
     let view = app.task(&id, "app").await;
-    assert_eq!(view["id"], app_id.as_str());
-    assert_eq!(view["inputs"]["PORT"], 8080);
+    assert_eq!(view.id.to_string(), app_id);
+    assert_eq!(view.inputs.get("PORT"), Some(&serde_json::json!(8080)));
 
     let listed = bora(&app, &["task", "list", &id, "--json"]).await.json();
     assert_eq!(listed["tasks"].as_array().unwrap().len(), 2);
@@ -345,7 +345,7 @@ async fn watch_exits_3_when_the_workflow_fails() {
             {"name": "b", "server_id": "w-fail", "depends_on": ["a"]},
         ]}))
         .await;
-    let id = wf["id"].as_str().unwrap().to_owned();
+    let id = wf.id();
     let watch = client(&app, &["workflow", "watch", &id]).spawn().unwrap();
     let mut w = app.fake_worker("w-fail").await;
     let t = w.next_task().await;

@@ -72,7 +72,7 @@ async fn events_stream_live_and_resume_without_loss_or_repetition() {
             {"name": "b", "server_id": "sse-x", "depends_on": ["a"]},
         ]}))
         .await;
-    let id = wf["id"].as_str().unwrap().to_owned();
+    let id = wf.id();
     let mut live = Stream::open(&app, &id, None).await;
     let first = live.next().await.unwrap();
     assert_eq!(first.event, "task");
@@ -169,7 +169,7 @@ async fn cancel_ends_the_stream_and_bad_requests_are_json_errors() {
     let wf = app
         .create_workflow(json!({"name": "c", "tasks": [{"name": "a", "server_id": "sse-c"}]}))
         .await;
-    let id = wf["id"].as_str().unwrap().to_owned();
+    let id = wf.id();
     let mut s = Stream::open(&app, &id, None).await;
     assert_eq!(data(&s.next().await.unwrap())["state"], "waiting");
     let (status, _) = app
@@ -215,7 +215,7 @@ async fn open_streams_do_not_hold_up_shutdown() {
     let wf = app
         .create_workflow(json!({"name": "open", "tasks": [{"name": "a", "server_id": "sse-o"}]}))
         .await;
-    let id = wf["id"].as_str().unwrap().to_owned();
+    let id = wf.id();
     let mut s = Stream::open(&app, &id, None).await;
     assert!(s.next().await.is_some());
     tokio::time::timeout(Duration::from_secs(20), app.stop())

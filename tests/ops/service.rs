@@ -210,7 +210,7 @@ async fn metrics_name_every_series() {
     let wf = app
         .create_workflow(json!({"name": "m", "tasks": [{"name": "a", "server_id": "m-1"}]}))
         .await;
-    let id = wf["id"].as_str().unwrap().to_owned();
+    let id = wf.id();
     let mut w = app.fake_worker("m-1").await;
     let t = w.next_task().await;
     w.started(&t).await;
