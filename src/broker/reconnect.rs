@@ -93,3 +93,96 @@ impl Reconnect {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    /// A connect that fails `failures` times, then succeeds with the try's number.
+    fn flaky(
+        failures: u32,
+        tries: Arc<AtomicU32>,
+    ) -> impl FnMut() -> std::future::Ready<Result<u32, BrokerError>> {
+        move || {
+            let n = tries.fetch_add(1, Ordering::SeqCst) + 1;
+            std::future::ready(if n <= failures {
+                Err(BrokerError::Timeout(Duration::ZERO))
+            } else {
+                Ok(n)
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_with_growing_backoff_until_it_connects() {
+        let tries = Arc::new(AtomicU32::new(0));
+        let shutdown = CancellationToken::new();
+        let mut link = Reconnect::new("test");
+        let started = tokio::time::Instant::now();
+        let connected = link.connect(&shutdown, flaky(5, tries.clone())).await;
+        assert_eq!(connected, Some(6));
+        // Five pauses of 50-100, 100-200, 200-400, 400-800, 800-1600 ms.
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(1550) && waited <= Duration::from_millis(3100),
+            "{waited:?}"
+        );
+        // After a success the next loss starts from the shortest pause again.
+        let started = tokio::time::Instant::now();
+        let again = link.connect(&shutdown, flaky(7, tries.clone())).await;
+        assert_eq!(again, Some(8));
+        assert!(
+            started.elapsed() <= Duration::from_millis(100),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_ends_the_retries() {
+        let tries = Arc::new(AtomicU32::new(0));
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            stop.cancel();
+        });
+        let mut link = Reconnect::new("test");
+        let connected = link
+            .connect(&shutdown, flaky(u32::MAX, tries.clone()))
+            .await;
+        assert_eq!(connected, None);
+        // Backoff capped at 10 s: a handful of tries in 30 s, not thousands.
+        let n = tries.load(Ordering::SeqCst);
+        assert!((4..=12).contains(&n), "{n} tries");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connect_that_hangs_is_cut_at_the_bound() {
+        let shutdown = CancellationToken::new();
+        let mut link = Reconnect::new("test");
+        let mut calls = 0;
+        let started = tokio::time::Instant::now();
+        let connected = link
+            .connect(&shutdown, || {
+                calls += 1;
+                let first = calls == 1;
+                async move {
+                    if first {
+                        std::future::pending::<()>().await;
+                    }
+                    Ok::<u32, BrokerError>(calls)
+                }
+            })
+            .await;
+        assert_eq!(connected, Some(2));
+        assert!(
+            started.elapsed() >= CONNECT_TIMEOUT,
+            "{:?}",
+            started.elapsed()
+        );
+    }
+}
