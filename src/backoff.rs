@@ -22,6 +22,7 @@ pub struct Backoff {
 }
 
 impl Backoff {
+    /// Delays that start below `base` and never exceed `max`.
     pub fn new(base: Duration, max: Duration) -> Self {
         let builder = ExponentialBuilder::new()
             .with_factor(2.0)

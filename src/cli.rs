@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{LogFormat, Settings};
 use crate::domain::ServerId;
 
+/// The whole command line: global options and the command.
 #[derive(Debug, Parser)]
 #[command(
     name = "bora",
@@ -27,16 +28,24 @@ pub struct Cli {
     #[arg(long, global = true, value_enum)]
     pub log_format: Option<LogFormatArg>,
 
+    /// What to run.
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// `--log-format`: `human` or `json`, the [`LogFormat`] of `log.format`
+/// as a flag takes it.
 #[derive(Debug, Clone, Copy, ValueEnum)]
+#[allow(
+    missing_docs,
+    reason = "clap shows a variant's doc comment in --help; LogFormat documents them"
+)]
 pub enum LogFormatArg {
     Human,
     Json,
 }
 
+/// The process to run: the dispatcher, a worker, a client verb or the bench.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the dispatcher: REST API, publisher, result consumer, state tracker.

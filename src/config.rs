@@ -21,6 +21,7 @@ const DEFAULTS: &str = include_str!("../config/default.toml");
 pub struct Secret(String);
 
 impl Secret {
+    /// Wraps `value` (a token, a password).
     pub fn new(value: impl Into<String>) -> Self {
         Self(value.into())
     }
@@ -43,10 +44,12 @@ impl fmt::Debug for Secret {
 pub struct SecretUrl(String);
 
 impl SecretUrl {
+    /// Wraps `value`, a URL that may carry a password.
     pub fn new(value: impl Into<String>) -> Self {
         Self(value.into())
     }
 
+    /// The URL with its password, for the one place that connects with it.
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -77,21 +80,32 @@ impl fmt::Display for SecretUrl {
     }
 }
 
+/// Every setting of every process, one field per section of
+/// `config/default.toml`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Settings {
+    /// `[api]`: the REST API.
     pub api: ApiSettings,
+    /// `[store]`: the database.
     pub store: StoreSettings,
+    /// `[amqp]`: the broker and its topology.
     pub amqp: AmqpSettings,
+    /// `[dispatch]`: the dispatcher's limits and timings.
     pub dispatch: DispatchSettings,
+    /// `[worker]`: the guest worker.
     pub worker: WorkerSettings,
+    /// `[notifications]`: oslo notifications on task and workflow ends.
     pub notifications: NotificationSettings,
+    /// `[rpc]`: the oslo RPC API.
     pub rpc: RpcSettings,
+    /// `[log]`: format and level.
     pub log: LogSettings,
 }
 
 /// The oslo RPC API (`bora_api`).
 #[derive(Debug, Clone, Deserialize)]
 pub struct RpcSettings {
+    /// Whether `bora serve` consumes and answers the RPC API at all.
     pub enabled: bool,
     /// Queues `<topic>` (shared by every dispatcher) and `<topic>.<server>`.
     pub topic: String,
@@ -117,6 +131,7 @@ pub fn hostname() -> String {
 /// oslo-style notifications on task and workflow ends.
 #[derive(Debug, Clone, Deserialize)]
 pub struct NotificationSettings {
+    /// Whether task and workflow ends are published at all.
     pub enabled: bool,
     /// Routing keys are `<topic>.info` and `<topic>.error` on `amqp.exchange`.
     pub topic: String,
@@ -124,24 +139,36 @@ pub struct NotificationSettings {
     pub publisher_id: String,
 }
 
+/// The REST API.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ApiSettings {
+    /// The address the API listens on.
     pub listen: SocketAddr,
+    /// Accepted bearer tokens. Empty: no authentication, and `listen` must
+    /// be a loopback address.
     pub tokens: Vec<Secret>,
+    /// The largest request body accepted, in bytes (413 beyond).
     pub max_body_bytes: usize,
+    /// The largest page a list request may ask for (at least 1).
     pub max_page_size: u32,
 }
 
+/// The database.
 #[derive(Debug, Clone, Deserialize)]
 pub struct StoreSettings {
+    /// `sqlite://PATH` (created if missing) or `postgres://...`.
     pub url: SecretUrl,
+    /// The size of the connection pool.
     pub max_connections: u32,
 }
 
+/// The type of every queue bora declares (`amqp.queue_type`).
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum QueueType {
+    /// Classic durable queues (the default).
     Classic,
+    /// Quorum queues: replicated, with a delivery limit.
     Quorum,
 }
 
@@ -155,19 +182,30 @@ impl std::fmt::Display for QueueType {
     }
 }
 
+/// The broker: where it is, and the names and types of the topology.
 #[derive(Debug, Clone, Deserialize)]
 pub struct AmqpSettings {
+    /// The broker, with the vhost in the path (`%2f` is `/`).
     pub url: SecretUrl,
+    /// RabbitMQ's management API: server registration, and the bench's
+    /// vhosts.
     pub management_url: SecretUrl,
+    /// The topic (oslo "control") exchange tasks, cancels and
+    /// notifications are published to.
     pub exchange: String,
+    /// The prefix of the per-server task queues: `<task_topic>.<server_id>`.
     pub task_topic: String,
+    /// The queue (and direct exchange) results come back to.
     pub reply_queue: String,
+    /// The type of every queue bora declares.
     pub queue_type: QueueType,
     /// Quorum queues only: how often a message may return to its queue
     /// unacked before RabbitMQ drops it (`x-delivery-limit`), so a message
     /// that kills its consumer cannot loop forever. 0 sets no limit
     /// (oslo.messaging's default).
     pub delivery_limit: u32,
+    /// How many unacked replies the dispatcher takes at once (the most one
+    /// recorded batch holds).
     pub reply_prefetch: u16,
 }
 
@@ -185,15 +223,26 @@ impl AmqpSettings {
     }
 }
 
+/// The dispatcher's limits and timings.
 #[derive(Debug, Clone, Deserialize)]
 pub struct DispatchSettings {
+    /// Refuse (422) tasks for servers not registered through
+    /// `POST /v1/servers`.
     pub require_registration: bool,
+    /// Replies larger than this many bytes are dropped unread (and counted).
     pub max_result_bytes: usize,
+    /// The most tasks one workflow may hold (422 beyond).
     pub max_tasks_per_workflow: u64,
+    /// Broker connections a registered guest server's user may hold at once.
     pub guest_max_connections: u32,
+    /// Broker connections a registered oslo server's user may hold at once.
     pub oslo_max_connections: u32,
+    /// Seconds of silence after which a running attempt counts as lost.
     pub heartbeat_timeout_s: u64,
+    /// New attempts after lost workers, beyond a task's own retries.
     pub max_redeliveries: u32,
+    /// Milliseconds between the outbox relay's safety sweeps (every commit
+    /// that queues a message also wakes it at once).
     pub relay_interval_ms: u64,
     /// How long a relay's claim on outbox rows lasts (PostgreSQL): a message
     /// claimed by a dispatcher that died is sent by another after this.
@@ -207,41 +256,63 @@ impl DispatchSettings {
     }
 }
 
+/// The guest worker (`bora worker`).
 #[derive(Debug, Clone, Deserialize)]
 pub struct WorkerSettings {
+    /// The server this worker serves (`--server-id` wins); no default.
     pub server_id: Option<String>,
+    /// The worker's own broker credentials; `amqp.url` when absent.
     pub amqp_url: Option<SecretUrl>,
+    /// Executables named after a task's group; they win over the built-in
+    /// runners.
     pub hooks_dir: PathBuf,
+    /// Tasks run at once, and the prefetch of the task queue (at least 1).
     pub concurrency: u16,
+    /// The cap for stdout and for stderr, in bytes (head and tail kept; at
+    /// least 1024).
     pub max_output_bytes: usize,
+    /// Seconds between heartbeats, while a task runs and when idle.
     pub heartbeat_s: u64,
+    /// Where the at-most-once ledger lives.
     pub state_dir: PathBuf,
+    /// Seconds running tasks may go on after SIGTERM before they are killed.
     pub shutdown_grace_s: u64,
 }
 
+/// How log lines are written (`log.format`, `--log-format`).
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
+    /// Lines for people at a terminal.
     Human,
+    /// One JSON object per line, for log collectors.
     Json,
 }
 
+/// Logging.
 #[derive(Debug, Clone, Deserialize)]
 pub struct LogSettings {
+    /// Human lines or JSON.
     pub format: LogFormat,
+    /// The `tracing` filter (e.g. `info`, `bora=debug`); `RUST_LOG` wins.
     pub level: String,
 }
 
 /// Why the settings could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The `--config` file is missing or does not parse.
     #[error("configuration file {path}: {source}")]
     File {
+        /// The file named.
         path: PathBuf,
+        /// What was wrong with it.
         source: config::ConfigError,
     },
+    /// A value of the wrong type, or a missing key.
     #[error("invalid configuration: {0}")]
     Invalid(#[from] config::ConfigError),
+    /// A value out of range (e.g. `worker.concurrency = 0`).
     #[error("invalid configuration: {0}")]
     Check(String),
 }

@@ -1,3 +1,8 @@
+//! The `bora` executable: parses the command line, builds the runtime the
+//! command needs, and runs it through the library ([`bora::cli::run`]).
+
+#![warn(clippy::unwrap_used, clippy::undocumented_unsafe_blocks)]
+
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {

@@ -16,12 +16,18 @@ use crate::config::Settings;
 use crate::domain::broker_user;
 use crate::domain::{ServerId, ServerKind};
 
+/// A registration or revocation that did not complete; every step is
+/// idempotent, so calling again is safe.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
+    /// The management API refused a step or is unreachable (the user,
+    /// permissions, limits, connections or queue deletion).
     #[error("{0}")]
     Management(#[from] ManagementError),
+    /// The broker refused a queue declare or is unreachable.
     #[error("{0}")]
     Broker(#[from] BrokerError),
+    /// The server's row, or the cancel of its tasks, failed in `app`.
     #[error(transparent)]
     App(#[from] AppError),
 }
@@ -29,16 +35,22 @@ pub enum RegistryError {
 /// What a registration returns, once.
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct Registration {
+    /// The server registered.
     #[schema(value_type = String)]
     pub server_id: ServerId,
+    /// What consumes its queue.
     pub kind: ServerKind,
+    /// Its broker user: `bora-srv-<server_id>`.
     pub username: String,
+    /// Its broker password: random, shown this once, never stored by bora.
     pub password: String,
     /// Ready for `worker.amqp_url` (guest) or oslo's `transport_url` (with the `rabbit` scheme).
     pub amqp_url: String,
     /// Whether the server was registered already and its password replaced.
     pub rotated: bool,
+    /// The queue its tasks arrive on: `<amqp.task_topic>.<server_id>`.
     pub task_queue: String,
+    /// The queue its cancels arrive on: `bora_control.<server_id>`.
     pub control_queue: String,
 }
 
@@ -85,6 +97,8 @@ pub fn permissions(
     }
 }
 
+/// Registers and revokes servers: their broker users, permissions, limits
+/// and queues, and their rows through `app`; cheap to clone.
 #[derive(Clone)]
 pub struct Registry {
     management: Management,

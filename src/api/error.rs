@@ -13,17 +13,24 @@ use crate::app::AppError;
 use crate::domain::FieldError;
 use crate::store::StoreError;
 
+/// A refusal on its way to the client: the status and what goes into
+/// [`ErrorBody`]. Built from an [`AppError`] or by the API itself.
 #[derive(Debug)]
 pub struct ApiError {
+    /// The HTTP status of the response.
     pub status: StatusCode,
+    /// Stable, snake_case: what scripts match on.
     pub code: &'static str,
+    /// For people.
     pub message: String,
+    /// Every invalid field, for `validation_failed`; else empty.
     pub details: Vec<FieldError>,
 }
 
 /// The body of every refusal.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorBody {
+    /// What was refused and why.
     pub error: ErrorDetail,
 }
 
@@ -39,6 +46,7 @@ pub struct ErrorDetail {
 }
 
 impl ApiError {
+    /// A refusal with `status`, `code` and `message`, and no field details.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
@@ -48,10 +56,13 @@ impl ApiError {
         }
     }
 
+    /// 404 `not_found`.
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
     }
 
+    /// 422 with a code of its own (such as `invalid_query` or
+    /// `invalid_body`) and no field details.
     pub fn unprocessable(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
     }

@@ -40,8 +40,12 @@ use views::{Health, Readiness};
 pub struct AppState {
     /// The use cases and reads.
     pub app: App,
+    /// The dispatcher's broker, for `/readyz` and the one broker question
+    /// the API asks (a server's task queue depth).
     pub broker: Broker,
+    /// Creates and revokes registered servers' broker users and queues.
     pub registry: crate::registration::Registry,
+    /// The loaded settings: tokens, body and page limits.
     pub settings: Arc<Settings>,
     /// Cancelled at shutdown: ends event streams, which would otherwise
     /// hold the graceful shutdown open forever.

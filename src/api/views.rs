@@ -14,6 +14,7 @@ use crate::store::EventRow;
 /// `GET /v1/workflows`: one page.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct WorkflowList {
+    /// This page's workflows, in id (creation) order.
     pub workflows: Vec<WorkflowView>,
     /// Pass as `marker` for the next page; null on the last page.
     #[schema(required)]
@@ -23,6 +24,7 @@ pub struct WorkflowList {
 /// `GET /v1/workflows/{wf}/tasks`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TaskList {
+    /// The workflow's tasks that match the filters.
     pub tasks: Vec<TaskView>,
 }
 
@@ -31,20 +33,26 @@ pub struct TaskList {
 pub struct EventView {
     /// Increasing in commit order; also the SSE `id` to resume from.
     pub id: i64,
+    /// The workflow the change belongs to.
     pub workflow_id: WorkflowId,
     /// `task` (a task entered `state`) or `workflow` (the workflow was cancelled).
     pub kind: String,
     /// The state entered: a task state, or `cancelled` for a workflow event.
     pub state: String,
+    /// The task that changed; absent for `workflow` events.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     pub task_id: Option<TaskId>,
+    /// The task's name at the change; absent for `workflow` events.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     pub task_name: Option<String>,
+    /// The task's server at the change; absent for `workflow` events.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     pub server_id: Option<String>,
+    /// The task's attempt at the change (0 before its first); absent for
+    /// `workflow` events.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     pub attempt: Option<i64>,
@@ -72,6 +80,7 @@ impl From<EventRow> for EventView {
 /// and every event before it was sent.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct StreamEnd {
+    /// The workflow whose stream this ends.
     pub workflow_id: WorkflowId,
     /// `succeeded`, `failed`, `cancelled`, or `deleted`.
     pub state: String,
@@ -87,8 +96,11 @@ pub struct Health {
 /// `GET /readyz`: `ok` or `unreachable` for the whole and for each part.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Readiness {
+    /// `ok` when both the store and the broker are.
     pub status: String,
+    /// `ok` when the store answered a ping.
     pub store: String,
+    /// `ok` when a connection to the broker is up (checked within 3 s).
     pub broker: String,
 }
 
@@ -96,8 +108,11 @@ pub struct Readiness {
 /// (`deploy_*` plus one key per output), ready for `signal_software_deployment`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct HeatSignal {
+    /// The captured standard output (capped, head and tail).
     pub deploy_stdout: String,
+    /// The captured standard error (capped, head and tail).
     pub deploy_stderr: String,
+    /// The process exit code; -1 when no process ran or it was killed.
     pub deploy_status_code: i64,
     /// Present when the attempt failed for a reason other than the script.
     #[serde(skip_serializing_if = "Option::is_none")]

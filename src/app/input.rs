@@ -16,7 +16,9 @@ use crate::domain::{
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewServer {
+    /// The server to register: 1–64 of `[A-Za-z0-9_-]`.
     pub server_id: String,
+    /// What consumes its queue; `guest` (a bora worker) by default.
     #[serde(default)]
     pub kind: ServerKind,
 }
@@ -25,18 +27,37 @@ pub struct NewServer {
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewTask {
+    /// 1–255 characters, unique in the workflow; defaults to the task's id.
     pub name: Option<String>,
+    /// The server whose worker runs it: 1–64 of `[A-Za-z0-9_-]`.
     pub server_id: String,
+    /// How the worker runs it: `script` (the default), `Heat::Ungrouped`,
+    /// `std.echo`, `std.noop`, or a hook name.
     pub group: Option<String>,
+    /// The script body, or the hook's config; empty by default.
     pub config: Option<String>,
+    /// Name → JSON value; scripts get them as environment variables. Never
+    /// logged (Heat passes credentials here).
     pub inputs: Option<serde_json::Map<String, Value>>,
+    /// The outputs the task declares: names, or `{name, error_output}`.
     pub outputs: Option<Vec<OutputSpec>>,
+    /// Passed through to hooks.
     pub options: Option<serde_json::Map<String, Value>>,
+    /// Ids or names of tasks of the same workflow (or of the same request)
+    /// that must end before this one is released.
     pub depends_on: Option<Vec<String>>,
+    /// What a dependency that ends unsuccessfully does to this task; `skip`
+    /// by default.
     pub on_dependency_failure: Option<OnDependencyFailure>,
+    /// Seconds an attempt may run before the worker kills it: 1–86400,
+    /// default 3600.
     pub timeout_s: Option<i64>,
+    /// Extra attempts after a failure or timeout: 0–100, default 0.
     pub retries: Option<i64>,
+    /// Seconds from a failed attempt to the publish of the next: 0–3600,
+    /// default 0.
     pub retry_delay_s: Option<i64>,
+    /// `at_least_once` (the default) or `at_most_once`.
     pub delivery: Option<Delivery>,
 }
 
@@ -141,18 +162,32 @@ impl NewTask {
 #[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TaskPatch {
+    /// A new name, unique in the workflow.
     pub name: Option<String>,
+    /// Another server to run on.
     pub server_id: Option<String>,
+    /// Another runner: `script`, `Heat::Ungrouped`, `std.echo`, `std.noop`,
+    /// or a hook name.
     pub group: Option<String>,
+    /// A new script body or hook config.
     pub config: Option<String>,
+    /// Replaces every input (never logged).
     pub inputs: Option<serde_json::Map<String, Value>>,
+    /// Replaces the declared outputs.
     pub outputs: Option<Vec<OutputSpec>>,
+    /// Replaces the hook options.
     pub options: Option<serde_json::Map<String, Value>>,
+    /// Replaces the dependencies (ids or names of the workflow's tasks).
     pub depends_on: Option<Vec<String>>,
+    /// A new policy for a dependency that ends unsuccessfully.
     pub on_dependency_failure: Option<OnDependencyFailure>,
+    /// A new timeout in seconds: 1–86400.
     pub timeout_s: Option<i64>,
+    /// A new number of extra attempts: 0–100.
     pub retries: Option<i64>,
+    /// A new delay before a retry, in seconds: 0–3600.
     pub retry_delay_s: Option<i64>,
+    /// A new delivery guarantee.
     pub delivery: Option<Delivery>,
 }
 
@@ -192,8 +227,12 @@ impl TaskPatch {
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewWorkflow {
+    /// 1–255 characters; need not be unique.
     pub name: String,
+    /// Free text for people.
     pub description: Option<String>,
+    /// The first batch of tasks, created with the workflow; they may refer
+    /// to each other by name in any order.
     pub tasks: Option<Vec<NewTask>>,
 }
 
@@ -201,7 +240,9 @@ pub struct NewWorkflow {
 #[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WorkflowPatch {
+    /// A new name: 1–255 characters.
     pub name: Option<String>,
+    /// A new description.
     pub description: Option<String>,
 }
 

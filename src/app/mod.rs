@@ -2,9 +2,10 @@
 //! state, one per file, each one store transaction. A use case reads what
 //! it needs, decides in memory (task moves through the task entity, the
 //! release through [`release`]'s one walk), and hands what changed to the
-//! unit of work ([`unit`]), which writes rows, events, outbox messages and
-//! notifications with per-batch statements before the commit. So a state
-//! change and the messages it causes commit together or not at all.
+//! unit of work ([`unit`](mod@unit)), which writes rows, events, outbox
+//! messages and notifications with per-batch statements before the commit.
+//! So a state change and the messages it causes commit together or not at
+//! all.
 //!
 //! Also here, shared by both APIs: what clients send ([`input`]), the read
 //! models both answer with ([`views`], [`queries`]), and the one error type

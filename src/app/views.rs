@@ -16,15 +16,24 @@ use crate::protocol::TaskResult;
 
 pub use crate::protocol::timestamp;
 
+/// A workflow as both APIs show it: its own fields, its state derived from
+/// its tasks, and how many tasks are in each state.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct WorkflowView {
+    /// Never changes.
     pub id: WorkflowId,
+    /// For people; not unique.
     pub name: String,
+    /// For people; null when none was given.
     #[schema(required)]
     pub description: Option<String>,
+    /// Derived from its tasks and whether it was cancelled.
     pub state: WorkflowState,
+    /// The number of its tasks in every state.
     pub task_counts: TaskCounts,
+    /// When it was created (RFC 3339).
     pub created_at: String,
+    /// The last change of its name, description or cancel flag (RFC 3339).
     pub updated_at: String,
     /// Only in the answer to a create with tasks: the tasks created.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -33,6 +42,8 @@ pub struct WorkflowView {
 }
 
 impl WorkflowView {
+    /// The view of a stored workflow whose tasks number `counts`; `tasks`
+    /// is left out.
     pub fn new(row: Workflow, counts: TaskCounts) -> Self {
         Self {
             id: row.id,
@@ -50,30 +61,53 @@ impl WorkflowView {
 /// A dependency of a task and where it stands.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct DependencyView {
+    /// The dependency's name in the workflow.
     pub name: String,
+    /// Its state now.
     pub state: TaskState,
 }
 
+/// A task as both APIs show it: its spec, where it stands, its last result,
+/// and what is derived about it (what it waits for, whether its server is
+/// online).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TaskView {
+    /// Never changes.
     pub id: TaskId,
+    /// The workflow it belongs to.
     pub workflow_id: WorkflowId,
+    /// Unique in its workflow.
     pub name: String,
+    /// The server whose worker runs it.
     pub server_id: String,
+    /// The runner or hook that runs it.
     pub group: String,
+    /// The script body, or the hook's config.
     pub config: String,
+    /// Name → JSON value, as submitted.
     pub inputs: Map<String, Value>,
+    /// The declared outputs.
     pub outputs: Vec<OutputSpec>,
+    /// Passed through to hooks.
     pub options: Map<String, Value>,
     /// Names of the dependencies.
     pub depends_on: Vec<String>,
+    /// What a dependency that ends unsuccessfully does to it.
     pub on_dependency_failure: OnDependencyFailure,
+    /// Seconds an attempt may run before the worker kills it.
     pub timeout_s: i64,
+    /// Extra attempts allowed after a failure or timeout.
     pub retries: i64,
+    /// Seconds from a failed attempt to the publish of the next.
     pub retry_delay_s: i64,
+    /// `at_least_once` or `at_most_once`.
     pub delivery: Delivery,
+    /// Where it is in its life.
     pub state: TaskState,
+    /// 0 until its first attempt goes out; the current attempt after.
     pub attempt: i64,
+    /// The last result that came back (its `attempt` says whose); null
+    /// until one did.
     #[schema(required)]
     pub result: Option<TaskResult>,
     /// The unfinished dependencies of a waiting task.
@@ -91,11 +125,16 @@ pub struct TaskView {
     /// did not answer.
     #[schema(required)]
     pub messages_ahead: Option<u32>,
+    /// When it was created (RFC 3339).
     pub created_at: String,
+    /// When the current attempt was queued: the broker's confirm, or the
+    /// worker's first report if that came first (RFC 3339).
     #[schema(required)]
     pub queued_at: Option<String>,
+    /// When the current attempt reported that it started (RFC 3339).
     #[schema(required)]
     pub started_at: Option<String>,
+    /// When it reached a terminal state (RFC 3339).
     #[schema(required)]
     pub finished_at: Option<String>,
 }

@@ -23,7 +23,8 @@
 //!
 //! # Layout
 //! - [`env`]: vhost, temporary directory, embedded dispatcher, workers, teardown.
-//! - [`database`]: the fresh PostgreSQL database of a `postgres://` `--store-url`.
+//! - [`crate::store::scratch`] (in `store`, with all of bora's SQL): the
+//!   fresh PostgreSQL database of a `postgres://` `--store-url`.
 //! - [`client`]: the few REST calls the bench makes.
 //! - [`scenarios`]: warm-up, throughput, chain and DAG through bora.
 //! - [`listener`]: consumes the notifications, as a deployment's listener

@@ -11,16 +11,25 @@ use serde_json::{Value, json};
 
 use crate::config::SecretUrl;
 
+/// A management API call that failed (most calls retry server errors and
+/// transport failures a few times first).
 #[derive(Debug, thiserror::Error)]
 pub enum ManagementError {
+    /// `amqp.management_url` does not parse.
     #[error("invalid management url: {0}")]
     Url(String),
+    /// No usable answer: unreachable, timed out, or a body that does not
+    /// decode.
     #[error("management API unreachable: {0}")]
     Http(#[from] reqwest::Error),
+    /// RabbitMQ answered with an error status.
     #[error("management API refused {what}: HTTP {status}: {body}")]
     Refused {
+        /// The step that was refused, for the message.
         what: String,
+        /// RabbitMQ's status.
         status: StatusCode,
+        /// The start of RabbitMQ's answer (at most 300 characters), if kept.
         body: String,
     },
 }

@@ -34,10 +34,14 @@ const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 /// outbox keeps unconfirmed messages and unacked replies are redelivered.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
+    /// The pool could not hand out a connection (the broker is down, or
+    /// refused the login).
     #[error("broker connection: {0}")]
     Pool(String),
+    /// A channel, declare, publish or consume failed.
     #[error("AMQP error: {0}")]
     Amqp(#[from] lapin::Error),
+    /// The broker did not answer (e.g. confirm a batch) in this long.
     #[error("broker did not answer within {0:?}")]
     Timeout(Duration),
     /// A queue exists with another type or other arguments than this
@@ -51,8 +55,11 @@ pub enum BrokerError {
          is declared again"
     )]
     Inequivalent {
+        /// The queue whose declare was refused.
         queue: String,
+        /// The type this configuration declares (`amqp.queue_type`).
         queue_type: QueueType,
+        /// The limit this configuration declares (`amqp.delivery_limit`).
         delivery_limit: u32,
         /// The broker's own words, naming the argument that differs.
         broker: String,
@@ -184,6 +191,7 @@ impl Broker {
         })
     }
 
+    /// The `[amqp]` settings this broker was built from.
     pub fn settings(&self) -> &AmqpSettings {
         &self.settings
     }
@@ -395,7 +403,9 @@ async fn declare_bound_queue(
 /// One message for the publisher.
 #[derive(Debug, Clone)]
 pub struct Outgoing {
+    /// The key it is published with to the configured exchange.
     pub routing_key: String,
+    /// The encoded message, as `protocol` renders it.
     pub body: Vec<u8>,
     /// Returned when no queue takes it (tasks, cancels); notifications are
     /// not, as oslo's Notifier does.
@@ -525,7 +535,9 @@ impl Publisher {
 /// One reply taken off the reply queue.
 #[derive(Debug, Clone)]
 pub struct ReplyDelivery {
+    /// The channel's tag for it, for [`ReplyConsumer::ack_through`].
     pub delivery_tag: u64,
+    /// The message body as it came; `protocol` decodes it.
     pub body: Vec<u8>,
     /// The exchange it was published to: `""` for the default exchange.
     pub exchange: String,

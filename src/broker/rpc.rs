@@ -19,7 +19,10 @@ use deadpool_lapin::Object;
 /// One request taken off an API queue.
 #[derive(Debug)]
 pub struct RpcDelivery {
+    /// The channel's tag for it, for [`RpcEndpoint::ack`] or
+    /// [`RpcEndpoint::reject`].
     pub delivery_tag: u64,
+    /// The request as it came; `protocol` decodes it.
     pub body: Vec<u8>,
 }
 

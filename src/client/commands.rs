@@ -33,10 +33,13 @@ pub struct Conn {
     pub json: bool,
 }
 
+/// `bora workflow ...`: where the API is, and the verb.
 #[derive(Debug, Args)]
 pub struct WorkflowArgs {
+    /// The API's URL and token, and the output format.
     #[command(flatten)]
     pub conn: Conn,
+    /// The verb to run.
     #[command(subcommand)]
     pub command: WorkflowCommand,
 }
@@ -76,10 +79,13 @@ pub enum WorkflowCommand {
     },
 }
 
+/// `bora task ...`: where the API is, and the verb.
 #[derive(Debug, Args)]
 pub struct TaskArgs {
+    /// The API's URL and token, and the output format.
     #[command(flatten)]
     pub conn: Conn,
+    /// The verb to run.
     #[command(subcommand)]
     pub command: TaskCommand,
 }
@@ -389,10 +395,13 @@ pub async fn run_task(args: TaskArgs) -> anyhow::Result<Outcome> {
     Ok(Outcome::Success)
 }
 
+/// `bora server ...`: where the API is, and the verb.
 #[derive(Debug, Args)]
 pub struct ServerArgs {
+    /// The API's URL and token, and the output format.
     #[command(flatten)]
     pub conn: Conn,
+    /// The verb to run.
     #[command(subcommand)]
     pub command: ServerCommand,
 }

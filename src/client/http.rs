@@ -12,20 +12,32 @@ pub enum ClientError {
     /// The server refused: its status and its JSON error body.
     #[error("{status}: {code}: {message}")]
     Api {
+        /// The HTTP status.
         status: StatusCode,
+        /// The body's `error.code` (`http_error` when it has none).
         code: String,
+        /// The body's `error.message`, else the start of the body or the
+        /// status's reason.
         message: String,
     },
     /// The server could not be reached, or the connection broke.
     #[error("cannot reach bora at {url}: {source}")]
     Transport {
+        /// The URL requested.
         url: String,
+        /// reqwest's reason.
         #[source]
         source: reqwest::Error,
     },
     /// The answer was not what the API promises.
     #[error("unexpected answer from {url}: {message}")]
-    Unexpected { url: String, message: String },
+    Unexpected {
+        /// The URL requested.
+        url: String,
+        /// What was wrong with the answer.
+        message: String,
+    },
+    /// `--url` is unusable (not an `http(s)://` URL): the URL given and why.
     #[error("invalid --url {0:?}: {1}")]
     Url(String, String),
 }
@@ -68,6 +80,7 @@ impl Client {
         })
     }
 
+    /// The full URL of `path` (which starts with `/`) on this dispatcher.
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }

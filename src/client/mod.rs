@@ -37,6 +37,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// The process exit code scripts see: 0 or 3.
     pub fn exit_code(self) -> u8 {
         match self {
             Outcome::Success => 0,

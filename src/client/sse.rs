@@ -21,6 +21,7 @@ pub struct SseEvent {
     pub id: Option<String>,
     /// The `event` field; `message` when absent.
     pub event: String,
+    /// The `data` lines, joined with `\n`.
     pub data: String,
 }
 

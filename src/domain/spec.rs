@@ -24,15 +24,20 @@ pub const MAX_NAME_LEN: usize = 255;
 /// The longest group name, in bytes.
 pub const MAX_GROUP_LEN: usize = 255;
 
+/// What a task does when a dependency ends unsuccessfully (failed, timed
+/// out, cancelled or skipped).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OnDependencyFailure {
+    /// End as `skipped` without running (the default).
     #[default]
     Skip,
+    /// Run anyway once every dependency has ended.
     Run,
 }
 
 impl OnDependencyFailure {
+    /// The snake_case name of the APIs and the store.
     pub fn as_str(self) -> &'static str {
         match self {
             OnDependencyFailure::Skip => "skip",
@@ -52,15 +57,21 @@ impl FromStr for OnDependencyFailure {
     }
 }
 
+/// How often one attempt may run on its server, when workers crash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Delivery {
+    /// A lost attempt is sent again (up to `dispatch.max_redeliveries`), so
+    /// a script may run more than once (the default).
     #[default]
     AtLeastOnce,
+    /// The worker records each attempt in a ledger before it starts and
+    /// never starts it twice; a lost attempt fails instead.
     AtMostOnce,
 }
 
 impl Delivery {
+    /// The snake_case name of the APIs and the store.
     pub fn as_str(self) -> &'static str {
         match self {
             Delivery::AtLeastOnce => "at_least_once",
@@ -93,6 +104,7 @@ pub enum ServerKind {
 }
 
 impl ServerKind {
+    /// The snake_case name of the APIs and the store.
     pub fn as_str(self) -> &'static str {
         match self {
             ServerKind::Guest => "guest",
@@ -115,6 +127,7 @@ impl FromStr for ServerKind {
 /// A declared output. In JSON either a bare name or `{name, error_output}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct OutputSpec {
+    /// Its key in the result's `outputs`.
     pub name: String,
     /// Heat's rule: if this output comes back non-empty, the task failed.
     pub error_output: bool,
@@ -153,28 +166,42 @@ impl<'de> Deserialize<'de> for OutputSpec {
 /// A fully validated task, ready for the tracker.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TaskSpec {
+    /// Chosen at validation (UUIDv7); kept by a patch.
     pub id: TaskId,
     /// Unique in the workflow; defaults to the id.
     pub name: String,
+    /// The server whose worker runs it.
     pub server_id: ServerId,
+    /// The runner or hook that runs it (`script` by default).
     pub group: String,
+    /// The script body, or the hook's config.
     pub config: String,
+    /// Name → JSON value; never logged.
     pub inputs: serde_json::Map<String, Value>,
+    /// The declared outputs, names unique.
     pub outputs: Vec<OutputSpec>,
+    /// Passed through to hooks.
     pub options: serde_json::Map<String, Value>,
     /// References as the client wrote them (ids or names); resolved by the tracker.
     pub depends_on: Vec<String>,
+    /// What a dependency that ends unsuccessfully does to it.
     pub on_dependency_failure: OnDependencyFailure,
+    /// Seconds an attempt may run: 1..=[`MAX_TIMEOUT_S`].
     pub timeout_s: u32,
+    /// Extra attempts after a failure or timeout: 0..=[`MAX_RETRIES`].
     pub retries: u32,
+    /// Seconds before a retry is published: 0..=[`MAX_RETRY_DELAY_S`].
     pub retry_delay_s: u32,
+    /// Whether a lost attempt may run again.
     pub delivery: Delivery,
 }
 
 /// One problem with a submitted value: where it is, and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct FieldError {
+    /// Where the value is in the request, e.g. `tasks[3].timeout_s`.
     pub field: String,
+    /// What is wrong with it, for people.
     pub message: String,
 }
 
@@ -184,6 +211,7 @@ impl fmt::Display for FieldError {
     }
 }
 
+/// A [`FieldError`] for `field`, without spelling out the struct.
 pub fn field_err(field: impl Into<String>, message: impl Into<String>) -> FieldError {
     FieldError {
         field: field.into(),

@@ -23,15 +23,24 @@ pub enum TaskState {
     Queued,
     /// The worker reported that it started.
     Running,
+    /// The last attempt's result was a success: exit code 0, no error, no
+    /// non-empty `error_output`.
     Succeeded,
+    /// The last attempt failed, or its worker was lost, and no new attempt
+    /// is allowed.
     Failed,
+    /// The last attempt outran its `timeout_s` (the worker killed it, or no
+    /// result came in time) and no retry is left.
     TimedOut,
+    /// Cancelled through an API (the task, its workflow, or a revoked server).
     Cancelled,
     /// A dependency ended unsuccessfully and `on_dependency_failure` is `skip`.
     Skipped,
 }
 
 impl TaskState {
+    /// Every state, in the order of a task's life: for counts, metrics and
+    /// parsing.
     pub const ALL: [TaskState; 8] = [
         TaskState::Waiting,
         TaskState::Queued,
@@ -43,6 +52,7 @@ impl TaskState {
         TaskState::Skipped,
     ];
 
+    /// The snake_case name the store, the APIs and the metrics use.
     pub fn as_str(self) -> &'static str {
         match self {
             TaskState::Waiting => "waiting",
@@ -56,6 +66,7 @@ impl TaskState {
         }
     }
 
+    /// Whether the task has ended: its state never moves again.
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
@@ -121,10 +132,14 @@ impl FromStr for TaskState {
     }
 }
 
+/// A state move [`TaskState::check_transition`] refuses (a bug, or a race
+/// the locks should have prevented); nothing is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("illegal task state change from {from} to {to}")]
 pub struct IllegalTransition {
+    /// The state the task was in.
     pub from: TaskState,
+    /// The state it was asked to enter.
     pub to: TaskState,
 }
 
@@ -132,14 +147,21 @@ pub struct IllegalTransition {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WorkflowState {
+    /// It has no tasks.
     Empty,
+    /// Some task has not ended.
     Running,
+    /// Every task succeeded.
     Succeeded,
+    /// Every task ended, and one failed, timed out or was skipped.
     Failed,
+    /// Cancelled through the API, or only single-task cancels kept it from
+    /// succeeding.
     Cancelled,
 }
 
 impl WorkflowState {
+    /// The snake_case name the APIs and notifications use.
     pub fn as_str(self) -> &'static str {
         match self {
             WorkflowState::Empty => "empty",

@@ -21,6 +21,7 @@ pub use notification::{Notification, TaskEndPayload, WorkflowEndPayload, timesta
 pub const OSLO_VERSION: &str = "2.0";
 /// `content_type` of every message (oslo rejects anything else, oslo-wire 4.4).
 pub const CONTENT_TYPE: &str = "application/json";
+/// `content_encoding` of every message, as oslo sets it.
 pub const CONTENT_ENCODING: &str = "utf-8";
 /// The RPC method a task call invokes on a worker.
 pub const RUN_TASK: &str = "run_task";
@@ -32,16 +33,23 @@ pub const IDLE_HEARTBEAT_PREFIX: &str = "server.";
 /// Why a message could not be understood.
 #[derive(Debug, thiserror::Error)]
 pub enum ProtocolError {
+    /// The body does not parse as JSON.
     #[error("body is not JSON: {0}")]
     NotJson(#[source] serde_json::Error),
+    /// The body is JSON, but not an object.
     #[error("body is not a JSON object")]
     NotObject,
+    /// An envelope whose `oslo.version` is not [`OSLO_VERSION`] (as sent).
     #[error("unsupported oslo.version {0:?}")]
     Version(String),
+    /// The envelope's `oslo.message` is not a string holding a JSON object.
     #[error("oslo.message is not a JSON string holding an object")]
     BadInner,
+    /// The inner message lacks a field, has one of the wrong type, or names
+    /// another method.
     #[error("malformed message: {0}")]
     Shape(#[source] serde_json::Error),
+    /// A reply's `_msg_id` that bora did not send (its first 80 characters).
     #[error("unknown _msg_id {0:?}")]
     MsgId(String),
 }
@@ -95,11 +103,15 @@ pub fn decode_envelope(body: &[u8]) -> Result<Map<String, Value>, ProtocolError>
 /// An RPC request (call or cast) as oslo sends it (oslo-wire 4.3).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RpcRequest {
+    /// The method called: `run_task`, `cancel_task`, or an RPC API method.
     pub method: String,
+    /// The method's keyword arguments.
     #[serde(default)]
     pub args: Map<String, Value>,
+    /// oslo's target namespace, if the caller set one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+    /// oslo's target API version, if the caller set one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
     /// Call only: correlation id echoed in every reply.
@@ -147,16 +159,23 @@ impl RpcRequest {
 /// An oslo reply: a heartbeat (`ending: false`) or the final answer (oslo-wire 5).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RpcReply {
+    /// The method's return value: a [`TaskResult`] for a task call; null
+    /// in heartbeats and failures.
     #[serde(default)]
     pub result: Value,
     /// Null, or a JSON string holding a [`Failure`]. Always sent: an oslo client
     /// without it raises `KeyError` (oslo-wire 11.3).
     #[serde(default)]
     pub failure: Option<String>,
+    /// `false` for a heartbeat (`started` included), `true` for the final
+    /// answer (assumed when absent).
     #[serde(default = "default_true")]
     pub ending: bool,
+    /// The `_msg_id` of the call it answers (`<task_id>.<attempt>`), or
+    /// `server.<server_id>` for a worker's idle heartbeat.
     #[serde(rename = "_msg_id")]
     pub msg_id: String,
+    /// A fresh deduplication key per reply.
     #[serde(rename = "_unique_id", default)]
     pub unique_id: Option<String>,
 }
@@ -206,6 +225,7 @@ impl RpcReply {
         serde_json::from_value(Value::Object(inner)).map_err(ProtocolError::Shape)
     }
 
+    /// The enveloped body.
     pub fn encode(&self) -> Vec<u8> {
         encode_envelope(self)
     }
@@ -214,18 +234,25 @@ impl RpcReply {
 /// An exception as oslo serialises it into a reply's `failure` string.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Failure {
+    /// The exception's class name, e.g. `ValueError`.
     pub class: String,
+    /// The class's module; `builtins` (or empty) for Python's own.
     pub module: String,
+    /// The exception's text.
     pub message: String,
+    /// The traceback lines; bora sends none.
     #[serde(default)]
     pub tb: Vec<String>,
+    /// The exception's positional arguments (bora sends the message).
     #[serde(default)]
     pub args: Vec<Value>,
+    /// The exception's keyword arguments.
     #[serde(default)]
     pub kwargs: Map<String, Value>,
 }
 
 impl Failure {
+    /// An exception of `module.class` with `message`, as bora raises it.
     pub fn new(module: &str, class: &str, message: impl Into<String>) -> Self {
         let message = message.into();
         Self {
@@ -238,6 +265,7 @@ impl Failure {
         }
     }
 
+    /// The JSON string a reply's `failure` carries.
     pub fn encode(&self) -> String {
         serde_json::to_string(self).unwrap_or_else(|_| "{}".to_owned())
     }
@@ -278,7 +306,12 @@ pub fn task_msg_id(task: TaskId, attempt: u32) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MsgTarget {
     /// One attempt of a task.
-    Attempt { task: TaskId, attempt: u32 },
+    Attempt {
+        /// The task.
+        task: TaskId,
+        /// Its attempt, from 1.
+        attempt: u32,
+    },
     /// A worker's idle heartbeat.
     Server(ServerId),
 }
@@ -303,20 +336,32 @@ pub fn parse_msg_id(msg_id: &str) -> Result<MsgTarget, ProtocolError> {
 /// The `args.task` of a `run_task` call: what a worker needs to run one attempt.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskMessage {
+    /// The task.
     pub id: TaskId,
+    /// Its workflow (for the worker's span).
     pub workflow_id: WorkflowId,
+    /// Its name, as hooks receive it.
     pub name: String,
+    /// The server it is for; a worker refuses another server's task.
     pub server_id: ServerId,
+    /// The runner or hook that runs it.
     pub group: String,
+    /// The script body, or the hook's config.
     pub config: String,
+    /// Name → JSON value; never logged.
     #[serde(default)]
     pub inputs: Map<String, Value>,
+    /// The outputs to collect.
     #[serde(default)]
     pub outputs: Vec<OutputSpec>,
+    /// Passed through to hooks.
     #[serde(default)]
     pub options: Map<String, Value>,
+    /// Seconds the worker lets it run before it kills the process group.
     pub timeout_s: u32,
+    /// Which attempt this is, from 1.
     pub attempt: u32,
+    /// Whether the worker must record the attempt in its ledger first.
     #[serde(default)]
     pub delivery: Delivery,
 }
@@ -384,11 +429,14 @@ impl TaskMessage {
 /// The `args` of a `cancel_task` cast on a worker's control queue.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CancelMessage {
+    /// The task to stop.
     pub task_id: TaskId,
+    /// The attempt to stop; other attempts of the task are not touched.
     pub attempt: u32,
 }
 
 impl CancelMessage {
+    /// The `cancel_task` cast that carries it (no `_msg_id`: no reply).
     pub fn to_cast(&self) -> RpcRequest {
         let mut args = Map::new();
         args.insert("task_id".into(), Value::String(self.task_id.to_string()));
@@ -425,27 +473,36 @@ pub struct TaskResult {
     /// The process exit code; -1 when no process ran or it was killed.
     #[serde(default)]
     pub exit_code: i64,
+    /// The process's standard output; over the worker's cap, its head and
+    /// tail.
     #[serde(default)]
     pub stdout: String,
+    /// The process's standard error; over the worker's cap, its head and
+    /// tail.
     #[serde(default)]
     pub stderr: String,
+    /// The outputs that came back, name → value.
     #[serde(default)]
     pub outputs: Map<String, Value>,
     /// Whether stdout or stderr was cut to the cap (head and tail kept).
     #[serde(default)]
     pub truncated: bool,
-    /// Length and digest of the whole streams, before any cut.
+    /// The length of the whole standard output in bytes, before any cut.
     #[serde(default)]
     pub stdout_bytes: u64,
+    /// The length of the whole standard error in bytes, before any cut.
     #[serde(default)]
     pub stderr_bytes: u64,
+    /// Hex SHA-256 of the whole standard output.
     #[serde(default)]
     pub stdout_sha256: String,
+    /// Hex SHA-256 of the whole standard error.
     #[serde(default)]
     pub stderr_sha256: String,
     /// Anything that is not the task's own failure (missing hook, bad message, ...).
     #[serde(default)]
     pub error: Option<String>,
+    /// The attempt this is the result of, from 1.
     #[serde(default)]
     pub attempt: u32,
     /// The worker killed the task at its `timeout_s`.

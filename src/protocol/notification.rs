@@ -25,19 +25,25 @@ pub fn timestamp(us: i64) -> String {
 /// payload, metadata)`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Notification {
+    /// A fresh UUID4 per message.
     pub message_id: String,
+    /// Who sent it: `notifications.publisher_id`, else `bora.<hostname>`.
     pub publisher_id: String,
+    /// `bora.task.end` or `bora.workflow.end`.
     pub event_type: String,
     /// `INFO` or `ERROR` (upper case, as oslo's Notifier sends it).
     pub priority: String,
+    /// A [`TaskEndPayload`] or a [`WorkflowEndPayload`], as JSON.
     pub payload: Value,
     /// Python's `str(datetime.utcnow())`: `2026-11-25 04:51:47.722413`.
     pub timestamp: String,
+    /// A fresh deduplication key per message.
     #[serde(rename = "_unique_id")]
     pub unique_id: String,
 }
 
 impl Notification {
+    /// A notification sent now: priority `ERROR` if `error`, else `INFO`.
     pub fn new(publisher_id: &str, event_type: &str, error: bool, payload: Value) -> Self {
         Self {
             message_id: Uuid::new_v4().to_string(),
@@ -58,6 +64,7 @@ impl Notification {
         format!("{topic}.{}", self.priority.to_lowercase())
     }
 
+    /// The enveloped body.
     pub fn encode(&self) -> Vec<u8> {
         encode_envelope(self)
     }
@@ -76,35 +83,60 @@ pub struct DependencyState {
 /// without the streams (notifications are summaries).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskEndPayload {
+    /// The task.
     pub id: TaskId,
+    /// Its workflow.
     pub workflow_id: WorkflowId,
+    /// Unique in its workflow.
     pub name: String,
+    /// The server whose worker ran it (or would have).
     pub server_id: String,
+    /// The runner or hook.
     pub group: String,
+    /// The script body, or the hook's config.
     pub config: String,
+    /// Name → JSON value, as submitted.
     pub inputs: Map<String, Value>,
+    /// The declared outputs.
     pub outputs: Vec<OutputSpec>,
+    /// Passed through to hooks.
     pub options: Map<String, Value>,
     /// Names of the dependencies.
     pub depends_on: Vec<String>,
+    /// What a dependency that ends unsuccessfully does to it.
     pub on_dependency_failure: OnDependencyFailure,
+    /// Seconds an attempt may run.
     pub timeout_s: i64,
+    /// Extra attempts allowed after a failure or timeout.
     pub retries: i64,
+    /// Seconds from a failed attempt to the publish of the next.
     pub retry_delay_s: i64,
+    /// `at_least_once` or `at_most_once`.
     pub delivery: Delivery,
+    /// The terminal state it ended in.
     pub state: TaskState,
+    /// Its last attempt; 0 if none went out (skipped, cancelled early).
     pub attempt: i64,
+    /// The last result, with `stdout` and `stderr` emptied; null if none
+    /// came back.
     pub result: Option<TaskResult>,
     /// The unfinished dependencies of a waiting task (empty at an end).
     pub blocked_by: Vec<String>,
+    /// Every dependency with its state.
     pub dependencies: Vec<DependencyState>,
+    /// Whether its server's worker sent a heartbeat recently.
     pub server_online: bool,
+    /// Its server's last heartbeat (RFC 3339), if any ever came.
     pub server_last_seen: Option<String>,
     /// Always null here (a REST-only hint).
     pub messages_ahead: Option<u32>,
+    /// When it was created (RFC 3339).
     pub created_at: String,
+    /// When its last attempt was queued (RFC 3339).
     pub queued_at: Option<String>,
+    /// When its last attempt reported that it started (RFC 3339).
     pub started_at: Option<String>,
+    /// When it ended (RFC 3339).
     pub finished_at: Option<String>,
 }
 
@@ -168,12 +200,19 @@ impl TaskEndPayload {
 /// and counts.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct WorkflowEndPayload {
+    /// The workflow.
     pub id: WorkflowId,
+    /// For people; not unique.
     pub name: String,
+    /// For people.
     pub description: Option<String>,
+    /// The state it ended in: `succeeded`, `failed` or `cancelled`.
     pub state: WorkflowState,
+    /// The number of its tasks in every state.
     pub task_counts: TaskCounts,
+    /// When it was created (RFC 3339).
     pub created_at: String,
+    /// The last change of its name, description or cancel flag (RFC 3339).
     pub updated_at: String,
 }
 

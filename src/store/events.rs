@@ -122,17 +122,22 @@ impl WriteTx {
 pub struct EventRow {
     /// Increasing in commit order; the SSE event id.
     pub id: i64,
+    /// The workflow the change belongs to.
     pub workflow_id: WorkflowId,
     /// `task` or `workflow`.
     pub kind: String,
     /// The new state (a task state, or a workflow state for `workflow` events).
     pub state: String,
+    /// The task that changed; `None` for `workflow` events.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub task_id: Option<TaskId>,
+    /// The task's name at the change; `None` for `workflow` events.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub task_name: Option<String>,
+    /// The task's server at the change; `None` for `workflow` events.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_id: Option<String>,
+    /// The task's attempt at the change; `None` for `workflow` events.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub attempt: Option<i64>,
     /// Microseconds since the epoch.

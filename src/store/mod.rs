@@ -52,7 +52,9 @@ static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migratio
 /// The database behind a [`Store`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
+    /// A SQLite file (WAL): one writer, one dispatcher.
     Sqlite,
+    /// A PostgreSQL database: row locks, several dispatchers.
     Postgres,
 }
 
@@ -72,12 +74,16 @@ impl Backend {
 /// A store failure. Bad input never gets here: the API validates first.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The database failed or is unreachable.
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
+    /// The migrations could not be applied at open.
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The store URL names no supported database (the URL given).
     #[error("unsupported store url {0:?}: use sqlite://PATH or postgres://USER@HOST/DATABASE")]
     Url(String),
+    /// A stored value bora cannot read back (unknown state, bad JSON).
     #[error("corrupt row: {0}")]
     Corrupt(String),
 }

@@ -38,6 +38,7 @@ pub enum OutboxKind {
 }
 
 impl OutboxKind {
+    /// The name stored in the `kind` column (and written in logs).
     pub fn as_str(self) -> &'static str {
         match self {
             OutboxKind::Task => "task",
@@ -61,13 +62,17 @@ impl OutboxKind {
 /// One due outbox message.
 #[derive(Debug, Clone)]
 pub struct OutboxItem {
+    /// The row's id, to delete it once the broker confirmed the publish.
     pub id: i64,
+    /// What it is.
     pub kind: OutboxKind,
     /// The task concerned; `None` for a workflow's end.
     pub task_id: Option<TaskId>,
     /// The workflow of a workflow's end.
     pub workflow_id: Option<WorkflowId>,
+    /// The task's attempt it is about (0 for a workflow's end).
     pub attempt: i64,
+    /// The server whose queue a task or cancel message goes to.
     pub server_id: String,
     /// When the transaction that queued it committed (microseconds); the
     /// start of the publish latency.

@@ -13,10 +13,16 @@ use crate::domain::ServerKind;
 /// A server bora knows: registered through the API, or seen in a heartbeat.
 #[derive(Debug, Clone)]
 pub struct ServerRow {
+    /// The server's id.
     pub server_id: String,
+    /// What consumes its queue (`guest` for a server only seen).
     pub kind: ServerKind,
+    /// Registered through the API (else only seen in heartbeats).
     pub registered: bool,
+    /// Its worker's last heartbeat, in microseconds since the epoch.
     pub last_seen: Option<i64>,
+    /// When bora first registered or heard from it, in microseconds since
+    /// the epoch.
     pub created_at: i64,
 }
 
