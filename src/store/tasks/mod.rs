@@ -3,117 +3,17 @@
 //! and the reads the use cases and the views need, by id, by reference, by
 //! state and by server.
 
-use std::str::FromStr;
-
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
 use super::servers::ServerRow;
-use super::sql::{AnyQuery, InList, MAX_IN, MAX_PARAMS, Params, query};
-use super::{Store, StoreError, WriteTx, parse_id};
+use super::sql::{InList, MAX_IN, MAX_PARAMS, Params, query};
+use super::{Store, StoreError, WriteTx};
 use crate::domain::{ServerId, Task, TaskCounts, TaskId, TaskState, WorkflowId};
 
-/// The columns of a task row, in decoding order ([`decode`]).
-macro_rules! task_columns {
-    () => {
-        "id, workflow_id, name, server_id, task_group, config, inputs, outputs, options, \
-         on_dependency_failure, timeout_s, retries, retry_delay_s, delivery, state, attempt, \
-         failures, redeliveries, result, created_at, queued_at, started_at, finished_at, \
-         last_heartbeat_at, updated_at"
-    };
-    (t) => {
-        "t.id, t.workflow_id, t.name, t.server_id, t.task_group, t.config, t.inputs, t.outputs, \
-         t.options, t.on_dependency_failure, t.timeout_s, t.retries, t.retry_delay_s, \
-         t.delivery, t.state, t.attempt, t.failures, t.redeliveries, t.result, t.created_at, \
-         t.queued_at, t.started_at, t.finished_at, t.last_heartbeat_at, t.updated_at"
-    };
-}
-pub(super) use task_columns;
+mod row;
 
-/// The columns of a task row, in binding order ([`bind`]).
-pub(super) const INSERT: &str = "INSERT INTO tasks (id, workflow_id, name, server_id, task_group, \
-     config, inputs, outputs, options, on_dependency_failure, timeout_s, retries, retry_delay_s, \
-     delivery, state, attempt, failures, redeliveries, result, created_at, queued_at, \
-     started_at, finished_at, last_heartbeat_at, updated_at) VALUES ";
-pub(super) const COLS: usize = 25;
-/// Makes [`INSERT`] write every column of existing rows.
-pub(super) const UPSERT: &str = " ON CONFLICT (id) DO UPDATE SET name = excluded.name, \
-     server_id = excluded.server_id, task_group = excluded.task_group, \
-     config = excluded.config, inputs = excluded.inputs, outputs = excluded.outputs, \
-     options = excluded.options, on_dependency_failure = excluded.on_dependency_failure, \
-     timeout_s = excluded.timeout_s, retries = excluded.retries, \
-     retry_delay_s = excluded.retry_delay_s, delivery = excluded.delivery, \
-     state = excluded.state, attempt = excluded.attempt, failures = excluded.failures, \
-     redeliveries = excluded.redeliveries, result = excluded.result, \
-     queued_at = excluded.queued_at, started_at = excluded.started_at, \
-     finished_at = excluded.finished_at, last_heartbeat_at = excluded.last_heartbeat_at, \
-     updated_at = excluded.updated_at";
-
-fn parse<T: FromStr<Err = String>>(s: &str) -> Result<T, StoreError> {
-    s.parse().map_err(StoreError::Corrupt)
-}
-
-/// A task from a row with [`task_columns`].
-pub(super) fn decode(row: &AnyRow) -> Result<Task, StoreError> {
-    let id: String = row.try_get("id")?;
-    let workflow_id: String = row.try_get("workflow_id")?;
-    let state: String = row.try_get("state")?;
-    let mut t = Task::restored(parse_id(&id)?, parse_id(&workflow_id)?, parse(&state)?);
-    let odf: String = row.try_get("on_dependency_failure")?;
-    let delivery: String = row.try_get("delivery")?;
-    t.name = row.try_get("name")?;
-    t.server_id = row.try_get("server_id")?;
-    t.group = row.try_get("task_group")?;
-    t.config = row.try_get("config")?;
-    t.inputs = row.try_get("inputs")?;
-    t.outputs = row.try_get("outputs")?;
-    t.options = row.try_get("options")?;
-    t.on_dependency_failure = parse(&odf)?;
-    t.timeout_s = row.try_get("timeout_s")?;
-    t.retries = row.try_get("retries")?;
-    t.retry_delay_s = row.try_get("retry_delay_s")?;
-    t.delivery = parse(&delivery)?;
-    t.attempt = row.try_get("attempt")?;
-    t.failures = row.try_get("failures")?;
-    t.redeliveries = row.try_get("redeliveries")?;
-    t.result = row.try_get("result")?;
-    t.created_at = row.try_get("created_at")?;
-    t.queued_at = row.try_get("queued_at")?;
-    t.started_at = row.try_get("started_at")?;
-    t.finished_at = row.try_get("finished_at")?;
-    t.last_heartbeat_at = row.try_get("last_heartbeat_at")?;
-    t.updated_at = row.try_get("updated_at")?;
-    Ok(t)
-}
-
-/// Binds every column of `t`, in [`INSERT`]'s order.
-pub(super) fn bind<'q>(q: AnyQuery<'q>, t: &'q Task) -> AnyQuery<'q> {
-    q.bind(t.id.to_string())
-        .bind(t.workflow_id.to_string())
-        .bind(&t.name)
-        .bind(&t.server_id)
-        .bind(&t.group)
-        .bind(&t.config)
-        .bind(&t.inputs)
-        .bind(&t.outputs)
-        .bind(&t.options)
-        .bind(t.on_dependency_failure.as_str())
-        .bind(t.timeout_s)
-        .bind(t.retries)
-        .bind(t.retry_delay_s)
-        .bind(t.delivery.as_str())
-        .bind(t.state().as_str())
-        .bind(t.attempt)
-        .bind(t.failures)
-        .bind(t.redeliveries)
-        .bind(&t.result)
-        .bind(t.created_at)
-        .bind(t.queued_at)
-        .bind(t.started_at)
-        .bind(t.finished_at)
-        .bind(t.last_heartbeat_at)
-        .bind(t.updated_at)
-}
+pub(in crate::store) use row::{COLS, INSERT, UPSERT, bind, decode, task_columns};
 
 /// A task of `workflow` by id, else by name.
 pub(super) async fn by_ref(
@@ -158,7 +58,9 @@ fn counts_of(rows: &[AnyRow]) -> Result<TaskCounts, StoreError> {
     for row in rows {
         let state: String = row.try_get("state")?;
         let n: i64 = row.try_get("n")?;
-        counts.0.insert(parse(&state)?, n as u64);
+        counts
+            .0
+            .insert(state.parse().map_err(StoreError::Corrupt)?, n as u64);
     }
     Ok(counts)
 }

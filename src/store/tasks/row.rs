@@ -1,0 +1,114 @@
+//! A task row's columns: their names (for `SELECT`s of this and other
+//! tables' joins), the insert and upsert that write them, and the decoding
+//! of a row into the domain's [`Task`] and back into bound parameters.
+
+use std::str::FromStr;
+
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use super::super::sql::AnyQuery;
+use super::super::{StoreError, parse_id};
+use crate::domain::Task;
+
+/// The columns of a task row, in decoding order ([`decode`]).
+macro_rules! task_columns {
+    () => {
+        "id, workflow_id, name, server_id, task_group, config, inputs, outputs, options, \
+         on_dependency_failure, timeout_s, retries, retry_delay_s, delivery, state, attempt, \
+         failures, redeliveries, result, created_at, queued_at, started_at, finished_at, \
+         last_heartbeat_at, updated_at"
+    };
+    (t) => {
+        "t.id, t.workflow_id, t.name, t.server_id, t.task_group, t.config, t.inputs, t.outputs, \
+         t.options, t.on_dependency_failure, t.timeout_s, t.retries, t.retry_delay_s, \
+         t.delivery, t.state, t.attempt, t.failures, t.redeliveries, t.result, t.created_at, \
+         t.queued_at, t.started_at, t.finished_at, t.last_heartbeat_at, t.updated_at"
+    };
+}
+pub(in crate::store) use task_columns;
+
+/// The columns of a task row, in binding order ([`bind`]).
+pub(in crate::store) const INSERT: &str = "INSERT INTO tasks (id, workflow_id, name, server_id, task_group, \
+     config, inputs, outputs, options, on_dependency_failure, timeout_s, retries, retry_delay_s, \
+     delivery, state, attempt, failures, redeliveries, result, created_at, queued_at, \
+     started_at, finished_at, last_heartbeat_at, updated_at) VALUES ";
+pub(in crate::store) const COLS: usize = 25;
+/// Makes [`INSERT`] write every column of existing rows.
+pub(in crate::store) const UPSERT: &str = " ON CONFLICT (id) DO UPDATE SET name = excluded.name, \
+     server_id = excluded.server_id, task_group = excluded.task_group, \
+     config = excluded.config, inputs = excluded.inputs, outputs = excluded.outputs, \
+     options = excluded.options, on_dependency_failure = excluded.on_dependency_failure, \
+     timeout_s = excluded.timeout_s, retries = excluded.retries, \
+     retry_delay_s = excluded.retry_delay_s, delivery = excluded.delivery, \
+     state = excluded.state, attempt = excluded.attempt, failures = excluded.failures, \
+     redeliveries = excluded.redeliveries, result = excluded.result, \
+     queued_at = excluded.queued_at, started_at = excluded.started_at, \
+     finished_at = excluded.finished_at, last_heartbeat_at = excluded.last_heartbeat_at, \
+     updated_at = excluded.updated_at";
+
+fn parse<T: FromStr<Err = String>>(s: &str) -> Result<T, StoreError> {
+    s.parse().map_err(StoreError::Corrupt)
+}
+
+/// A task from a row with [`task_columns`].
+pub(in crate::store) fn decode(row: &AnyRow) -> Result<Task, StoreError> {
+    let id: String = row.try_get("id")?;
+    let workflow_id: String = row.try_get("workflow_id")?;
+    let state: String = row.try_get("state")?;
+    let mut t = Task::restored(parse_id(&id)?, parse_id(&workflow_id)?, parse(&state)?);
+    let odf: String = row.try_get("on_dependency_failure")?;
+    let delivery: String = row.try_get("delivery")?;
+    t.name = row.try_get("name")?;
+    t.server_id = row.try_get("server_id")?;
+    t.group = row.try_get("task_group")?;
+    t.config = row.try_get("config")?;
+    t.inputs = row.try_get("inputs")?;
+    t.outputs = row.try_get("outputs")?;
+    t.options = row.try_get("options")?;
+    t.on_dependency_failure = parse(&odf)?;
+    t.timeout_s = row.try_get("timeout_s")?;
+    t.retries = row.try_get("retries")?;
+    t.retry_delay_s = row.try_get("retry_delay_s")?;
+    t.delivery = parse(&delivery)?;
+    t.attempt = row.try_get("attempt")?;
+    t.failures = row.try_get("failures")?;
+    t.redeliveries = row.try_get("redeliveries")?;
+    t.result = row.try_get("result")?;
+    t.created_at = row.try_get("created_at")?;
+    t.queued_at = row.try_get("queued_at")?;
+    t.started_at = row.try_get("started_at")?;
+    t.finished_at = row.try_get("finished_at")?;
+    t.last_heartbeat_at = row.try_get("last_heartbeat_at")?;
+    t.updated_at = row.try_get("updated_at")?;
+    Ok(t)
+}
+
+/// Binds every column of `t`, in [`INSERT`]'s order.
+pub(in crate::store) fn bind<'q>(q: AnyQuery<'q>, t: &'q Task) -> AnyQuery<'q> {
+    q.bind(t.id.to_string())
+        .bind(t.workflow_id.to_string())
+        .bind(&t.name)
+        .bind(&t.server_id)
+        .bind(&t.group)
+        .bind(&t.config)
+        .bind(&t.inputs)
+        .bind(&t.outputs)
+        .bind(&t.options)
+        .bind(t.on_dependency_failure.as_str())
+        .bind(t.timeout_s)
+        .bind(t.retries)
+        .bind(t.retry_delay_s)
+        .bind(t.delivery.as_str())
+        .bind(t.state().as_str())
+        .bind(t.attempt)
+        .bind(t.failures)
+        .bind(t.redeliveries)
+        .bind(&t.result)
+        .bind(t.created_at)
+        .bind(t.queued_at)
+        .bind(t.started_at)
+        .bind(t.finished_at)
+        .bind(t.last_heartbeat_at)
+        .bind(t.updated_at)
+}
