@@ -231,6 +231,9 @@ pub struct DispatchSettings {
     pub require_registration: bool,
     /// Replies larger than this many bytes are dropped unread (and counted).
     pub max_result_bytes: usize,
+    /// The largest value an input reference may resolve to (bytes of its
+    /// JSON); larger fails the consumer (SPEC 7.1).
+    pub max_input_bytes: usize,
     /// The most tasks one workflow may hold (422 beyond).
     pub max_tasks_per_workflow: u64,
     /// Broker connections a registered guest server's user may hold at once.

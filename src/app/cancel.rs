@@ -76,7 +76,14 @@ impl App {
         }
         let mut uow = UnitOfWork::default();
         let task = cancel(&mut uow, task, now)?;
-        walk(&mut tx, &mut uow, vec![task.id], now).await?;
+        walk(
+            &mut tx,
+            &mut uow,
+            self.config.max_input_bytes,
+            vec![task.id],
+            now,
+        )
+        .await?;
         if task.attempt == 0 {
             uow.delete_task(task.id);
         }

@@ -12,8 +12,9 @@ use super::input::NewWorkflow;
 use super::release::decide;
 use super::unit::UnitOfWork;
 use super::{App, AppError, locked_workflow, now_us};
+use crate::domain::refs::is_referable;
 use crate::domain::{
-    FieldError, Task, TaskId, TaskSpec, TaskState, Workflow, WorkflowId, check_name,
+    FieldError, Task, TaskId, TaskSpec, TaskState, Workflow, WorkflowId, check_name, input_refs,
     topological_order,
 };
 use crate::store::WriteTx;
@@ -156,7 +157,7 @@ impl App {
         // Resolve references: first within the batch (by name), then existing tasks.
         let mut batch_edges: Vec<Vec<usize>> = vec![Vec::new(); tasks.len()];
         let mut existing_deps: Vec<Vec<TaskId>> = vec![Vec::new(); tasks.len()];
-        let mut resolved: HashMap<&str, (TaskId, TaskState)> = HashMap::new();
+        let mut resolved: HashMap<String, (TaskId, TaskState)> = HashMap::new();
         for (i, t) in tasks.iter().enumerate() {
             for r in &t.depends_on {
                 if let Some(&j) = by_name.get(r.as_str()) {
@@ -171,7 +172,7 @@ impl App {
                     existing_deps[i].push(*id);
                 } else if let Some(dep) = tx.task_by_ref(wf.id, r).await? {
                     existing_deps[i].push(dep.id);
-                    resolved.insert(r.as_str(), (dep.id, dep.state()));
+                    resolved.insert(r.clone(), (dep.id, dep.state()));
                 } else {
                     return Err(AppError::invalid(
                         "unknown_dependency",
@@ -181,6 +182,56 @@ impl App {
                         ),
                     ));
                 }
+            }
+        }
+        // Input references name a task of the batch (by name) or of the
+        // workflow and one of its outputs, and imply a dependency on it.
+        for (i, t) in tasks.iter().enumerate() {
+            let refs = input_refs(&t.inputs)
+                .map_err(|e| AppError::invalid("invalid_reference", format!("tasks[{i}].{e}")))?;
+            for (input, r) in refs {
+                let unknown_output = |declared: &[crate::domain::OutputSpec]| {
+                    (!is_referable(&r.output, declared)).then(|| {
+                        AppError::invalid(
+                            "invalid_reference",
+                            format!(
+                                "tasks[{i}].inputs.{input}: task {:?} declares no output {:?}",
+                                r.task, r.output
+                            ),
+                        )
+                    })
+                };
+                if let Some(&j) = by_name.get(r.task.as_str()) {
+                    if j == i {
+                        return Err(AppError::invalid(
+                            "dependency_cycle",
+                            format!("task {:?} refers to its own output", t.name),
+                        ));
+                    }
+                    if let Some(e) = unknown_output(&tasks[j].outputs) {
+                        return Err(e);
+                    }
+                    if !batch_edges[i].contains(&j) {
+                        batch_edges[i].push(j);
+                    }
+                    continue;
+                }
+                let producer = tx.task_by_ref(wf.id, &r.task).await?.ok_or_else(|| {
+                    AppError::invalid(
+                        "invalid_reference",
+                        format!(
+                            "tasks[{i}].inputs.{input}: task {:?} is neither in this request nor in workflow {}",
+                            r.task, wf.id
+                        ),
+                    )
+                })?;
+                if let Some(e) = unknown_output(&producer.outputs()?) {
+                    return Err(e);
+                }
+                if !existing_deps[i].contains(&producer.id) {
+                    existing_deps[i].push(producer.id);
+                }
+                resolved.insert(r.task.clone(), (producer.id, producer.state()));
             }
         }
         let order = topological_order(&batch_edges).map_err(|cycle| {
@@ -210,7 +261,7 @@ impl App {
                         .filter_map(|d| existing_states.get(d).copied()),
                 )
                 .collect();
-            decide(uow, task, states, now)?;
+            decide(tx, uow, self.config.max_input_bytes, task, states, now).await?;
         }
         for i in 0..tasks.len() {
             uow.add_edges(batch_edges[i].iter().map(|&j| (ids[i], ids[j])));

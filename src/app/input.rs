@@ -37,7 +37,11 @@ pub struct NewTask {
     /// The script body, or the hook's config; empty by default.
     pub config: Option<String>,
     /// Name → JSON value; scripts get them as environment variables. Never
-    /// logged (Heat passes credentials here).
+    /// logged (Heat passes credentials here). A value
+    /// `{"get_output": [task, output]}` is a reference to another task's
+    /// declared output (or its `deploy_stdout`, `deploy_stderr`,
+    /// `deploy_status_code`): it implies a dependency, and the worker gets
+    /// the output's value.
     pub inputs: Option<serde_json::Map<String, Value>>,
     /// The outputs the task declares: names, or `{name, error_output}`.
     pub outputs: Option<Vec<OutputSpec>>,

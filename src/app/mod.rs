@@ -64,6 +64,8 @@ pub struct AppConfig {
     pub reply_exchange: String,
     /// Larger replies are dropped unread.
     pub max_result_bytes: usize,
+    /// The largest value an input reference may resolve to (bytes of JSON).
+    pub max_input_bytes: usize,
     /// Most tasks one workflow may hold.
     pub max_tasks_per_workflow: u64,
     /// Queue oslo notifications on task and workflow ends.

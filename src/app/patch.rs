@@ -10,7 +10,8 @@ use super::input::{TaskPatch, WorkflowPatch};
 use super::release::evaluate;
 use super::unit::UnitOfWork;
 use super::{App, AppError, locked_workflow, now_us};
-use crate::domain::{TaskId, WorkflowId, creates_cycle};
+use crate::domain::refs::is_referable;
+use crate::domain::{TaskId, WorkflowId, creates_cycle, input_refs};
 
 impl App {
     /// Changes a workflow's name or description.
@@ -82,7 +83,7 @@ impl App {
             ));
         }
         let mut uow = UnitOfWork::default();
-        let dependencies = if deps_changed {
+        let mut dependencies = if deps_changed {
             let mut deps = Vec::new();
             for r in &spec.depends_on {
                 let dep = tx.task_by_ref(workflow, r).await?.ok_or_else(|| {
@@ -96,7 +97,46 @@ impl App {
                 })?;
                 deps.push((dep.id, dep.state()));
             }
-            let ids: Vec<TaskId> = deps.iter().map(|(id, _)| *id).collect();
+            deps
+        } else {
+            tx.dependency_states(task.id).await?
+        };
+        // Input references (re-validated) imply dependencies too.
+        let mut implied = false;
+        let refs =
+            input_refs(&spec.inputs).map_err(|e| AppError::invalid("invalid_reference", e))?;
+        for (input, r) in refs {
+            let producer = tx.task_by_ref(workflow, &r.task).await?.ok_or_else(|| {
+                AppError::invalid(
+                    "invalid_reference",
+                    format!(
+                        "inputs.{input}: task {:?} is not in workflow {workflow}",
+                        r.task
+                    ),
+                )
+            })?;
+            if producer.id == task.id {
+                return Err(AppError::invalid(
+                    "dependency_cycle",
+                    format!("task {:?} refers to its own output", spec.name),
+                ));
+            }
+            if !is_referable(&r.output, &producer.outputs()?) {
+                return Err(AppError::invalid(
+                    "invalid_reference",
+                    format!(
+                        "inputs.{input}: task {:?} declares no output {:?}",
+                        r.task, r.output
+                    ),
+                ));
+            }
+            if !dependencies.iter().any(|(id, _)| *id == producer.id) {
+                dependencies.push((producer.id, producer.state()));
+                implied = true;
+            }
+        }
+        if deps_changed || implied {
+            let ids: Vec<TaskId> = dependencies.iter().map(|(id, _)| *id).collect();
             let edges = tx.workflow_edges(workflow).await?;
             if creates_cycle(task.id, &ids, &edges) {
                 return Err(AppError::invalid(
@@ -108,15 +148,20 @@ impl App {
                 ));
             }
             uow.replace_edges(task.id, &ids);
-            deps
-        } else {
-            tx.dependency_states(task.id).await?
-        };
+        }
         task.set_spec(&spec);
         task.updated_at = now;
         let id = task.id;
         let name = task.name.clone();
-        evaluate(&mut tx, &mut uow, task, dependencies, now).await?;
+        evaluate(
+            &mut tx,
+            &mut uow,
+            self.config.max_input_bytes,
+            task,
+            dependencies,
+            now,
+        )
+        .await?;
         self.commit(tx, uow, now).await.map_err(|e| {
             if e.is_unique_violation() {
                 AppError::conflict(

@@ -4,39 +4,140 @@
 //! result, a cancel, a lost worker, a timeout) it dispatches the dependents
 //! whose dependencies are all satisfied, skips those that can no longer
 //! run, and goes on down the graph from the skipped ones.
+//!
+//! A task released with input references (SPEC 7.1) gets their values here,
+//! in the transaction that dispatches it, or fails without being published
+//! when one cannot be resolved.
 
+use serde_json::{Map, Value, json};
+
+use crate::domain::refs::{input_refs, may_hold_refs, output_value};
 use crate::domain::{Readiness, Task, TaskId, TaskState, readiness};
+use crate::protocol::TaskResult;
 use crate::store::WriteTx;
 
 use super::AppError;
 use super::unit::UnitOfWork;
 
+/// What the release rule did to a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Released {
+    /// Its first attempt went out.
+    Dispatched,
+    /// It ended (skipped, or failed on an input it could not resolve): its
+    /// dependents are walked next.
+    Ended,
+    /// It still waits.
+    Waiting,
+}
+
 /// Applies the release rule to `task` (which awaits release) given its
-/// dependencies' states: dispatches its first attempt, skips it, or leaves
-/// it waiting. Keeps what changed in `uow`.
+/// dependencies' states: dispatches its first attempt (with its input
+/// references resolved), skips it, fails it on an unresolvable input, or
+/// leaves it waiting. Keeps what changed in `uow`.
 ///
 /// # Errors
-/// An illegal move (a bug: the caller checked the task awaits release).
-pub(crate) fn decide(
+/// A store failure, or an illegal move (a bug: the caller checked the task
+/// awaits release).
+pub(crate) async fn decide(
+    tx: &mut WriteTx,
     uow: &mut UnitOfWork,
+    max_input_bytes: usize,
     mut task: Task,
     dependencies: impl IntoIterator<Item = TaskState>,
     now: i64,
-) -> Result<Readiness, AppError> {
-    let r = readiness(task.on_dependency_failure, dependencies);
-    match r {
-        Readiness::Wait => {}
+) -> Result<Released, AppError> {
+    match readiness(task.on_dependency_failure, dependencies) {
+        Readiness::Wait => Ok(Released::Waiting),
         Readiness::Skip => {
             task.skip(now)?;
             uow.keep(&task, true);
+            Ok(Released::Ended)
         }
-        Readiness::Dispatch => {
-            task.dispatch(now)?;
-            uow.keep(&task, false);
-            uow.publish(&task, now);
-        }
+        Readiness::Dispatch => match resolve(tx, uow, &task, max_input_bytes).await? {
+            Ok(resolved) => {
+                if resolved.is_some() {
+                    task.resolved_inputs = resolved;
+                }
+                task.dispatch(now)?;
+                uow.keep(&task, false);
+                uow.publish(&task, now);
+                Ok(Released::Dispatched)
+            }
+            Err(error) => {
+                let result = TaskResult::error(0, error);
+                task.result = Some(serde_json::to_string(&result).map_err(|e| {
+                    AppError::Store(crate::store::StoreError::Corrupt(e.to_string()))
+                })?);
+                task.finish(TaskState::Failed, now)?;
+                uow.keep(&task, true);
+                Ok(Released::Ended)
+            }
+        },
     }
-    Ok(r)
+}
+
+/// The values of `task`'s input references, from its producers as they
+/// are now (the unit of work's version first): `Ok(None)` when it has none,
+/// `Ok(Some(json))` for `resolved_inputs`, `Err(why)` when one cannot be
+/// resolved (the producer did not succeed, its result lacks the output, or
+/// the value is too large). Never an empty value in a missing one's place.
+async fn resolve(
+    tx: &mut WriteTx,
+    uow: &UnitOfWork,
+    task: &Task,
+    max_input_bytes: usize,
+) -> Result<Result<Option<String>, String>, AppError> {
+    if !may_hold_refs(&task.inputs) {
+        return Ok(Ok(None));
+    }
+    let refs = match input_refs(&task.inputs()?) {
+        Ok(refs) if refs.is_empty() => return Ok(Ok(None)),
+        Ok(refs) => refs,
+        Err(e) => return Ok(Err(e)),
+    };
+    let mut resolved = Map::new();
+    for (name, r) in refs {
+        let producer = match tx.task_by_ref(task.workflow_id, &r.task).await? {
+            Some(p) => uow.task(p.id).cloned().unwrap_or(p),
+            None => return Ok(Err(format!("unresolved input {name}: {r}"))),
+        };
+        let result = match producer.state() {
+            TaskState::Succeeded => TaskResult::of_task(&producer)?,
+            _ => None,
+        };
+        let value = result.and_then(|res| {
+            output_value(
+                &r.output,
+                &res.outputs,
+                &res.stdout,
+                &res.stderr,
+                res.exit_code,
+            )
+        });
+        let Some(value) = value else {
+            return Ok(Err(format!("unresolved input {name}: {r}")));
+        };
+        let size = serde_json::to_string(&value).map_or(0, |v| v.len());
+        if size > max_input_bytes {
+            return Ok(Err(format!(
+                "input {name}: {r} resolved to {size} bytes, more than dispatch.max_input_bytes ({max_input_bytes})"
+            )));
+        }
+        resolved.insert(
+            name,
+            json!({
+                "value": value,
+                "from": {
+                    "task": producer.name,
+                    "task_id": producer.id,
+                    "output": r.output,
+                    "attempt": producer.attempt,
+                },
+            }),
+        );
+    }
+    Ok(Ok(Some(Value::Object(resolved).to_string())))
 }
 
 /// The release walk from the tasks in `frontier` (just ended): one query
@@ -49,6 +150,7 @@ pub(crate) fn decide(
 pub(crate) async fn walk(
     tx: &mut WriteTx,
     uow: &mut UnitOfWork,
+    max_input_bytes: usize,
     mut frontier: Vec<TaskId>,
     now: i64,
 ) -> Result<(), AppError> {
@@ -65,7 +167,7 @@ pub(crate) async fn walk(
                 .iter()
                 .map(|(dep, state)| uow.task(*dep).map_or(*state, Task::state))
                 .collect();
-            if decide(uow, task, states, now)? == Readiness::Skip {
+            if decide(tx, uow, max_input_bytes, task, states, now).await? == Released::Ended {
                 frontier.push(id);
             }
         }
@@ -83,6 +185,7 @@ pub(crate) async fn walk(
 pub(crate) async fn evaluate(
     tx: &mut WriteTx,
     uow: &mut UnitOfWork,
+    max_input_bytes: usize,
     task: Task,
     dependencies: Vec<(TaskId, TaskState)>,
     now: i64,
@@ -96,12 +199,12 @@ pub(crate) async fn evaluate(
         .into_iter()
         .map(|(dep, state)| uow.task(dep).map_or(state, Task::state))
         .collect();
-    match decide(uow, task.clone(), states, now)? {
-        Readiness::Skip => walk(tx, uow, vec![id], now).await,
-        Readiness::Wait => {
+    match decide(tx, uow, max_input_bytes, task.clone(), states, now).await? {
+        Released::Ended => walk(tx, uow, max_input_bytes, vec![id], now).await,
+        Released::Waiting => {
             uow.keep(&task, false);
             Ok(())
         }
-        Readiness::Dispatch => Ok(()),
+        Released::Dispatched => Ok(()),
     }
 }

@@ -179,7 +179,7 @@ impl App {
             verdicts.push(self.record(&mut ctx, &mut uow, incoming, reply, now)?);
         }
         let ended = std::mem::take(&mut ctx.ended_with_dependents);
-        walk(&mut tx, &mut uow, ended, now).await?;
+        walk(&mut tx, &mut uow, self.config.max_input_bytes, ended, now).await?;
         let due = self.due_last_seen(&ctx.touched, now);
         tx.touch_servers(&due, now).await?;
         self.commit(tx, uow, now).await?;

@@ -93,7 +93,7 @@ impl App {
         if report == ScanReport::default() {
             return Ok(report);
         }
-        walk(&mut tx, &mut uow, ended, now).await?;
+        walk(&mut tx, &mut uow, self.config.max_input_bytes, ended, now).await?;
         self.commit(tx, uow, now).await?;
         Ok(report)
     }

@@ -23,6 +23,7 @@ async fn tracker() -> (App, tempfile::TempDir) {
         dispatcher_user: "guest".into(),
         reply_exchange: "reply_bora".into(),
         max_result_bytes: 1 << 20,
+        max_input_bytes: 1 << 20,
         max_tasks_per_workflow: 100,
         notifications: true,
         outbox_lease_us: 5_000_000,

@@ -84,8 +84,14 @@ pub struct TaskView {
     pub group: String,
     /// The script body, or the hook's config.
     pub config: String,
-    /// Name → JSON value, as submitted.
+    /// Name → JSON value, as submitted (references included).
     pub inputs: Map<String, Value>,
+    /// Once the task was released, what each input reference resolved to:
+    /// `NAME -> {"value", "from": {"task", "task_id", "output", "attempt"}}`.
+    /// Absent for a task without references or not released yet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub resolved_inputs: Option<Map<String, Value>>,
     /// The declared outputs.
     pub outputs: Vec<OutputSpec>,
     /// Passed through to hooks.
@@ -154,6 +160,7 @@ impl TaskView {
         let blocked_by = crate::domain::blocked_by(state, deps);
         Ok(Self {
             inputs: row.inputs()?,
+            resolved_inputs: row.resolved_inputs()?,
             outputs: row.outputs()?,
             options: row.options()?,
             result: TaskResult::of_task(&row)?,

@@ -42,6 +42,17 @@ pub struct TaskInfo {
     pub name: String,
     pub state: String,
     pub finished_at: Option<String>,
+    /// The result, for the outputs a chain with references passes on.
+    #[serde(default)]
+    pub result: Option<ResultInfo>,
+}
+
+/// What the bench reads of a result.
+#[derive(Debug, Deserialize)]
+pub struct ResultInfo {
+    /// The outputs (a `std.echo` task's are its inputs).
+    #[serde(default)]
+    pub outputs: serde_json::Map<String, Value>,
 }
 
 impl TaskInfo {
@@ -58,6 +69,13 @@ impl TaskInfo {
             .with_context(|| format!("finished_at {at:?}"))?
             .timestamp_micros())
     }
+}
+
+/// A `std.echo` task body whose input `v` is `input` and whose output `v`
+/// (the echoed input) the next task may refer to.
+pub fn echo(name: &str, server: &str, input: Value) -> Value {
+    json!({"name": name, "server_id": server, "group": "std.echo",
+           "inputs": {"v": input}, "outputs": ["v"]})
 }
 
 /// A `std.noop` task body.

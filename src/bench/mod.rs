@@ -188,7 +188,12 @@ async fn measure(env: &mut Env, args: &BenchArgs) -> anyhow::Result<Report> {
     report.broker_mem = env.broker_mem().await;
 
     say(&format!("chain: {} sequential tasks", args.chain));
-    report.chain = scenarios::chain(&client, &servers[..2], args.chain).await?;
+    report.chain = scenarios::chain(&client, &servers[..2], args.chain, false).await?;
+    say(&format!(
+        "chain with references: {} tasks, each given the one before's output",
+        args.chain
+    ));
+    report.chain_refs = scenarios::chain(&client, &servers[..2], args.chain, true).await?;
 
     if let Some(n) = args.dag_tasks {
         say(&format!("dag: one workflow of {n} tasks"));
@@ -198,7 +203,7 @@ async fn measure(env: &mut Env, args: &BenchArgs) -> anyhow::Result<Report> {
     if env.settings().notifications.enabled {
         // Every task end is announced, once the relay has sent it.
         let expected =
-            (servers.len() + args.tasks + args.chain + args.dag_tasks.unwrap_or(0)) as u64;
+            (servers.len() + args.tasks + 2 * args.chain + args.dag_tasks.unwrap_or(0)) as u64;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while listener.task_ends() < expected && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(POLL).await;

@@ -22,6 +22,9 @@ pub struct Report {
     pub throughput: Option<Throughput>,
     /// Chain link latencies (µs).
     pub chain: Vec<i64>,
+    /// Link latencies (µs) of the chain whose tasks pass a value on
+    /// through input references.
+    pub chain_refs: Vec<i64>,
     pub dag: Option<Dag>,
     /// Raw pipelined run: microseconds for `tasks` messages.
     pub raw_throughput: Option<i64>,
@@ -65,6 +68,7 @@ impl Report {
             declare: None,
             throughput: None,
             chain: Vec::new(),
+            chain_refs: Vec::new(),
             dag: None,
             raw_throughput: None,
             raw_rtt: Vec::new(),
@@ -112,6 +116,16 @@ impl Report {
         );
         put("chain_link_p50_us", json!(link_p50));
         put("chain_link_p99_us", json!(percentile(&self.chain, 99.0)));
+        let refs_p50 = percentile(&self.chain_refs, 50.0);
+        put("chain_refs_link_p50_us", json!(refs_p50));
+        put(
+            "chain_refs_link_p99_us",
+            json!(percentile(&self.chain_refs, 99.0)),
+        );
+        put(
+            "chain_refs_ratio",
+            json!((rtt_p50 > 0).then(|| round(refs_p50 as f64 / rtt_p50 as f64, 3))),
+        );
         put("raw_rtt_p50_us", json!(rtt_p50));
         put("raw_rtt_p99_us", json!(percentile(&self.raw_rtt, 99.0)));
         put(
@@ -187,6 +201,13 @@ impl Report {
                 "chain link / round trip p99 (µs)",
                 f("chain_link_p99_us"),
                 f("raw_rtt_p99_us")
+            );
+            println!(
+                "{:<34} {:>14} {:>14} {:>8}",
+                "chain with references p50 (µs)",
+                f("chain_refs_link_p50_us"),
+                f("raw_rtt_p50_us"),
+                f("chain_refs_ratio")
             );
             println!(
                 "{:<34} {:>14}",

@@ -5,7 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use super::client::{Client, TaskInfo, noop};
+use serde_json::json;
+
+use super::client::{Client, TaskInfo, echo, noop};
 use super::env::Env;
 use crate::app::now_us;
 
@@ -107,23 +109,43 @@ pub async fn throughput(
 }
 
 /// `len` tasks, each depending on the one before, on two servers taking
-/// turns. Returns each link's latency: the dependency's `finished_at` to the
-/// dependent's.
+/// turns. With `refs`, each task's input is a reference to the output of
+/// the one before (SPEC 7.1; the reference alone orders them), and the
+/// value the first one got must reach the last. Returns each link's
+/// latency: the dependency's `finished_at` to the dependent's.
 ///
 /// # Errors
-/// A request failure, or a task that did not succeed.
-pub async fn chain(client: &Client, two: &[String], len: usize) -> anyhow::Result<Vec<i64>> {
+/// A request failure, a task that did not succeed, or (with `refs`) a
+/// value that did not arrive.
+pub async fn chain(
+    client: &Client,
+    two: &[String],
+    len: usize,
+    refs: bool,
+) -> anyhow::Result<Vec<i64>> {
+    const VALUE: &str = "carried through the chain";
     let tasks = (0..len)
         .map(|i| {
-            let deps = if i == 0 {
-                Vec::new()
-            } else {
-                vec![format!("c{}", i - 1)]
-            };
-            noop(&format!("c{i}"), &two[i % 2], &deps)
+            let name = format!("c{i}");
+            let server = &two[i % 2];
+            match (refs, i) {
+                (false, 0) => noop(&name, server, &[]),
+                (false, _) => noop(&name, server, &[format!("c{}", i - 1)]),
+                (true, 0) => echo(&name, server, json!(VALUE)),
+                (true, _) => echo(
+                    &name,
+                    server,
+                    json!({"get_output": [format!("c{}", i - 1), "v"]}),
+                ),
+            }
         })
         .collect();
-    let id = client.create_workflow("bench-chain", tasks).await?;
+    let label = if refs {
+        "bench-chain-refs"
+    } else {
+        "bench-chain"
+    };
+    let id = client.create_workflow(label, tasks).await?;
     client.wait_succeeded(&id).await?;
     let mut finished = vec![0i64; len];
     for t in client.tasks(&id).await? {
@@ -133,6 +155,13 @@ pub async fn chain(client: &Client, two: &[String], len: usize) -> anyhow::Resul
             .and_then(|n| n.parse().ok())
             .ok_or_else(|| anyhow::anyhow!("unexpected task {}", t.name))?;
         anyhow::ensure!(t.state == "succeeded", "task {} is {}", t.name, t.state);
+        if refs && i == len - 1 {
+            let got = t.result.as_ref().and_then(|r| r.outputs.get("v"));
+            anyhow::ensure!(
+                got == Some(&json!(VALUE)),
+                "the last task of the chain got {got:?}, not the first one's value"
+            );
+        }
         finished[i] = t.finished_us()?;
     }
     Ok(finished.windows(2).map(|w| w[1] - w[0]).collect())

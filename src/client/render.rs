@@ -209,6 +209,22 @@ pub fn task_details(t: &Value) -> String {
             deps.join(", ")
         },
     );
+    if let Some(resolved) = t["resolved_inputs"].as_object()
+        && !resolved.is_empty()
+    {
+        out.push_str("Resolved inputs:\n");
+        for (name, r) in resolved {
+            let from = &r["from"];
+            let _ = writeln!(
+                out,
+                "  {name} = {}  (from {}.{}, attempt {})",
+                r["value"],
+                s(&from["task"]),
+                s(&from["output"]),
+                s(&from["attempt"])
+            );
+        }
+    }
     for k in ["created_at", "queued_at", "started_at", "finished_at"] {
         if !t[k].is_null() {
             let label = k.trim_end_matches("_at");
@@ -256,6 +272,23 @@ pub fn task_details(t: &Value) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn task_details_say_where_each_resolved_input_came_from() {
+        let t = json!({
+            "id": "x", "name": "app", "state": "queued", "attempt": 1,
+            "dependencies": [{"name": "db", "state": "succeeded"}],
+            "resolved_inputs": {"DB_URL": {"value": "pg://db/app",
+                "from": {"task": "db", "task_id": "y", "output": "url", "attempt": 2}}}
+        });
+        let text = task_details(&t);
+        assert!(
+            text.contains("Resolved inputs:\n  DB_URL = \"pg://db/app\"  (from db.url, attempt 2)"),
+            "{text}"
+        );
+        let plain = task_details(&json!({"id": "x", "state": "queued"}));
+        assert!(!plain.contains("Resolved inputs"), "{plain}");
+    }
 
     #[test]
     fn tables_align() {

@@ -10,6 +10,7 @@
 
 pub mod graph;
 pub mod ids;
+pub mod refs;
 pub mod spec;
 pub mod state;
 pub mod task;
@@ -17,6 +18,7 @@ pub mod workflow;
 
 pub use graph::{Readiness, blocked_by, creates_cycle, readiness, topological_order};
 pub use ids::{MAX_SERVER_ID_LEN, ServerId, TaskId, WorkflowId, broker_user, is_broker_user_of};
+pub use refs::{OutputRef, input_refs};
 pub use spec::{
     DEFAULT_TIMEOUT_S, Delivery, FieldError, MAX_GROUP_LEN, MAX_NAME_LEN, MAX_RETRIES,
     MAX_RETRY_DELAY_S, MAX_TIMEOUT_S, OnDependencyFailure, OutputSpec, ServerKind, TaskSpec,

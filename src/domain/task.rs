@@ -38,8 +38,11 @@ pub struct Task {
     pub group: String,
     /// The script or hook configuration.
     pub config: String,
-    /// JSON object text.
+    /// JSON object text, as the client wrote it (references included).
     pub inputs: String,
+    /// JSON object text: what each input reference resolved to when the
+    /// task was released (`NAME -> {"value", "from"}`); `None` before.
+    pub resolved_inputs: Option<String>,
     /// JSON list text of [`OutputSpec`].
     pub outputs: String,
     /// JSON object text.
@@ -99,6 +102,7 @@ impl Task {
             group: String::new(),
             config: String::new(),
             inputs: "{}".into(),
+            resolved_inputs: None,
             outputs: "[]".into(),
             options: "{}".into(),
             on_dependency_failure: OnDependencyFailure::default(),
@@ -243,6 +247,37 @@ impl Task {
     /// The stored JSON does not parse.
     pub fn inputs(&self) -> Result<Map<String, Value>, Corrupt> {
         json(&self.inputs, "inputs")
+    }
+
+    /// What each input reference resolved to (`NAME -> {"value", "from"}`),
+    /// once the task was released.
+    ///
+    /// # Errors
+    /// The stored JSON does not parse.
+    pub fn resolved_inputs(&self) -> Result<Option<Map<String, Value>>, Corrupt> {
+        self.resolved_inputs
+            .as_deref()
+            .map(|r| json(r, "resolved_inputs"))
+            .transpose()
+    }
+
+    /// The inputs a worker receives: as written, with every reference
+    /// replaced by the value it resolved to.
+    ///
+    /// # Errors
+    /// The stored JSON does not parse.
+    pub fn effective_inputs(&self) -> Result<Map<String, Value>, Corrupt> {
+        let mut inputs = self.inputs()?;
+        if let Some(resolved) = self.resolved_inputs()? {
+            for (name, r) in resolved {
+                let value = match r {
+                    Value::Object(mut r) => r.remove("value").unwrap_or(Value::Null),
+                    other => other,
+                };
+                inputs.insert(name, value);
+            }
+        }
+        Ok(inputs)
     }
 
     /// # Errors

@@ -367,7 +367,8 @@ pub struct TaskMessage {
 }
 
 impl TaskMessage {
-    /// What a worker needs to run `task`'s current attempt.
+    /// What a worker needs to run `task`'s current attempt: its inputs with
+    /// every reference replaced by the value it resolved to.
     ///
     /// # Errors
     /// A stored value of the task that does not parse.
@@ -379,7 +380,7 @@ impl TaskMessage {
             server_id: task.server()?,
             group: task.group.clone(),
             config: task.config.clone(),
-            inputs: task.inputs()?,
+            inputs: task.effective_inputs()?,
             outputs: task.outputs()?,
             options: task.options()?,
             timeout_s: task.timeout_s as u32,

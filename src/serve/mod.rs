@@ -59,6 +59,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
             dispatcher_user: crate::broker::management::user_of(settings.amqp.url.expose()),
             reply_exchange: settings.amqp.reply_queue.clone(),
             max_result_bytes: settings.dispatch.max_result_bytes,
+            max_input_bytes: settings.dispatch.max_input_bytes,
             max_tasks_per_workflow: settings.dispatch.max_tasks_per_workflow,
             notifications: settings.notifications.enabled,
             outbox_lease_us: settings.dispatch.outbox_lease_us(),

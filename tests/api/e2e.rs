@@ -9,12 +9,12 @@ use serde_json::json;
 use crate::helpers::*;
 
 /// A `bora worker` process, killed when dropped.
-struct Worker {
+pub(crate) struct Worker {
     _child: tokio::process::Child,
     _dir: tempfile::TempDir,
 }
 
-async fn start_worker(app: &TestApp, server: &str, extra: &[(&str, &str)]) -> Worker {
+pub(crate) async fn start_worker(app: &TestApp, server: &str, extra: &[(&str, &str)]) -> Worker {
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_bora"));
     cmd.args(["worker", "--server-id", server])

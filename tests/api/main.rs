@@ -8,6 +8,7 @@ mod helpers;
 mod management;
 mod oslo;
 mod quorum;
+mod refs;
 mod scanner;
 mod security;
 

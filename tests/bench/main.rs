@@ -64,6 +64,8 @@ fn bench_prints_a_sane_json_line() {
         "chain_link_p99_us",
         "raw_rtt_p50_us",
         "chain_ratio",
+        "chain_refs_link_p50_us",
+        "chain_refs_ratio",
     ] {
         let v = j[key]
             .as_f64()

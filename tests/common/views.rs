@@ -80,6 +80,9 @@ pub struct TaskOut {
     pub group: String,
     pub config: String,
     pub inputs: Map<String, Value>,
+    /// What the input references resolved to, once released.
+    #[serde(default)]
+    pub resolved_inputs: Option<Map<String, Value>>,
     pub depends_on: Vec<String>,
     pub timeout_s: i64,
     pub retries: i64,

@@ -1073,3 +1073,46 @@ async fn a_fan_in_whose_results_reach_two_dispatchers_at_once_is_released_once()
         assert_eq!(code, 0);
     }
 }
+
+/// SPEC 7.1 under a crash: the dispatcher is killed (SIGKILL) after the
+/// producer's result was recorded and before the consumer ran (its server's
+/// worker starts only after the restart). The value the consumer's input
+/// resolved to is in the store with the release that dispatched it, so the
+/// restarted dispatcher shows it and the consumer still receives it.
+#[tokio::test]
+async fn a_resolved_input_survives_a_killed_dispatcher() {
+    let vhost = Vhost::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut serve = Serve::start(dir.path(), &vhost.amqp_url(), &[]).await;
+    let api = Api::new(&serve.base);
+    let _db = WorkerProc::start(dir.path(), &vhost.amqp_url(), "ref-db", &[]);
+    let wf = api
+        .create_workflow(json!({"name": "refs-kill", "tasks": [
+            {"name": "db", "server_id": "ref-db", "outputs": ["url"],
+             "config": "#!/bin/sh\nprintf 'postgres://ref-db/app' > \"$heat_outputs_path.url\"\n"},
+            {"name": "app", "server_id": "ref-web", "outputs": ["seen"],
+             "inputs": {"DB_URL": {"get_output": ["db", "url"]}},
+             "config": "#!/bin/sh\nprintf '%s' \"$DB_URL\" > \"$heat_outputs_path.seen\"\n"}
+        ]}))
+        .await;
+    let wf = wf.id();
+    api.wait_task_state(&wf, "db", "succeeded").await;
+    serve.kill9().await;
+    let ready = serve.restart().await;
+    println!("dispatcher killed after the producer ended; ready again after {ready:?}");
+    let app = api
+        .task(&wf, "app")
+        .await
+        .expect("the restarted dispatcher answers");
+    assert_ne!(
+        app.state, "succeeded",
+        "the consumer ran before the restart"
+    );
+    let resolved = app.resolved_inputs.expect("resolved with its release");
+    assert_eq!(resolved["DB_URL"]["value"], json!("postgres://ref-db/app"));
+    let _web = WorkerProc::start(dir.path(), &vhost.amqp_url(), "ref-web", &[]);
+    let w = api.wait_workflow_end(&wf, Duration::from_secs(60)).await;
+    assert_eq!(w.state, "succeeded", "{w:?}");
+    let app = api.task(&wf, "app").await.expect("a task view");
+    assert_eq!(app.result().outputs["seen"], json!("postgres://ref-db/app"));
+}

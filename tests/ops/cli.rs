@@ -403,3 +403,40 @@ async fn server_verbs_register_list_show_delete() {
     assert!(bad.stderr.contains("validation_failed"), "{}", bad.stderr);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_shipped_example_passes_data_between_tasks_and_task_show_says_from_where() {
+    let app = spawn_app().await;
+    let file = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/database-and-app.yaml"
+    );
+    let id = bora(&app, &["workflow", "create", "-f", file])
+        .await
+        .ok()
+        .trim()
+        .to_owned();
+    let mut db = app.fake_worker("db-1").await;
+    let mut web = app.fake_worker("web-1").await;
+    let t = db.next_task().await;
+    assert_eq!(t.name, "db");
+    let mut result = TaskResult::from_streams(t.attempt, 0, String::new(), String::new());
+    result
+        .outputs
+        .insert("url".into(), "postgresql://app@db-1:5432/app".into());
+    result.outputs.insert("password".into(), "pw-123".into());
+    db.finish_with(&t, result).await;
+    let t = web.next_task().await;
+    assert_eq!(t.name, "app");
+    assert_eq!(t.inputs["DB_URL"], "postgresql://app@db-1:5432/app");
+    assert_eq!(t.inputs["DB_PASSWORD"], "pw-123");
+    let shown = bora(&app, &["task", "show", &id, "app"]).await;
+    let text = shown.ok();
+    assert!(
+        text.contains("DB_URL = \"postgresql://app@db-1:5432/app\"  (from db.url, attempt 1)"),
+        "{text}"
+    );
+    assert!(text.contains("(from db.password, attempt 1)"), "{text}");
+    web.finish(&t, 0).await;
+    app.wait_workflow_state(&id, "succeeded").await;
+}

@@ -62,6 +62,23 @@ def main():
     second = client.call(ctxt, "get_task", workflow_id=wf_id, task="second")
     assert second["result"]["outputs"] == {"k": "v"}, second
 
+    # An input reference (SPEC 7.1) in the same task body: the reference
+    # alone orders the two, and the consumer gets the producer's output.
+    wf3 = client.call(ctxt, "create_workflow", name="refs-over-rpc", tasks=[
+        {"name": "use", "server_id": "oslo-client-x", "group": "std.echo",
+         "inputs": {"DB_URL": {"get_output": ["make", "url"]}}},
+        {"name": "make", "server_id": "oslo-client-x", "group": "std.echo",
+         "inputs": {"url": "pg://from-rpc"}, "outputs": ["url"]}])
+    use = [t for t in wf3["tasks"] if t["name"] == "use"][0]
+    assert use["depends_on"] == ["make"], use
+    deadline = time.time() + 30
+    while client.call(ctxt, "get_workflow", workflow_id=wf3["id"])["state"] != "succeeded":
+        assert time.time() < deadline
+        time.sleep(0.2)
+    use = client.call(ctxt, "get_task", workflow_id=wf3["id"], task="use")
+    assert use["result"]["outputs"] == {"DB_URL": "pg://from-rpc"}, use
+    assert use["resolved_inputs"]["DB_URL"]["from"]["task"] == "make", use
+
     # Errors raised by bora's API reach the client with class and message.
     nf = expect_remote_error(
         lambda: client.call(ctxt, "get_workflow",
@@ -75,6 +92,11 @@ def main():
         lambda: client.call(ctxt, "add_task", workflow_id=wf_id,
                             task={"name": "x", "server_id": "s", "depends_on": ["ghost"]}),
         "ValidationError", "ghost")
+    expect_remote_error(
+        lambda: client.call(ctxt, "add_task", workflow_id=wf_id,
+                            task={"name": "y", "server_id": "s",
+                                  "inputs": {"X": {"get_output": ["first", "nope"]}}}),
+        "ValidationError", "nope")
     dup = expect_remote_error(
         lambda: client.call(ctxt, "add_task", workflow_id=wf_id,
                             task={"name": "first", "server_id": "s"}),

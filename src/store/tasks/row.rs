@@ -14,14 +14,14 @@ use crate::domain::Task;
 /// The columns of a task row, in decoding order ([`decode`]).
 macro_rules! task_columns {
     () => {
-        "id, workflow_id, name, server_id, task_group, config, inputs, outputs, options, \
-         on_dependency_failure, timeout_s, retries, retry_delay_s, delivery, state, attempt, \
+        "id, workflow_id, name, server_id, task_group, config, inputs, resolved_inputs, \
+         outputs, options, on_dependency_failure, timeout_s, retries, retry_delay_s, delivery, state, attempt, \
          failures, redeliveries, result, created_at, queued_at, started_at, finished_at, \
          last_heartbeat_at, updated_at"
     };
     (t) => {
-        "t.id, t.workflow_id, t.name, t.server_id, t.task_group, t.config, t.inputs, t.outputs, \
-         t.options, t.on_dependency_failure, t.timeout_s, t.retries, t.retry_delay_s, \
+        "t.id, t.workflow_id, t.name, t.server_id, t.task_group, t.config, t.inputs, \
+         t.resolved_inputs, t.outputs, t.options, t.on_dependency_failure, t.timeout_s, t.retries, t.retry_delay_s, \
          t.delivery, t.state, t.attempt, t.failures, t.redeliveries, t.result, t.created_at, \
          t.queued_at, t.started_at, t.finished_at, t.last_heartbeat_at, t.updated_at"
     };
@@ -30,14 +30,16 @@ pub(in crate::store) use task_columns;
 
 /// The columns of a task row, in binding order ([`bind`]).
 pub(in crate::store) const INSERT: &str = "INSERT INTO tasks (id, workflow_id, name, server_id, task_group, \
-     config, inputs, outputs, options, on_dependency_failure, timeout_s, retries, retry_delay_s, \
+     config, inputs, resolved_inputs, outputs, options, on_dependency_failure, timeout_s, retries, \
+     retry_delay_s, \
      delivery, state, attempt, failures, redeliveries, result, created_at, queued_at, \
      started_at, finished_at, last_heartbeat_at, updated_at) VALUES ";
-pub(in crate::store) const COLS: usize = 25;
+pub(in crate::store) const COLS: usize = 26;
 /// Makes [`INSERT`] write every column of existing rows.
 pub(in crate::store) const UPSERT: &str = " ON CONFLICT (id) DO UPDATE SET name = excluded.name, \
      server_id = excluded.server_id, task_group = excluded.task_group, \
-     config = excluded.config, inputs = excluded.inputs, outputs = excluded.outputs, \
+     config = excluded.config, inputs = excluded.inputs, \
+     resolved_inputs = excluded.resolved_inputs, outputs = excluded.outputs, \
      options = excluded.options, on_dependency_failure = excluded.on_dependency_failure, \
      timeout_s = excluded.timeout_s, retries = excluded.retries, \
      retry_delay_s = excluded.retry_delay_s, delivery = excluded.delivery, \
@@ -64,6 +66,7 @@ pub(in crate::store) fn decode(row: &AnyRow) -> Result<Task, StoreError> {
     t.group = row.try_get("task_group")?;
     t.config = row.try_get("config")?;
     t.inputs = row.try_get("inputs")?;
+    t.resolved_inputs = row.try_get("resolved_inputs")?;
     t.outputs = row.try_get("outputs")?;
     t.options = row.try_get("options")?;
     t.on_dependency_failure = parse(&odf)?;
@@ -93,6 +96,7 @@ pub(in crate::store) fn bind<'q>(q: AnyQuery<'q>, t: &'q Task) -> AnyQuery<'q> {
         .bind(&t.group)
         .bind(&t.config)
         .bind(&t.inputs)
+        .bind(&t.resolved_inputs)
         .bind(&t.outputs)
         .bind(&t.options)
         .bind(t.on_dependency_failure.as_str())
