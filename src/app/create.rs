@@ -252,16 +252,24 @@ impl App {
             let Some(task) = uow.task(ids[i]).cloned() else {
                 continue;
             };
-            let states: Vec<TaskState> = batch_edges[i]
+            let dependencies: Vec<(TaskId, TaskState)> = batch_edges[i]
                 .iter()
-                .filter_map(|&j| uow.task(ids[j]).map(Task::state))
+                .filter_map(|&j| uow.task(ids[j]).map(|t| (t.id, t.state())))
                 .chain(
                     existing_deps[i]
                         .iter()
-                        .filter_map(|d| existing_states.get(d).copied()),
+                        .filter_map(|d| existing_states.get(d).map(|s| (*d, *s))),
                 )
                 .collect();
-            decide(tx, uow, self.config.max_input_bytes, task, states, now).await?;
+            decide(
+                tx,
+                uow,
+                self.config.max_input_bytes,
+                task,
+                &dependencies,
+                now,
+            )
+            .await?;
         }
         for i in 0..tasks.len() {
             uow.add_edges(batch_edges[i].iter().map(|&j| (ids[i], ids[j])));

@@ -44,41 +44,48 @@ pub(crate) async fn decide(
     uow: &mut UnitOfWork,
     max_input_bytes: usize,
     mut task: Task,
-    dependencies: impl IntoIterator<Item = TaskState>,
+    dependencies: &[(TaskId, TaskState)],
     now: i64,
 ) -> Result<Released, AppError> {
-    match readiness(task.on_dependency_failure, dependencies) {
+    let states = dependencies
+        .iter()
+        .map(|(dep, state)| uow.task(*dep).map_or(*state, Task::state));
+    match readiness(task.on_dependency_failure, states) {
         Readiness::Wait => Ok(Released::Waiting),
         Readiness::Skip => {
             task.skip(now)?;
             uow.keep(&task, true);
             Ok(Released::Ended)
         }
-        Readiness::Dispatch => match resolve(tx, uow, &task, max_input_bytes).await? {
-            Ok(resolved) => {
-                if resolved.is_some() {
-                    task.resolved_inputs = resolved;
+        Readiness::Dispatch => {
+            match resolve(tx, uow, &task, dependencies, max_input_bytes).await? {
+                Ok(resolved) => {
+                    if resolved.is_some() {
+                        task.resolved_inputs = resolved;
+                    }
+                    task.dispatch(now)?;
+                    uow.keep(&task, false);
+                    uow.publish(&task, now);
+                    Ok(Released::Dispatched)
                 }
-                task.dispatch(now)?;
-                uow.keep(&task, false);
-                uow.publish(&task, now);
-                Ok(Released::Dispatched)
+                Err(error) => {
+                    let result = TaskResult::error(0, error);
+                    task.result = Some(serde_json::to_string(&result).map_err(|e| {
+                        AppError::Store(crate::store::StoreError::Corrupt(e.to_string()))
+                    })?);
+                    task.finish(TaskState::Failed, now)?;
+                    uow.keep(&task, true);
+                    Ok(Released::Ended)
+                }
             }
-            Err(error) => {
-                let result = TaskResult::error(0, error);
-                task.result = Some(serde_json::to_string(&result).map_err(|e| {
-                    AppError::Store(crate::store::StoreError::Corrupt(e.to_string()))
-                })?);
-                task.finish(TaskState::Failed, now)?;
-                uow.keep(&task, true);
-                Ok(Released::Ended)
-            }
-        },
+        }
     }
 }
 
 /// The values of `task`'s input references, from its producers as they
-/// are now (the unit of work's version first): `Ok(None)` when it has none,
+/// are now (the unit of work's version first; a producer that ended in
+/// this transaction is found among `dependencies` without a query, the
+/// others are read): `Ok(None)` when it has none,
 /// `Ok(Some(json))` for `resolved_inputs`, `Err(why)` when one cannot be
 /// resolved (the producer did not succeed, its result lacks the output, or
 /// the value is too large). Never an empty value in a missing one's place.
@@ -86,6 +93,7 @@ async fn resolve(
     tx: &mut WriteTx,
     uow: &UnitOfWork,
     task: &Task,
+    dependencies: &[(TaskId, TaskState)],
     max_input_bytes: usize,
 ) -> Result<Result<Option<String>, String>, AppError> {
     if !may_hold_refs(&task.inputs) {
@@ -98,9 +106,17 @@ async fn resolve(
     };
     let mut resolved = Map::new();
     for (name, r) in refs {
-        let producer = match tx.task_by_ref(task.workflow_id, &r.task).await? {
-            Some(p) => uow.task(p.id).cloned().unwrap_or(p),
-            None => return Ok(Err(format!("unresolved input {name}: {r}"))),
+        let known = dependencies
+            .iter()
+            .filter_map(|(dep, _)| uow.task(*dep))
+            .find(|p| p.name == r.task || p.id.to_string() == r.task)
+            .cloned();
+        let producer = match known {
+            Some(p) => p,
+            None => match tx.task_by_ref(task.workflow_id, &r.task).await? {
+                Some(p) => uow.task(p.id).cloned().unwrap_or(p),
+                None => return Ok(Err(format!("unresolved input {name}: {r}"))),
+            },
         };
         let result = match producer.state() {
             TaskState::Succeeded => TaskResult::of_task(&producer)?,
@@ -163,11 +179,8 @@ pub(crate) async fn walk(
                 continue;
             }
             let id = task.id;
-            let states: Vec<TaskState> = dependencies
-                .iter()
-                .map(|(dep, state)| uow.task(*dep).map_or(*state, Task::state))
-                .collect();
-            if decide(tx, uow, max_input_bytes, task, states, now).await? == Released::Ended {
+            if decide(tx, uow, max_input_bytes, task, &dependencies, now).await? == Released::Ended
+            {
                 frontier.push(id);
             }
         }
@@ -195,11 +208,7 @@ pub(crate) async fn evaluate(
         return Ok(());
     }
     let id = task.id;
-    let states: Vec<TaskState> = dependencies
-        .into_iter()
-        .map(|(dep, state)| uow.task(dep).map_or(state, Task::state))
-        .collect();
-    match decide(tx, uow, max_input_bytes, task.clone(), states, now).await? {
+    match decide(tx, uow, max_input_bytes, task.clone(), &dependencies, now).await? {
         Released::Ended => walk(tx, uow, max_input_bytes, vec![id], now).await,
         Released::Waiting => {
             uow.keep(&task, false);
