@@ -354,3 +354,37 @@ async fn real_workers_pass_a_database_url_between_servers() {
         "app got postgres://db-server:5432/app\n"
     );
 }
+
+#[tokio::test]
+async fn real_workers_extend_a_value_down_a_chain_of_three() {
+    let app = spawn_app().await;
+    let _x = crate::e2e::start_worker(&app, "chain-x", &[]).await;
+    let _y = crate::e2e::start_worker(&app, "chain-y", &[]).await;
+    let step = |name: &str, server: &str, input: Value| {
+        json!({"name": name, "server_id": server, "outputs": ["v"],
+               "inputs": {"IN": input},
+               "config": "#!/bin/sh\necho \"step got $IN\"\nprintf '%s+' \"$IN\" > \"$heat_outputs_path.v\"\n"})
+    };
+    let wf = app
+        .create_workflow(json!({"name": "extend", "tasks": [
+            step("one", "chain-x", json!("a")),
+            step("two", "chain-y", json!({"get_output": ["one", "v"]})),
+            step("three", "chain-x", json!({"get_output": ["two", "v"]})),
+            {"name": "report", "server_id": "chain-y", "outputs": ["said", "code"],
+             "inputs": {"SAID": {"get_output": ["three", "deploy_stdout"]},
+                        "CODE": {"get_output": ["three", "deploy_status_code"]}},
+             "config": "#!/bin/sh\nprintf '%s' \"$SAID\" > \"$heat_outputs_path.said\"\nprintf '%s' \"$CODE\" > \"$heat_outputs_path.code\"\n"}
+        ]}))
+        .await;
+    let id = wf.id();
+    app.wait_workflow_state(&id, "succeeded").await;
+    let three = app.task(&id, "three").await;
+    assert_eq!(three.result().outputs["v"], json!("a+++"));
+    assert_eq!(three.result().stdout, "step got a++\n");
+    let report = app.task(&id, "report").await;
+    assert_eq!(report.result().outputs["said"], json!("step got a++\n"));
+    assert_eq!(report.result().outputs["code"], json!("0"));
+    let from = &report.resolved_inputs.expect("resolved")["CODE"]["from"];
+    assert_eq!(from["task"], json!("three"));
+    assert_eq!(from["output"], json!("deploy_status_code"));
+}
