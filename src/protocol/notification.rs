@@ -79,8 +79,10 @@ pub struct DependencyState {
     pub state: TaskState,
 }
 
-/// The payload of `bora.task.end`: the task as it ended, its last result
-/// without the streams (notifications are summaries).
+/// The payload of `bora.task.end`: the task as it ended and its last
+/// result, without what may carry credentials (SPEC 7.4): no inputs, no
+/// config, and the result's streams emptied (their sizes and digests stay).
+/// Notifications pile up in `notifications.*` when nobody listens.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskEndPayload {
     /// The task.
@@ -93,10 +95,6 @@ pub struct TaskEndPayload {
     pub server_id: String,
     /// The runner or hook.
     pub group: String,
-    /// The script body, or the hook's config.
-    pub config: String,
-    /// Name → JSON value, as submitted.
-    pub inputs: Map<String, Value>,
     /// The declared outputs.
     pub outputs: Vec<OutputSpec>,
     /// Passed through to hooks.
@@ -164,8 +162,6 @@ impl TaskEndPayload {
             name: task.name.clone(),
             server_id: task.server_id.clone(),
             group: task.group.clone(),
-            config: task.config.clone(),
-            inputs: task.inputs()?,
             outputs: task.outputs()?,
             options: task.options()?,
             depends_on: deps.iter().map(|(n, _)| n.clone()).collect(),

@@ -803,3 +803,89 @@ async fn task_and_workflow_ends_are_announced_as_oslo_notifications() {
     assert_eq!(payload["state"], "failed");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn notifications_carry_no_inputs_config_or_streams() {
+    let app = spawn_app().await;
+    let wf = app
+        .create_workflow(json!({"name": "quiet", "tasks": [
+            {"name": "deploy", "server_id": "s",
+             "inputs": {"deploy_password": "pw-in-input-7731"},
+             "config": "#!/bin/sh\n# token config-secret-5520\n"}
+        ]}))
+        .await;
+    let id = wf.id();
+    let mut w = app.fake_worker("s").await;
+    let t = w.next_task().await;
+    // The worker gets what it needs.
+    assert_eq!(t.inputs["deploy_password"], "pw-in-input-7731");
+    w.finish_with(
+        &t,
+        TaskResult::from_streams(
+            t.attempt,
+            0,
+            "stream-secret-9912\n".into(),
+            "err-secret-4471\n".into(),
+        ),
+    )
+    .await;
+    app.wait_workflow_state(&id, "succeeded").await;
+    let conn = lapin::Connection::connect(&app.vhost.amqp_url(), Default::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let mut bodies = Vec::new();
+    for _ in 0..100 {
+        if let Ok(Some(m)) = ch
+            .basic_get(
+                "notifications.info".into(),
+                lapin::options::BasicGetOptions { no_ack: true },
+            )
+            .await
+        {
+            bodies.push(String::from_utf8_lossy(&m.delivery.data).into_owned());
+        }
+        if bodies.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        bodies.len(),
+        2,
+        "the task's and the workflow's ends: {bodies:?}"
+    );
+    for body in &bodies {
+        for secret in [
+            "pw-in-input-7731",
+            "config-secret-5520",
+            "stream-secret-9912",
+            "err-secret-4471",
+        ] {
+            assert!(!body.contains(secret), "{secret} in a notification: {body}");
+        }
+    }
+    let task_end = bodies
+        .iter()
+        .map(|b| {
+            serde_json::from_value::<bora::protocol::Notification>(Value::Object(
+                bora::protocol::decode_envelope(b.as_bytes()).unwrap(),
+            ))
+            .unwrap()
+        })
+        .find(|n| n.event_type == "bora.task.end")
+        .expect("the task's end");
+    assert_eq!(task_end.payload["name"], "deploy");
+    assert!(
+        task_end.payload.get("inputs").is_none(),
+        "{}",
+        task_end.payload
+    );
+    assert!(
+        task_end.payload.get("config").is_none(),
+        "{}",
+        task_end.payload
+    );
+    assert_eq!(task_end.payload["result"]["stdout_bytes"], 19);
+    app.stop().await;
+}
