@@ -14,8 +14,8 @@ use super::unit::UnitOfWork;
 use super::{App, AppError, locked_workflow, now_us};
 use crate::domain::refs::is_referable;
 use crate::domain::{
-    FieldError, Task, TaskId, TaskSpec, TaskState, Workflow, WorkflowId, check_name, input_refs,
-    topological_order,
+    FieldError, Task, TaskId, TaskSpec, TaskState, Workflow, WorkflowId, check_name, check_text,
+    input_refs, topological_order,
 };
 use crate::store::WriteTx;
 
@@ -32,6 +32,7 @@ impl App {
         tasks: Vec<TaskSpec>,
     ) -> Result<(WorkflowId, Vec<Task>), AppError> {
         check_workflow_name(&new.name)?;
+        check_description(new.description.as_deref())?;
         let now = now_us();
         let wf = Workflow::new(new.name, new.description, now);
         tracing::Span::current().record("workflow_id", tracing::field::display(wf.id));
@@ -167,11 +168,19 @@ impl App {
                             format!("task {:?} depends on itself", t.name),
                         ));
                     }
-                    batch_edges[i].push(j);
+                    if !batch_edges[i].contains(&j) {
+                        batch_edges[i].push(j);
+                    }
                 } else if let Some((id, _)) = resolved.get(r.as_str()) {
-                    existing_deps[i].push(*id);
+                    // One task named twice (by id and by name, or two
+                    // spellings of its id) is one dependency.
+                    if !existing_deps[i].contains(id) {
+                        existing_deps[i].push(*id);
+                    }
                 } else if let Some(dep) = tx.task_by_ref(wf.id, r).await? {
-                    existing_deps[i].push(dep.id);
+                    if !existing_deps[i].contains(&dep.id) {
+                        existing_deps[i].push(dep.id);
+                    }
                     resolved.insert(r.clone(), (dep.id, dep.state()));
                 } else {
                     return Err(AppError::invalid(
@@ -288,6 +297,17 @@ fn duplicate_names(e: crate::store::StoreError) -> AppError {
         )
     } else {
         e.into()
+    }
+}
+
+/// A workflow description: the rule of [`check_text`], as a field error.
+pub(super) fn check_description(description: Option<&str>) -> Result<(), AppError> {
+    match description.map(check_text) {
+        Some(Err(e)) => Err(AppError::validation(vec![FieldError {
+            field: "description".into(),
+            message: e,
+        }])),
+        _ => Ok(()),
     }
 }
 

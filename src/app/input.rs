@@ -9,7 +9,7 @@ use serde_json::Value;
 use crate::domain::{
     DEFAULT_TIMEOUT_S, Delivery, FieldError, MAX_RETRIES, MAX_RETRY_DELAY_S, MAX_TIMEOUT_S,
     OnDependencyFailure, OutputSpec, ServerId, ServerKind, TaskId, TaskSpec, check_group,
-    check_input_name, check_name, check_output_name, field_err, ranged,
+    check_input_name, check_name, check_output_name, check_text, field_err, ranged,
 };
 
 /// A registration request (`POST /v1/servers`).
@@ -113,6 +113,10 @@ impl NewTask {
                 ));
             }
         }
+        let config = self.config.unwrap_or_default();
+        if let Err(e) = check_text(&config) {
+            errors.push(field_err(f("config"), e));
+        }
         let depends_on = self.depends_on.unwrap_or_default();
         let mut seen_deps = std::collections::HashSet::new();
         for d in &depends_on {
@@ -146,7 +150,7 @@ impl NewTask {
                 name,
                 server_id,
                 group,
-                config: self.config.unwrap_or_default(),
+                config,
                 inputs,
                 outputs,
                 options: self.options.unwrap_or_default(),

@@ -5,7 +5,7 @@
 
 use tracing::instrument;
 
-use super::create::check_workflow_name;
+use super::create::{check_description, check_workflow_name};
 use super::input::{TaskPatch, WorkflowPatch};
 use super::release::evaluate;
 use super::unit::UnitOfWork;
@@ -32,6 +32,7 @@ impl App {
             wf.name = name;
         }
         if let Some(d) = patch.description {
+            check_description(Some(&d))?;
             wf.description = Some(d);
         }
         wf.updated_at = now;
@@ -95,7 +96,10 @@ impl App {
                         ),
                     )
                 })?;
-                deps.push((dep.id, dep.state()));
+                // One task named twice is one dependency.
+                if !deps.iter().any(|(id, _)| *id == dep.id) {
+                    deps.push((dep.id, dep.state()));
+                }
             }
             deps
         } else {

@@ -22,7 +22,7 @@ pub use refs::{OutputRef, input_refs};
 pub use spec::{
     DEFAULT_TIMEOUT_S, Delivery, FieldError, MAX_GROUP_LEN, MAX_NAME_LEN, MAX_RETRIES,
     MAX_RETRY_DELAY_S, MAX_TIMEOUT_S, OnDependencyFailure, OutputSpec, ServerKind, TaskSpec,
-    check_group, check_input_name, check_name, check_output_name, field_err, ranged,
+    check_group, check_input_name, check_name, check_output_name, check_text, field_err, ranged,
 };
 pub use state::{IllegalTransition, TaskCounts, TaskState, WorkflowState};
 pub use task::{Corrupt, Task};

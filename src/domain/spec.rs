@@ -234,6 +234,18 @@ pub fn check_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Free text bora stores (a config, a description): anything but NUL,
+/// which PostgreSQL's text cannot hold.
+///
+/// # Errors
+/// The reason the text is not acceptable.
+pub fn check_text(text: &str) -> Result<(), String> {
+    if text.contains('\0') {
+        return Err("must not contain NUL characters".into());
+    }
+    Ok(())
+}
+
 /// A group names a runner or a hook file: `[A-Za-z0-9_.:-]`, not `.` or `..`.
 pub fn check_group(group: &str) -> Result<(), String> {
     if group.is_empty() || group.len() > MAX_GROUP_LEN {

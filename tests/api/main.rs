@@ -889,3 +889,79 @@ async fn notifications_carry_no_inputs_config_or_streams() {
     assert_eq!(task_end.payload["result"]["stdout_bytes"], 19);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn one_task_named_twice_is_one_dependency_and_nul_is_refused() {
+    let app = spawn_app().await;
+    let wf = app
+        .create_workflow(json!({"name": "twice", "tasks": [{"name": "db", "server_id": "s"}]}))
+        .await;
+    let id = wf.id();
+    let db = app.task(&id, "db").await.id.to_string();
+    // By id and by name, then two spellings of its id: one dependency each
+    // time, never a 5xx.
+    for (name, refs) in [
+        ("by-both", json!([db, "db"])),
+        ("two-spellings", json!([db, db.to_uppercase()])),
+    ] {
+        let r = app
+            .post(
+                &format!("/v1/workflows/{id}/tasks"),
+                json!({"name": name, "server_id": "s", "depends_on": refs}),
+            )
+            .await;
+        assert_eq!(r.0, StatusCode::CREATED, "{name}: {}", r.1);
+        assert_eq!(r.1["depends_on"], json!(["db"]), "{name}: {}", r.1);
+    }
+    // PATCH the same way.
+    let later = app
+        .create_workflow(json!({"name": "p", "tasks": [
+            {"name": "gate", "server_id": "s", "depends_on": []},
+            {"name": "t", "server_id": "s", "depends_on": ["gate"]}
+        ]}))
+        .await;
+    let lid = later.id();
+    let gate = app.task(&lid, "gate").await.id.to_string();
+    let r = app
+        .patch(
+            &format!("/v1/workflows/{lid}/tasks/t"),
+            json!({"depends_on": [gate, "gate"]}),
+        )
+        .await;
+    assert_eq!(r.0, StatusCode::OK, "{}", r.1);
+    assert_eq!(r.1["depends_on"], json!(["gate"]), "{}", r.1);
+    // NUL cannot be stored (PostgreSQL's text refuses it): a field error.
+    let r = app
+        .post(
+            "/v1/workflows",
+            json!({"name": "n", "tasks": [{"server_id": "s", "config": "echo a\u{0}b"}]}),
+        )
+        .await;
+    assert_error(&r, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
+    assert_eq!(
+        r.1["error"]["details"][0]["field"], "tasks[0].config",
+        "{}",
+        r.1
+    );
+    let r = app
+        .post(
+            "/v1/workflows",
+            json!({"name": "n", "description": "a\u{0}b"}),
+        )
+        .await;
+    assert_error(&r, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
+    let r = app
+        .patch(
+            &format!("/v1/workflows/{id}"),
+            json!({"description": "x\u{0}"}),
+        )
+        .await;
+    assert_error(&r, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
+    let r = app
+        .patch(
+            &format!("/v1/workflows/{lid}/tasks/t"),
+            json!({"config": "\u{0}"}),
+        )
+        .await;
+    assert_error(&r, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
+}
