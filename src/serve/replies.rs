@@ -112,7 +112,7 @@ async fn consume(app: &App, broker: &Broker, listening: &Listening, shutdown: &C
             // From taking the result off the queue to the commit
             // that recorded it and released its dependents.
             let released = received.elapsed().as_secs_f64();
-            for v in verdicts {
+            for (v, reply) in verdicts.into_iter().zip(&incoming) {
                 match v {
                     Verdict::Recorded => {
                         metrics::counter!("bora_results_recorded_total").increment(1);
@@ -120,8 +120,14 @@ async fn consume(app: &App, broker: &Broker, listening: &Listening, shutdown: &C
                     }
                     Verdict::Heartbeat => metrics::counter!("bora_heartbeats_total").increment(1),
                     Verdict::Dropped(reason) => {
-                        // Never the payload: it may carry credentials.
-                        warn!(reason, "reply dropped");
+                        // Who sent it and how, so a forging guest can be
+                        // found; never the payload (it may carry credentials).
+                        warn!(
+                            reason,
+                            user_id = reply.user_id.as_deref().unwrap_or(""),
+                            exchange = %reply.exchange,
+                            "reply dropped"
+                        );
                         metrics::counter!("bora_results_rejected_total", "reason" => reason)
                             .increment(1);
                     }

@@ -75,8 +75,10 @@ pub async fn finish(child: Child) -> Out {
 pub struct ServeProcess {
     pub child: Child,
     pub base: String,
-    /// Log lines read so far (JSON objects).
+    /// Log lines read until it started (JSON objects).
     pub lines: Vec<Value>,
+    /// Log lines read since (JSON objects), as they come.
+    pub later: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
     pub vhost: Vhost,
     _store: TestStore,
     _dir: tempfile::TempDir,
@@ -119,8 +121,17 @@ impl ServeProcess {
         })
         .await
         .expect("bora serve did not start within 30 s");
-        // Keep draining the pipe so the server never blocks on a full one.
-        tokio::spawn(async move { while let Ok(Some(_)) = reader.next_line().await {} });
+        // Keep draining the pipe so the server never blocks on a full one,
+        // and keep the lines for the tests that look at them.
+        let later = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = later.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = reader.next_line().await {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    sink.lock().unwrap().push(v);
+                }
+            }
+        });
         let base = format!("http://{addr}");
         let http = reqwest::Client::new();
         for _ in 0..400 {
@@ -138,6 +149,7 @@ impl ServeProcess {
             child,
             base,
             lines,
+            later,
             vhost,
             _store: store,
             _dir: dir,

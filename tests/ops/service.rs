@@ -205,6 +205,51 @@ async fn json_logs_are_one_object_per_line() {
 }
 
 #[tokio::test]
+async fn a_dropped_reply_is_logged_with_who_sent_it_and_how() {
+    let serve = ServeProcess::start().await;
+    let conn = lapin::Connection::connect(&serve.vhost.amqp_url(), Default::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let body =
+        bora::protocol::RpcReply::final_result("not-a-task.1", json!({"secret": "x"})).encode();
+    ch.basic_publish(
+        "reply_bora".into(),
+        "reply_bora".into(),
+        Default::default(),
+        &body,
+        lapin::BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_user_id("guest".into()),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let mut found = None;
+    for _ in 0..100 {
+        found = serve
+            .later
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|l| l["message"] == "reply dropped")
+            .cloned();
+        if found.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let line = found.expect("a log line for the dropped reply");
+    assert_eq!(line["reason"], "unknown_msg_id", "{line}");
+    assert_eq!(line["user_id"], "guest", "{line}");
+    assert_eq!(line["exchange"], "reply_bora", "{line}");
+    assert!(!line.to_string().contains("secret"), "no payload: {line}");
+    let _ = conn.close(200, "bye".into()).await;
+    assert_eq!(serve.stop().await, 0);
+}
+
+#[tokio::test]
 async fn metrics_name_every_series() {
     let app = spawn_app().await;
     let wf = app
