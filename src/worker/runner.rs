@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 
-use super::capture::Captured;
+use super::capture::{Capture, Captured};
 use super::process::{self, Ending, Outcome, Spec, Stop, Stoppers};
 use crate::protocol::{TaskMessage, TaskResult};
 
@@ -199,7 +199,20 @@ async fn run_script(
         .map_err(|e| format!("cannot start the script: {e}"))?;
     let mut result = process_result(task, &outcome);
     if matches!(outcome.ending, Ending::Exited(_) | Ending::Signalled(_)) {
-        read_outputs(task, &outputs_prefix, config.max_output_bytes, &mut result);
+        // Off the runtime: the files are the task's, and reading them may
+        // take a while (they are read whole, through the capped capture).
+        let (t, prefix, cap) = (
+            task.clone(),
+            outputs_prefix.clone(),
+            config.max_output_bytes,
+        );
+        let outputs = tokio::task::spawn_blocking(move || read_outputs(&t, &prefix, cap))
+            .await
+            .map_err(|e| format!("reading the outputs failed: {e}"))?;
+        for (name, kept) in outputs {
+            result.truncated |= kept.truncated;
+            result.outputs.insert(name, Value::String(kept.text));
+        }
     }
     Ok(result)
 }
@@ -216,8 +229,14 @@ fn write_executable(path: &Path, body: &[u8]) -> std::io::Result<()> {
 }
 
 /// Reads each declared output from `<prefix>.<name>`; a missing file leaves the
-/// output absent (heat-config-script's rule). Values are strings.
-fn read_outputs(task: &TaskMessage, prefix: &Path, cap: usize, result: &mut TaskResult) {
+/// output absent (heat-config-script's rule). Values are strings, capped
+/// like the streams. Only regular files count: a symlink is not followed
+/// (a link to `/dev/zero` would never end) and a FIFO or a device is not
+/// read (a FIFO would block); such an output is absent and logged. Blocking:
+/// call it off the async runtime.
+fn read_outputs(task: &TaskMessage, prefix: &Path, cap: usize) -> Vec<(String, Captured)> {
+    use std::io::Read;
+    let mut out = Vec::new();
     for output in &task.outputs {
         let name = &output.name;
         if name.is_empty() || name.contains('/') || name.contains('\0') {
@@ -225,14 +244,40 @@ fn read_outputs(task: &TaskMessage, prefix: &Path, cap: usize, result: &mut Task
         }
         let mut path = prefix.as_os_str().to_owned();
         path.push(format!(".{name}"));
-        if let Ok(data) = std::fs::read(&path) {
-            let kept = Captured::of(&data, cap);
-            result.truncated |= kept.truncated;
-            result
-                .outputs
-                .insert(name.clone(), Value::String(kept.text));
+        // O_NOFOLLOW: a symlink fails to open; O_NONBLOCK: opening a FIFO
+        // does not wait for a writer (its type is checked next).
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&path);
+        let mut file = match file {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                tracing::warn!(output = %name, error = %e, "output not read: not a regular file, or unreadable");
+                continue;
+            }
+        };
+        if !file.metadata().is_ok_and(|m| m.file_type().is_file()) {
+            tracing::warn!(output = %name, "output not read: not a regular file");
+            continue;
         }
+        let mut capture = Capture::new(cap);
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match file.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => capture.feed(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    tracing::warn!(output = %name, error = %e, "output read failed");
+                    break;
+                }
+            }
+        }
+        out.push((name.clone(), capture.finish()));
     }
+    out
 }
 
 /// The result of a process runner from how the process ended and what it printed.

@@ -606,3 +606,28 @@ async fn a_least_privilege_worker_waits_for_its_queues_then_works() {
         assert_eq!(reply.user_id.as_deref(), Some(user.as_str()));
     }
 }
+
+#[tokio::test]
+async fn output_files_that_are_not_regular_files_are_not_read() {
+    let mut app = spawn_app().await;
+    app.start_worker(&[]).await;
+    // A symlink to an endless device and a FIFO with no writer: read whole
+    // and on the runtime, the first exhausts memory and the second blocks.
+    let t_cfg = "#!/bin/sh\nln -s /dev/zero \"$heat_outputs_path.endless\"\n\
+                 mkfifo \"$heat_outputs_path.pipe\"\n\
+                 ln -s /etc/hostname \"$heat_outputs_path.linked\"\n\
+                 printf ok > \"$heat_outputs_path.plain\"\n";
+    let mut t = app.task("script", t_cfg);
+    t.outputs = outputs(&["endless", "pipe", "linked", "plain"]);
+    let msg_id = app.publish(&t).await;
+    let r = app.result(&msg_id, SHORT).await;
+    assert_eq!(r.exit_code, 0, "{r:?}");
+    assert_eq!(r.outputs["plain"], "ok");
+    for absent in ["endless", "pipe", "linked"] {
+        assert!(!r.outputs.contains_key(absent), "{absent}: {r:?}");
+    }
+    // The worker goes on: the next task runs.
+    let next = app.task("script", "echo still here\n");
+    let msg_id = app.publish(&next).await;
+    assert_eq!(app.result(&msg_id, SHORT).await.stdout, "still here\n");
+}
