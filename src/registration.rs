@@ -151,6 +151,19 @@ impl Registry {
             ServerKind::Oslo => self.settings.dispatch.oslo_max_connections,
         };
         self.management.set_connection_limit(&user, limit).await?;
+        if !created {
+            // A rotation: connections opened with the old password stay up
+            // until closed (the broker checks a password only at connect).
+            match self.management.close_connections_of(&user).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(server_id = %server, closed = n, "closed the connections of the replaced password")
+                }
+                Err(e) => {
+                    tracing::warn!(server_id = %server, error = %e, "could not close the connections of the replaced password")
+                }
+            }
+        }
         let was_registered = self
             .app
             .store()

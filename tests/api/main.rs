@@ -965,3 +965,35 @@ async fn one_task_named_twice_is_one_dependency_and_nul_is_refused() {
         .await;
     assert_error(&r, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed");
 }
+
+#[tokio::test]
+async fn rotating_a_servers_password_closes_its_open_connections() {
+    let app = spawn_app().await;
+    let id = format!("rot-{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+    let (s, reg) = app
+        .post("/v1/servers", json!({"server_id": id, "kind": "guest"}))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{reg}");
+    let old = lapin::Connection::connect(reg["amqp_url"].as_str().unwrap(), Default::default())
+        .await
+        .unwrap();
+    let (s, again) = app
+        .post("/v1/servers", json!({"server_id": id, "kind": "guest"}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{again}");
+    assert_eq!(again["rotated"], true);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while old.status().connected() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the connection of the replaced password stayed open"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let new = lapin::Connection::connect(again["amqp_url"].as_str().unwrap(), Default::default())
+        .await
+        .unwrap();
+    assert!(new.status().connected());
+    let _ = new.close(200, "bye".into()).await;
+    let _ = app.delete(&format!("/v1/servers/{id}")).await;
+}
