@@ -4,6 +4,7 @@
 //! `tests/e2e`.)
 
 mod e2e;
+mod fuzz;
 mod helpers;
 mod management;
 mod oslo;
