@@ -759,10 +759,15 @@ async fn task_and_workflow_ends_are_announced_as_oslo_notifications() {
     let conn = lapin::Connection::connect(&app.vhost.amqp_url(), Default::default())
         .await
         .unwrap();
-    let ch = conn.create_channel().await.unwrap();
+    let mut ch = conn.create_channel().await.unwrap();
     let mut seen = Vec::new();
     for _ in 0..100 {
         for queue in ["notifications.info", "notifications.error"] {
+            // A get from a queue the relay has not declared yet closes the
+            // channel: open another and try again.
+            if !ch.status().connected() {
+                ch = conn.create_channel().await.unwrap();
+            }
             if let Ok(Some(m)) = ch
                 .basic_get(
                     queue.into(),
@@ -834,9 +839,14 @@ async fn notifications_carry_no_inputs_config_or_streams() {
     let conn = lapin::Connection::connect(&app.vhost.amqp_url(), Default::default())
         .await
         .unwrap();
-    let ch = conn.create_channel().await.unwrap();
+    let mut ch = conn.create_channel().await.unwrap();
     let mut bodies = Vec::new();
     for _ in 0..100 {
+        // A get from a queue the relay has not declared yet closes the
+        // channel: open another and try again.
+        if !ch.status().connected() {
+            ch = conn.create_channel().await.unwrap();
+        }
         if let Ok(Some(m)) = ch
             .basic_get(
                 "notifications.info".into(),
