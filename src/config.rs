@@ -12,6 +12,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+/// The fewest characters an API token may have (`api.tokens`).
+pub const MIN_TOKEN_CHARS: usize = 16;
+
 /// The checked-in defaults, embedded so a binary copied anywhere still has them.
 const DEFAULTS: &str = include_str!("../config/default.toml");
 
@@ -144,8 +147,9 @@ pub struct NotificationSettings {
 pub struct ApiSettings {
     /// The address the API listens on.
     pub listen: SocketAddr,
-    /// Accepted bearer tokens. Empty: no authentication, and `listen` must
-    /// be a loopback address.
+    /// Accepted bearer tokens, trimmed, each at least [`MIN_TOKEN_CHARS`]
+    /// characters. Empty: no authentication, and `listen` must be a loopback
+    /// address.
     pub tokens: Vec<Secret>,
     /// The largest request body accepted, in bytes (413 beyond).
     pub max_body_bytes: usize,
@@ -361,7 +365,7 @@ impl Settings {
                 .try_parsing(true)
                 .source(Some(vars)),
         );
-        let settings: Settings =
+        let mut settings: Settings =
             builder
                 .build()
                 .and_then(|c| c.try_deserialize())
@@ -374,12 +378,25 @@ impl Settings {
                     }
                     _ => ConfigError::Invalid(e),
                 })?;
+        // `BORA__API__TOKENS=" t1, t2"`: the spaces are not part of a token.
+        for t in &mut settings.api.tokens {
+            let trimmed = t.expose().trim();
+            if trimmed.len() != t.expose().len() {
+                *t = Secret::new(trimmed);
+            }
+        }
         settings.check()?;
         Ok(settings)
     }
 
-    fn check(&self) -> Result<(), ConfigError> {
+    /// Checks values the types alone do not bound. [`Settings::load`] calls
+    /// it; so does `bora serve` at start, for settings built in code.
+    ///
+    /// # Errors
+    /// The first value out of range, naming its key.
+    pub fn check(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Check(m.to_owned()));
+        self.check_tokens()?;
         if self.worker.concurrency == 0 {
             return bad("worker.concurrency must be at least 1");
         }
@@ -397,6 +414,31 @@ impl Settings {
         }
         if self.worker.max_output_bytes < 1024 {
             return bad("worker.max_output_bytes must be at least 1024");
+        }
+        Ok(())
+    }
+
+    /// Every API token is at least [`MIN_TOKEN_CHARS`] characters once
+    /// trimmed: an empty one (`BORA__API__TOKENS=`, a trailing comma) would
+    /// lift the loopback guard and match an empty presented token. The error
+    /// never shows a token.
+    fn check_tokens(&self) -> Result<(), ConfigError> {
+        let n = self.api.tokens.len();
+        for (i, t) in self.api.tokens.iter().enumerate() {
+            let t = t.expose().trim();
+            let what = if t.is_empty() {
+                "is empty (a trailing comma in BORA__API__TOKENS?)"
+            } else if t.chars().count() < MIN_TOKEN_CHARS {
+                "is too short"
+            } else {
+                continue;
+            };
+            return Err(ConfigError::Check(format!(
+                "api.tokens: token {} of {n} {what}; every token must have at least \
+                 {MIN_TOKEN_CHARS} characters (e.g. `openssl rand -hex 32`), or set none \
+                 to run without authentication on loopback",
+                i + 1
+            )));
         }
         Ok(())
     }
@@ -460,7 +502,7 @@ mod tests {
             None,
             env(&[
                 ("BORA__API__LISTEN", "0.0.0.0:9000"),
-                ("BORA__API__TOKENS", "t1,t2"),
+                ("BORA__API__TOKENS", &format!("{T1},{T2}")),
                 ("BORA__AMQP__QUEUE_TYPE", "quorum"),
                 ("BORA__WORKER__CONCURRENCY", "7"),
                 ("BORA__DISPATCH__REQUIRE_REGISTRATION", "true"),
@@ -469,7 +511,7 @@ mod tests {
         .unwrap();
         assert_eq!(s.api.listen.port(), 9000);
         let tokens: Vec<&str> = s.api.tokens.iter().map(Secret::expose).collect();
-        assert_eq!(tokens, ["t1", "t2"]);
+        assert_eq!(tokens, [T1, T2]);
         assert_eq!(s.amqp.queue_type, QueueType::Quorum);
         assert_eq!(s.worker.concurrency, 7);
         assert!(s.dispatch.require_registration);
@@ -504,11 +546,58 @@ mod tests {
         assert!(err.to_string().contains("/nonexistent/bora.toml"), "{err}");
     }
 
+    const T1: &str = "token-one-0123456789";
+    const T2: &str = "token-two-0123456789";
+
+    #[test]
+    fn tokens_are_trimmed() {
+        let s = Settings::load_with_env(
+            None,
+            env(&[("BORA__API__TOKENS", &format!(" {T1} ,\t{T2}\n"))]),
+        )
+        .unwrap();
+        let tokens: Vec<&str> = s.api.tokens.iter().map(Secret::expose).collect();
+        assert_eq!(tokens, [T1, T2]);
+    }
+
+    #[test]
+    fn empty_blank_or_short_tokens_are_refused() {
+        // `BORA__API__TOKENS=` and a trailing comma used to yield "", which
+        // lifted the loopback guard and matched an empty presented token.
+        for value in [
+            "".to_owned(),
+            format!("{T1},"),
+            format!("{T1}, ,{T2}"),
+            "   ".to_owned(),
+            "s3cret".to_owned(),
+            format!("{T1},fifteen-chars-x"),
+        ] {
+            let err = Settings::load_with_env(None, env(&[("BORA__API__TOKENS", &value)]))
+                .err()
+                .unwrap_or_else(|| panic!("{value:?} was accepted"));
+            let text = err.to_string();
+            assert!(text.contains("api.tokens"), "{value:?}: {text}");
+            assert!(text.contains("16"), "{value:?}: {text}");
+            assert!(!text.contains("s3cret") && !text.contains(T1), "{text}");
+        }
+        // Exactly 16 characters is enough; so is a file's list.
+        Settings::load_with_env(None, env(&[("BORA__API__TOKENS", "sixteen-chars-xx")])).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bora.toml");
+        std::fs::write(&path, "[api]\ntokens = [\"\"]\n").unwrap();
+        let err = Settings::load_with_env(Some(&path), env(&[])).unwrap_err();
+        assert!(err.to_string().contains("api.tokens"), "{err}");
+    }
+
     #[test]
     fn secrets_do_not_print() {
-        let s = Settings::load_with_env(None, env(&[("BORA__API__TOKENS", "hunter2")])).unwrap();
+        let s = Settings::load_with_env(
+            None,
+            env(&[("BORA__API__TOKENS", "hunter2-hunter2-hunter2")]),
+        )
+        .unwrap();
         let dbg = format!("{s:?}");
-        assert!(!dbg.contains("hunter2"));
+        assert!(!dbg.contains("hunter2"), "{dbg}");
         assert!(!dbg.contains("guest:guest"), "{dbg}");
         assert!(dbg.contains("guest:***"), "{dbg}");
     }

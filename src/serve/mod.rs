@@ -2,8 +2,9 @@
 //! broker, the REST API, the outbox relay and the result consumer together,
 //! and shuts them down in order.
 //!
-//! Start-up refuses an unsafe API address (non-loopback without tokens) and a
-//! store it cannot open; a broker that is down is not fatal: the relay and the
+//! Start-up refuses settings out of range (an empty or short API token among
+//! them), an unsafe API address (non-loopback without tokens) and a store it
+//! cannot open; a broker that is down is not fatal: the relay and the
 //! consumer retry in the background and `/readyz` says 503 meanwhile.
 
 mod relay;
@@ -38,6 +39,8 @@ pub struct Dispatcher {
 /// # Errors
 /// Unsafe API address, unusable store, invalid broker URL, or a port in use.
 pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<Dispatcher> {
+    // `load` checked them already; settings built in code are checked here.
+    settings.check()?;
     let settings = Arc::new(settings);
     crate::telemetry::metrics_handle();
     if !settings.api.listen.ip().is_loopback() && settings.api.tokens.is_empty() {

@@ -432,3 +432,33 @@ async fn with_registration_required_only_the_servers_own_user_counts() {
     guard.run().await;
     app.stop().await;
 }
+
+/// A token long enough for `api.tokens` (16 characters at least).
+const TOKEN: &str = "test-token-0123456789abcdef";
+
+#[tokio::test]
+async fn an_empty_or_short_token_never_reaches_a_running_dispatcher() {
+    // Through the environment: refused while loading.
+    for value in ["", "a-long-enough-token-1,", "short"] {
+        let err = bora::config::Settings::load_with_env(
+            None,
+            vec![("BORA__API__TOKENS".to_owned(), value.to_owned())],
+        )
+        .err()
+        .unwrap_or_else(|| panic!("{value:?} accepted"));
+        assert!(err.to_string().contains("api.tokens"), "{err}");
+    }
+    // Settings built in code are checked again at start: an empty token would
+    // lift the loopback guard and match an empty presented token.
+    let mut settings = bora::config::Settings::load_with_env(
+        None,
+        vec![("BORA__API__LISTEN".to_owned(), "0.0.0.0:0".to_owned())],
+    )
+    .unwrap();
+    settings.api.tokens = vec![bora::config::Secret::new("")];
+    let err = bora::serve::start(settings, tokio_util::sync::CancellationToken::new())
+        .await
+        .err()
+        .expect("an empty token must refuse to start");
+    assert!(err.to_string().contains("api.tokens"), "{err}");
+}
