@@ -3,14 +3,17 @@
 //! Order (later wins): `config/default.toml` (compiled into the binary, so the
 //! defaults hold wherever the binary runs), the file named by `--config` or
 //! `BORA_CONFIG`, then `BORA__SECTION__KEY` environment variables. Secrets (broker
-//! URLs with passwords, API tokens) are wrapped so `Debug` never prints them.
-//! This module knows nothing of how the settings are used.
+//! URLs with passwords, API tokens) are wrapped so `Debug` never prints them,
+//! and API tokens are compared here only ([`ApiSettings::accepts_token`]).
+//! Otherwise this module knows nothing of how the settings are used.
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use subtle::{Choice, ConstantTimeEq};
 
 /// The fewest characters an API token may have (`api.tokens`).
 pub const MIN_TOKEN_CHARS: usize = 16;
@@ -155,6 +158,25 @@ pub struct ApiSettings {
     pub max_body_bytes: usize,
     /// The largest page a list request may ask for (at least 1).
     pub max_page_size: u32,
+}
+
+impl ApiSettings {
+    /// Whether `presented` (trimmed) is one of `tokens`: the one comparison
+    /// of the REST and the RPC API. SHA-256 digests are compared in constant
+    /// time, and every token is checked, so the time taken says neither how
+    /// long a token is, how much of one matched, nor which one did. An empty
+    /// presented token never matches.
+    pub fn accepts_token(&self, presented: &str) -> bool {
+        let presented = presented.trim();
+        if presented.is_empty() {
+            return false;
+        }
+        let digest = Sha256::digest(presented.as_bytes());
+        let matched = self.tokens.iter().fold(Choice::from(0), |acc, t| {
+            acc | Sha256::digest(t.expose().as_bytes()).ct_eq(&digest)
+        });
+        matched.into()
+    }
 }
 
 /// The database.
@@ -587,6 +609,23 @@ mod tests {
         std::fs::write(&path, "[api]\ntokens = [\"\"]\n").unwrap();
         let err = Settings::load_with_env(Some(&path), env(&[])).unwrap_err();
         assert!(err.to_string().contains("api.tokens"), "{err}");
+    }
+
+    #[test]
+    fn a_token_matches_whole_and_trimmed_only() {
+        let s = Settings::load_with_env(None, env(&[("BORA__API__TOKENS", &format!("{T1},{T2}"))]))
+            .unwrap();
+        assert!(s.api.accepts_token(T1));
+        assert!(s.api.accepts_token(&format!(" {T2} ")));
+        for no in [
+            "",
+            " ",
+            &T1[..T1.len() - 1],
+            &format!("{T1}x"),
+            &T1.to_uppercase(),
+        ] {
+            assert!(!s.api.accepts_token(no), "{no:?}");
+        }
     }
 
     #[test]

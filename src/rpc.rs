@@ -19,7 +19,6 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
-use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -257,9 +256,7 @@ fn authorized(state: &RpcState, req: &RpcRequest) -> bool {
     else {
         return false;
     };
-    tokens.iter().fold(false, |acc, t| {
-        acc | bool::from(t.expose().as_bytes().ct_eq(presented.as_bytes()))
-    })
+    state.settings.api.accepts_token(presented)
 }
 
 /// Whether the request's `version`/`namespace` are ones bora's endpoint

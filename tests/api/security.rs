@@ -462,3 +462,44 @@ async fn an_empty_or_short_token_never_reaches_a_running_dispatcher() {
         .expect("an empty token must refuse to start");
     assert!(err.to_string().contains("api.tokens"), "{err}");
 }
+
+async fn get_with_auth(app: &TestApp, authorization: &str) -> StatusCode {
+    app.http
+        .get(app.url("/v1/workflows"))
+        .header("authorization", authorization)
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+#[tokio::test]
+async fn the_bearer_scheme_is_case_insensitive_and_only_the_whole_token_matches() {
+    let app = spawn_app_with(&[("BORA__API__TOKENS", TOKEN)]).await;
+    // RFC 7235: the scheme is case-insensitive.
+    for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+        let status = get_with_auth(&app, &format!("{scheme} {TOKEN}")).await;
+        assert_eq!(status, StatusCode::OK, "{scheme}");
+    }
+    assert_eq!(
+        get_with_auth(&app, &format!("Bearer   {TOKEN}  ")).await,
+        StatusCode::OK
+    );
+    // A prefix, an extension, another scheme, nothing: refused.
+    for refused in [
+        format!("Bearer {}", &TOKEN[..TOKEN.len() - 1]),
+        format!("Bearer {TOKEN}x"),
+        format!("Basic {TOKEN}"),
+        format!("Bearer{TOKEN}"),
+        TOKEN.to_owned(),
+        "Bearer ".to_owned(),
+        "Bearer".to_owned(),
+    ] {
+        assert_eq!(
+            get_with_auth(&app, &refused).await,
+            StatusCode::UNAUTHORIZED,
+            "{refused:?}"
+        );
+    }
+    app.stop().await;
+}
