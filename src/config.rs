@@ -245,9 +245,12 @@ impl AmqpSettings {
     /// `bora_control.<server_id>`. Separate from the task queue so a cancel never
     /// waits behind tasks that fill the worker's prefetch window.
     pub fn control_queue(&self, server_id: &str) -> String {
-        format!("bora_control.{server_id}")
+        format!("{CONTROL_TOPIC}.{server_id}")
     }
 }
+
+/// The prefix of the per-server control queues: `bora_control.<server_id>`.
+pub const CONTROL_TOPIC: &str = "bora_control";
 
 /// The dispatcher's limits and timings.
 #[derive(Debug, Clone, Deserialize)]
@@ -465,6 +468,30 @@ impl Settings {
         Ok(())
     }
 
+    /// Whether `name` is one of bora's own queues: the reply queue
+    /// (`amqp.reply_queue`), and for each of the task topic, the control
+    /// topic, the RPC API's topic and the notifications' topic, the topic
+    /// itself, `<topic>.<anything>` and oslo's `<topic>_fanout_<anything>`.
+    /// The RPC API never answers into one: a caller's `_reply_q` naming
+    /// `reply_bora` would have the dispatcher's own user publish a result.
+    pub fn is_own_queue(&self, name: &str) -> bool {
+        if name == self.amqp.reply_queue {
+            return true;
+        }
+        [
+            self.amqp.task_topic.as_str(),
+            CONTROL_TOPIC,
+            self.rpc.topic.as_str(),
+            self.notifications.topic.as_str(),
+        ]
+        .into_iter()
+        .any(|topic| {
+            name.strip_prefix(topic).is_some_and(|rest| {
+                rest.is_empty() || rest.starts_with('.') || rest.starts_with("_fanout_")
+            })
+        })
+    }
+
     /// The RPC API's server name: `rpc.server`, else the hostname.
     pub fn rpc_server_name(&self) -> String {
         if self.rpc.server.is_empty() {
@@ -625,6 +652,34 @@ mod tests {
             &T1.to_uppercase(),
         ] {
             assert!(!s.api.accepts_token(no), "{no:?}");
+        }
+    }
+
+    #[test]
+    fn own_queues_are_the_topology_and_nothing_else() {
+        let s = Settings::load_with_env(None, env(&[])).unwrap();
+        for own in [
+            "reply_bora",
+            "bora_tasks",
+            "bora_tasks.web-1",
+            "bora_tasks_fanout_0123abcd",
+            "bora_control.web-1",
+            "bora_api",
+            "bora_api.host-1",
+            "bora_api_fanout_0123abcd",
+            "notifications.info",
+            "notifications.error",
+        ] {
+            assert!(s.is_own_queue(own), "{own}");
+        }
+        for theirs in [
+            "reply_0123456789abcdef0123456789abcdef",
+            "reply_bora2",
+            "bora_tasksx",
+            "heat-engine",
+            "",
+        ] {
+            assert!(!s.is_own_queue(theirs), "{theirs}");
         }
     }
 

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::api::{self, AppState};
 use crate::app::{App, AppConfig};
@@ -48,6 +48,9 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
             "refusing to listen on {} without API tokens: set api.tokens (BORA__API__TOKENS) or listen on loopback",
             settings.api.listen
         );
+    }
+    if settings.api.tokens.is_empty() {
+        warn_open(&settings);
     }
     let store = Store::open(settings.store.url.expose(), settings.store.max_connections)
         .await
@@ -130,6 +133,26 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         tasks,
         store,
     })
+}
+
+/// Says loudly, at every start without `api.tokens`, what anyone who can
+/// reach the APIs may do.
+fn warn_open(settings: &Settings) {
+    let rpc = if settings.rpc.enabled {
+        format!(
+            " and the RPC API (topic {} on exchange {}: anyone who may publish there)",
+            settings.rpc.topic, settings.amqp.exchange
+        )
+    } else {
+        String::new()
+    };
+    warn!(
+        "no API tokens (api.tokens is empty): the REST API on {}{rpc} accept every call \
+         without authentication: creating, reading and cancelling any workflow, and over REST \
+         registering and revoking servers; register_server over RPC is refused until tokens \
+         are set. Set api.tokens (BORA__API__TOKENS) to require one",
+        settings.api.listen
+    );
 }
 
 impl Dispatcher {
