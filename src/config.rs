@@ -269,23 +269,39 @@ pub struct DispatchSettings {
     pub guest_max_connections: u32,
     /// Broker connections a registered oslo server's user may hold at once.
     pub oslo_max_connections: u32,
-    /// Seconds of silence after which a running attempt counts as lost.
+    /// Seconds of silence after which a running attempt counts as lost
+    /// (1 to 86400).
     pub heartbeat_timeout_s: u64,
     /// New attempts after lost workers, beyond a task's own retries.
     pub max_redeliveries: u32,
     /// Milliseconds between the outbox relay's safety sweeps (every commit
-    /// that queues a message also wakes it at once).
+    /// that queues a message also wakes it at once; 1 to 3600000, at least 10
+    /// in effect).
     pub relay_interval_ms: u64,
     /// How long a relay's claim on outbox rows lasts (PostgreSQL): a message
-    /// claimed by a dispatcher that died is sent by another after this.
+    /// claimed by a dispatcher that died is sent by another after this (1 to
+    /// 3600).
     pub outbox_lease_s: u64,
 }
 
 impl DispatchSettings {
     /// `outbox_lease_s` in microseconds (at least a second).
     pub fn outbox_lease_us(&self) -> i64 {
-        self.outbox_lease_s.max(1) as i64 * 1_000_000
+        secs_to_us(self.outbox_lease_s.max(1))
     }
+
+    /// `heartbeat_timeout_s` in microseconds.
+    pub fn heartbeat_timeout_us(&self) -> i64 {
+        secs_to_us(self.heartbeat_timeout_s)
+    }
+}
+
+/// Seconds as microseconds, saturating (the settings' checks keep every
+/// configured value far below that).
+fn secs_to_us(s: u64) -> i64 {
+    i64::try_from(s)
+        .unwrap_or(i64::MAX)
+        .saturating_mul(1_000_000)
 }
 
 /// The guest worker (`bora worker`).
@@ -303,11 +319,13 @@ pub struct WorkerSettings {
     /// The cap for stdout and for stderr, in bytes (head and tail kept; at
     /// least 1024).
     pub max_output_bytes: usize,
-    /// Seconds between heartbeats, while a task runs and when idle.
+    /// Seconds between heartbeats, while a task runs and when idle (1 to
+    /// 3600).
     pub heartbeat_s: u64,
     /// Where the at-most-once ledger lives.
     pub state_dir: PathBuf,
-    /// Seconds running tasks may go on after SIGTERM before they are killed.
+    /// Seconds running tasks may go on after SIGTERM before they are killed
+    /// (0 to 86400).
     pub shutdown_grace_s: u64,
 }
 
@@ -347,6 +365,17 @@ pub enum ConfigError {
     /// A value out of range (e.g. `worker.concurrency = 0`).
     #[error("invalid configuration: {0}")]
     Check(String),
+}
+
+/// `key`'s `value` is in `min..=max`, or an error naming both.
+fn within(key: &str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(ConfigError::Check(format!(
+            "{key} must be between {min} and {max} (got {value})"
+        )))
+    }
 }
 
 impl Settings {
@@ -425,12 +454,26 @@ impl Settings {
         if self.worker.concurrency == 0 {
             return bad("worker.concurrency must be at least 1");
         }
-        if self.worker.heartbeat_s == 0 {
-            return bad("worker.heartbeat_s must be at least 1");
-        }
-        if self.dispatch.heartbeat_timeout_s == 0 {
-            return bad("dispatch.heartbeat_timeout_s must be at least 1");
-        }
+        // Values scaled at run time (`* 1_000_000` into i64 microseconds,
+        // `2 *` for oslo's `_timeout`, added to an Instant) stay far from
+        // overflow, and within what makes sense.
+        let d = &self.dispatch;
+        let w = &self.worker;
+        within(
+            "dispatch.heartbeat_timeout_s",
+            d.heartbeat_timeout_s,
+            1,
+            86_400,
+        )?;
+        within("dispatch.outbox_lease_s", d.outbox_lease_s, 1, 3_600)?;
+        within(
+            "dispatch.relay_interval_ms",
+            d.relay_interval_ms,
+            1,
+            3_600_000,
+        )?;
+        within("worker.heartbeat_s", w.heartbeat_s, 1, 3_600)?;
+        within("worker.shutdown_grace_s", w.shutdown_grace_s, 0, 86_400)?;
         if self.api.max_page_size == 0 {
             return bad("api.max_page_size must be at least 1");
         }
@@ -681,6 +724,90 @@ mod tests {
         ] {
             assert!(!s.is_own_queue(theirs), "{theirs}");
         }
+    }
+
+    #[test]
+    fn values_scaled_at_run_time_are_bounded() {
+        // Each would overflow (`* 1_000_000` as i64, `2 *`, an Instant plus
+        // a Duration) or mean nothing; refused with the key and its range.
+        let max = u64::MAX.to_string();
+        for (var, key, value, range) in [
+            (
+                "BORA__DISPATCH__HEARTBEAT_TIMEOUT_S",
+                "dispatch.heartbeat_timeout_s",
+                max.as_str(),
+                "between 1 and 86400",
+            ),
+            (
+                "BORA__DISPATCH__HEARTBEAT_TIMEOUT_S",
+                "dispatch.heartbeat_timeout_s",
+                "86401",
+                "between 1 and 86400",
+            ),
+            (
+                "BORA__DISPATCH__HEARTBEAT_TIMEOUT_S",
+                "dispatch.heartbeat_timeout_s",
+                "0",
+                "between 1 and 86400",
+            ),
+            (
+                "BORA__WORKER__HEARTBEAT_S",
+                "worker.heartbeat_s",
+                max.as_str(),
+                "between 1 and 3600",
+            ),
+            (
+                "BORA__WORKER__HEARTBEAT_S",
+                "worker.heartbeat_s",
+                "0",
+                "between 1 and 3600",
+            ),
+            (
+                "BORA__DISPATCH__OUTBOX_LEASE_S",
+                "dispatch.outbox_lease_s",
+                max.as_str(),
+                "between 1 and 3600",
+            ),
+            (
+                "BORA__DISPATCH__OUTBOX_LEASE_S",
+                "dispatch.outbox_lease_s",
+                "0",
+                "between 1 and 3600",
+            ),
+            (
+                "BORA__DISPATCH__RELAY_INTERVAL_MS",
+                "dispatch.relay_interval_ms",
+                max.as_str(),
+                "between 1 and 3600000",
+            ),
+            (
+                "BORA__WORKER__SHUTDOWN_GRACE_S",
+                "worker.shutdown_grace_s",
+                max.as_str(),
+                "between 0 and 86400",
+            ),
+        ] {
+            let err = Settings::load_with_env(None, env(&[(var, value)]))
+                .err()
+                .unwrap_or_else(|| panic!("{key} = {value} accepted"));
+            let text = err.to_string();
+            assert!(
+                text.contains(key) && text.contains(range),
+                "{key} = {value}: {text}"
+            );
+        }
+        // The ends of each range load.
+        Settings::load_with_env(
+            None,
+            env(&[
+                ("BORA__DISPATCH__HEARTBEAT_TIMEOUT_S", "86400"),
+                ("BORA__WORKER__HEARTBEAT_S", "3600"),
+                ("BORA__DISPATCH__OUTBOX_LEASE_S", "1"),
+                ("BORA__DISPATCH__RELAY_INTERVAL_MS", "3600000"),
+                ("BORA__WORKER__SHUTDOWN_GRACE_S", "0"),
+            ]),
+        )
+        .unwrap();
     }
 
     #[test]

@@ -69,7 +69,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
             max_tasks_per_workflow: settings.dispatch.max_tasks_per_workflow,
             notifications: settings.notifications.enabled,
             outbox_lease_us: settings.dispatch.outbox_lease_us(),
-            online_window_us: settings.dispatch.heartbeat_timeout_s as i64 * 1_000_000,
+            online_window_us: settings.dispatch.heartbeat_timeout_us(),
         },
     );
     let listener = tokio::net::TcpListener::bind(settings.api.listen)
