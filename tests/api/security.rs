@@ -526,6 +526,27 @@ struct RpcCaller {
 impl RpcCaller {
     async fn connect(app: &TestApp) -> Self {
         let conn = connect(&app.vhost.amqp_url()).await;
+        // The RPC API declares its exchange and queue in the background; a
+        // publish to a missing exchange would close the channel.
+        let topic = app.settings.rpc.topic.as_str();
+        let mut declared = false;
+        for _ in 0..400 {
+            let probe = conn.create_channel().await.unwrap();
+            let passive = QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            };
+            if probe
+                .queue_declare(topic.into(), passive, FieldTable::default())
+                .await
+                .is_ok()
+            {
+                declared = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(declared, "the RPC API never declared {topic}");
         let channel = conn.create_channel().await.unwrap();
         channel
             .confirm_select(ConfirmSelectOptions::default())
