@@ -3,14 +3,20 @@
 //! Order (later wins): `config/default.toml` (compiled into the binary, so the
 //! defaults hold wherever the binary runs), the file named by `--config` or
 //! `BORA_CONFIG`, then `BORA__SECTION__KEY` environment variables. Secrets (broker
-//! URLs with passwords, API tokens) are wrapped so `Debug` never prints them.
-//! This module knows nothing of how the settings are used.
+//! URLs with passwords, API tokens) are wrapped so `Debug` never prints them,
+//! and API tokens are compared here only ([`ApiSettings::accepts_token`]).
+//! Otherwise this module knows nothing of how the settings are used.
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use subtle::{Choice, ConstantTimeEq};
+
+/// The fewest characters an API token may have (`api.tokens`).
+pub const MIN_TOKEN_CHARS: usize = 16;
 
 /// The checked-in defaults, embedded so a binary copied anywhere still has them.
 const DEFAULTS: &str = include_str!("../config/default.toml");
@@ -144,13 +150,33 @@ pub struct NotificationSettings {
 pub struct ApiSettings {
     /// The address the API listens on.
     pub listen: SocketAddr,
-    /// Accepted bearer tokens. Empty: no authentication, and `listen` must
-    /// be a loopback address.
+    /// Accepted bearer tokens, trimmed, each at least [`MIN_TOKEN_CHARS`]
+    /// characters. Empty: no authentication, and `listen` must be a loopback
+    /// address.
     pub tokens: Vec<Secret>,
     /// The largest request body accepted, in bytes (413 beyond).
     pub max_body_bytes: usize,
     /// The largest page a list request may ask for (at least 1).
     pub max_page_size: u32,
+}
+
+impl ApiSettings {
+    /// Whether `presented` (trimmed) is one of `tokens`: the one comparison
+    /// of the REST and the RPC API. SHA-256 digests are compared in constant
+    /// time, and every token is checked, so the time taken says neither how
+    /// long a token is, how much of one matched, nor which one did. An empty
+    /// presented token never matches.
+    pub fn accepts_token(&self, presented: &str) -> bool {
+        let presented = presented.trim();
+        if presented.is_empty() {
+            return false;
+        }
+        let digest = Sha256::digest(presented.as_bytes());
+        let matched = self.tokens.iter().fold(Choice::from(0), |acc, t| {
+            acc | Sha256::digest(t.expose().as_bytes()).ct_eq(&digest)
+        });
+        matched.into()
+    }
 }
 
 /// The database.
@@ -219,9 +245,12 @@ impl AmqpSettings {
     /// `bora_control.<server_id>`. Separate from the task queue so a cancel never
     /// waits behind tasks that fill the worker's prefetch window.
     pub fn control_queue(&self, server_id: &str) -> String {
-        format!("bora_control.{server_id}")
+        format!("{CONTROL_TOPIC}.{server_id}")
     }
 }
+
+/// The prefix of the per-server control queues: `bora_control.<server_id>`.
+pub const CONTROL_TOPIC: &str = "bora_control";
 
 /// The dispatcher's limits and timings.
 #[derive(Debug, Clone, Deserialize)]
@@ -240,23 +269,39 @@ pub struct DispatchSettings {
     pub guest_max_connections: u32,
     /// Broker connections a registered oslo server's user may hold at once.
     pub oslo_max_connections: u32,
-    /// Seconds of silence after which a running attempt counts as lost.
+    /// Seconds of silence after which a running attempt counts as lost
+    /// (1 to 86400).
     pub heartbeat_timeout_s: u64,
     /// New attempts after lost workers, beyond a task's own retries.
     pub max_redeliveries: u32,
     /// Milliseconds between the outbox relay's safety sweeps (every commit
-    /// that queues a message also wakes it at once).
+    /// that queues a message also wakes it at once; 1 to 3600000, at least 10
+    /// in effect).
     pub relay_interval_ms: u64,
     /// How long a relay's claim on outbox rows lasts (PostgreSQL): a message
-    /// claimed by a dispatcher that died is sent by another after this.
+    /// claimed by a dispatcher that died is sent by another after this (1 to
+    /// 3600).
     pub outbox_lease_s: u64,
 }
 
 impl DispatchSettings {
     /// `outbox_lease_s` in microseconds (at least a second).
     pub fn outbox_lease_us(&self) -> i64 {
-        self.outbox_lease_s.max(1) as i64 * 1_000_000
+        secs_to_us(self.outbox_lease_s.max(1))
     }
+
+    /// `heartbeat_timeout_s` in microseconds.
+    pub fn heartbeat_timeout_us(&self) -> i64 {
+        secs_to_us(self.heartbeat_timeout_s)
+    }
+}
+
+/// Seconds as microseconds, saturating (the settings' checks keep every
+/// configured value far below that).
+fn secs_to_us(s: u64) -> i64 {
+    i64::try_from(s)
+        .unwrap_or(i64::MAX)
+        .saturating_mul(1_000_000)
 }
 
 /// The guest worker (`bora worker`).
@@ -274,11 +319,13 @@ pub struct WorkerSettings {
     /// The cap for stdout and for stderr, in bytes (head and tail kept; at
     /// least 1024).
     pub max_output_bytes: usize,
-    /// Seconds between heartbeats, while a task runs and when idle.
+    /// Seconds between heartbeats, while a task runs and when idle (1 to
+    /// 3600).
     pub heartbeat_s: u64,
     /// Where the at-most-once ledger lives.
     pub state_dir: PathBuf,
-    /// Seconds running tasks may go on after SIGTERM before they are killed.
+    /// Seconds running tasks may go on after SIGTERM before they are killed
+    /// (0 to 86400).
     pub shutdown_grace_s: u64,
 }
 
@@ -318,6 +365,17 @@ pub enum ConfigError {
     /// A value out of range (e.g. `worker.concurrency = 0`).
     #[error("invalid configuration: {0}")]
     Check(String),
+}
+
+/// `key`'s `value` is in `min..=max`, or an error naming both.
+fn within(key: &str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(ConfigError::Check(format!(
+            "{key} must be between {min} and {max} (got {value})"
+        )))
+    }
 }
 
 impl Settings {
@@ -361,7 +419,7 @@ impl Settings {
                 .try_parsing(true)
                 .source(Some(vars)),
         );
-        let settings: Settings =
+        let mut settings: Settings =
             builder
                 .build()
                 .and_then(|c| c.try_deserialize())
@@ -374,21 +432,48 @@ impl Settings {
                     }
                     _ => ConfigError::Invalid(e),
                 })?;
+        // `BORA__API__TOKENS=" t1, t2"`: the spaces are not part of a token.
+        for t in &mut settings.api.tokens {
+            let trimmed = t.expose().trim();
+            if trimmed.len() != t.expose().len() {
+                *t = Secret::new(trimmed);
+            }
+        }
         settings.check()?;
         Ok(settings)
     }
 
-    fn check(&self) -> Result<(), ConfigError> {
+    /// Checks values the types alone do not bound. [`Settings::load`] calls
+    /// it; so does `bora serve` at start, for settings built in code.
+    ///
+    /// # Errors
+    /// The first value out of range, naming its key.
+    pub fn check(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Check(m.to_owned()));
+        self.check_tokens()?;
         if self.worker.concurrency == 0 {
             return bad("worker.concurrency must be at least 1");
         }
-        if self.worker.heartbeat_s == 0 {
-            return bad("worker.heartbeat_s must be at least 1");
-        }
-        if self.dispatch.heartbeat_timeout_s == 0 {
-            return bad("dispatch.heartbeat_timeout_s must be at least 1");
-        }
+        // Values scaled at run time (`* 1_000_000` into i64 microseconds,
+        // `2 *` for oslo's `_timeout`, added to an Instant) stay far from
+        // overflow, and within what makes sense.
+        let d = &self.dispatch;
+        let w = &self.worker;
+        within(
+            "dispatch.heartbeat_timeout_s",
+            d.heartbeat_timeout_s,
+            1,
+            86_400,
+        )?;
+        within("dispatch.outbox_lease_s", d.outbox_lease_s, 1, 3_600)?;
+        within(
+            "dispatch.relay_interval_ms",
+            d.relay_interval_ms,
+            1,
+            3_600_000,
+        )?;
+        within("worker.heartbeat_s", w.heartbeat_s, 1, 3_600)?;
+        within("worker.shutdown_grace_s", w.shutdown_grace_s, 0, 86_400)?;
         if self.api.max_page_size == 0 {
             return bad("api.max_page_size must be at least 1");
         }
@@ -399,6 +484,55 @@ impl Settings {
             return bad("worker.max_output_bytes must be at least 1024");
         }
         Ok(())
+    }
+
+    /// Every API token is at least [`MIN_TOKEN_CHARS`] characters once
+    /// trimmed: an empty one (`BORA__API__TOKENS=`, a trailing comma) would
+    /// lift the loopback guard and match an empty presented token. The error
+    /// never shows a token.
+    fn check_tokens(&self) -> Result<(), ConfigError> {
+        let n = self.api.tokens.len();
+        for (i, t) in self.api.tokens.iter().enumerate() {
+            let t = t.expose().trim();
+            let what = if t.is_empty() {
+                "is empty (a trailing comma in BORA__API__TOKENS?)"
+            } else if t.chars().count() < MIN_TOKEN_CHARS {
+                "is too short"
+            } else {
+                continue;
+            };
+            return Err(ConfigError::Check(format!(
+                "api.tokens: token {} of {n} {what}; every token must have at least \
+                 {MIN_TOKEN_CHARS} characters (e.g. `openssl rand -hex 32`), or set none \
+                 to run without authentication on loopback",
+                i + 1
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether `name` is one of bora's own queues: the reply queue
+    /// (`amqp.reply_queue`), and for each of the task topic, the control
+    /// topic, the RPC API's topic and the notifications' topic, the topic
+    /// itself, `<topic>.<anything>` and oslo's `<topic>_fanout_<anything>`.
+    /// The RPC API never answers into one: a caller's `_reply_q` naming
+    /// `reply_bora` would have the dispatcher's own user publish a result.
+    pub fn is_own_queue(&self, name: &str) -> bool {
+        if name == self.amqp.reply_queue {
+            return true;
+        }
+        [
+            self.amqp.task_topic.as_str(),
+            CONTROL_TOPIC,
+            self.rpc.topic.as_str(),
+            self.notifications.topic.as_str(),
+        ]
+        .into_iter()
+        .any(|topic| {
+            name.strip_prefix(topic).is_some_and(|rest| {
+                rest.is_empty() || rest.starts_with('.') || rest.starts_with("_fanout_")
+            })
+        })
     }
 
     /// The RPC API's server name: `rpc.server`, else the hostname.
@@ -460,7 +594,7 @@ mod tests {
             None,
             env(&[
                 ("BORA__API__LISTEN", "0.0.0.0:9000"),
-                ("BORA__API__TOKENS", "t1,t2"),
+                ("BORA__API__TOKENS", &format!("{T1},{T2}")),
                 ("BORA__AMQP__QUEUE_TYPE", "quorum"),
                 ("BORA__WORKER__CONCURRENCY", "7"),
                 ("BORA__DISPATCH__REQUIRE_REGISTRATION", "true"),
@@ -469,7 +603,7 @@ mod tests {
         .unwrap();
         assert_eq!(s.api.listen.port(), 9000);
         let tokens: Vec<&str> = s.api.tokens.iter().map(Secret::expose).collect();
-        assert_eq!(tokens, ["t1", "t2"]);
+        assert_eq!(tokens, [T1, T2]);
         assert_eq!(s.amqp.queue_type, QueueType::Quorum);
         assert_eq!(s.worker.concurrency, 7);
         assert!(s.dispatch.require_registration);
@@ -504,11 +638,187 @@ mod tests {
         assert!(err.to_string().contains("/nonexistent/bora.toml"), "{err}");
     }
 
+    const T1: &str = "token-one-0123456789";
+    const T2: &str = "token-two-0123456789";
+
+    #[test]
+    fn tokens_are_trimmed() {
+        let s = Settings::load_with_env(
+            None,
+            env(&[("BORA__API__TOKENS", &format!(" {T1} ,\t{T2}\n"))]),
+        )
+        .unwrap();
+        let tokens: Vec<&str> = s.api.tokens.iter().map(Secret::expose).collect();
+        assert_eq!(tokens, [T1, T2]);
+    }
+
+    #[test]
+    fn empty_blank_or_short_tokens_are_refused() {
+        // `BORA__API__TOKENS=` and a trailing comma used to yield "", which
+        // lifted the loopback guard and matched an empty presented token.
+        for value in [
+            "".to_owned(),
+            format!("{T1},"),
+            format!("{T1}, ,{T2}"),
+            "   ".to_owned(),
+            "s3cret".to_owned(),
+            format!("{T1},fifteen-chars-x"),
+        ] {
+            let err = Settings::load_with_env(None, env(&[("BORA__API__TOKENS", &value)]))
+                .err()
+                .unwrap_or_else(|| panic!("{value:?} was accepted"));
+            let text = err.to_string();
+            assert!(text.contains("api.tokens"), "{value:?}: {text}");
+            assert!(text.contains("16"), "{value:?}: {text}");
+            assert!(!text.contains("s3cret") && !text.contains(T1), "{text}");
+        }
+        // Exactly 16 characters is enough; so is a file's list.
+        Settings::load_with_env(None, env(&[("BORA__API__TOKENS", "sixteen-chars-xx")])).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bora.toml");
+        std::fs::write(&path, "[api]\ntokens = [\"\"]\n").unwrap();
+        let err = Settings::load_with_env(Some(&path), env(&[])).unwrap_err();
+        assert!(err.to_string().contains("api.tokens"), "{err}");
+    }
+
+    #[test]
+    fn a_token_matches_whole_and_trimmed_only() {
+        let s = Settings::load_with_env(None, env(&[("BORA__API__TOKENS", &format!("{T1},{T2}"))]))
+            .unwrap();
+        assert!(s.api.accepts_token(T1));
+        assert!(s.api.accepts_token(&format!(" {T2} ")));
+        for no in [
+            "",
+            " ",
+            &T1[..T1.len() - 1],
+            &format!("{T1}x"),
+            &T1.to_uppercase(),
+        ] {
+            assert!(!s.api.accepts_token(no), "{no:?}");
+        }
+    }
+
+    #[test]
+    fn own_queues_are_the_topology_and_nothing_else() {
+        let s = Settings::load_with_env(None, env(&[])).unwrap();
+        for own in [
+            "reply_bora",
+            "bora_tasks",
+            "bora_tasks.web-1",
+            "bora_tasks_fanout_0123abcd",
+            "bora_control.web-1",
+            "bora_api",
+            "bora_api.host-1",
+            "bora_api_fanout_0123abcd",
+            "notifications.info",
+            "notifications.error",
+        ] {
+            assert!(s.is_own_queue(own), "{own}");
+        }
+        for theirs in [
+            "reply_0123456789abcdef0123456789abcdef",
+            "reply_bora2",
+            "bora_tasksx",
+            "heat-engine",
+            "",
+        ] {
+            assert!(!s.is_own_queue(theirs), "{theirs}");
+        }
+    }
+
+    #[test]
+    fn values_scaled_at_run_time_are_bounded() {
+        // Each would overflow (`* 1_000_000` as i64, `2 *`, an Instant plus
+        // a Duration) or mean nothing; refused with the key and its range.
+        let max = u64::MAX.to_string();
+        for (var, key, value, range) in [
+            (
+                "BORA__DISPATCH__HEARTBEAT_TIMEOUT_S",
+                "dispatch.heartbeat_timeout_s",
+                max.as_str(),
+                "between 1 and 86400",
+            ),
+            (
+                "BORA__DISPATCH__HEARTBEAT_TIMEOUT_S",
+                "dispatch.heartbeat_timeout_s",
+                "86401",
+                "between 1 and 86400",
+            ),
+            (
+                "BORA__DISPATCH__HEARTBEAT_TIMEOUT_S",
+                "dispatch.heartbeat_timeout_s",
+                "0",
+                "between 1 and 86400",
+            ),
+            (
+                "BORA__WORKER__HEARTBEAT_S",
+                "worker.heartbeat_s",
+                max.as_str(),
+                "between 1 and 3600",
+            ),
+            (
+                "BORA__WORKER__HEARTBEAT_S",
+                "worker.heartbeat_s",
+                "0",
+                "between 1 and 3600",
+            ),
+            (
+                "BORA__DISPATCH__OUTBOX_LEASE_S",
+                "dispatch.outbox_lease_s",
+                max.as_str(),
+                "between 1 and 3600",
+            ),
+            (
+                "BORA__DISPATCH__OUTBOX_LEASE_S",
+                "dispatch.outbox_lease_s",
+                "0",
+                "between 1 and 3600",
+            ),
+            (
+                "BORA__DISPATCH__RELAY_INTERVAL_MS",
+                "dispatch.relay_interval_ms",
+                max.as_str(),
+                "between 1 and 3600000",
+            ),
+            (
+                "BORA__WORKER__SHUTDOWN_GRACE_S",
+                "worker.shutdown_grace_s",
+                max.as_str(),
+                "between 0 and 86400",
+            ),
+        ] {
+            let err = Settings::load_with_env(None, env(&[(var, value)]))
+                .err()
+                .unwrap_or_else(|| panic!("{key} = {value} accepted"));
+            let text = err.to_string();
+            assert!(
+                text.contains(key) && text.contains(range),
+                "{key} = {value}: {text}"
+            );
+        }
+        // The ends of each range load.
+        Settings::load_with_env(
+            None,
+            env(&[
+                ("BORA__DISPATCH__HEARTBEAT_TIMEOUT_S", "86400"),
+                ("BORA__WORKER__HEARTBEAT_S", "3600"),
+                ("BORA__DISPATCH__OUTBOX_LEASE_S", "1"),
+                ("BORA__DISPATCH__RELAY_INTERVAL_MS", "3600000"),
+                ("BORA__WORKER__SHUTDOWN_GRACE_S", "0"),
+            ]),
+        )
+        .unwrap();
+    }
+
     #[test]
     fn secrets_do_not_print() {
-        let s = Settings::load_with_env(None, env(&[("BORA__API__TOKENS", "hunter2")])).unwrap();
+        let s = Settings::load_with_env(
+            None,
+            env(&[("BORA__API__TOKENS", "hunter2-hunter2-hunter2")]),
+        )
+        .unwrap();
         let dbg = format!("{s:?}");
-        assert!(!dbg.contains("hunter2"));
+        assert!(!dbg.contains("hunter2"), "{dbg}");
         assert!(!dbg.contains("guest:guest"), "{dbg}");
         assert!(dbg.contains("guest:***"), "{dbg}");
     }

@@ -1,14 +1,14 @@
 //! Bearer-token authentication of `/v1` (SPEC 3): with `api.tokens` set,
-//! every request needs `Authorization: Bearer <token>` matching one of them,
-//! compared in constant time. With none set the API is open, which start-up
-//! allows only on a loopback address.
+//! every request needs `Authorization: Bearer <token>` (the scheme in any
+//! case, RFC 7235) matching one of them, compared as SHA-256 digests in
+//! constant time (`ApiSettings::accepts_token`). With none set the API is
+//! open, which start-up allows only on a loopback address.
 
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use subtle::ConstantTimeEq;
 
 use super::AppState;
 use super::error::ApiError;
@@ -26,15 +26,8 @@ pub(super) async fn require_token(
         .headers()
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let ok = presented.is_some_and(|p| {
-        // Check every token, so the time taken says nothing about which matched.
-        tokens.iter().fold(false, |acc, t| {
-            acc | bool::from(t.expose().as_bytes().ct_eq(p.as_bytes()))
-        })
-    });
-    if ok {
+        .and_then(bearer);
+    if presented.is_some_and(|p| state.settings.api.accepts_token(p)) {
         return next.run(req).await;
     }
     let mut resp = ApiError::new(
@@ -52,4 +45,27 @@ pub(super) async fn require_token(
         axum::http::HeaderValue::from_static("Bearer"),
     );
     resp
+}
+
+/// The credentials of a `Bearer` authorization (the scheme in any case, one
+/// or more spaces after it); `None` for another scheme or none.
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once([' ', '\t'])?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer;
+
+    #[test]
+    fn the_scheme_is_case_insensitive() {
+        assert_eq!(bearer("Bearer abc"), Some("abc"));
+        assert_eq!(bearer("bearer  abc "), Some("abc"));
+        assert_eq!(bearer("BEARER\tabc"), Some("abc"));
+        assert_eq!(bearer("Bearer "), Some(""));
+        assert_eq!(bearer("Bearer"), None);
+        assert_eq!(bearer("Bearerabc"), None);
+        assert_eq!(bearer("Basic abc"), None);
+    }
 }

@@ -2,8 +2,9 @@
 //! broker, the REST API, the outbox relay and the result consumer together,
 //! and shuts them down in order.
 //!
-//! Start-up refuses an unsafe API address (non-loopback without tokens) and a
-//! store it cannot open; a broker that is down is not fatal: the relay and the
+//! Start-up refuses settings out of range (an empty or short API token among
+//! them), an unsafe API address (non-loopback without tokens) and a store it
+//! cannot open; a broker that is down is not fatal: the relay and the
 //! consumer retry in the background and `/readyz` says 503 meanwhile.
 
 mod relay;
@@ -16,7 +17,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::api::{self, AppState};
 use crate::app::{App, AppConfig};
@@ -38,6 +39,8 @@ pub struct Dispatcher {
 /// # Errors
 /// Unsafe API address, unusable store, invalid broker URL, or a port in use.
 pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<Dispatcher> {
+    // `load` checked them already; settings built in code are checked here.
+    settings.check()?;
     let settings = Arc::new(settings);
     crate::telemetry::metrics_handle();
     if !settings.api.listen.ip().is_loopback() && settings.api.tokens.is_empty() {
@@ -45,6 +48,9 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
             "refusing to listen on {} without API tokens: set api.tokens (BORA__API__TOKENS) or listen on loopback",
             settings.api.listen
         );
+    }
+    if settings.api.tokens.is_empty() {
+        warn_open(&settings);
     }
     let store = Store::open(settings.store.url.expose(), settings.store.max_connections)
         .await
@@ -63,7 +69,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
             max_tasks_per_workflow: settings.dispatch.max_tasks_per_workflow,
             notifications: settings.notifications.enabled,
             outbox_lease_us: settings.dispatch.outbox_lease_us(),
-            online_window_us: settings.dispatch.heartbeat_timeout_s as i64 * 1_000_000,
+            online_window_us: settings.dispatch.heartbeat_timeout_us(),
         },
     );
     let listener = tokio::net::TcpListener::bind(settings.api.listen)
@@ -127,6 +133,26 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         tasks,
         store,
     })
+}
+
+/// Says loudly, at every start without `api.tokens`, what anyone who can
+/// reach the APIs may do.
+fn warn_open(settings: &Settings) {
+    let rpc = if settings.rpc.enabled {
+        format!(
+            " and the RPC API (topic {} on exchange {}: anyone who may publish there)",
+            settings.rpc.topic, settings.amqp.exchange
+        )
+    } else {
+        String::new()
+    };
+    warn!(
+        "no API tokens (api.tokens is empty): the REST API on {}{rpc} accept every call \
+         without authentication: creating, reading and cancelling any workflow, and over REST \
+         registering and revoking servers; register_server over RPC is refused until tokens \
+         are set. Set api.tokens (BORA__API__TOKENS) to require one",
+        settings.api.listen
+    );
 }
 
 impl Dispatcher {

@@ -38,7 +38,7 @@ pub async fn run(
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let window = heartbeat_timeout as i64 * 1_000_000;
+        let window = settings.dispatch.heartbeat_timeout_us();
         // Not consuming, or not for long enough to have heard a heartbeat.
         if listening.since().is_none_or(|t| now_us() - t < window) {
             continue;

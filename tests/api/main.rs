@@ -710,7 +710,11 @@ async fn non_loopback_without_tokens_refuses_to_start() {
 
 #[tokio::test]
 async fn configured_tokens_are_required_on_v1() {
-    let app = spawn_app_with(&[("BORA__API__TOKENS", "s3cret,other")]).await;
+    let app = spawn_app_with(&[(
+        "BORA__API__TOKENS",
+        "s3cret-s3cret-s3cret,other-other-other-1",
+    )])
+    .await;
     let r = app.get("/v1/workflows").await;
     assert_error(&r, StatusCode::UNAUTHORIZED, "unauthorized");
     let r = app
@@ -722,7 +726,7 @@ async fn configured_tokens_are_required_on_v1() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(r.headers()["www-authenticate"], "Bearer");
-    for token in ["s3cret", "other"] {
+    for token in ["s3cret-s3cret-s3cret", "other-other-other-1"] {
         let r = app
             .http
             .post(app.url("/v1/workflows"))

@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use bora::protocol::{RpcReply, TaskResult, task_msg_id};
+use bora::protocol::{RpcReply, RpcRequest, TaskResult, task_msg_id};
+use futures_util::StreamExt;
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
     QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
@@ -36,7 +37,14 @@ struct Revoke<'a>(&'a TestApp, Vec<String>);
 impl Revoke<'_> {
     async fn run(self) {
         for s in &self.1 {
-            let _ = self.0.delete(&format!("/v1/servers/{s}")).await;
+            // With the bearer token of the app's that need one.
+            let _ = self
+                .0
+                .http
+                .delete(self.0.url(&format!("/v1/servers/{s}")))
+                .bearer_auth(TOKEN)
+                .send()
+                .await;
         }
     }
 }
@@ -430,5 +438,414 @@ async fn with_registration_required_only_the_servers_own_user_counts() {
     admin.close().await;
     real.close().await;
     guard.run().await;
+    app.stop().await;
+}
+
+/// A token long enough for `api.tokens` (16 characters at least).
+const TOKEN: &str = "test-token-0123456789abcdef";
+
+#[tokio::test]
+async fn an_empty_or_short_token_never_reaches_a_running_dispatcher() {
+    // Through the environment: refused while loading.
+    for value in ["", "a-long-enough-token-1,", "short"] {
+        let err = bora::config::Settings::load_with_env(
+            None,
+            vec![("BORA__API__TOKENS".to_owned(), value.to_owned())],
+        )
+        .err()
+        .unwrap_or_else(|| panic!("{value:?} accepted"));
+        assert!(err.to_string().contains("api.tokens"), "{err}");
+    }
+    // Settings built in code are checked again at start: an empty token would
+    // lift the loopback guard and match an empty presented token.
+    let mut settings = bora::config::Settings::load_with_env(
+        None,
+        vec![("BORA__API__LISTEN".to_owned(), "0.0.0.0:0".to_owned())],
+    )
+    .unwrap();
+    settings.api.tokens = vec![bora::config::Secret::new("")];
+    let err = bora::serve::start(settings, tokio_util::sync::CancellationToken::new())
+        .await
+        .err()
+        .expect("an empty token must refuse to start");
+    assert!(err.to_string().contains("api.tokens"), "{err}");
+}
+
+async fn get_with_auth(app: &TestApp, authorization: &str) -> StatusCode {
+    app.http
+        .get(app.url("/v1/workflows"))
+        .header("authorization", authorization)
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+#[tokio::test]
+async fn the_bearer_scheme_is_case_insensitive_and_only_the_whole_token_matches() {
+    let app = spawn_app_with(&[("BORA__API__TOKENS", TOKEN)]).await;
+    // RFC 7235: the scheme is case-insensitive.
+    for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+        let status = get_with_auth(&app, &format!("{scheme} {TOKEN}")).await;
+        assert_eq!(status, StatusCode::OK, "{scheme}");
+    }
+    assert_eq!(
+        get_with_auth(&app, &format!("Bearer   {TOKEN}  ")).await,
+        StatusCode::OK
+    );
+    // A prefix, an extension, another scheme, nothing: refused.
+    for refused in [
+        format!("Bearer {}", &TOKEN[..TOKEN.len() - 1]),
+        format!("Bearer {TOKEN}x"),
+        format!("Basic {TOKEN}"),
+        format!("Bearer{TOKEN}"),
+        TOKEN.to_owned(),
+        "Bearer ".to_owned(),
+        "Bearer".to_owned(),
+    ] {
+        assert_eq!(
+            get_with_auth(&app, &refused).await,
+            StatusCode::UNAUTHORIZED,
+            "{refused:?}"
+        );
+    }
+    app.stop().await;
+}
+
+/// A raw oslo RPC client of the app's `bora_api`, with its own reply queue.
+struct RpcCaller {
+    _conn: Connection,
+    channel: lapin::Channel,
+    exchange: String,
+    topic: String,
+    /// Its own reply queue, `reply_<random>` as oslo names them.
+    reply_q: String,
+    replies: lapin::Consumer,
+}
+
+impl RpcCaller {
+    async fn connect(app: &TestApp) -> Self {
+        let conn = connect(&app.vhost.amqp_url()).await;
+        // The RPC API declares its exchange and queue in the background; a
+        // publish to a missing exchange would close the channel.
+        let topic = app.settings.rpc.topic.as_str();
+        let mut declared = false;
+        for _ in 0..400 {
+            let probe = conn.create_channel().await.unwrap();
+            let passive = QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            };
+            if probe
+                .queue_declare(topic.into(), passive, FieldTable::default())
+                .await
+                .is_ok()
+            {
+                declared = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(declared, "the RPC API never declared {topic}");
+        let channel = conn.create_channel().await.unwrap();
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        let reply_q = format!("reply_{}", uuid::Uuid::new_v4().simple());
+        channel
+            .queue_declare(
+                reply_q.as_str().into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let replies = channel
+            .basic_consume(
+                reply_q.as_str().into(),
+                "caller".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        Self {
+            _conn: conn,
+            channel,
+            exchange: app.settings.amqp.exchange.clone(),
+            topic: app.settings.rpc.topic.clone(),
+            reply_q,
+            replies,
+        }
+    }
+
+    /// A call of `method` with `args`, the token (if any) in its context, and
+    /// replies asked for on `reply_q` under `msg_id`.
+    fn request(
+        method: &str,
+        args: Value,
+        token: Option<&str>,
+        msg_id: &str,
+        reply_q: &str,
+    ) -> RpcRequest {
+        let mut req: RpcRequest = serde_json::from_value(json!({
+            "method": method,
+            "args": args,
+            "_msg_id": msg_id,
+            "_reply_q": reply_q,
+            "_unique_id": uuid::Uuid::new_v4().simple().to_string(),
+        }))
+        .unwrap();
+        if let Some(t) = token {
+            req.context
+                .insert("_context_auth_token".into(), Value::String(t.into()));
+        }
+        req
+    }
+
+    /// A call answered to this caller's reply queue.
+    fn call(&self, method: &str, args: Value, token: Option<&str>) -> RpcRequest {
+        let msg_id = uuid::Uuid::new_v4().simple().to_string();
+        Self::request(method, args, token, &msg_id, &self.reply_q)
+    }
+
+    async fn publish(&self, req: &RpcRequest) {
+        self.channel
+            .basic_publish(
+                self.exchange.as_str().into(),
+                self.topic.as_str().into(),
+                BasicPublishOptions::default(),
+                &req.encode(),
+                BasicProperties::default(),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+
+    /// The next reply on this caller's queue within `wait`.
+    async fn reply(&mut self, wait: Duration) -> Option<RpcReply> {
+        match tokio::time::timeout(wait, self.replies.next()).await {
+            Ok(Some(Ok(d))) => Some(RpcReply::decode(&d.data).unwrap()),
+            _ => None,
+        }
+    }
+
+    /// Waits until the RPC API answers a call (its queue exists only once the
+    /// dispatcher consumes it), so a silence afterwards means a refusal.
+    async fn wait_ready(&mut self, token: Option<&str>) {
+        for _ in 0..40 {
+            let req = self.call("get_workflow", json!({"workflow_id": "nope"}), token);
+            self.publish(&req).await;
+            if let Some(r) = self.reply(Duration::from_millis(500)).await {
+                assert_eq!(r.msg_id, req.msg_id.unwrap());
+                let failure = r.failure.expect("a failure for a missing workflow");
+                assert!(failure.contains("NotFound"), "{failure}");
+                return;
+            }
+        }
+        panic!("the RPC API never answered");
+    }
+
+    /// Asserts that no reply arrives within a second.
+    async fn expect_silence(&mut self, what: &str) {
+        if let Some(r) = self.reply(Duration::from_secs(1)).await {
+            panic!("{what} was answered: {r:?}");
+        }
+    }
+}
+
+async fn metrics_text(app: &TestApp) -> String {
+    app.http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn without_tokens_register_server_over_rpc_is_refused_unanswered() {
+    let app = spawn_app().await;
+    let server = unique("rpc-open");
+    let guard = Revoke(&app, vec![server.clone()]);
+    let mut caller = RpcCaller::connect(&app).await;
+    // With no tokens the rest of the RPC API is open (and the start says so).
+    caller.wait_ready(None).await;
+    for token in [None, Some(TOKEN)] {
+        let req = caller.call(
+            "register_server",
+            json!({"server_id": server, "kind": "oslo"}),
+            token,
+        );
+        caller.publish(&req).await;
+        caller
+            .expect_silence("register_server without tokens")
+            .await;
+    }
+    let r = app.get(&format!("/v1/servers/{server}")).await;
+    assert_error(&r, StatusCode::NOT_FOUND, "not_found");
+    assert!(
+        metrics_text(&app)
+            .await
+            .contains("bora_rpc_rejected_total{reason=\"unauthorized\"}"),
+        "the refusal is not counted"
+    );
+    guard.run().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn with_tokens_only_a_valid_one_is_answered_over_rpc() {
+    let app = spawn_app_with(&[("BORA__API__TOKENS", TOKEN)]).await;
+    let server = unique("rpc-auth");
+    let guard = Revoke(&app, vec![server.clone()]);
+    let mut caller = RpcCaller::connect(&app).await;
+    caller.wait_ready(Some(TOKEN)).await;
+    // No, an empty, a wrong, a truncated token: no answer at all.
+    let short = &TOKEN[..TOKEN.len() - 1];
+    for token in [None, Some(""), Some("wrong"), Some(short)] {
+        for (method, args) in [
+            ("get_workflow", json!({"workflow_id": "nope"})),
+            (
+                "register_server",
+                json!({"server_id": server, "kind": "oslo"}),
+            ),
+        ] {
+            let req = caller.call(method, args, token);
+            caller.publish(&req).await;
+            caller
+                .expect_silence(&format!("{method} with token {token:?}"))
+                .await;
+        }
+    }
+    let r = app
+        .http
+        .get(app.url(&format!("/v1/servers/{server}")))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert!(
+        metrics_text(&app)
+            .await
+            .contains("bora_rpc_rejected_total{reason=\"unauthorized\"}")
+    );
+    // A valid token registers.
+    let req = caller.call(
+        "register_server",
+        json!({"server_id": server, "kind": "guest"}),
+        Some(TOKEN),
+    );
+    caller.publish(&req).await;
+    let reply = caller
+        .reply(Duration::from_secs(10))
+        .await
+        .expect("registration answered");
+    assert!(reply.failure.is_none(), "{reply:?}");
+    assert_eq!(reply.result["username"], format!("bora-srv-{server}"));
+    guard.run().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn no_call_makes_the_dispatcher_answer_into_its_own_queues() {
+    let app = spawn_app_with(&[("BORA__API__TOKENS", TOKEN)]).await;
+    let victim = unique("victim");
+    let created = app
+        .http
+        .post(app.url("/v1/workflows"))
+        .bearer_auth(TOKEN)
+        .json(&json!({"name": "own-queues", "tasks": [{"name": "t", "server_id": victim}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let wf: Value = created.json().await.unwrap();
+    let wf_id = wf["id"].as_str().unwrap().to_owned();
+    let task_id: bora::domain::TaskId = wf["tasks"][0]["id"].as_str().unwrap().parse().unwrap();
+    let task_state = || async {
+        let r = app
+            .http
+            .get(app.url(&format!("/v1/workflows/{wf_id}/tasks/t")))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        let t: Value = r.json().await.unwrap();
+        t["state"].as_str().unwrap().to_owned()
+    };
+    for _ in 0..200 {
+        if task_state().await == "queued" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(task_state().await, "queued");
+    let mut caller = RpcCaller::connect(&app).await;
+    caller.wait_ready(Some(TOKEN)).await;
+    let s = &app.settings;
+    // A failure under the task's msg_id, published by the dispatcher's own
+    // user into reply_bora, would end the task (quick-start mode trusts it).
+    let msg_id = task_msg_id(task_id, 1);
+    let failing = json!({"workflow_id": "nope"});
+    let own = [
+        s.amqp.reply_queue.clone(),
+        s.amqp.task_queue(&victim),
+        s.amqp.control_queue(&victim),
+        s.rpc.topic.clone(),
+        format!("{}.{}", s.rpc.topic, s.rpc_server_name()),
+    ];
+    for reply_q in &own {
+        // Unauthorized (answered with Unauthorized before) and authorized.
+        for token in [Some("wrong-token-0123456789"), Some(TOKEN)] {
+            let req = RpcCaller::request("get_workflow", failing.clone(), token, &msg_id, reply_q);
+            caller.publish(&req).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        task_state().await,
+        "queued",
+        "a forged failure ended the task"
+    );
+    assert_eq!(app.vhost.queue_depth(&s.amqp.task_queue(&victim)).await, 1);
+    assert_eq!(
+        app.vhost.queue_depth(&s.amqp.control_queue(&victim)).await,
+        0
+    );
+    let text = metrics_text(&app).await;
+    for reason in ["unauthorized", "reply_to_own_queue"] {
+        assert!(
+            text.contains(&format!("bora_rpc_rejected_total{{reason=\"{reason}\"}}")),
+            "{reason} not counted"
+        );
+    }
+    // The API still answers its callers, and the real worker ends the task.
+    caller.wait_ready(Some(TOKEN)).await;
+    let mut worker = app.fake_worker(&victim).await;
+    let msg = worker.next_task().await;
+    assert_eq!(msg.id, task_id);
+    worker.finish(&msg, 0).await;
+    for _ in 0..400 {
+        if task_state().await == "succeeded" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(task_state().await, "succeeded");
+    worker.close().await;
     app.stop().await;
 }

@@ -249,15 +249,18 @@ async fn task_verbs_add_list_show_cancel_and_errors() {
 
 #[tokio::test]
 async fn token_is_sent_from_flag_and_environment() {
-    let app = spawn_app_with(&[("BORA__API__TOKENS", "s3cret")]).await;
+    let app = spawn_app_with(&[("BORA__API__TOKENS", "s3cret-s3cret-s3cret")]).await;
     let denied = bora(&app, &["workflow", "list"]).await;
     assert_eq!(denied.code, 1);
     assert!(denied.stderr.contains("unauthorized"), "{}", denied.stderr);
-    bora(&app, &["workflow", "list", "--token", "s3cret"])
-        .await
-        .ok();
+    bora(
+        &app,
+        &["workflow", "list", "--token", "s3cret-s3cret-s3cret"],
+    )
+    .await
+    .ok();
     let mut cmd = client(&app, &["workflow", "list"]);
-    cmd.env("BORA_TOKEN", "s3cret");
+    cmd.env("BORA_TOKEN", "s3cret-s3cret-s3cret");
     finish(cmd.spawn().unwrap()).await.ok();
     app.stop().await;
 }

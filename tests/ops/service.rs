@@ -250,6 +250,29 @@ async fn a_dropped_reply_is_logged_with_who_sent_it_and_how() {
 }
 
 #[tokio::test]
+async fn without_tokens_the_start_warns_what_is_open() {
+    // ServeProcess sets no api.tokens: the APIs are open on loopback.
+    let serve = ServeProcess::start().await;
+    let warning = serve
+        .lines
+        .iter()
+        .find(|l| {
+            l["level"] == "WARN" && l["message"].as_str().unwrap_or("").contains("api.tokens")
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no warning about missing tokens before the start line: {:?}",
+                serve.lines
+            )
+        });
+    let text = warning["message"].as_str().unwrap();
+    for open in ["REST API", "RPC API", "bora_api", "register_server"] {
+        assert!(text.contains(open), "{open} not named: {text}");
+    }
+    assert_eq!(serve.stop().await, 0);
+}
+
+#[tokio::test]
 async fn metrics_name_every_series() {
     let app = spawn_app().await;
     let wf = app
