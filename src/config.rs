@@ -154,6 +154,12 @@ pub struct ApiSettings {
     /// characters. Empty: no authentication, and `listen` must be a loopback
     /// address.
     pub tokens: Vec<Secret>,
+    /// A bearer token that `GET /metrics` accepts besides `tokens` (for a
+    /// Prometheus scraper that should not hold an API token), at least
+    /// [`MIN_TOKEN_CHARS`] characters. With it or `tokens` set, `/metrics`
+    /// needs one of them.
+    #[serde(default)]
+    pub metrics_token: Option<Secret>,
     /// The largest request body accepted, in bytes (413 beyond).
     pub max_body_bytes: usize,
     /// The largest page a list request may ask for (at least 1).
@@ -176,6 +182,25 @@ impl ApiSettings {
             acc | Sha256::digest(t.expose().as_bytes()).ct_eq(&digest)
         });
         matched.into()
+    }
+
+    /// Whether `presented` may read `/metrics`: an API token, or the
+    /// metrics token. Compared as [`ApiSettings::accepts_token`] does.
+    pub fn accepts_metrics_token(&self, presented: &str) -> bool {
+        let presented = presented.trim();
+        let metrics = self.metrics_token.as_ref().is_some_and(|m| {
+            !presented.is_empty()
+                && bool::from(
+                    Sha256::digest(m.expose().trim().as_bytes())
+                        .ct_eq(&Sha256::digest(presented.as_bytes())),
+                )
+        });
+        self.accepts_token(presented) | metrics
+    }
+
+    /// Whether `/metrics` needs a token.
+    pub fn metrics_closed(&self) -> bool {
+        !self.tokens.is_empty() || self.metrics_token.is_some()
     }
 }
 
@@ -508,6 +533,13 @@ impl Settings {
                 i + 1
             )));
         }
+        if let Some(m) = &self.api.metrics_token
+            && m.expose().trim().chars().count() < MIN_TOKEN_CHARS
+        {
+            return Err(ConfigError::Check(format!(
+                "api.metrics_token must have at least {MIN_TOKEN_CHARS} characters"
+            )));
+        }
         Ok(())
     }
 
@@ -640,6 +672,28 @@ mod tests {
 
     const T1: &str = "token-one-0123456789";
     const T2: &str = "token-two-0123456789";
+
+    #[test]
+    fn a_short_metrics_token_is_refused() {
+        let err = Settings::load_with_env(
+            None,
+            vec![("BORA__API__METRICS_TOKEN".to_owned(), "short".to_owned())],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("api.metrics_token"), "{err}");
+        let ok = Settings::load_with_env(
+            None,
+            vec![(
+                "BORA__API__METRICS_TOKEN".to_owned(),
+                "long-enough-metrics-token".to_owned(),
+            )],
+        )
+        .unwrap();
+        assert!(ok.api.metrics_closed());
+        assert!(ok.api.accepts_metrics_token("long-enough-metrics-token"));
+        assert!(!ok.api.accepts_metrics_token(""));
+        assert!(!ok.api.accepts_token("long-enough-metrics-token"));
+    }
 
     #[test]
     fn tokens_are_trimmed() {

@@ -47,6 +47,39 @@ pub(super) async fn require_token(
     resp
 }
 
+/// `GET /metrics`: open while neither `api.tokens` nor `api.metrics_token`
+/// is set (start-up allows that only on loopback), else it needs one of
+/// them as a bearer token.
+pub(super) async fn require_metrics_token(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let api = &state.settings.api;
+    if !api.metrics_closed() {
+        return next.run(req).await;
+    }
+    let presented = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer);
+    if presented.is_some_and(|p| api.accepts_metrics_token(p)) {
+        return next.run(req).await;
+    }
+    let mut resp = ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "GET /metrics needs Authorization: Bearer <an API token or api.metrics_token>",
+    )
+    .into_response();
+    resp.headers_mut().insert(
+        WWW_AUTHENTICATE,
+        axum::http::HeaderValue::from_static("Bearer"),
+    );
+    resp
+}
+
 /// The credentials of a `Bearer` authorization (the scheme in any case, one
 /// or more spaces after it); `None` for another scheme or none.
 fn bearer(value: &str) -> Option<&str> {

@@ -50,7 +50,14 @@ pub struct AppState {
     /// Cancelled at shutdown: ends event streams, which would otherwise
     /// hold the graceful shutdown open forever.
     pub shutdown: CancellationToken,
+    /// When `/metrics` last computed its gauges from the store: they are
+    /// full-table counts, done at most once per [`GAUGE_MAX_AGE`] however
+    /// often scrapers come.
+    pub gauges_at: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
 }
+
+/// How old the store-computed gauges of `/metrics` may be.
+const GAUGE_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl AppState {
     pub(crate) fn store(&self) -> &Store {
@@ -86,7 +93,9 @@ fn api_routes(state: &AppState) -> OpenApiRouter<AppState> {
         .nest("/v1", v1)
         .routes(routes!(healthz))
         .routes(routes!(readyz))
-        .routes(routes!(metrics))
+        .merge(OpenApiRouter::new().routes(routes!(metrics)).route_layer(
+            axum::middleware::from_fn_with_state(state.clone(), auth::require_metrics_token),
+        ))
         .routes(routes!(openapi::document))
 }
 
@@ -144,25 +153,41 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 /// Prometheus metrics (text exposition format). The gauges `bora_tasks` and
-/// `bora_servers_online` are computed from the store at each scrape.
+/// `bora_servers_online` are computed from the store, at most once per
+/// [`GAUGE_MAX_AGE`] however often it is scraped. With `api.tokens` or
+/// `api.metrics_token` set it needs one of them.
 #[utoipa::path(get, path = "/metrics", tag = "health",
-    responses((status = 200, description = "Prometheus text format", body = String,
-        content_type = "text/plain")))]
+    responses(
+        (status = 200, description = "Prometheus text format", body = String,
+            content_type = "text/plain"),
+        (status = 401, description = "With api.tokens or api.metrics_token set: no or a wrong bearer token",
+            body = ErrorBody),
+    ))]
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    // A store that does not answer leaves the last values in place; the
-    // counters still render.
-    if let Ok(counts) = state.store().task_counts_all().await {
-        for st in TaskState::ALL {
-            let n = counts.0.get(&st).copied().unwrap_or(0);
-            metrics::gauge!("bora_tasks", "state" => st.as_str()).set(n as f64);
+    // Full-table counts: at most once per GAUGE_MAX_AGE. A store that does
+    // not answer leaves the last values in place; the counters still render.
+    let due = {
+        let mut at = state.gauges_at.lock().unwrap_or_else(|e| e.into_inner());
+        let due = at.is_none_or(|t| t.elapsed() >= GAUGE_MAX_AGE);
+        if due {
+            *at = Some(std::time::Instant::now());
         }
-    }
-    if let Ok(seen) = state.store().servers_last_seen().await {
-        let online = seen
-            .values()
-            .filter(|&&t| state.app.online(Some(t)))
-            .count();
-        metrics::gauge!("bora_servers_online").set(online as f64);
+        due
+    };
+    if due {
+        if let Ok(counts) = state.store().task_counts_all().await {
+            for st in TaskState::ALL {
+                let n = counts.0.get(&st).copied().unwrap_or(0);
+                metrics::gauge!("bora_tasks", "state" => st.as_str()).set(n as f64);
+            }
+        }
+        if let Ok(seen) = state.store().servers_last_seen().await {
+            let online = seen
+                .values()
+                .filter(|&&t| state.app.online(Some(t)))
+                .count();
+            metrics::gauge!("bora_servers_online").set(online as f64);
+        }
     }
     (
         [(

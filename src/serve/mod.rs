@@ -115,6 +115,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         broker,
         settings: settings.clone(),
         shutdown: shutdown.clone(),
+        gauges_at: Arc::default(),
     };
     let app = api::router(state);
     let stop = shutdown.clone();

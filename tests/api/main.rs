@@ -1012,3 +1012,40 @@ async fn rotating_a_servers_password_closes_its_open_connections() {
     let _ = new.close(200, "bye".into()).await;
     let _ = app.delete(&format!("/v1/servers/{id}")).await;
 }
+
+#[tokio::test]
+async fn metrics_need_a_token_once_tokens_are_set() {
+    const API: &str = "api-token-api-token-1";
+    const SCRAPE: &str = "scrape-token-scrape-1";
+    let app = spawn_app_with(&[
+        ("BORA__API__TOKENS", API),
+        ("BORA__API__METRICS_TOKEN", SCRAPE),
+    ])
+    .await;
+    let get = |path: &'static str, token: Option<&'static str>| {
+        let mut r = app.http.get(app.url(path));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        r.send()
+    };
+    let r = get("/metrics", None).await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(r.headers()["www-authenticate"], "Bearer");
+    assert_eq!(
+        get("/metrics", Some("wrong-wrong-wrong-wrong"))
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    for token in [API, SCRAPE] {
+        let r = get("/metrics", Some(token)).await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{token}");
+        assert!(r.text().await.unwrap().contains("# HELP bora_tasks "));
+    }
+    // The scrape token opens /metrics only.
+    let r = get("/v1/workflows", Some(SCRAPE)).await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    app.stop().await;
+}
