@@ -164,6 +164,10 @@ pub struct ApiSettings {
     pub max_body_bytes: usize,
     /// The largest page a list request may ask for (at least 1).
     pub max_page_size: u32,
+    /// The most event streams (`GET .../events`) open at once; one more is
+    /// refused with 503 and `Retry-After` (each open stream reads the store
+    /// after every commit).
+    pub max_event_streams: u32,
 }
 
 impl ApiSettings {
@@ -502,6 +506,12 @@ impl Settings {
         if self.api.max_page_size == 0 {
             return bad("api.max_page_size must be at least 1");
         }
+        within(
+            "api.max_event_streams",
+            u64::from(self.api.max_event_streams),
+            1,
+            1_000_000,
+        )?;
         if self.amqp.reply_prefetch == 0 {
             return bad("amqp.reply_prefetch must be at least 1");
         }

@@ -25,6 +25,8 @@ pub struct ApiError {
     pub message: String,
     /// Every invalid field, for `validation_failed`; else empty.
     pub details: Vec<FieldError>,
+    /// Seconds for a `Retry-After` header (a 503 that will pass).
+    pub retry_after_s: Option<u32>,
 }
 
 /// The body of every refusal.
@@ -53,6 +55,7 @@ impl ApiError {
             code,
             message: message.into(),
             details: Vec::new(),
+            retry_after_s: None,
         }
     }
 
@@ -82,7 +85,14 @@ impl IntoResponse for ApiError {
                 details: self.details,
             },
         };
-        (self.status, Json(body)).into_response()
+        let mut resp = (self.status, Json(body)).into_response();
+        if let Some(s) = self.retry_after_s {
+            resp.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(s),
+            );
+        }
+        resp
     }
 }
 
@@ -114,6 +124,7 @@ impl From<AppError> for ApiError {
                 code,
                 message,
                 details,
+                retry_after_s: None,
             },
             AppError::IllegalMove(e) => {
                 tracing::error!(error = %e, "a request asked for an illegal state move");

@@ -50,6 +50,7 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
             body = String, content_type = "text/event-stream"),
         (status = 400, description = "Last-Event-ID is not an event id", body = ErrorBody),
         (status = 404, description = "Unknown workflow", body = ErrorBody),
+        (status = 503, description = "api.max_event_streams are open; see Retry-After", body = ErrorBody),
     ))]
 pub(super) async fn stream(
     State(state): State<AppState>,
@@ -63,7 +64,20 @@ pub(super) async fn stream(
         .await?
         .ok_or_else(|| ApiError::not_found(format!("workflow {wf} not found")))?;
     let after = last_event_id(&headers)?;
+    let permit = state.streams.clone().try_acquire_owned().map_err(|_| {
+        let mut e = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_streams",
+            format!(
+                "{} event streams are open, the most api.max_event_streams allows; try again later",
+                state.settings.api.max_event_streams
+            ),
+        );
+        e.retry_after_s = Some(5);
+        e
+    })?;
     let cursor = Cursor {
+        _permit: permit,
         commits: state.app.commits(),
         state,
         workflow: wf,
@@ -96,6 +110,9 @@ fn last_event_id(headers: &HeaderMap) -> Result<i64, ApiError> {
 
 /// Where one client's stream stands.
 struct Cursor {
+    /// The stream's place among `api.max_event_streams`, given back when
+    /// the stream is dropped (it ended, or its client went away).
+    _permit: tokio::sync::OwnedSemaphorePermit,
     state: AppState,
     workflow: WorkflowId,
     /// The id of the last event sent (0: none yet).

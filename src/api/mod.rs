@@ -54,6 +54,9 @@ pub struct AppState {
     /// full-table counts, done at most once per [`GAUGE_MAX_AGE`] however
     /// often scrapers come.
     pub gauges_at: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+    /// One permit per open event stream (`api.max_event_streams`), held by
+    /// the stream until it ends or its client goes.
+    pub streams: Arc<tokio::sync::Semaphore>,
 }
 
 /// How old the store-computed gauges of `/metrics` may be.

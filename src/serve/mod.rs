@@ -116,6 +116,9 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         settings: settings.clone(),
         shutdown: shutdown.clone(),
         gauges_at: Arc::default(),
+        streams: Arc::new(tokio::sync::Semaphore::new(
+            settings.api.max_event_streams as usize,
+        )),
     };
     let app = api::router(state);
     let stop = shutdown.clone();

@@ -1049,3 +1049,36 @@ async fn metrics_need_a_token_once_tokens_are_set() {
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn open_event_streams_are_capped_and_a_closed_one_frees_its_place() {
+    let app = spawn_app_with(&[("BORA__API__MAX_EVENT_STREAMS", "2")]).await;
+    let wf = app
+        .create_workflow(json!({"name": "watched", "tasks": [{"name": "t", "server_id": "s"}]}))
+        .await;
+    let path = format!("/v1/workflows/{}/events", wf.id());
+    let open = || app.http.get(app.url(&path)).send();
+    let first = open().await.unwrap();
+    let second = open().await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(second.status(), StatusCode::OK);
+    let third = open().await.unwrap();
+    assert_eq!(third.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(third.headers()["retry-after"], "5");
+    let body: Value = third.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "too_many_streams", "{body}");
+    // A client that goes frees its place.
+    drop(first);
+    let mut again = None;
+    for _ in 0..100 {
+        let r = open().await.unwrap();
+        if r.status() == StatusCode::OK {
+            again = Some(r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(again.is_some(), "the closed stream's place was not freed");
+    drop(second);
+    app.stop().await;
+}
