@@ -664,9 +664,12 @@ impl RpcCaller {
     }
 }
 
+/// `/metrics`, with the API token (needed once tokens are set, ignored
+/// while none is).
 async fn metrics_text(app: &TestApp) -> String {
     app.http
         .get(app.url("/metrics"))
+        .bearer_auth(TOKEN)
         .send()
         .await
         .unwrap()
