@@ -18,33 +18,18 @@ pub(super) async fn require_token(
     req: Request,
     next: Next,
 ) -> Response {
-    let tokens = &state.settings.api.tokens;
-    if tokens.is_empty() {
+    if state.settings.api.tokens.is_empty() {
         return next.run(req).await;
     }
-    let presented = req
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(bearer);
+    let presented = presented(&req);
     if presented.is_some_and(|p| state.settings.api.accepts_token(p)) {
         return next.run(req).await;
     }
-    let mut resp = ApiError::new(
-        StatusCode::UNAUTHORIZED,
-        "unauthorized",
-        if presented.is_some() {
-            "invalid bearer token"
-        } else {
-            "missing Authorization: Bearer <token>"
-        },
-    )
-    .into_response();
-    resp.headers_mut().insert(
-        WWW_AUTHENTICATE,
-        axum::http::HeaderValue::from_static("Bearer"),
-    );
-    resp
+    unauthorized(if presented.is_some() {
+        "invalid bearer token"
+    } else {
+        "missing Authorization: Bearer <token>"
+    })
 }
 
 /// `GET /metrics`: open while neither `api.tokens` nor `api.metrics_token`
@@ -56,23 +41,23 @@ pub(super) async fn require_metrics_token(
     next: Next,
 ) -> Response {
     let api = &state.settings.api;
-    if !api.metrics_closed() {
+    if !api.metrics_closed() || presented(&req).is_some_and(|p| api.accepts_metrics_token(p)) {
         return next.run(req).await;
     }
-    let presented = req
-        .headers()
+    unauthorized("GET /metrics needs Authorization: Bearer <an API token or api.metrics_token>")
+}
+
+/// The bearer token a request presents, if any.
+fn presented(req: &Request) -> Option<&str> {
+    req.headers()
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(bearer);
-    if presented.is_some_and(|p| api.accepts_metrics_token(p)) {
-        return next.run(req).await;
-    }
-    let mut resp = ApiError::new(
-        StatusCode::UNAUTHORIZED,
-        "unauthorized",
-        "GET /metrics needs Authorization: Bearer <an API token or api.metrics_token>",
-    )
-    .into_response();
+        .and_then(bearer)
+}
+
+/// 401 `unauthorized` with `WWW-Authenticate: Bearer`.
+fn unauthorized(message: &'static str) -> Response {
+    let mut resp = ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message).into_response();
     resp.headers_mut().insert(
         WWW_AUTHENTICATE,
         axum::http::HeaderValue::from_static("Bearer"),
