@@ -170,6 +170,20 @@ pub struct ApiSettings {
     pub max_event_streams: u32,
 }
 
+/// Whether `presented` (trimmed, not empty) is one of `candidates`: their
+/// SHA-256 digests compared in constant time, every candidate checked.
+fn matches_any<'a>(candidates: impl Iterator<Item = &'a Secret>, presented: &str) -> bool {
+    let presented = presented.trim();
+    if presented.is_empty() {
+        return false;
+    }
+    let digest = Sha256::digest(presented.as_bytes());
+    let matched = candidates.fold(Choice::from(0), |acc, t| {
+        acc | Sha256::digest(t.expose().trim().as_bytes()).ct_eq(&digest)
+    });
+    matched.into()
+}
+
 impl ApiSettings {
     /// Whether `presented` (trimmed) is one of `tokens`: the one comparison
     /// of the REST and the RPC API. SHA-256 digests are compared in constant
@@ -177,29 +191,13 @@ impl ApiSettings {
     /// long a token is, how much of one matched, nor which one did. An empty
     /// presented token never matches.
     pub fn accepts_token(&self, presented: &str) -> bool {
-        let presented = presented.trim();
-        if presented.is_empty() {
-            return false;
-        }
-        let digest = Sha256::digest(presented.as_bytes());
-        let matched = self.tokens.iter().fold(Choice::from(0), |acc, t| {
-            acc | Sha256::digest(t.expose().as_bytes()).ct_eq(&digest)
-        });
-        matched.into()
+        matches_any(self.tokens.iter(), presented)
     }
 
     /// Whether `presented` may read `/metrics`: an API token, or the
     /// metrics token. Compared as [`ApiSettings::accepts_token`] does.
     pub fn accepts_metrics_token(&self, presented: &str) -> bool {
-        let presented = presented.trim();
-        let metrics = self.metrics_token.as_ref().is_some_and(|m| {
-            !presented.is_empty()
-                && bool::from(
-                    Sha256::digest(m.expose().trim().as_bytes())
-                        .ct_eq(&Sha256::digest(presented.as_bytes())),
-                )
-        });
-        self.accepts_token(presented) | metrics
+        matches_any(self.tokens.iter().chain(&self.metrics_token), presented)
     }
 
     /// Whether `/metrics` needs a token.
