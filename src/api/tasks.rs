@@ -12,19 +12,7 @@ use super::extract::{JsonBody, QueryParams};
 use super::views::{HeatSignal, TaskList, TaskView};
 use super::{AppState, workflow_id};
 use crate::app::input::{NewTask, TaskPatch};
-use crate::domain::{ServerId, Task, TaskState, WorkflowId};
-
-pub(crate) async fn existing_workflow(state: &AppState, raw: &str) -> Result<WorkflowId, ApiError> {
-    Ok(state.app.existing_workflow(raw).await?)
-}
-
-pub(crate) async fn task_row(
-    state: &AppState,
-    wf: WorkflowId,
-    reference: &str,
-) -> Result<Task, ApiError> {
-    Ok(state.app.task(wf, reference).await?)
-}
+use crate::domain::{ServerId, TaskState};
 
 /// Adds one task to a workflow.
 #[utoipa::path(post, path = "/workflows/{wf}/tasks", tag = "tasks",
@@ -73,7 +61,7 @@ pub(super) async fn list(
     Path(wf): Path<String>,
     QueryParams(q): QueryParams<ListQuery>,
 ) -> Result<Json<TaskList>, ApiError> {
-    let wf = existing_workflow(&state, &wf).await?;
+    let wf = state.app.existing_workflow(&wf).await?;
     let filter = q
         .state
         .as_deref()
@@ -130,8 +118,8 @@ pub(super) async fn show(
     Path((wf, task)): Path<(String, String)>,
     QueryParams(q): QueryParams<ShowQuery>,
 ) -> Result<Response, ApiError> {
-    let wf = existing_workflow(&state, &wf).await?;
-    let row = task_row(&state, wf, &task).await?;
+    let wf = state.app.existing_workflow(&wf).await?;
+    let row = state.app.task(wf, &task).await?;
     match q.format.as_deref() {
         None | Some("bora") => {
             let queued = row.state() == TaskState::Queued;
@@ -181,7 +169,7 @@ pub(super) async fn patch(
 ) -> Result<Json<TaskView>, ApiError> {
     let wf = workflow_id(&wf)?;
     let id = state.app.patch_task(wf, &task, patch).await?;
-    let row = task_row(&state, wf, &id.to_string()).await?;
+    let row = state.app.task(wf, &id.to_string()).await?;
     Ok(Json(state.app.task_view(row).await?))
 }
 
