@@ -76,14 +76,7 @@ impl UnitOfWork {
     /// ended is announced).
     pub fn keep(&mut self, task: &Task, moved: bool) {
         if moved {
-            self.events.push(NewEvent::Task {
-                workflow_id: task.workflow_id,
-                task_id: task.id,
-                task_name: task.name.clone(),
-                server_id: task.server_id.clone(),
-                state: task.state(),
-                attempt: task.attempt,
-            });
+            self.events.push(event_of(task));
             if task.state().is_terminal() {
                 self.ended.push(task.id);
             }
@@ -96,14 +89,7 @@ impl UnitOfWork {
     /// Keeps a new task (not in the store yet) as it is, with its
     /// creation event (`waiting`).
     pub fn create(&mut self, task: Task) {
-        self.events.push(NewEvent::Task {
-            workflow_id: task.workflow_id,
-            task_id: task.id,
-            task_name: task.name.clone(),
-            server_id: task.server_id.clone(),
-            state: TaskState::Waiting,
-            attempt: 0,
-        });
+        self.events.push(event_of(&task));
         self.order.push(task.id);
         self.tasks.insert(task.id, task);
     }
@@ -274,6 +260,18 @@ impl UnitOfWork {
             tx.delete_workflow(*wf).await?;
         }
         Ok(written)
+    }
+}
+
+/// The event of `task` entering the state it is in now.
+fn event_of(task: &Task) -> NewEvent {
+    NewEvent::Task {
+        workflow_id: task.workflow_id,
+        task_id: task.id,
+        task_name: task.name.clone(),
+        server_id: task.server_id.clone(),
+        state: task.state(),
+        attempt: task.attempt,
     }
 }
 
