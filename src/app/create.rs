@@ -158,7 +158,9 @@ impl App {
         // Resolve references: first within the batch (by name), then existing tasks.
         let mut batch_edges: Vec<Vec<usize>> = vec![Vec::new(); tasks.len()];
         let mut existing_deps: Vec<Vec<TaskId>> = vec![Vec::new(); tasks.len()];
-        let mut resolved: HashMap<String, (TaskId, TaskState)> = HashMap::new();
+        // Existing tasks named so far, by the reference that named them: each
+        // is read once however often the batch names it.
+        let mut resolved: HashMap<String, Task> = HashMap::new();
         for (i, t) in tasks.iter().enumerate() {
             for r in &t.depends_on {
                 if let Some(&j) = by_name.get(r.as_str()) {
@@ -171,7 +173,7 @@ impl App {
                     if !batch_edges[i].contains(&j) {
                         batch_edges[i].push(j);
                     }
-                } else if let Some((id, _)) = resolved.get(r.as_str()) {
+                } else if let Some(Task { id, .. }) = resolved.get(r.as_str()) {
                     // One task named twice (by id and by name, or two
                     // spellings of its id) is one dependency.
                     if !existing_deps[i].contains(id) {
@@ -181,7 +183,7 @@ impl App {
                     if !existing_deps[i].contains(&dep.id) {
                         existing_deps[i].push(dep.id);
                     }
-                    resolved.insert(r.clone(), (dep.id, dep.state()));
+                    resolved.insert(r.clone(), dep);
                 } else {
                     return Err(AppError::invalid(
                         "unknown_dependency",
@@ -225,7 +227,11 @@ impl App {
                     }
                     continue;
                 }
-                let producer = tx.task_by_ref(wf.id, &r.task).await?.ok_or_else(|| {
+                let producer = match resolved.get(&r.task) {
+                    Some(p) => Some(p.clone()),
+                    None => tx.task_by_ref(wf.id, &r.task).await?,
+                };
+                let producer = producer.ok_or_else(|| {
                     AppError::invalid(
                         "invalid_reference",
                         format!(
@@ -240,7 +246,7 @@ impl App {
                 if !existing_deps[i].contains(&producer.id) {
                     existing_deps[i].push(producer.id);
                 }
-                resolved.insert(r.task.clone(), (producer.id, producer.state()));
+                resolved.insert(r.task.clone(), producer);
             }
         }
         let order = topological_order(&batch_edges).map_err(|cycle| {
@@ -250,7 +256,8 @@ impl App {
                 format!("dependency cycle among tasks {names:?}"),
             )
         })?;
-        let existing_states: HashMap<TaskId, TaskState> = resolved.into_values().collect();
+        let existing_states: HashMap<TaskId, TaskState> =
+            resolved.values().map(|t| (t.id, t.state())).collect();
         let ids: Vec<TaskId> = tasks.iter().map(|t| t.id).collect();
         for spec in &tasks {
             uow.create(Task::new(wf.id, spec, now));
