@@ -95,18 +95,25 @@ fn assert_none(rule: &str, found: Vec<String>) {
     );
 }
 
-/// Every bora module but `keep`, as `crate::<module>` paths.
-fn crate_paths_except(keep: &[&str]) -> Vec<String> {
-    let mut modules = Vec::new();
+/// Every top-level module of the sources but `keep` (with `lib` and
+/// `main`, the crate roots).
+fn modules_except(keep: &[&str]) -> Vec<String> {
+    let mut modules: Vec<String> = Vec::new();
     for s in sources() {
-        let m = module_of(&s.path).to_owned();
-        if !["lib", "main"].contains(&m.as_str()) && !modules.contains(&m) {
-            modules.push(m);
+        let m = module_of(&s.path);
+        if !keep.contains(&m) && !modules.iter().any(|x| x == m) {
+            modules.push(m.to_owned());
         }
     }
     modules
+}
+
+/// Every bora module but `keep`, as `crate::<module>` paths.
+fn crate_paths_except(keep: &[&str]) -> Vec<String> {
+    let mut keep = keep.to_vec();
+    keep.extend(["lib", "main"]);
+    modules_except(&keep)
         .into_iter()
-        .filter(|m| !keep.contains(&m.as_str()))
         .map(|m| format!("crate::{m}"))
         .collect()
 }
@@ -195,11 +202,7 @@ fn the_worker_imports_no_store_use_case_or_api() {
 
 #[test]
 fn only_the_store_has_sql() {
-    let all: Vec<String> = crate_paths_except(&["store"])
-        .into_iter()
-        .map(|m| m.trim_start_matches("crate::").to_owned())
-        .chain(["lib".to_owned(), "main".to_owned()])
-        .collect();
+    let all = modules_except(&["store"]);
     let all: Vec<&str> = all.iter().map(String::as_str).collect();
     assert_none(
         "SQL (`sqlx`) only in `store`",
@@ -209,11 +212,7 @@ fn only_the_store_has_sql() {
 
 #[test]
 fn only_the_broker_modules_know_lapin() {
-    let all: Vec<String> = crate_paths_except(&["broker", "bench"])
-        .into_iter()
-        .map(|m| m.trim_start_matches("crate::").to_owned())
-        .chain(["lib".to_owned(), "main".to_owned()])
-        .collect();
+    let all = modules_except(&["broker", "bench"]);
     let all: Vec<&str> = all.iter().map(String::as_str).collect();
     assert_none(
         "AMQP (`lapin`) only in `broker`, the worker's connection and publisher, and the \
