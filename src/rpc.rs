@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::app::input::{NewTask, NewWorkflow};
-use crate::app::queries::workflow_id;
+use crate::app::queries::{WorkflowAction, workflow_id};
 use crate::app::{App, AppError};
 use crate::broker::Broker;
 use crate::broker::reconnect::Reconnect;
@@ -156,6 +156,15 @@ struct GetTaskArgs {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct DecideArgs {
+    workflow_id: String,
+    task: String,
+    #[serde(default)]
+    comment: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RegisterArgs {
     server_id: String,
     #[serde(default)]
@@ -178,7 +187,14 @@ async fn call(
         "get_workflow" => get_workflow(state, args).await,
         "get_task" => get_task(state, args).await,
         "list_tasks" => list_tasks(state, args).await,
-        "cancel_workflow" => cancel_workflow(state, args).await,
+        "cancel_workflow" => workflow_action(state, args, WorkflowAction::Cancel).await,
+        "pause_workflow" => workflow_action(state, args, WorkflowAction::Pause).await,
+        "resume_workflow" => workflow_action(state, args, WorkflowAction::Resume).await,
+        "rerun_workflow" => workflow_action(state, args, WorkflowAction::Rerun).await,
+        "rerun_task" => rerun_task(state, args).await,
+        "approve_task" => decide_gate(state, args, true).await,
+        "reject_task" => decide_gate(state, args, false).await,
+        "list_attempts" => list_attempts(state, args).await,
         "register_server" => register_server(state, args).await,
         _ => return Err(None),
     };
@@ -226,10 +242,48 @@ async fn list_tasks(state: &RpcState, args: &Map<String, Value>) -> Result<Value
     Ok(json!({ "tasks": state.app.task_views(wf, rows).await? }))
 }
 
-async fn cancel_workflow(state: &RpcState, args: &Map<String, Value>) -> Result<Value, CallError> {
+async fn workflow_action(
+    state: &RpcState,
+    args: &Map<String, Value>,
+    action: WorkflowAction,
+) -> Result<Value, CallError> {
     let a: WorkflowArg = kwargs(args)?;
     Ok(to_value(
-        state.app.cancel_workflow_view(&a.workflow_id).await?,
+        state
+            .app
+            .workflow_action_view(&a.workflow_id, action)
+            .await?,
+    ))
+}
+
+async fn rerun_task(state: &RpcState, args: &Map<String, Value>) -> Result<Value, CallError> {
+    let a: GetTaskArgs = kwargs(args)?;
+    Ok(to_value(
+        state.app.rerun_task_view(&a.workflow_id, &a.task).await?,
+    ))
+}
+
+async fn decide_gate(
+    state: &RpcState,
+    args: &Map<String, Value>,
+    approve: bool,
+) -> Result<Value, CallError> {
+    let a: DecideArgs = kwargs(args)?;
+    Ok(to_value(
+        state
+            .app
+            .decide_gate_view(&a.workflow_id, &a.task, approve, a.comment)
+            .await?,
+    ))
+}
+
+async fn list_attempts(state: &RpcState, args: &Map<String, Value>) -> Result<Value, CallError> {
+    let a: GetTaskArgs = kwargs(args)?;
+    Ok(to_value(
+        state
+            .app
+            .task_attempts_view(&a.workflow_id, &a.task)
+            .await?,
     ))
 }
 

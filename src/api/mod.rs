@@ -11,6 +11,7 @@ mod error;
 mod events;
 mod extract;
 pub mod openapi;
+mod operate;
 mod servers;
 pub(crate) mod tasks;
 pub mod views;
@@ -83,6 +84,13 @@ fn api_routes(state: &AppState) -> OpenApiRouter<AppState> {
             workflows::delete
         ))
         .routes(routes!(workflows::cancel))
+        .routes(routes!(operate::rerun_workflow))
+        .routes(routes!(operate::pause))
+        .routes(routes!(operate::resume))
+        .routes(routes!(operate::rerun_task))
+        .routes(routes!(operate::approve))
+        .routes(routes!(operate::reject))
+        .routes(routes!(operate::attempts))
         .routes(routes!(tasks::add, tasks::list))
         .routes(routes!(tasks::show, tasks::patch, tasks::cancel))
         .routes(routes!(events::stream))

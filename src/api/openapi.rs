@@ -33,6 +33,7 @@ use super::views::{EventView, StreamEnd};
     tags(
         (name = "workflows", description = "Workflows and their event stream"),
         (name = "tasks", description = "Tasks of a workflow"),
+        (name = "operate", description = "Operating a run: rerun, pause and resume, approval gates, attempts"),
         (name = "servers", description = "Server registration and broker credentials"),
         (name = "health", description = "Liveness, readiness, metrics and this document"),
     )

@@ -11,6 +11,7 @@ use super::extract::{JsonBody, QueryParams};
 use super::views::{WorkflowList, WorkflowView};
 use super::{AppState, workflow_id};
 use crate::app::input::{NewWorkflow, WorkflowPatch};
+use crate::app::queries::WorkflowAction;
 use crate::domain::{WorkflowId, WorkflowState};
 
 /// Creates a workflow, optionally with a first batch of tasks (which may
@@ -169,5 +170,10 @@ pub(super) async fn cancel(
     State(state): State<AppState>,
     Path(wf): Path<String>,
 ) -> Result<Json<WorkflowView>, ApiError> {
-    Ok(Json(state.app.cancel_workflow_view(&wf).await?))
+    Ok(Json(
+        state
+            .app
+            .workflow_action_view(&wf, WorkflowAction::Cancel)
+            .await?,
+    ))
 }

@@ -15,7 +15,7 @@ use crate::store::WriteTx;
 pub(super) fn cancel(uow: &mut UnitOfWork, mut task: Task, now: i64) -> Result<Task, AppError> {
     task.finish(TaskState::Cancelled, now)?;
     uow.keep(&task, true);
-    if task.attempt > 0 {
+    if task.attempt > 0 && !task.is_gate() {
         uow.drop_publishes(task.id);
         // The publish may be in flight right now: always tell the worker.
         uow.tell_cancel(&task, now);

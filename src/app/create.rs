@@ -135,8 +135,8 @@ impl App {
                     format!("workflow already has a task named {:?}", t.name),
                 ));
             }
-            if self.config.require_registration {
-                let server = t.server_id.as_str();
+            if let (true, Some(server)) = (self.config.require_registration, &t.server_id) {
+                let server = server.as_str();
                 let ok = match registered.get(server) {
                     Some(&ok) => ok,
                     None => {

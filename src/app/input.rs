@@ -7,9 +7,10 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::domain::{
-    DEFAULT_TIMEOUT_S, Delivery, FieldError, MAX_RETRIES, MAX_RETRY_DELAY_S, MAX_TIMEOUT_S,
-    OnDependencyFailure, OutputSpec, ServerId, ServerKind, TaskId, TaskSpec, check_group,
-    check_input_name, check_name, check_output_name, check_text, field_err, ranged,
+    APPROVAL_GROUP, DEFAULT_RETRY_MAX_DELAY_S, DEFAULT_TIMEOUT_S, Delivery, FieldError,
+    MAX_RETRIES, MAX_RETRY_BACKOFF, MAX_RETRY_DELAY_S, MAX_RETRY_EXIT_CODES, MAX_RETRY_MAX_DELAY_S,
+    MAX_TIMEOUT_S, OnDependencyFailure, OutputSpec, ServerId, ServerKind, TaskId, TaskSpec,
+    check_group, check_input_name, check_name, check_output_name, check_text, field_err, ranged,
 };
 
 /// A registration request (`POST /v1/servers`).
@@ -29,10 +30,12 @@ pub struct NewServer {
 pub struct NewTask {
     /// 1–255 characters, unique in the workflow; defaults to the task's id.
     pub name: Option<String>,
-    /// The server whose worker runs it: 1–64 of `[A-Za-z0-9_-]`.
-    pub server_id: String,
+    /// The server whose worker runs it: 1–64 of `[A-Za-z0-9_-]`. Required,
+    /// except for an approval gate, which has none.
+    pub server_id: Option<String>,
     /// How the worker runs it: `script` (the default), `Heat::Ungrouped`,
-    /// `std.echo`, `std.noop`, or a hook name.
+    /// `std.echo`, `std.noop`, or a hook name; `bora.approval` makes it an
+    /// approval gate (no server; ended by approve, reject or `timeout_s`).
     pub group: Option<String>,
     /// The script body, or the hook's config; empty by default.
     pub config: Option<String>,
@@ -61,6 +64,16 @@ pub struct NewTask {
     /// Seconds from a failed attempt to the publish of the next: 0–3600,
     /// default 0.
     pub retry_delay_s: Option<i64>,
+    /// Each retry waits this many times longer than the one before:
+    /// 1.0–10.0, default 1.0 (a fixed delay). The delay before attempt n+1
+    /// is `min(retry_delay_s × retry_backoff^(n−1), retry_max_delay_s)`,
+    /// ±10 % jitter.
+    pub retry_backoff: Option<f64>,
+    /// The longest delay before a retry, in seconds: 0–86400, default 3600.
+    pub retry_max_delay_s: Option<i64>,
+    /// When given, only a failure with one of these exit codes is retried
+    /// (a timeout and a lost worker always are).
+    pub retry_exit_codes: Option<Vec<i64>>,
     /// `at_least_once` (the default) or `at_most_once`.
     pub delivery: Option<Delivery>,
 }
@@ -84,17 +97,32 @@ impl NewTask {
             }
             None => id.to_string(),
         };
-        let server_id = match ServerId::parse(&self.server_id) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                errors.push(field_err(f("server_id"), e));
-                None
-            }
-        };
         let group = self.group.unwrap_or_else(|| "script".to_owned());
         if let Err(e) = check_group(&group) {
             errors.push(field_err(f("group"), e));
         }
+        let gate = group == APPROVAL_GROUP;
+        let server_id = match (self.server_id, gate) {
+            (None, true) => None,
+            (Some(_), true) => {
+                errors.push(field_err(
+                    f("server_id"),
+                    format!("an approval gate ({APPROVAL_GROUP}) runs on no server"),
+                ));
+                None
+            }
+            (None, false) => {
+                errors.push(field_err(f("server_id"), "is required"));
+                None
+            }
+            (Some(raw), false) => match ServerId::parse(&raw) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    errors.push(field_err(f("server_id"), e));
+                    None
+                }
+            },
+        };
         let inputs = self.inputs.unwrap_or_default();
         for k in inputs.keys() {
             if let Err(e) = check_input_name(k) {
@@ -144,8 +172,43 @@ impl NewTask {
             MAX_RETRY_DELAY_S,
             &mut errors,
         );
-        match server_id {
-            Some(server_id) if errors.is_empty() => Ok(TaskSpec {
+        let retry_backoff = match self.retry_backoff {
+            None => 1.0,
+            Some(b) if (1.0..=MAX_RETRY_BACKOFF).contains(&b) => b,
+            Some(_) => {
+                errors.push(field_err(
+                    f("retry_backoff"),
+                    format!("must be between 1.0 and {MAX_RETRY_BACKOFF:.1}"),
+                ));
+                1.0
+            }
+        };
+        let retry_max_delay_s = ranged(
+            &f("retry_max_delay_s"),
+            self.retry_max_delay_s,
+            DEFAULT_RETRY_MAX_DELAY_S,
+            0,
+            MAX_RETRY_MAX_DELAY_S,
+            &mut errors,
+        );
+        if self
+            .retry_exit_codes
+            .as_ref()
+            .is_some_and(|c| c.len() > MAX_RETRY_EXIT_CODES)
+        {
+            errors.push(field_err(
+                f("retry_exit_codes"),
+                format!("at most {MAX_RETRY_EXIT_CODES} exit codes"),
+            ));
+        }
+        if gate && retries > 0 {
+            errors.push(field_err(
+                f("retries"),
+                "an approval gate is not retried: a person decides",
+            ));
+        }
+        if errors.is_empty() && (gate || server_id.is_some()) {
+            Ok(TaskSpec {
                 id,
                 name,
                 server_id,
@@ -159,9 +222,13 @@ impl NewTask {
                 timeout_s,
                 retries,
                 retry_delay_s,
+                retry_backoff,
+                retry_max_delay_s,
+                retry_exit_codes: self.retry_exit_codes,
                 delivery: self.delivery.unwrap_or_default(),
-            }),
-            _ => Err(errors),
+            })
+        } else {
+            Err(errors)
         }
     }
 }
@@ -195,6 +262,12 @@ pub struct TaskPatch {
     pub retries: Option<i64>,
     /// A new delay before a retry, in seconds: 0–3600.
     pub retry_delay_s: Option<i64>,
+    /// A new growth factor of the retry delay: 1.0–10.0.
+    pub retry_backoff: Option<f64>,
+    /// A new cap of the retry delay, in seconds: 0–86400.
+    pub retry_max_delay_s: Option<i64>,
+    /// New exit codes to retry (replaces the list).
+    pub retry_exit_codes: Option<Vec<i64>>,
     /// A new delivery guarantee.
     pub delivery: Option<Delivery>,
 }
@@ -209,7 +282,7 @@ impl TaskPatch {
             name: Some(self.name.unwrap_or_else(|| spec.name.clone())),
             server_id: self
                 .server_id
-                .unwrap_or_else(|| spec.server_id.as_str().to_owned()),
+                .or_else(|| spec.server_id.as_ref().map(|s| s.as_str().to_owned())),
             group: Some(self.group.unwrap_or_else(|| spec.group.clone())),
             config: Some(self.config.unwrap_or_else(|| spec.config.clone())),
             inputs: Some(self.inputs.unwrap_or_else(|| spec.inputs.clone())),
@@ -223,6 +296,14 @@ impl TaskPatch {
             timeout_s: Some(self.timeout_s.unwrap_or(i64::from(spec.timeout_s))),
             retries: Some(self.retries.unwrap_or(i64::from(spec.retries))),
             retry_delay_s: Some(self.retry_delay_s.unwrap_or(i64::from(spec.retry_delay_s))),
+            retry_backoff: Some(self.retry_backoff.unwrap_or(spec.retry_backoff)),
+            retry_max_delay_s: Some(
+                self.retry_max_delay_s
+                    .unwrap_or(i64::from(spec.retry_max_delay_s)),
+            ),
+            retry_exit_codes: self
+                .retry_exit_codes
+                .or_else(|| spec.retry_exit_codes.clone()),
             delivery: Some(self.delivery.unwrap_or(spec.delivery)),
         };
         let mut out = merged.validate("")?;
@@ -242,6 +323,15 @@ pub struct NewWorkflow {
     /// The first batch of tasks, created with the workflow; they may refer
     /// to each other by name in any order.
     pub tasks: Option<Vec<NewTask>>,
+}
+
+/// The body of an approve or reject (optional as a whole).
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GateDecision {
+    /// Why, for the record (at most 4096 characters); kept in the gate's
+    /// result.
+    pub comment: Option<String>,
 }
 
 /// A change to a workflow's name or description.

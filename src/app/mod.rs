@@ -12,15 +12,18 @@
 //! each maps its own way ([`AppError`]). This layer knows nothing of HTTP
 //! or AMQP; the relay (in `serve`) publishes what commits queued.
 
+mod approve;
 mod cancel;
 mod confirm;
 mod create;
 mod error;
 pub mod input;
 mod patch;
+mod pause;
 pub mod queries;
 mod release;
 mod replies;
+mod rerun;
 mod scan;
 mod schema;
 mod servers;
@@ -35,6 +38,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::{Notify, mpsc, watch};
 
+pub use approve::MAX_COMMENT_LEN;
 pub use error::AppError;
 pub use replies::{Incoming, Verdict};
 pub use scan::ScanReport;

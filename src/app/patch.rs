@@ -77,10 +77,12 @@ impl App {
         let spec = patch
             .apply(&task.spec(old_deps)?)
             .map_err(AppError::validation)?;
-        if self.config.require_registration && !tx.is_registered(spec.server_id.as_str()).await? {
+        if let (true, Some(server)) = (self.config.require_registration, &spec.server_id)
+            && !tx.is_registered(server.as_str()).await?
+        {
             return Err(AppError::invalid(
                 "unregistered_server",
-                format!("server {:?} is not registered", spec.server_id.as_str()),
+                format!("server {:?} is not registered", server.as_str()),
             ));
         }
         let mut uow = UnitOfWork::default();

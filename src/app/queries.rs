@@ -5,9 +5,23 @@
 use std::collections::{BTreeSet, HashMap};
 
 use super::input::{NewTask, NewWorkflow, validate_tasks};
-use super::views::{TaskView, WorkflowView};
+use super::views::{AttemptView, AttemptsView, TaskView, WorkflowView};
 use super::{App, AppError};
 use crate::domain::{Task, TaskState, WorkflowId};
+use crate::protocol::TaskResult;
+
+/// What an operator does to a whole workflow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkflowAction {
+    /// Cancel every unfinished task; it takes no new tasks.
+    Cancel,
+    /// Publish nothing more until resumed.
+    Pause,
+    /// Release what became ready while paused.
+    Resume,
+    /// Run every task that ended unsuccessfully again.
+    Rerun,
+}
 
 /// Parses a workflow id given by a client; anything else names no workflow.
 ///
@@ -68,7 +82,44 @@ impl App {
     pub async fn task_view(&self, row: Task) -> Result<TaskView, AppError> {
         let deps = self.store().dependencies(row.id).await?;
         let seen = self.store().server_last_seen(&row.server_id).await?;
-        Ok(TaskView::new(row, &deps, seen, self.online(seen))?)
+        let paused = self.paused(row.workflow_id).await?;
+        Ok(TaskView::new(row, &deps, paused, seen, self.online(seen))?)
+    }
+
+    /// Whether a workflow is paused (false for one that is gone).
+    async fn paused(&self, workflow: WorkflowId) -> Result<bool, AppError> {
+        Ok(self
+            .store()
+            .workflow(workflow)
+            .await?
+            .is_some_and(|w| w.paused))
+    }
+
+    /// Every attempt of a task that has a result, oldest first: the
+    /// results later attempts replaced, then the task's own.
+    ///
+    /// # Errors
+    /// A store failure, or stored data that does not parse.
+    pub async fn attempts_view(&self, row: Task) -> Result<AttemptsView, AppError> {
+        let view = |result: TaskResult, outputs: &[crate::domain::OutputSpec]| AttemptView {
+            attempt: i64::from(result.attempt),
+            state: result.end(outputs),
+            result,
+        };
+        let outputs = row.outputs()?;
+        let mut attempts = Vec::new();
+        for a in self.store().attempts(row.id).await? {
+            let result: TaskResult = serde_json::from_str(&a.result)
+                .map_err(|e| crate::domain::Corrupt(format!("attempt {}: {e}", a.attempt)))?;
+            attempts.push(view(result, &outputs));
+        }
+        if let Some(result) = TaskResult::of_task(&row)? {
+            attempts.push(view(result, &outputs));
+        }
+        Ok(AttemptsView {
+            current_attempt: row.attempt,
+            attempts,
+        })
     }
 
     /// Views of many tasks of one workflow, with two extra queries in all.
@@ -88,11 +139,12 @@ impl App {
         let servers: BTreeSet<&str> = rows.iter().map(|r| r.server_id.as_str()).collect();
         let servers: Vec<&str> = servers.into_iter().collect();
         let seen = self.store().last_seen_many(&servers).await?;
+        let paused = self.paused(workflow).await?;
         rows.into_iter()
             .map(|row| {
                 let last = seen.get(&row.server_id).copied();
                 let d = deps.get(&row.id).map(Vec::as_slice).unwrap_or(&[]);
-                TaskView::new(row, d, last, self.online(last)).map_err(AppError::from)
+                TaskView::new(row, d, paused, last, self.online(last)).map_err(AppError::from)
             })
             .collect()
     }
@@ -136,13 +188,71 @@ impl App {
         self.task_view(row).await
     }
 
-    /// Cancels every unfinished task of a workflow.
+    /// Reruns a task that ended unsuccessfully (with the dependents it had
+    /// skipped); answers with the task as it is then.
     ///
     /// # Errors
-    /// Not a workflow, or any error of [`App::cancel_workflow`].
-    pub async fn cancel_workflow_view(&self, workflow: &str) -> Result<WorkflowView, AppError> {
+    /// Any error of [`App::rerun_task`].
+    pub async fn rerun_task_view(&self, workflow: &str, task: &str) -> Result<TaskView, AppError> {
+        let wf = self.existing_workflow(workflow).await?;
+        let row = self.task(wf, task).await?;
+        self.rerun_task(wf, &row.id.to_string()).await?;
+        self.task_view(self.task(wf, &row.id.to_string()).await?)
+            .await
+    }
+
+    /// Approves (`approve`) or rejects an approval gate; answers with the
+    /// gate as it is then.
+    ///
+    /// # Errors
+    /// Any error of [`App::decide_gate`].
+    pub async fn decide_gate_view(
+        &self,
+        workflow: &str,
+        task: &str,
+        approve: bool,
+        comment: Option<String>,
+    ) -> Result<TaskView, AppError> {
+        let wf = self.existing_workflow(workflow).await?;
+        let row = self.task(wf, task).await?;
+        let id = row.id.to_string();
+        self.decide_gate(wf, &id, approve, comment).await?;
+        self.task_view(self.task(wf, &id).await?).await
+    }
+
+    /// Every attempt with a result of a task (`GET .../attempts`).
+    ///
+    /// # Errors
+    /// Unknown workflow or task; a store failure.
+    pub async fn task_attempts_view(
+        &self,
+        workflow: &str,
+        task: &str,
+    ) -> Result<AttemptsView, AppError> {
+        let wf = self.existing_workflow(workflow).await?;
+        let row = self.task(wf, task).await?;
+        self.attempts_view(row).await
+    }
+
+    /// Applies an operator's action to a workflow and answers with the
+    /// workflow as it is then.
+    ///
+    /// # Errors
+    /// Any error of the action's use case.
+    pub async fn workflow_action_view(
+        &self,
+        workflow: &str,
+        action: WorkflowAction,
+    ) -> Result<WorkflowView, AppError> {
         let id = workflow_id(workflow)?;
-        self.cancel_workflow(id).await?;
+        match action {
+            WorkflowAction::Cancel => self.cancel_workflow(id).await?,
+            WorkflowAction::Pause => self.pause_workflow(id).await?,
+            WorkflowAction::Resume => self.resume_workflow(id).await?,
+            WorkflowAction::Rerun => {
+                self.rerun_workflow(id).await?;
+            }
+        }
         self.workflow_view(id).await
     }
 }

@@ -12,7 +12,7 @@
 use serde_json::{Map, Value, json};
 
 use crate::domain::refs::{input_refs, may_hold_refs, output_value};
-use crate::domain::{Readiness, Task, TaskId, TaskState, readiness};
+use crate::domain::{Readiness, Task, TaskId, TaskState, WorkflowId, readiness};
 use crate::protocol::TaskResult;
 use crate::store::WriteTx;
 
@@ -57,22 +57,39 @@ pub(crate) async fn decide(
             uow.keep(&task, true);
             Ok(Released::Ended)
         }
+        Readiness::Dispatch if is_paused(tx, uow, task.workflow_id).await? => {
+            // Stays waiting, with the pause named in `blocked_by`; a resume
+            // releases it.
+            Ok(Released::Waiting)
+        }
         Readiness::Dispatch => {
             match resolve(tx, uow, &task, dependencies, max_input_bytes).await? {
                 Ok(resolved) => {
                     if resolved.is_some() {
                         task.resolved_inputs = resolved;
                     }
-                    task.dispatch(now)?;
+                    if task.is_gate() {
+                        // An approval gate goes to a person, not a queue: it
+                        // runs until approved, rejected or timed out.
+                        task.dispatch(now)?;
+                        task.heartbeat(now)?;
+                        uow.keep(&task, true);
+                        return Ok(Released::Dispatched);
+                    }
+                    // A retry held by a pause keeps its due time.
+                    let at = task.next_attempt_at.unwrap_or(now).max(now);
+                    task.dispatch_at(now, at)?;
                     uow.keep(&task, false);
-                    uow.publish(&task, now);
+                    uow.publish(&task, at);
                     Ok(Released::Dispatched)
                 }
                 Err(error) => {
-                    let result = TaskResult::error(0, error);
-                    task.result = Some(serde_json::to_string(&result).map_err(|e| {
+                    let result = TaskResult::error(task.attempt as u32, error);
+                    let text = serde_json::to_string(&result).map_err(|e| {
                         AppError::Store(crate::store::StoreError::Corrupt(e.to_string()))
-                    })?);
+                    })?;
+                    let old = task.keep_result(text, now);
+                    uow.archive(task.id, old);
                     task.finish(TaskState::Failed, now)?;
                     uow.keep(&task, true);
                     Ok(Released::Ended)
@@ -80,6 +97,24 @@ pub(crate) async fn decide(
             }
         }
     }
+}
+
+/// Whether `workflow` is paused: as the use case read it under the
+/// workflow's lock, else read now (and remembered for the transaction).
+///
+/// # Errors
+/// A store failure.
+pub(crate) async fn is_paused(
+    tx: &mut WriteTx,
+    uow: &mut UnitOfWork,
+    workflow: WorkflowId,
+) -> Result<bool, AppError> {
+    if let Some(paused) = uow.paused(workflow) {
+        return Ok(paused);
+    }
+    let paused = !tx.paused_workflows(&[workflow]).await?.is_empty();
+    uow.note_paused(workflow, paused);
+    Ok(paused)
 }
 
 /// The values of `task`'s input references, from its producers as they

@@ -11,7 +11,7 @@ use tracing::instrument;
 use super::release::walk;
 use super::unit::UnitOfWork;
 use super::{App, AppConfig, AppError, now_us};
-use crate::domain::{ServerKind, Task, TaskId, TaskState, is_broker_user_of};
+use crate::domain::{Failure, ServerKind, Task, TaskId, TaskState, WorkflowId, is_broker_user_of};
 use crate::protocol::{MsgTarget, RpcReply, TaskResult, parse_msg_id};
 use crate::store::{ServerRow, WriteTx};
 
@@ -84,6 +84,8 @@ fn authorize(
 /// servers, and which of the tasks have dependents.
 struct Batch {
     tasks: HashMap<TaskId, Task>,
+    /// Whether each of their workflows is paused.
+    paused: HashMap<WorkflowId, bool>,
     servers: HashMap<String, ServerRow>,
     with_dependents: HashSet<TaskId>,
     /// Servers heard from, in order, written once at the end.
@@ -127,13 +129,16 @@ impl Batch {
         let mut with_dependents = HashSet::new();
         let mut servers = HashMap::new();
         let mut tasks = HashMap::with_capacity(task_ids.len());
-        for (task, has_dependents, server) in tx.tasks_for_replies(&task_ids).await? {
-            if has_dependents {
+        let mut paused = HashMap::new();
+        for found in tx.tasks_for_replies(&task_ids).await? {
+            let task = found.task;
+            if found.has_dependents {
                 with_dependents.insert(task.id);
             }
-            if let Some(server) = server {
+            if let Some(server) = found.server {
                 servers.insert(server.server_id.clone(), server);
             }
+            paused.insert(task.workflow_id, found.paused);
             tasks.insert(task.id, task);
         }
         // Idle heartbeats name a server only.
@@ -146,6 +151,7 @@ impl Batch {
         }
         let context = Self {
             tasks,
+            paused,
             servers,
             with_dependents,
             touched: Vec::new(),
@@ -174,6 +180,9 @@ impl App {
         let mut tx = self.begin().await?;
         let (mut ctx, decoded) = Batch::load(&mut tx, &self.config, batch).await?;
         let mut uow = UnitOfWork::default();
+        for (wf, paused) in &ctx.paused {
+            uow.note_paused(*wf, *paused);
+        }
         let mut verdicts = Vec::with_capacity(batch.len());
         for (incoming, reply) in batch.iter().zip(decoded) {
             verdicts.push(self.record(&mut ctx, &mut uow, incoming, reply, now)?);
@@ -242,6 +251,10 @@ impl App {
         else {
             return Ok(Verdict::Dropped("unknown_task"));
         };
+        if task.is_gate() {
+            // Only a person ends a gate, through the API.
+            return Ok(Verdict::Dropped("approval_gate"));
+        }
         let row = batch.servers.get(&task.server_id);
         if let Err(reason) = authorize(&self.config, incoming, &task.server_id, row) {
             return Ok(Verdict::Dropped(reason));
@@ -259,42 +272,84 @@ impl App {
             return Ok(Verdict::Heartbeat);
         }
         let result = TaskResult::from_reply(attempt, reply.result, reply.failure.as_deref());
-        if end_attempt(uow, task, &result, true, now)? && batch.with_dependents.contains(&task_id) {
+        let paused = batch
+            .paused
+            .get(&task.workflow_id)
+            .copied()
+            .unwrap_or(false);
+        if end_attempt(uow, task, &result, Retry::Policy, paused, now)?
+            && batch.with_dependents.contains(&task_id)
+        {
             batch.ended_with_dependents.push(task_id);
         }
         Ok(Verdict::Recorded)
     }
 }
 
+/// Whether an attempt that ended unsuccessfully may be retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Retry {
+    /// As its retry policy says, given its result.
+    Policy,
+    /// As its retry policy says for a lost worker.
+    Lost,
+    /// Never (an `at_most_once` attempt that may have run).
+    Never,
+}
+
 /// Ends the current attempt of `task` with `result`: a new attempt after
-/// `retry_delay_s` while `may_retry` and `retries` allow, else the end its
-/// result says. Returns whether the task ended (its dependents are the
-/// caller's to release).
+/// the retry policy's delay while `retry` and the policy allow (held for
+/// the resume while the workflow is `paused`), else the end its result
+/// says. The result it replaces is kept among the earlier attempts'.
+/// Returns whether the task ended (its dependents are the caller's to
+/// release).
 pub(super) fn end_attempt(
     uow: &mut UnitOfWork,
     mut task: Task,
     result: &TaskResult,
-    may_retry: bool,
+    retry: Retry,
+    paused: bool,
     now: i64,
 ) -> Result<bool, AppError> {
-    let end = if result.succeeded(&task.outputs()?) {
-        TaskState::Succeeded
-    } else if result.timed_out {
-        TaskState::TimedOut
-    } else {
-        TaskState::Failed
-    };
+    let end = result.end(&task.outputs()?);
     let text = serde_json::to_string(result)
         .map_err(|e| AppError::Store(crate::store::StoreError::Corrupt(e.to_string())))?;
-    task.keep_result(text, now);
-    if end != TaskState::Succeeded && may_retry && task.failures < task.retries {
+    let old = task.keep_result(text, now);
+    uow.archive(task.id, old);
+    let failure = match (end, retry) {
+        (TaskState::Succeeded, _) | (_, Retry::Never) => None,
+        (_, Retry::Lost) => Some(Failure::Lost),
+        (TaskState::TimedOut, Retry::Policy) => Some(Failure::TimedOut),
+        (_, Retry::Policy) => Some(Failure::Exit(result.exit_code)),
+    };
+    let jitter = rand::random_range(-0.1..=0.1);
+    if let Some(delay) = failure.and_then(|f| task.retry_delay_us(f, jitter)) {
         task.failures += 1;
-        let moved = task.dispatch(now)?;
-        uow.keep(&task, moved);
-        uow.publish(&task, now + task.retry_delay_s * 1_000_000);
+        again(uow, task, now + delay, paused, now)?;
         return Ok(false);
     }
     task.finish(end, now)?;
     uow.keep(&task, true);
     Ok(true)
+}
+
+/// Sends `task`'s next attempt, due at `at`; while its workflow is
+/// `paused`, holds it for the resume instead (which keeps `at`).
+pub(super) fn again(
+    uow: &mut UnitOfWork,
+    mut task: Task,
+    at: i64,
+    paused: bool,
+    now: i64,
+) -> Result<(), AppError> {
+    if paused {
+        let moved = task.hold(now)?;
+        task.next_attempt_at = (at > now).then_some(at);
+        uow.keep(&task, moved);
+        return Ok(());
+    }
+    let moved = task.dispatch_at(now, at)?;
+    uow.keep(&task, moved);
+    uow.publish(&task, at);
+    Ok(())
 }

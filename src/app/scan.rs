@@ -2,15 +2,15 @@
 //! past their deadline, so no task stays `queued` or `running` forever on a
 //! worker that died after acking. One transaction per scan.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use tracing::{instrument, warn};
 
 use super::release::walk;
-use super::replies::end_attempt;
+use super::replies::{Retry, again, end_attempt};
 use super::unit::UnitOfWork;
 use super::{App, AppError, now_us};
-use crate::domain::{Delivery, Task, TaskId, TaskState};
+use crate::domain::{Delivery, Task, TaskId, TaskState, WorkflowId};
 use crate::protocol::TaskResult;
 
 /// What one scan ended.
@@ -57,6 +57,17 @@ impl App {
             .map(|t| (t.id, t))
             .collect();
         let mut uow = UnitOfWork::default();
+        let workflows: Vec<WorkflowId> = current
+            .values()
+            .map(|t| t.workflow_id)
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let paused: HashSet<WorkflowId> =
+            tx.paused_workflows(&workflows).await?.into_iter().collect();
+        for wf in workflows {
+            uow.note_paused(wf, paused.contains(&wf));
+        }
         let mut ended = Vec::new();
         for t in silent {
             let Some(task) = current.get(&t.id).cloned() else {
@@ -69,7 +80,8 @@ impl App {
                 continue;
             }
             warn!(task_id = %task.id, workflow_id = %task.workflow_id, server_id = %task.server_id, attempt = task.attempt, "worker went silent; attempt lost");
-            if self.lose(&mut uow, task, heartbeat_timeout_s, now)? {
+            let held = paused.contains(&task.workflow_id);
+            if self.lose(&mut uow, task, heartbeat_timeout_s, held, now)? {
                 ended.push(t.id);
             }
             report.lost += 1;
@@ -85,7 +97,8 @@ impl App {
                 continue;
             }
             warn!(task_id = %task.id, workflow_id = %task.workflow_id, server_id = %task.server_id, attempt = task.attempt, "no result within the task's timeout");
-            if expire(&mut uow, task, now)? {
+            let held = paused.contains(&task.workflow_id);
+            if expire(&mut uow, task, held, now)? {
                 ended.push(t.id);
             }
             report.expired += 1;
@@ -103,21 +116,21 @@ impl App {
     /// `retries`, at most `max_redeliveries` times); an `at_most_once` task
     /// fails with `worker lost`, since running it again could run it twice.
     /// The old attempt is cancelled in case its worker is alive but cut off.
-    /// Returns whether the task ended.
+    /// While the workflow is `paused`, the new attempt waits for the
+    /// resume. Returns whether the task ended.
     fn lose(
         &self,
         uow: &mut UnitOfWork,
         mut task: Task,
         silence_s: u64,
+        paused: bool,
         now: i64,
     ) -> Result<bool, AppError> {
         uow.tell_cancel(&task, now);
         let max = i64::from(self.config.max_redeliveries);
         if task.delivery == Delivery::AtLeastOnce && task.redeliveries < max {
             task.redeliveries += 1;
-            let moved = task.dispatch(now)?;
-            uow.keep(&task, moved);
-            uow.publish(&task, now);
+            again(uow, task, now, paused, now)?;
             return Ok(false);
         }
         let message = if task.delivery == Delivery::AtMostOnce {
@@ -130,23 +143,28 @@ impl App {
         };
         let result = TaskResult::error(task.attempt as u32, message);
         // An at_most_once attempt may have run: never start it again.
-        let may_retry = task.delivery == Delivery::AtLeastOnce;
-        end_attempt(uow, task, &result, may_retry, now)
+        let retry = match task.delivery {
+            Delivery::AtLeastOnce => Retry::Lost,
+            Delivery::AtMostOnce => Retry::Never,
+        };
+        end_attempt(uow, task, &result, retry, paused, now)
     }
 }
 
 /// The current attempt got no result within `timeout_s` of its publish: it
 /// ends `timed_out` (or is retried while `retries` allow) and its worker is
 /// told to stop. Returns whether the task ended.
-fn expire(uow: &mut UnitOfWork, task: Task, now: i64) -> Result<bool, AppError> {
-    uow.tell_cancel(&task, now);
-    let mut result = TaskResult::error(
-        task.attempt as u32,
+fn expire(uow: &mut UnitOfWork, task: Task, paused: bool, now: i64) -> Result<bool, AppError> {
+    let message = if task.is_gate() {
+        format!("timed out: no decision within {} s", task.timeout_s)
+    } else {
+        uow.tell_cancel(&task, now);
         format!(
             "timed out: no result within {} s of publish",
             task.timeout_s
-        ),
-    );
+        )
+    };
+    let mut result = TaskResult::error(task.attempt as u32, message);
     result.timed_out = true;
-    end_attempt(uow, task, &result, true, now)
+    end_attempt(uow, task, &result, Retry::Policy, paused, now)
 }

@@ -8,7 +8,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use crate::domain::{Task, TaskId, TaskState, Workflow, WorkflowId};
-use crate::store::{NewEvent, NewMessage, OutboxItem, OutboxKind, StoreError, WriteTx};
+use crate::store::{NewAttempt, NewEvent, NewMessage, OutboxItem, OutboxKind, StoreError, WriteTx};
 
 /// What a use case changed and has not written yet.
 #[derive(Debug, Default)]
@@ -34,6 +34,11 @@ pub(crate) struct UnitOfWork {
     /// Written before the tasks (a new workflow) or after (a changed one).
     new_workflows: Vec<Workflow>,
     changed_workflows: Vec<Workflow>,
+    /// Results a later attempt replaced, kept in `task_attempts`.
+    archived: Vec<NewAttempt>,
+    /// Whether each workflow the use case read is paused (not written: the
+    /// release rule reads it here before asking the store).
+    paused: HashMap<WorkflowId, bool>,
 }
 
 /// How the commit treats the messages it queues.
@@ -70,6 +75,7 @@ impl UnitOfWork {
             && self.deleted_workflows.is_empty()
             && self.new_workflows.is_empty()
             && self.changed_workflows.is_empty()
+            && self.archived.is_empty()
     }
 
     /// Keeps `task` as it is now, with an event if it `moved` (a task that
@@ -114,7 +120,35 @@ impl UnitOfWork {
         self.dropped.push(task);
     }
 
-    /// Appends a workflow-level event (`cancelled`).
+    /// Keeps `old`, a result the current attempt's replaced (see
+    /// [`Task::keep_result`]), among the task's earlier attempts.
+    pub fn archive(&mut self, task: TaskId, old: Option<String>) {
+        #[derive(serde::Deserialize)]
+        struct Attempt {
+            #[serde(default)]
+            attempt: i64,
+        }
+        if let Some(result) = old {
+            let attempt = serde_json::from_str::<Attempt>(&result).map_or(0, |a| a.attempt);
+            self.archived.push(NewAttempt {
+                task_id: task,
+                attempt,
+                result,
+            });
+        }
+    }
+
+    /// Notes whether `workflow` is paused, as read under its lock.
+    pub fn note_paused(&mut self, workflow: WorkflowId, paused: bool) {
+        self.paused.insert(workflow, paused);
+    }
+
+    /// Whether `workflow` is paused, if this unit of work was told.
+    pub fn paused(&self, workflow: WorkflowId) -> Option<bool> {
+        self.paused.get(&workflow).copied()
+    }
+
+    /// Appends a workflow-level event (`cancelled`, `paused`, `resumed`).
     pub fn workflow_event(&mut self, workflow: WorkflowId, state: &'static str) {
         self.events.push(NewEvent::Workflow {
             workflow_id: workflow,
@@ -124,11 +158,13 @@ impl UnitOfWork {
 
     /// Inserts a new workflow (before its tasks).
     pub fn create_workflow(&mut self, workflow: Workflow) {
+        self.note_paused(workflow.id, workflow.paused);
         self.new_workflows.push(workflow);
     }
 
     /// Writes a changed workflow's row.
     pub fn change_workflow(&mut self, workflow: Workflow) {
+        self.note_paused(workflow.id, workflow.paused);
         self.changed_workflows.push(workflow);
     }
 
@@ -210,6 +246,9 @@ impl UnitOfWork {
             .filter_map(|id| self.tasks.get(id))
             .collect();
         let queued = tx.write(&rows, &self.events, &messages, now).await?;
+        if !self.archived.is_empty() {
+            tx.insert_attempts(&self.archived, now).await?;
+        }
         let mut written = Written {
             entered: self
                 .events

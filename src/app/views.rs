@@ -16,6 +16,9 @@ use crate::protocol::TaskResult;
 
 pub use crate::protocol::timestamp;
 
+/// The entry of `blocked_by` that names a workflow's pause.
+pub const PAUSED: &str = "workflow paused";
+
 /// A workflow as both APIs show it: its own fields, its state derived from
 /// its tasks, and how many tasks are in each state.
 #[derive(Debug, Serialize, ToSchema)]
@@ -29,6 +32,9 @@ pub struct WorkflowView {
     pub description: Option<String>,
     /// Derived from its tasks and whether it was cancelled.
     pub state: WorkflowState,
+    /// Paused through the API: nothing more of it is published until it is
+    /// resumed (tasks already queued or running go on).
+    pub paused: bool,
     /// The number of its tasks in every state.
     pub task_counts: TaskCounts,
     /// When it was created (RFC 3339).
@@ -50,6 +56,7 @@ impl WorkflowView {
             name: row.name,
             description: row.description,
             state: WorkflowState::derive(row.cancelled, &counts),
+            paused: row.paused,
             task_counts: counts,
             created_at: timestamp(row.created_at),
             updated_at: timestamp(row.updated_at),
@@ -78,9 +85,10 @@ pub struct TaskView {
     pub workflow_id: WorkflowId,
     /// Unique in its workflow.
     pub name: String,
-    /// The server whose worker runs it.
-    pub server_id: String,
-    /// The runner or hook that runs it.
+    /// The server whose worker runs it; null for an approval gate.
+    #[schema(required)]
+    pub server_id: Option<String>,
+    /// The runner or hook that runs it (`bora.approval`: an approval gate).
     pub group: String,
     /// The script body, or the hook's config.
     pub config: String,
@@ -106,6 +114,17 @@ pub struct TaskView {
     pub retries: i64,
     /// Seconds from a failed attempt to the publish of the next.
     pub retry_delay_s: i64,
+    /// Each retry waits this many times longer than the one before.
+    pub retry_backoff: f64,
+    /// The longest delay before a retry, in seconds.
+    pub retry_max_delay_s: i64,
+    /// When set, only failures with these exit codes are retried (timeouts
+    /// and lost workers always are); null: every failure is.
+    #[schema(required)]
+    pub retry_exit_codes: Option<Vec<i64>>,
+    /// While a retry waits for its delay: when its message is due (RFC 3339).
+    #[schema(required)]
+    pub next_attempt_at: Option<String>,
     /// `at_least_once` or `at_most_once`.
     pub delivery: Delivery,
     /// Where it is in its life.
@@ -116,7 +135,9 @@ pub struct TaskView {
     /// until one did.
     #[schema(required)]
     pub result: Option<TaskResult>,
-    /// The unfinished dependencies of a waiting task.
+    /// Why a waiting task waits: the names of its unfinished dependencies,
+    /// then `workflow paused` while its workflow is paused, or `retry at
+    /// <time>` while a retry waits for its delay.
     pub blocked_by: Vec<String>,
     /// Every dependency with its current state (what a waiting task waits for).
     pub dependencies: Vec<DependencyView>,
@@ -146,18 +167,26 @@ pub struct TaskView {
 }
 
 impl TaskView {
-    /// `deps` are the task's dependencies as (name, state).
+    /// `deps` are the task's dependencies as (name, state); `paused`:
+    /// whether its workflow is.
     ///
     /// # Errors
     /// A stored JSON column that does not parse.
     pub fn new(
         row: Task,
         deps: &[(String, TaskState)],
+        paused: bool,
         server_last_seen: Option<i64>,
         server_online: bool,
     ) -> Result<Self, Corrupt> {
         let state = row.state();
-        let blocked_by = crate::domain::blocked_by(state, deps);
+        let mut blocked_by = crate::domain::blocked_by(state, deps);
+        if paused && row.awaits_release() {
+            blocked_by.push(PAUSED.to_owned());
+        }
+        if let (TaskState::Waiting, Some(at)) = (state, row.next_attempt_at) {
+            blocked_by.push(format!("retry at {}", timestamp(at)));
+        }
         Ok(Self {
             inputs: row.inputs()?,
             resolved_inputs: row.resolved_inputs()?,
@@ -167,7 +196,7 @@ impl TaskView {
             id: row.id,
             workflow_id: row.workflow_id,
             name: row.name,
-            server_id: row.server_id,
+            server_id: (!row.server_id.is_empty()).then_some(row.server_id),
             group: row.group,
             config: row.config,
             depends_on: deps.iter().map(|(n, _)| n.clone()).collect(),
@@ -182,6 +211,10 @@ impl TaskView {
             timeout_s: row.timeout_s,
             retries: row.retries,
             retry_delay_s: row.retry_delay_s,
+            retry_backoff: row.retry_backoff,
+            retry_max_delay_s: row.retry_max_delay_s,
+            retry_exit_codes: row.retry_exit_codes,
+            next_attempt_at: row.next_attempt_at.map(timestamp),
             delivery: row.delivery,
             state,
             attempt: row.attempt,
@@ -195,4 +228,26 @@ impl TaskView {
             finished_at: row.finished_at.map(timestamp),
         })
     }
+}
+
+/// The result of one attempt of a task (`GET .../attempts`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AttemptView {
+    /// The attempt, from 1 (0: the task failed before its first attempt
+    /// went out, on an input it could not resolve).
+    pub attempt: i64,
+    /// How the attempt ended, as its result says: `succeeded`, `failed` or
+    /// `timed_out`.
+    pub state: TaskState,
+    /// What came back.
+    pub result: TaskResult,
+}
+
+/// Every attempt of a task that has a result, oldest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AttemptsView {
+    /// The task's current attempt.
+    pub current_attempt: i64,
+    /// The results, oldest first; the last is the task's `result`.
+    pub attempts: Vec<AttemptView>,
 }

@@ -1,6 +1,7 @@
-//! The client's verbs: `bora workflow create|list|show|cancel|delete|watch|graph`,
-//! `bora task add|list|show|cancel|output` and `bora server
-//! register|list|show|delete`. Each one is a few REST calls and a rendering: JSON with `--json` (the API's own bodies, for scripts),
+//! The client's verbs: `bora workflow
+//! create|list|show|cancel|delete|pause|resume|rerun|watch|graph`, `bora task
+//! add|list|show|cancel|rerun|approve|reject|attempts|output` and `bora
+//! server register|list|show|delete`. Each one is a few REST calls and a rendering: JSON with `--json` (the API's own bodies, for scripts),
 //! tables and sentences otherwise.
 
 use std::io::Read;
@@ -68,6 +69,14 @@ pub enum WorkflowCommand {
     Cancel { workflow: String },
     /// Cancel every unfinished task, then delete the workflow.
     Delete { workflow: String },
+    /// Publish nothing more of the workflow until it is resumed (tasks
+    /// already queued or running go on).
+    Pause { workflow: String },
+    /// Resume a paused workflow: publish what became ready.
+    Resume { workflow: String },
+    /// Run every task that ended unsuccessfully again (the tasks they had
+    /// skipped go back to waiting).
+    Rerun { workflow: String },
     /// Follow a workflow's progress live until it ends (exit 3 unless it succeeded).
     Watch { workflow: String },
     /// Print the dependency graph as Graphviz DOT (or Mermaid).
@@ -126,6 +135,27 @@ pub enum TaskCommand {
     Show { workflow: String, task: String },
     /// Cancel a task.
     Cancel { workflow: String, task: String },
+    /// Run a task that ended unsuccessfully again, as a new attempt (the
+    /// tasks it had skipped go back to waiting).
+    Rerun { workflow: String, task: String },
+    /// Approve an approval gate (group bora.approval): it succeeds.
+    Approve {
+        workflow: String,
+        task: String,
+        /// Why, kept in the gate's result.
+        #[arg(long)]
+        comment: Option<String>,
+    },
+    /// Reject an approval gate: it fails, and so do the tasks after it.
+    Reject {
+        workflow: String,
+        task: String,
+        /// Why, kept in the gate's result.
+        #[arg(long)]
+        comment: Option<String>,
+    },
+    /// List every attempt of a task that has a result, oldest first.
+    Attempts { workflow: String, task: String },
     /// Print a task's result streams: its stdout to stdout, its stderr to stderr.
     Output { workflow: String, task: String },
 }
@@ -237,21 +267,10 @@ pub async fn run_workflow(args: WorkflowArgs) -> anyhow::Result<Outcome> {
                 print!("{}", render::workflow_details(&wf, &array(&tasks, "tasks")));
             }
         }
-        WorkflowCommand::Cancel { workflow } => {
-            let wf = c
-                .post(&format!("{}/cancel", wf_path(&workflow)), &json!({}))
-                .await?;
-            if json {
-                print_json(&wf)?;
-            } else {
-                println!(
-                    "workflow {} {}: {}",
-                    wf["id"].as_str().unwrap_or_default(),
-                    wf["state"].as_str().unwrap_or_default(),
-                    render::counts_line(&wf["task_counts"])
-                );
-            }
-        }
+        WorkflowCommand::Cancel { workflow } => action(&c, &workflow, "cancel", json).await?,
+        WorkflowCommand::Pause { workflow } => action(&c, &workflow, "pause", json).await?,
+        WorkflowCommand::Resume { workflow } => action(&c, &workflow, "resume", json).await?,
+        WorkflowCommand::Rerun { workflow } => action(&c, &workflow, "rerun", json).await?,
         WorkflowCommand::Delete { workflow } => {
             c.delete(&wf_path(&workflow)).await?;
             if json {
@@ -278,6 +297,56 @@ pub async fn run_workflow(args: WorkflowArgs) -> anyhow::Result<Outcome> {
         }
     }
     Ok(Outcome::Success)
+}
+
+/// Posts an action on a workflow (`cancel`, `pause`, `resume`, `rerun`) and
+/// prints the workflow it answers with.
+async fn action(c: &Client, workflow: &str, verb: &str, json: bool) -> anyhow::Result<()> {
+    let wf = c
+        .post(&format!("{}/{verb}", wf_path(workflow)), &json!({}))
+        .await?;
+    if json {
+        print_json(&wf)?;
+    } else {
+        println!(
+            "workflow {} {}{}: {}",
+            wf["id"].as_str().unwrap_or_default(),
+            wf["state"].as_str().unwrap_or_default(),
+            if wf["paused"] == true {
+                " (paused)"
+            } else {
+                ""
+            },
+            render::counts_line(&wf["task_counts"])
+        );
+    }
+    Ok(())
+}
+
+/// Posts an action on a task (`rerun`, `approve`, `reject`) and prints the
+/// task it answers with.
+async fn task_action(
+    c: &Client,
+    workflow: &str,
+    task: &str,
+    verb: &str,
+    body: &Value,
+    json: bool,
+) -> anyhow::Result<()> {
+    let t = c
+        .post(&format!("{}/{verb}", task_path(workflow, task)), body)
+        .await?;
+    if json {
+        print_json(&t)?;
+    } else {
+        println!(
+            "task {} {} (attempt {})",
+            t["name"].as_str().unwrap_or(task),
+            t["state"].as_str().unwrap_or_default(),
+            t["attempt"]
+        );
+    }
+    Ok(())
 }
 
 /// Runs a `bora task ...` verb.
@@ -361,6 +430,35 @@ pub async fn run_task(args: TaskArgs) -> anyhow::Result<Outcome> {
                 print_json(&json!({"cancelled": task}))?;
             } else {
                 println!("task {task} cancelled");
+            }
+        }
+        TaskCommand::Rerun { workflow, task } => {
+            task_action(&c, &workflow, &task, "rerun", &json!({}), json).await?;
+        }
+        TaskCommand::Approve {
+            workflow,
+            task,
+            comment,
+        } => {
+            let body = json!({ "comment": comment });
+            task_action(&c, &workflow, &task, "approve", &body, json).await?;
+        }
+        TaskCommand::Reject {
+            workflow,
+            task,
+            comment,
+        } => {
+            let body = json!({ "comment": comment });
+            task_action(&c, &workflow, &task, "reject", &body, json).await?;
+        }
+        TaskCommand::Attempts { workflow, task } => {
+            let a = c
+                .get(&format!("{}/attempts", task_path(&workflow, &task)))
+                .await?;
+            if json {
+                print_json(&a)?;
+            } else {
+                print!("{}", render::attempts_table(&array(&a, "attempts")));
             }
         }
         TaskCommand::Output { workflow, task } => {

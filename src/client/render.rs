@@ -7,6 +7,10 @@ use std::fmt::Write;
 use serde_json::Value;
 
 const TERMINAL: [&str; 5] = ["succeeded", "failed", "timed_out", "cancelled", "skipped"];
+/// The `blocked_by` entry of a paused workflow (the API's).
+const PAUSED: &str = "workflow paused";
+/// The group of an approval gate.
+const APPROVAL: &str = "bora.approval";
 
 /// Left-aligned columns separated by two spaces.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
@@ -110,6 +114,32 @@ pub fn task_table(tasks: &[Value]) -> String {
     )
 }
 
+/// One row per attempt: its number, how it ended, exit code, and its
+/// error or decision.
+pub fn attempts_table(attempts: &[Value]) -> String {
+    let rows: Vec<Vec<String>> = attempts
+        .iter()
+        .map(|a| {
+            let r = &a["result"];
+            let note = match (&r["decision"], &r["error"]) {
+                (Value::Object(d), _) => format!(
+                    "{} at {}{}",
+                    s(&d["decision"]),
+                    s(&d["at"]),
+                    d["comment"]
+                        .as_str()
+                        .map(|c| format!(": {c}"))
+                        .unwrap_or_default()
+                ),
+                (_, Value::String(e)) => e.clone(),
+                _ => "-".into(),
+            };
+            vec![s(&a["attempt"]), s(&a["state"]), s(&r["exit_code"]), note]
+        })
+        .collect();
+    table(&["ATTEMPT", "ENDED", "EXIT", "ERROR / DECISION"], &rows)
+}
+
 pub fn workflow_details(w: &Value, tasks: &[Value]) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "Workflow:    {}", s(&w["id"]));
@@ -117,7 +147,12 @@ pub fn workflow_details(w: &Value, tasks: &[Value]) -> String {
     if let Some(d) = w["description"].as_str() {
         let _ = writeln!(out, "Description: {d}");
     }
-    let _ = writeln!(out, "State:       {}", s(&w["state"]));
+    let paused = if w["paused"] == true {
+        " (paused: nothing more is published until `bora workflow resume`)"
+    } else {
+        ""
+    };
+    let _ = writeln!(out, "State:       {}{paused}", s(&w["state"]));
     let _ = writeln!(out, "Tasks:       {}", counts_line(&w["task_counts"]));
     let _ = writeln!(out, "Created:     {}", s(&w["created_at"]));
     let _ = writeln!(out, "Updated:     {}", s(&w["updated_at"]));
@@ -142,11 +177,27 @@ pub fn why_waiting(t: &Value) -> Vec<String> {
                     .collect()
             })
             .unwrap_or_default();
+        let blocked: Vec<&str> = t["blocked_by"]
+            .as_array()
+            .map(|b| b.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let paused = blocked.contains(&PAUSED);
+        let retry = blocked.iter().find_map(|b| b.strip_prefix("retry at "));
         if !unfinished.is_empty() {
             why.push(format!(
                 "waits for unfinished dependencies: {}",
                 unfinished.join(", ")
             ));
+        }
+        if paused {
+            why.push("the workflow is paused: `bora workflow resume` releases it".into());
+        }
+        if let Some(at) = retry {
+            why.push(format!(
+                "attempt {} failed; the next attempt is due at {at} (retry delay)",
+                s(&t["attempt"])
+            ));
+        } else if !unfinished.is_empty() || paused {
         } else if t["attempt"].as_i64().unwrap_or(0) > 0 {
             why.push(format!(
                 "attempt {} is handed to the broker: waiting for its publish confirm (or a retry delay)",
@@ -155,6 +206,14 @@ pub fn why_waiting(t: &Value) -> Vec<String> {
         } else {
             why.push("dependencies are satisfied: about to be dispatched".into());
         }
+    }
+    if t["group"] == APPROVAL {
+        if state == "running" {
+            why.push(
+                "an approval gate: waits for `bora task approve` or `bora task reject`".into(),
+            );
+        }
+        return why;
     }
     if state == "waiting" || state == "queued" {
         let server = s(&t["server_id"]);

@@ -35,6 +35,8 @@ struct TaskLine {
 struct Progress {
     tasks: BTreeMap<String, TaskLine>,
     last_id: Option<i64>,
+    /// The workflow is paused (its `paused` and `resumed` events).
+    paused: bool,
 }
 
 impl Progress {
@@ -56,8 +58,16 @@ impl Progress {
                     state: String::new(),
                 });
             line.name = data["task_name"].as_str().unwrap_or(task).to_owned();
-            line.server = data["server_id"].as_str().unwrap_or("?").to_owned();
+            // No server: an approval gate.
+            line.server = data["server_id"].as_str().unwrap_or("").to_owned();
             line.state = data["state"].as_str().unwrap_or("?").to_owned();
+        }
+        if data["kind"] == "workflow" {
+            match data["state"].as_str() {
+                Some("paused") => self.paused = true,
+                Some("resumed" | "cancelled") => self.paused = false,
+                _ => {}
+            }
         }
         true
     }
@@ -82,18 +92,34 @@ impl Progress {
             .count() as u64
     }
 
+    /// What runs, which approvals wait for a decision, and whether the
+    /// workflow is paused.
     fn running(&self) -> String {
-        let r: Vec<String> = self
-            .tasks
-            .values()
-            .filter(|t| t.state == "running")
-            .map(|t| format!("{} on {}", t.name, t.server))
-            .collect();
-        if r.is_empty() {
-            String::new()
-        } else {
-            format!("running: {}", r.join(", "))
+        let running = |gate: bool| -> Vec<String> {
+            self.tasks
+                .values()
+                .filter(|t| t.state == "running" && t.server.is_empty() == gate)
+                .map(|t| {
+                    if gate {
+                        t.name.clone()
+                    } else {
+                        format!("{} on {}", t.name, t.server)
+                    }
+                })
+                .collect()
+        };
+        let mut parts = Vec::new();
+        if self.paused {
+            parts.push("PAUSED (bora workflow resume)".to_owned());
         }
+        let (r, gates) = (running(false), running(true));
+        if !r.is_empty() {
+            parts.push(format!("running: {}", r.join(", ")));
+        }
+        if !gates.is_empty() {
+            parts.push(format!("awaiting approval: {}", gates.join(", ")));
+        }
+        parts.join("; ")
     }
 }
 
@@ -136,14 +162,23 @@ impl Display {
         if self.json {
             println!("{data}");
         } else {
-            let line = match data["kind"].as_str() {
-                Some("task") => format!(
-                    "{}  task {} on {}: {} (attempt {})",
+            let line = match (data["kind"].as_str(), data["server_id"].as_str()) {
+                (Some("task"), Some(server)) => format!(
+                    "{}  task {} on {server}: {} (attempt {})",
                     data["at"].as_str().unwrap_or(""),
                     data["task_name"].as_str().unwrap_or("?"),
-                    data["server_id"].as_str().unwrap_or("?"),
                     data["state"].as_str().unwrap_or("?"),
                     data["attempt"]
+                ),
+                (Some("task"), None) => format!(
+                    "{}  approval {}: {}",
+                    data["at"].as_str().unwrap_or(""),
+                    data["task_name"].as_str().unwrap_or("?"),
+                    match data["state"].as_str() {
+                        Some("running") => "waits for a decision",
+                        Some(other) => other,
+                        None => "?",
+                    }
                 ),
                 _ => format!(
                     "{}  workflow {}",
@@ -180,7 +215,10 @@ pub async fn watch(client: &Client, wf: &str, json: bool) -> Result<Outcome, Cli
     let name = workflow["name"].as_str().unwrap_or(wf).to_owned();
     let events_path = format!("{path}/events");
     let display = Display::new(&name, json);
-    let mut progress = Progress::default();
+    let mut progress = Progress {
+        paused: workflow["paused"] == true,
+        ..Progress::default()
+    };
     let mut failures = 0u32;
     loop {
         let mut req = client
@@ -292,5 +330,19 @@ mod tests {
         assert_eq!(p.running(), "running: a on s");
         assert!(p.apply(3, &ev("succeeded")));
         assert_eq!(p.ended(), 1);
+    }
+
+    #[test]
+    fn a_pause_and_a_waiting_approval_are_said() {
+        let mut p = Progress::default();
+        let gate = json!({"kind": "task", "task_id": "g", "task_name": "go", "server_id": null, "state": "running"});
+        p.apply(1, &gate);
+        p.apply(2, &json!({"kind": "workflow", "state": "paused"}));
+        assert_eq!(
+            p.running(),
+            "PAUSED (bora workflow resume); awaiting approval: go"
+        );
+        p.apply(3, &json!({"kind": "workflow", "state": "resumed"}));
+        assert_eq!(p.running(), "awaiting approval: go");
     }
 }

@@ -20,10 +20,12 @@ pub use graph::{Readiness, blocked_by, creates_cycle, readiness, topological_ord
 pub use ids::{MAX_SERVER_ID_LEN, ServerId, TaskId, WorkflowId, broker_user, is_broker_user_of};
 pub use refs::{OutputRef, input_refs};
 pub use spec::{
-    DEFAULT_TIMEOUT_S, Delivery, FieldError, MAX_GROUP_LEN, MAX_NAME_LEN, MAX_RETRIES,
-    MAX_RETRY_DELAY_S, MAX_TIMEOUT_S, OnDependencyFailure, OutputSpec, ServerKind, TaskSpec,
-    check_group, check_input_name, check_name, check_output_name, check_text, field_err, ranged,
+    APPROVAL_GROUP, DEFAULT_RETRY_MAX_DELAY_S, DEFAULT_TIMEOUT_S, Delivery, FieldError,
+    MAX_GROUP_LEN, MAX_NAME_LEN, MAX_RETRIES, MAX_RETRY_BACKOFF, MAX_RETRY_DELAY_S,
+    MAX_RETRY_EXIT_CODES, MAX_RETRY_MAX_DELAY_S, MAX_TIMEOUT_S, OnDependencyFailure, OutputSpec,
+    ServerKind, TaskSpec, check_group, check_input_name, check_name, check_output_name, check_text,
+    field_err, ranged,
 };
 pub use state::{IllegalTransition, TaskCounts, TaskState, WorkflowState};
-pub use task::{Corrupt, Task};
+pub use task::{Corrupt, Failure, Task};
 pub use workflow::Workflow;

@@ -19,6 +19,17 @@ pub const MAX_TIMEOUT_S: u32 = 86_400;
 pub const MAX_RETRIES: u32 = 100;
 /// The longest `retry_delay_s`: one hour.
 pub const MAX_RETRY_DELAY_S: u32 = 3600;
+/// The largest `retry_backoff` factor.
+pub const MAX_RETRY_BACKOFF: f64 = 10.0;
+/// Default `retry_max_delay_s`: one hour.
+pub const DEFAULT_RETRY_MAX_DELAY_S: u32 = 3600;
+/// The longest `retry_max_delay_s`: one day.
+pub const MAX_RETRY_MAX_DELAY_S: u32 = 86_400;
+/// The most exit codes `retry_exit_codes` may list.
+pub const MAX_RETRY_EXIT_CODES: usize = 256;
+/// The group of an approval gate (SPEC 7.3): a task with no server that
+/// waits in `running` until a person approves or rejects it.
+pub const APPROVAL_GROUP: &str = "bora.approval";
 /// The longest workflow or task name, in characters.
 pub const MAX_NAME_LEN: usize = 255;
 /// The longest group name, in bytes.
@@ -170,8 +181,8 @@ pub struct TaskSpec {
     pub id: TaskId,
     /// Unique in the workflow; defaults to the id.
     pub name: String,
-    /// The server whose worker runs it.
-    pub server_id: ServerId,
+    /// The server whose worker runs it; `None` only for an approval gate.
+    pub server_id: Option<ServerId>,
     /// The runner or hook that runs it (`script` by default).
     pub group: String,
     /// The script body, or the hook's config.
@@ -190,8 +201,16 @@ pub struct TaskSpec {
     pub timeout_s: u32,
     /// Extra attempts after a failure or timeout: 0..=[`MAX_RETRIES`].
     pub retries: u32,
-    /// Seconds before a retry is published: 0..=[`MAX_RETRY_DELAY_S`].
+    /// Seconds before the first retry is published: 0..=[`MAX_RETRY_DELAY_S`].
     pub retry_delay_s: u32,
+    /// Each retry waits this many times longer than the one before:
+    /// 1.0..=[`MAX_RETRY_BACKOFF`] (1.0: a fixed delay).
+    pub retry_backoff: f64,
+    /// The longest delay before a retry: 0..=[`MAX_RETRY_MAX_DELAY_S`].
+    pub retry_max_delay_s: u32,
+    /// When given, only a failure with one of these exit codes is retried
+    /// (a timeout and a lost worker always are).
+    pub retry_exit_codes: Option<Vec<i64>>,
     /// Whether a lost attempt may run again.
     pub delivery: Delivery,
 }

@@ -116,6 +116,25 @@ impl TaskState {
     }
 }
 
+impl TaskState {
+    /// Whether a task that ended in `self` may run again (SPEC 7.3's
+    /// rerun): every end but `succeeded`.
+    ///
+    /// # Errors
+    /// [`IllegalTransition`] (to `waiting`) for a task that has not ended
+    /// or that succeeded.
+    pub fn check_rerun(self) -> Result<(), IllegalTransition> {
+        if self.is_terminal() && self != TaskState::Succeeded {
+            Ok(())
+        } else {
+            Err(IllegalTransition {
+                from: self,
+                to: TaskState::Waiting,
+            })
+        }
+    }
+}
+
 impl fmt::Display for TaskState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -273,6 +292,17 @@ mod tests {
                 .check_transition(TaskState::Running)
                 .is_err()
         );
+    }
+
+    #[test]
+    fn only_unsuccessful_ends_rerun() {
+        for st in TaskState::ALL {
+            let ok = matches!(
+                st,
+                TaskState::Failed | TaskState::TimedOut | TaskState::Cancelled | TaskState::Skipped
+            );
+            assert_eq!(st.check_rerun().is_ok(), ok, "{st}");
+        }
     }
 
     #[test]

@@ -8,9 +8,20 @@
 use serde_json::{Map, Value};
 
 use super::{
-    Delivery, IllegalTransition, OnDependencyFailure, OutputSpec, ServerId, TaskId, TaskSpec,
-    TaskState, WorkflowId,
+    APPROVAL_GROUP, Delivery, IllegalTransition, OnDependencyFailure, OutputSpec, ServerId, TaskId,
+    TaskSpec, TaskState, WorkflowId,
 };
+
+/// How an attempt ended unsuccessfully, as the retry policy sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The task itself failed, with this exit code (-1 when no process ran).
+    Exit(i64),
+    /// No result within `timeout_s`, or the worker killed it then.
+    TimedOut,
+    /// Its worker went silent.
+    Lost,
+}
 
 /// A stored value of a task that does not parse (the store was written by
 /// something else, or by hand).
@@ -32,7 +43,8 @@ pub struct Task {
     pub workflow_id: WorkflowId,
     /// Unique in its workflow.
     pub name: String,
-    /// The target server's id (validated when the spec was).
+    /// The target server's id (validated when the spec was); empty for an
+    /// approval gate.
     pub server_id: String,
     /// The runner or hook that runs it.
     pub group: String,
@@ -53,12 +65,25 @@ pub struct Task {
     pub timeout_s: i64,
     /// Attempts after a failure.
     pub retries: i64,
-    /// Seconds before a retry.
+    /// Seconds before the first retry.
     pub retry_delay_s: i64,
+    /// Factor by which each retry's delay grows.
+    pub retry_backoff: f64,
+    /// The longest delay before a retry, in seconds.
+    pub retry_max_delay_s: i64,
+    /// When set, the exit codes whose failures are retried.
+    pub retry_exit_codes: Option<Vec<i64>>,
     /// Whether a lost attempt may run again.
     pub delivery: Delivery,
     /// Private: only this entity's methods move it.
     state: TaskState,
+    /// Whether its current attempt was handed out (to the outbox, or to a
+    /// person for a gate). A `waiting` task that is not released waits for
+    /// the release rule: its dependencies, a resume, a rerun.
+    released: bool,
+    /// When the next attempt's message is due, while a retry waits for its
+    /// delay (microseconds since the epoch).
+    pub next_attempt_at: Option<i64>,
     /// 0 until its first attempt goes out; the current attempt after.
     pub attempt: i64,
     /// Failed attempts retried so far (against `retries`).
@@ -109,8 +134,13 @@ impl Task {
             timeout_s: 0,
             retries: 0,
             retry_delay_s: 0,
+            retry_backoff: 1.0,
+            retry_max_delay_s: i64::from(super::DEFAULT_RETRY_MAX_DELAY_S),
+            retry_exit_codes: None,
             delivery: Delivery::default(),
             state,
+            released: state != TaskState::Waiting,
+            next_attempt_at: None,
             attempt: 0,
             failures: 0,
             redeliveries: 0,
@@ -129,10 +159,47 @@ impl Task {
         self.state
     }
 
-    /// Whether the task waits for its dependencies (its first attempt has
-    /// not gone out): the only tasks the release rule decides about.
+    /// Whether the current attempt was handed out (see the field).
+    pub fn released(&self) -> bool {
+        self.released
+    }
+
+    /// Restores the stored `released` flag (the store's decoding only).
+    pub fn restore_released(&mut self, released: bool) {
+        self.released = released;
+    }
+
+    /// Whether the task waits for the release rule (its first attempt, or
+    /// the next after a rerun or a pause, has not gone out): the only tasks
+    /// the release rule decides about.
     pub fn awaits_release(&self) -> bool {
-        self.state == TaskState::Waiting && self.attempt == 0
+        self.state == TaskState::Waiting && !self.released
+    }
+
+    /// Whether it is an approval gate: no server, ended by a person.
+    pub fn is_gate(&self) -> bool {
+        self.group == APPROVAL_GROUP
+    }
+
+    /// The delay before the next attempt (µs) if the retry policy retries
+    /// `failure` now, else `None`: `retries` left, and for a task's own
+    /// failure an exit code in `retry_exit_codes` when that is set. The
+    /// delay before attempt n+1 is `min(retry_delay_s × retry_backoff^(n−1),
+    /// retry_max_delay_s)`, times `1 + jitter` (the caller draws `jitter`
+    /// from ±0.1). An approval gate is never retried.
+    pub fn retry_delay_us(&self, failure: Failure, jitter: f64) -> Option<i64> {
+        if self.failures >= self.retries || self.is_gate() {
+            return None;
+        }
+        if let (Failure::Exit(code), Some(codes)) = (failure, &self.retry_exit_codes)
+            && !codes.contains(&code)
+        {
+            return None;
+        }
+        let n = (self.failures + 1) as i32;
+        let base = self.retry_delay_s as f64 * self.retry_backoff.powi(n - 1);
+        let capped = base.min(self.retry_max_delay_s as f64);
+        Some((capped * (1.0 + jitter.clamp(-0.1, 0.1)) * 1e6).max(0.0) as i64)
     }
 
     /// The one assignment of `state`.
@@ -156,11 +223,62 @@ impl Task {
             self.move_to(TaskState::Waiting, now)?;
         }
         self.attempt += 1;
+        self.released = true;
+        self.next_attempt_at = None;
         self.queued_at = None;
         self.started_at = None;
         self.last_heartbeat_at = None;
         self.updated_at = now;
         Ok(moved)
+    }
+
+    /// [`Task::dispatch`] with the message due at `at`: a retry after its
+    /// delay shows when it is due (`next_attempt_at`).
+    ///
+    /// # Errors
+    /// The task has ended.
+    pub fn dispatch_at(&mut self, now: i64, at: i64) -> Result<bool, IllegalTransition> {
+        let moved = self.dispatch(now)?;
+        self.next_attempt_at = (at > now).then_some(at);
+        Ok(moved)
+    }
+
+    /// Takes back an attempt not published yet, or holds a retry, while
+    /// the workflow is paused: the task waits for the release rule again
+    /// (a resume dispatches it). Returns whether the state moved.
+    ///
+    /// # Errors
+    /// The task has ended.
+    pub fn hold(&mut self, now: i64) -> Result<bool, IllegalTransition> {
+        let moved = self.state != TaskState::Waiting;
+        if moved {
+            self.move_to(TaskState::Waiting, now)?;
+        }
+        self.released = false;
+        self.updated_at = now;
+        Ok(moved)
+    }
+
+    /// Runs an unsuccessfully ended task again (SPEC 7.3): back to
+    /// `waiting` for the release rule, with its retry budget renewed; the
+    /// attempts go on counting up and the last result stays until the next
+    /// comes.
+    ///
+    /// # Errors
+    /// The task has not ended, or it succeeded.
+    pub fn rerun(&mut self, now: i64) -> Result<(), IllegalTransition> {
+        self.state.check_rerun()?;
+        self.state = TaskState::Waiting;
+        self.released = false;
+        self.failures = 0;
+        self.redeliveries = 0;
+        self.next_attempt_at = None;
+        self.queued_at = None;
+        self.started_at = None;
+        self.finished_at = None;
+        self.last_heartbeat_at = None;
+        self.updated_at = now;
+        Ok(())
     }
 
     /// A dependency ended in a way its policy does not accept.
@@ -184,6 +302,8 @@ impl Task {
             return Ok(false);
         }
         self.move_to(TaskState::Queued, now)?;
+        self.released = true;
+        self.next_attempt_at = None;
         self.queued_at = Some(now);
         Ok(true)
     }
@@ -197,6 +317,8 @@ impl Task {
         let moved = matches!(self.state, TaskState::Waiting | TaskState::Queued);
         if moved {
             self.move_to(TaskState::Running, now)?;
+            self.released = true;
+            self.next_attempt_at = None;
             self.queued_at.get_or_insert(now);
             self.started_at = Some(now);
         }
@@ -205,16 +327,19 @@ impl Task {
         Ok(moved)
     }
 
-    /// Keeps the current attempt's result (JSON text). A result without a
-    /// started report (instant runners, oslo servers) sets the times the
-    /// report would have.
-    pub fn keep_result(&mut self, result: String, now: i64) {
-        self.result = Some(result);
+    /// Keeps the current attempt's result (JSON text) and returns the one
+    /// it replaced (an earlier attempt's, kept elsewhere by the caller). A
+    /// result without a started report (instant runners, oslo servers) sets
+    /// the times the report would have.
+    #[must_use = "the replaced result is an earlier attempt's, to be kept"]
+    pub fn keep_result(&mut self, result: String, now: i64) -> Option<String> {
+        let old = self.result.replace(result);
         if self.state != TaskState::Running {
             self.queued_at.get_or_insert(now);
             self.started_at.get_or_insert(now);
         }
         self.updated_at = now;
+        old
     }
 
     /// The task ends in `end` (a terminal state).
@@ -230,7 +355,10 @@ impl Task {
     /// Overwrites the client-given fields with `spec` (not the id).
     pub fn set_spec(&mut self, spec: &TaskSpec) {
         self.name = spec.name.clone();
-        self.server_id = spec.server_id.as_str().to_owned();
+        self.server_id = spec
+            .server_id
+            .as_ref()
+            .map_or_else(String::new, |s| s.as_str().to_owned());
         self.group = spec.group.clone();
         self.config = spec.config.clone();
         self.inputs = Value::Object(spec.inputs.clone()).to_string();
@@ -240,6 +368,9 @@ impl Task {
         self.timeout_s = i64::from(spec.timeout_s);
         self.retries = i64::from(spec.retries);
         self.retry_delay_s = i64::from(spec.retry_delay_s);
+        self.retry_backoff = spec.retry_backoff;
+        self.retry_max_delay_s = i64::from(spec.retry_max_delay_s);
+        self.retry_exit_codes = spec.retry_exit_codes.clone();
         self.delivery = spec.delivery;
     }
 
@@ -308,7 +439,11 @@ impl Task {
         Ok(TaskSpec {
             id: self.id,
             name: self.name.clone(),
-            server_id: self.server()?,
+            server_id: if self.server_id.is_empty() {
+                None
+            } else {
+                Some(self.server()?)
+            },
             group: self.group.clone(),
             config: self.config.clone(),
             inputs: self.inputs()?,
@@ -319,6 +454,9 @@ impl Task {
             timeout_s: self.timeout_s as u32,
             retries: self.retries as u32,
             retry_delay_s: self.retry_delay_s as u32,
+            retry_backoff: self.retry_backoff,
+            retry_max_delay_s: self.retry_max_delay_s as u32,
+            retry_exit_codes: self.retry_exit_codes.clone(),
             delivery: self.delivery,
         })
     }
@@ -332,7 +470,7 @@ mod tests {
         let spec = TaskSpec {
             id: TaskId::new(),
             name: "a".into(),
-            server_id: ServerId::parse("s").unwrap(),
+            server_id: Some(ServerId::parse("s").unwrap()),
             group: "script".into(),
             config: String::new(),
             inputs: Map::new(),
@@ -343,6 +481,9 @@ mod tests {
             timeout_s: 60,
             retries: 0,
             retry_delay_s: 0,
+            retry_backoff: 1.0,
+            retry_max_delay_s: 3600,
+            retry_exit_codes: None,
             delivery: Delivery::AtLeastOnce,
         };
         Task::new(WorkflowId::new(), &spec, 1)
@@ -380,6 +521,80 @@ mod tests {
             (t.state(), t.attempt, t.started_at),
             (TaskState::Waiting, 2, None)
         );
+    }
+
+    #[test]
+    fn retry_delays_grow_to_their_cap() {
+        let mut t = task();
+        t.retries = 5;
+        t.retry_delay_s = 2;
+        t.retry_backoff = 3.0;
+        t.retry_max_delay_s = 30;
+        let delays: Vec<i64> = (0..5)
+            .map(|n| {
+                t.failures = n;
+                t.retry_delay_us(Failure::Exit(1), 0.0).unwrap()
+            })
+            .collect();
+        assert_eq!(
+            delays,
+            [2_000_000, 6_000_000, 18_000_000, 30_000_000, 30_000_000]
+        );
+        t.failures = 0;
+        let lo = t.retry_delay_us(Failure::Exit(1), -0.5).unwrap();
+        let hi = t.retry_delay_us(Failure::Exit(1), 0.5).unwrap();
+        assert_eq!((lo, hi), (1_800_000, 2_200_000), "jitter is within 10 %");
+        t.failures = 5;
+        assert_eq!(
+            t.retry_delay_us(Failure::TimedOut, 0.0),
+            None,
+            "no retries left"
+        );
+    }
+
+    #[test]
+    fn retry_exit_codes_filter_only_the_tasks_own_failures() {
+        let mut t = task();
+        t.retries = 1;
+        t.retry_exit_codes = Some(vec![75]);
+        assert!(t.retry_delay_us(Failure::Exit(75), 0.0).is_some());
+        assert!(t.retry_delay_us(Failure::Exit(1), 0.0).is_none());
+        assert!(t.retry_delay_us(Failure::TimedOut, 0.0).is_some());
+        assert!(t.retry_delay_us(Failure::Lost, 0.0).is_some());
+        t.group = APPROVAL_GROUP.into();
+        assert!(t.retry_delay_us(Failure::TimedOut, 0.0).is_none(), "gates");
+    }
+
+    #[test]
+    fn a_rerun_waits_for_release_and_renews_the_retries() {
+        let mut t = task();
+        t.dispatch(2).unwrap();
+        t.failures = 1;
+        t.finish(TaskState::Failed, 3).unwrap();
+        t.rerun(4).unwrap();
+        assert!(t.awaits_release());
+        assert_eq!(
+            (t.state(), t.attempt, t.failures, t.finished_at),
+            (TaskState::Waiting, 1, 0, None)
+        );
+        t.dispatch(5).unwrap();
+        assert_eq!(t.attempt, 2, "attempts count on");
+        assert!(t.rerun(6).is_err(), "not ended");
+        t.finish(TaskState::Succeeded, 7).unwrap();
+        assert!(t.rerun(8).is_err(), "succeeded");
+    }
+
+    #[test]
+    fn a_held_attempt_waits_for_release_again() {
+        let mut t = task();
+        t.dispatch_at(2, 10).unwrap();
+        assert_eq!(t.next_attempt_at, Some(10));
+        assert!(!t.awaits_release());
+        assert!(!t.hold(3).unwrap());
+        assert!(t.awaits_release());
+        t.dispatch(4).unwrap();
+        assert!(t.confirm_published(2, 5).unwrap());
+        assert!(t.released());
     }
 
     #[test]

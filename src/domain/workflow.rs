@@ -15,9 +15,12 @@ pub struct Workflow {
     pub description: Option<String>,
     /// Cancelled through the API: it takes no new tasks.
     pub cancelled: bool,
+    /// Paused through the API: nothing more of it is published until a
+    /// resume (tasks already out go on).
+    pub paused: bool,
     /// Microseconds since the epoch.
     pub created_at: i64,
-    /// The last change of its name, description or cancel flag.
+    /// The last change of its name, description, cancel or pause flag.
     pub updated_at: i64,
 }
 
@@ -29,6 +32,7 @@ impl Workflow {
             name,
             description,
             cancelled: false,
+            paused: false,
             created_at: now,
             updated_at: now,
         }
@@ -40,6 +44,28 @@ impl Workflow {
             return false;
         }
         self.cancelled = true;
+        self.updated_at = now;
+        true
+    }
+}
+
+impl Workflow {
+    /// Pauses it; returns whether it was running unpaused before.
+    pub fn pause(&mut self, now: i64) -> bool {
+        if self.paused || self.cancelled {
+            return false;
+        }
+        self.paused = true;
+        self.updated_at = now;
+        true
+    }
+
+    /// Resumes it; returns whether it was paused.
+    pub fn resume(&mut self, now: i64) -> bool {
+        if !self.paused {
+            return false;
+        }
+        self.paused = false;
         self.updated_at = now;
         true
     }

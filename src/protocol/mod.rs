@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::domain::{Corrupt, Delivery, OutputSpec, ServerId, Task, TaskId, WorkflowId};
+use crate::domain::{Corrupt, Delivery, OutputSpec, ServerId, Task, TaskId, TaskState, WorkflowId};
 
 mod notification;
 pub use notification::{Notification, TaskEndPayload, WorkflowEndPayload, timestamp};
@@ -509,6 +509,22 @@ pub struct TaskResult {
     /// The worker killed the task at its `timeout_s`.
     #[serde(default, skip_serializing_if = "is_false")]
     pub timed_out: bool,
+    /// Only for an approval gate a person decided: who said what, when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub decision: Option<Decision>,
+}
+
+/// A person's decision on an approval gate (SPEC 7.3).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Decision {
+    /// `approved` or `rejected`.
+    pub decision: String,
+    /// What the person said, if anything.
+    #[schema(required)]
+    pub comment: Option<String>,
+    /// When (RFC 3339).
+    pub at: String,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -560,6 +576,7 @@ impl TaskResult {
             error: None,
             attempt,
             timed_out: false,
+            decision: None,
         }
     }
 
@@ -623,8 +640,20 @@ impl TaskResult {
         }
     }
 
-    /// SPEC 2: succeeded iff exit code 0, no error, and no declared
-    /// `error_output` came back non-empty.
+    /// The state an attempt with this result ends in (before any retry):
+    /// `succeeded`, `timed_out` or `failed`.
+    pub fn end(&self, declared: &[OutputSpec]) -> TaskState {
+        if self.succeeded(declared) {
+            TaskState::Succeeded
+        } else if self.timed_out {
+            TaskState::TimedOut
+        } else {
+            TaskState::Failed
+        }
+    }
+
+    /// Whether this result is a success: exit code 0, no error, not timed
+    /// out, and no declared `error_output` came back non-empty.
     pub fn succeeded(&self, declared: &[OutputSpec]) -> bool {
         self.exit_code == 0
             && self.error.is_none()

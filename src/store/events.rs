@@ -54,7 +54,8 @@ pub(super) fn bind<'q>(q: AnyQuery<'q>, e: &'q NewEvent, now: i64) -> AnyQuery<'
             .bind(workflow_id.to_string())
             .bind(Some(task_id.to_string()))
             .bind(Some(task_name.as_str()))
-            .bind(Some(server_id.as_str()))
+            // An approval gate has no server.
+            .bind((!server_id.is_empty()).then_some(server_id.as_str()))
             .bind(state.as_str())
             .bind(Some(*attempt))
             .bind(now)

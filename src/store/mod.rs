@@ -24,6 +24,7 @@
 //! relay claims rows with `FOR UPDATE SKIP LOCKED` and a lease
 //! ([`Store::due_outbox`]), so two relays never publish the same row at once.
 
+pub mod attempts;
 pub mod deps;
 pub mod events;
 pub mod outbox;
@@ -41,9 +42,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use sqlx::AnyPool;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 
+pub use attempts::{AttemptRow, NewAttempt};
 pub use events::{EventRow, NewEvent};
 pub use outbox::{NewMessage, OutboxItem, OutboxKind, Queued};
 pub use servers::ServerRow;
+pub use tasks::ReplyContext;
 pub use tx::WriteTx;
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");

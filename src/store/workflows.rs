@@ -11,7 +11,7 @@ use crate::domain::{TaskId, Workflow, WorkflowId};
 
 macro_rules! workflow_columns {
     () => {
-        "id, name, description, cancelled, created_at, updated_at"
+        "id, name, description, cancelled, paused, created_at, updated_at"
     };
 }
 
@@ -22,6 +22,7 @@ fn decode(row: &AnyRow) -> Result<Workflow, StoreError> {
         name: row.try_get("name")?,
         description: row.try_get("description")?,
         cancelled: row.try_get::<i64, _>("cancelled")? != 0,
+        paused: row.try_get::<i64, _>("paused")? != 0,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
     })
@@ -71,13 +72,14 @@ impl WriteTx {
     /// A database failure.
     pub async fn insert_workflow(&mut self, w: &Workflow) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO workflows (id, name, description, cancelled, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO workflows (id, name, description, cancelled, paused, created_at, \
+             updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(w.id.to_string())
         .bind(&w.name)
         .bind(&w.description)
         .bind(i64::from(w.cancelled))
+        .bind(i64::from(w.paused))
         .bind(w.created_at)
         .bind(w.updated_at)
         .execute(&mut *self.tx)
@@ -111,20 +113,21 @@ impl WriteTx {
         row.as_ref().map(decode).transpose()
     }
 
-    /// Writes name, description, cancelled and updated_at.
+    /// Writes name, description, the cancel and pause flags and updated_at.
     ///
     /// # Errors
     /// A database failure.
     pub async fn update_workflow(&mut self, w: &Workflow) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE workflows SET name = $2, description = $3, cancelled = $4, updated_at = $5 \
-             WHERE id = $1",
+            "UPDATE workflows SET name = $2, description = $3, cancelled = $4, paused = $6, \
+             updated_at = $5 WHERE id = $1",
         )
         .bind(w.id.to_string())
         .bind(&w.name)
         .bind(&w.description)
         .bind(i64::from(w.cancelled))
         .bind(w.updated_at)
+        .bind(i64::from(w.paused))
         .execute(&mut *self.tx)
         .await?;
         Ok(())
@@ -138,6 +141,13 @@ impl WriteTx {
         let id = id.to_string();
         sqlx::query(
             "DELETE FROM outbox WHERE kind = 'task' AND task_id IN \
+             (SELECT id FROM tasks WHERE workflow_id = $1)",
+        )
+        .bind(&id)
+        .execute(&mut *self.tx)
+        .await?;
+        sqlx::query(
+            "DELETE FROM task_attempts WHERE task_id IN \
              (SELECT id FROM tasks WHERE workflow_id = $1)",
         )
         .bind(&id)
@@ -158,6 +168,32 @@ impl WriteTx {
             .execute(&mut *self.tx)
             .await?;
         Ok(())
+    }
+
+    /// Which of `workflows` are paused.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn paused_workflows(
+        &mut self,
+        workflows: &[WorkflowId],
+    ) -> Result<Vec<WorkflowId>, StoreError> {
+        let mut out = Vec::new();
+        for chunk in workflows.chunks(MAX_IN) {
+            let list = InList::new(chunk);
+            let sql = format!(
+                "SELECT id FROM workflows WHERE paused <> 0 AND id IN ({})",
+                Params::new(self.backend).list(list.len())
+            );
+            let mut q = query(sql, list.len() == MAX_IN, list.len());
+            for id in list.values() {
+                q = q.bind(id.to_string());
+            }
+            for row in q.fetch_all(&mut *self.tx).await? {
+                out.push(parse_id(&row.try_get::<String, _>("id")?)?);
+            }
+        }
+        Ok(out)
     }
 
     /// Locks, until this transaction ends, the workflows of `tasks` (see

@@ -363,7 +363,7 @@ async fn a_revoked_server_cannot_reconnect_and_its_tasks_are_cancelled() {
     assert_eq!(app.task(&wf_id, "t").await.state, "cancelled");
     assert_eq!(app.task(&wf_id, "after").await.state, "skipped");
     let cleanup = app.wait_task_state(&wf_id, "cleanup", "queued").await;
-    assert_eq!(cleanup.server_id, other);
+    assert_eq!(cleanup.server(), other);
     let r = app.get(&format!("/v1/servers/{gone}")).await;
     assert_error(&r, StatusCode::NOT_FOUND, "not_found");
     guard.run().await;

@@ -37,6 +37,7 @@ pub struct WorkflowOut {
     pub name: String,
     pub description: Option<String>,
     pub state: String,
+    pub paused: bool,
     pub task_counts: TaskCountsOut,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
@@ -76,7 +77,8 @@ pub struct TaskOut {
     pub id: TaskId,
     pub workflow_id: WorkflowId,
     pub name: String,
-    pub server_id: String,
+    /// Null for an approval gate.
+    pub server_id: Option<String>,
     pub group: String,
     pub config: String,
     pub inputs: Map<String, Value>,
@@ -87,6 +89,10 @@ pub struct TaskOut {
     pub timeout_s: i64,
     pub retries: i64,
     pub retry_delay_s: i64,
+    pub retry_backoff: f64,
+    pub retry_max_delay_s: i64,
+    pub retry_exit_codes: Option<Vec<i64>>,
+    pub next_attempt_at: Option<Timestamp>,
     pub state: String,
     pub attempt: i64,
     pub result: Option<ResultOut>,
@@ -102,6 +108,15 @@ pub struct TaskOut {
 }
 
 impl TaskOut {
+    /// The server, which the test expects there (not an approval gate).
+    #[track_caller]
+    pub fn server(&self) -> &str {
+        match &self.server_id {
+            Some(s) => s,
+            None => panic!("task {} has no server: {self:?}", self.name),
+        }
+    }
+
     /// The result, which the test expects there.
     #[track_caller]
     pub fn result(&self) -> &ResultOut {
@@ -160,6 +175,35 @@ pub struct ResultOut {
     pub attempt: u32,
     #[serde(default)]
     pub timed_out: bool,
+    /// Only for an approval gate a person decided.
+    #[serde(default)]
+    pub decision: Option<DecisionOut>,
+}
+
+/// A person's decision on an approval gate.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionOut {
+    pub decision: String,
+    pub comment: Option<String>,
+    pub at: Timestamp,
+}
+
+/// `GET .../tasks/{task}/attempts`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttemptsOut {
+    pub current_attempt: i64,
+    pub attempts: Vec<AttemptOut>,
+}
+
+/// One attempt's result.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttemptOut {
+    pub attempt: i64,
+    pub state: String,
+    pub result: ResultOut,
 }
 
 /// `GET /v1/workflows`.

@@ -52,6 +52,19 @@ pub(super) async fn by_ref(
     row.as_ref().map(decode).transpose()
 }
 
+/// A task a reply is about, with what recording the reply needs to know.
+#[derive(Debug, Clone)]
+pub struct ReplyContext {
+    /// The task as stored.
+    pub task: Task,
+    /// Whether any task depends on it.
+    pub has_dependents: bool,
+    /// Whether its workflow is paused.
+    pub paused: bool,
+    /// Its server's row, if the server is known.
+    pub server: Option<ServerRow>,
+}
+
 /// Task counts from `(state, n)` rows of a `GROUP BY state`.
 fn counts_of(rows: &[AnyRow]) -> Result<TaskCounts, StoreError> {
     let mut counts = TaskCounts::default();
@@ -162,6 +175,10 @@ impl WriteTx {
                 .bind(&id)
                 .execute(&mut *self.tx)
                 .await?;
+            sqlx::query("DELETE FROM task_attempts WHERE task_id = $1")
+                .bind(&id)
+                .execute(&mut *self.tx)
+                .await?;
             sqlx::query("DELETE FROM task_deps WHERE task_id = $1 OR dep_id = $1")
                 .bind(&id)
                 .execute(&mut *self.tx)
@@ -232,6 +249,23 @@ impl WriteTx {
         rows.iter().map(decode).collect()
     }
 
+    /// Every task of a workflow, in id order (an operator's action on the
+    /// whole workflow: rerun, resume).
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn workflow_tasks(&mut self, workflow: WorkflowId) -> Result<Vec<Task>, StoreError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            task_columns!(),
+            " FROM tasks WHERE workflow_id = $1 ORDER BY id"
+        ))
+        .bind(workflow.to_string())
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.iter().map(decode).collect()
+    }
+
     /// How many tasks a workflow holds.
     ///
     /// # Errors
@@ -260,15 +294,15 @@ impl WriteTx {
     }
 
     /// The tasks a batch of replies is about, each with whether any task
-    /// depends on it and its server's row (`None`: not known): one query
-    /// per chunk of ids.
+    /// depends on it, whether its workflow is paused, and its server's row
+    /// (`None`: not known): one query per chunk of ids.
     ///
     /// # Errors
     /// A database failure.
     pub async fn tasks_for_replies(
         &mut self,
         ids: &[TaskId],
-    ) -> Result<Vec<(Task, bool, Option<ServerRow>)>, StoreError> {
+    ) -> Result<Vec<ReplyContext>, StoreError> {
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(MAX_IN) {
             let list = InList::new(chunk);
@@ -279,8 +313,10 @@ impl WriteTx {
                     ", CAST(CASE WHEN EXISTS (SELECT 1 FROM task_deps d WHERE d.dep_id = t.id) ",
                     "THEN 1 ELSE 0 END AS BIGINT) AS has_dependents, ",
                     "s.server_id AS s_server_id, s.kind AS s_kind, s.registered AS s_registered, ",
-                    "s.last_seen AS s_last_seen, s.created_at AS s_created_at ",
-                    "FROM tasks t LEFT JOIN servers s ON s.server_id = t.server_id ",
+                    "s.last_seen AS s_last_seen, s.created_at AS s_created_at, ",
+                    "w.paused AS w_paused ",
+                    "FROM tasks t JOIN workflows w ON w.id = t.workflow_id ",
+                    "LEFT JOIN servers s ON s.server_id = t.server_id ",
                     "WHERE t.id IN ({})"
                 ),
                 Params::new(self.backend).list(list.len())
@@ -291,7 +327,13 @@ impl WriteTx {
             }
             for row in q.fetch_all(&mut *self.tx).await? {
                 let flag: i64 = row.try_get("has_dependents")?;
-                out.push((decode(&row)?, flag != 0, ServerRow::from_joined(&row)?));
+                let paused: i64 = row.try_get("w_paused")?;
+                out.push(ReplyContext {
+                    task: decode(&row)?,
+                    has_dependents: flag != 0,
+                    paused: paused != 0,
+                    server: ServerRow::from_joined(&row)?,
+                });
             }
         }
         Ok(out)
@@ -334,7 +376,8 @@ impl WriteTx {
         let rows = sqlx::query(concat!(
             "SELECT ",
             task_columns!(),
-            " FROM tasks WHERE state = 'running' AND COALESCE(last_heartbeat_at, started_at, 0) < $1 \
+            " FROM tasks WHERE state = 'running' AND task_group <> 'bora.approval' \
+             AND COALESCE(last_heartbeat_at, started_at, 0) < $1 \
              ORDER BY id LIMIT 1000"
         ))
         .bind(cutoff)

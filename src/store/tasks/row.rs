@@ -17,13 +17,15 @@ macro_rules! task_columns {
         "id, workflow_id, name, server_id, task_group, config, inputs, resolved_inputs, \
          outputs, options, on_dependency_failure, timeout_s, retries, retry_delay_s, delivery, state, attempt, \
          failures, redeliveries, result, created_at, queued_at, started_at, finished_at, \
-         last_heartbeat_at, updated_at"
+         last_heartbeat_at, updated_at, retry_backoff, retry_max_delay_s, retry_exit_codes, \
+         next_attempt_at, released"
     };
     (t) => {
         "t.id, t.workflow_id, t.name, t.server_id, t.task_group, t.config, t.inputs, \
          t.resolved_inputs, t.outputs, t.options, t.on_dependency_failure, t.timeout_s, t.retries, t.retry_delay_s, \
          t.delivery, t.state, t.attempt, t.failures, t.redeliveries, t.result, t.created_at, \
-         t.queued_at, t.started_at, t.finished_at, t.last_heartbeat_at, t.updated_at"
+         t.queued_at, t.started_at, t.finished_at, t.last_heartbeat_at, t.updated_at, \
+         t.retry_backoff, t.retry_max_delay_s, t.retry_exit_codes, t.next_attempt_at, t.released"
     };
 }
 pub(in crate::store) use task_columns;
@@ -33,8 +35,9 @@ pub(in crate::store) const INSERT: &str = "INSERT INTO tasks (id, workflow_id, n
      config, inputs, resolved_inputs, outputs, options, on_dependency_failure, timeout_s, retries, \
      retry_delay_s, \
      delivery, state, attempt, failures, redeliveries, result, created_at, queued_at, \
-     started_at, finished_at, last_heartbeat_at, updated_at) VALUES ";
-pub(in crate::store) const COLS: usize = 26;
+     started_at, finished_at, last_heartbeat_at, updated_at, retry_backoff, retry_max_delay_s, \
+     retry_exit_codes, next_attempt_at, released) VALUES ";
+pub(in crate::store) const COLS: usize = 31;
 /// Makes [`INSERT`] write every column of existing rows.
 pub(in crate::store) const UPSERT: &str = " ON CONFLICT (id) DO UPDATE SET name = excluded.name, \
      server_id = excluded.server_id, task_group = excluded.task_group, \
@@ -47,7 +50,10 @@ pub(in crate::store) const UPSERT: &str = " ON CONFLICT (id) DO UPDATE SET name 
      redeliveries = excluded.redeliveries, result = excluded.result, \
      queued_at = excluded.queued_at, started_at = excluded.started_at, \
      finished_at = excluded.finished_at, last_heartbeat_at = excluded.last_heartbeat_at, \
-     updated_at = excluded.updated_at";
+     updated_at = excluded.updated_at, retry_backoff = excluded.retry_backoff, \
+     retry_max_delay_s = excluded.retry_max_delay_s, \
+     retry_exit_codes = excluded.retry_exit_codes, \
+     next_attempt_at = excluded.next_attempt_at, released = excluded.released";
 
 fn parse<T: FromStr<Err = String>>(s: &str) -> Result<T, StoreError> {
     s.parse().map_err(StoreError::Corrupt)
@@ -84,6 +90,16 @@ pub(in crate::store) fn decode(row: &AnyRow) -> Result<Task, StoreError> {
     t.finished_at = row.try_get("finished_at")?;
     t.last_heartbeat_at = row.try_get("last_heartbeat_at")?;
     t.updated_at = row.try_get("updated_at")?;
+    t.retry_backoff = row.try_get("retry_backoff")?;
+    t.retry_max_delay_s = row.try_get("retry_max_delay_s")?;
+    let codes: Option<String> = row.try_get("retry_exit_codes")?;
+    t.retry_exit_codes = codes
+        .as_deref()
+        .map(serde_json::from_str)
+        .transpose()
+        .map_err(|e| StoreError::Corrupt(format!("retry_exit_codes: {e}")))?;
+    t.next_attempt_at = row.try_get("next_attempt_at")?;
+    t.restore_released(row.try_get::<i64, _>("released")? != 0);
     Ok(t)
 }
 
@@ -115,4 +131,13 @@ pub(in crate::store) fn bind<'q>(q: AnyQuery<'q>, t: &'q Task) -> AnyQuery<'q> {
         .bind(t.finished_at)
         .bind(t.last_heartbeat_at)
         .bind(t.updated_at)
+        .bind(t.retry_backoff)
+        .bind(t.retry_max_delay_s)
+        .bind(
+            t.retry_exit_codes
+                .as_ref()
+                .map(|c| serde_json::Value::from(c.clone()).to_string()),
+        )
+        .bind(t.next_attempt_at)
+        .bind(i64::from(t.released()))
 }

@@ -1,0 +1,87 @@
+//! Pausing and resuming a workflow (SPEC 7.3). While paused nothing more
+//! of it is published: attempts not yet due (and, for `at_least_once`
+//! tasks, those not yet confirmed by the broker) are taken back, and the
+//! release rule and retries hold what becomes ready. Tasks already queued
+//! or running go on. A resume releases what became ready.
+
+use tracing::instrument;
+
+use super::rerun::{WorkflowGraph, refuse_cancelled};
+use super::unit::UnitOfWork;
+use super::{App, AppError, locked_workflow, now_us};
+use crate::domain::{Delivery, TaskId, TaskState, WorkflowId};
+
+impl App {
+    /// Pauses a workflow.
+    ///
+    /// # Errors
+    /// Unknown workflow (404); a cancelled or paused one (409).
+    #[instrument(skip_all, fields(workflow_id = %workflow))]
+    pub async fn pause_workflow(&self, workflow: WorkflowId) -> Result<(), AppError> {
+        let now = now_us();
+        let mut tx = self.begin().await?;
+        let mut wf = locked_workflow(&mut tx, workflow).await?;
+        refuse_cancelled(&wf)?;
+        if !wf.pause(now) {
+            return Err(AppError::conflict(
+                "workflow_paused",
+                format!("workflow {workflow} is paused already"),
+            ));
+        }
+        let mut uow = UnitOfWork::default();
+        uow.workflow_event(workflow, "paused");
+        uow.change_workflow(wf);
+        for mut task in tx.unfinished_tasks(Some(workflow), None).await? {
+            // Handed to the outbox and not confirmed: a retry waiting for
+            // its delay is never out yet; another may be on its way, which
+            // only an `at_least_once` task may risk (it could run twice).
+            let out_later = task.next_attempt_at.is_some_and(|at| at > now);
+            if task.state() != TaskState::Waiting
+                || !task.released()
+                || task.is_gate()
+                || !(out_later || task.delivery == Delivery::AtLeastOnce)
+            {
+                continue;
+            }
+            let moved = task.hold(now)?;
+            uow.keep(&task, moved);
+            uow.drop_publishes(task.id);
+        }
+        self.commit(tx, uow, now).await?;
+        Ok(())
+    }
+
+    /// Resumes a paused workflow: what became ready while it was paused is
+    /// released (a held retry keeps its due time).
+    ///
+    /// # Errors
+    /// Unknown workflow (404); a cancelled one, or one not paused (409).
+    #[instrument(skip_all, fields(workflow_id = %workflow))]
+    pub async fn resume_workflow(&self, workflow: WorkflowId) -> Result<(), AppError> {
+        let now = now_us();
+        let mut tx = self.begin().await?;
+        let mut wf = locked_workflow(&mut tx, workflow).await?;
+        refuse_cancelled(&wf)?;
+        if !wf.resume(now) {
+            return Err(AppError::conflict(
+                "workflow_not_paused",
+                format!("workflow {workflow} is not paused"),
+            ));
+        }
+        let mut uow = UnitOfWork::default();
+        uow.workflow_event(workflow, "resumed");
+        uow.change_workflow(wf);
+        let graph = WorkflowGraph::read(&mut tx, workflow).await?;
+        let ready: Vec<TaskId> = graph
+            .order
+            .iter()
+            .filter(|id| graph.tasks.get(id).is_some_and(|t| t.awaits_release()))
+            .copied()
+            .collect();
+        graph
+            .release(&mut tx, &mut uow, self.config.max_input_bytes, &ready, now)
+            .await?;
+        self.commit(tx, uow, now).await?;
+        Ok(())
+    }
+}
