@@ -1,15 +1,15 @@
 //! Pausing and resuming a workflow (SPEC 7.3). While paused nothing more
-//! of it is published: attempts not yet due (and, for `at_least_once`
-//! tasks, those not yet confirmed by the broker) are taken back, and the
-//! release rule and retries hold what becomes ready. Tasks already queued
-//! or running go on. A resume releases what became ready.
+//! of it is published: retries waiting for their delay are taken back, and
+//! the release rule and retries hold what becomes ready. Tasks already
+//! queued or running go on, and so does a message already due (it is on its
+//! way). A resume releases what became ready.
 
 use tracing::instrument;
 
 use super::rerun::{WorkflowGraph, refuse_cancelled};
 use super::unit::UnitOfWork;
 use super::{App, AppError, locked_workflow, now_us};
-use crate::domain::{Delivery, TaskId, TaskState, WorkflowId};
+use crate::domain::{TaskId, WorkflowId};
 
 impl App {
     /// Pauses a workflow.
@@ -32,20 +32,13 @@ impl App {
         uow.workflow_event(workflow, "paused");
         uow.change_workflow(wf);
         for mut task in tx.unfinished_tasks(Some(workflow), None).await? {
-            // Handed to the outbox and not confirmed: a retry waiting for
-            // its delay is never out yet; another may be on its way, which
-            // only an `at_least_once` task may risk (it could run twice).
-            let out_later = task.next_attempt_at.is_some_and(|at| at > now);
-            if task.state() != TaskState::Waiting
-                || !task.released()
-                || task.is_gate()
-                || !(out_later || task.delivery == Delivery::AtLeastOnce)
-            {
-                continue;
+            // A retry waiting for its delay has not left: it is taken back
+            // (the relay sends a message only once it is due). One that is
+            // due is on its way, as good as queued.
+            if task.next_attempt_at.is_some_and(|at| at > now) && task.withdraw(now) {
+                uow.keep(&task, false);
+                uow.drop_publishes(task.id);
             }
-            let moved = task.hold(now)?;
-            uow.keep(&task, moved);
-            uow.drop_publishes(task.id);
         }
         self.commit(tx, uow, now).await?;
         Ok(())

@@ -243,9 +243,25 @@ impl Task {
         Ok(moved)
     }
 
-    /// Takes back an attempt not published yet, or holds a retry, while
-    /// the workflow is paused: the task waits for the release rule again
-    /// (a resume dispatches it). Returns whether the state moved.
+    /// Takes back a dispatched attempt whose message has not left (a retry
+    /// waiting for its delay) when the workflow is paused: the attempt
+    /// number is given back, and the task waits for the release rule again
+    /// (a resume dispatches it, at `next_attempt_at` at the earliest).
+    /// Returns whether it was taken back: only a `waiting`, released task
+    /// is.
+    pub fn withdraw(&mut self, now: i64) -> bool {
+        if self.state != TaskState::Waiting || !self.released || self.attempt == 0 {
+            return false;
+        }
+        self.attempt -= 1;
+        self.released = false;
+        self.updated_at = now;
+        true
+    }
+
+    /// Holds the next attempt instead of dispatching it, while the
+    /// workflow is paused: the task waits for the release rule again (a
+    /// resume dispatches it). Returns whether the state moved.
     ///
     /// # Errors
     /// The task has ended.
@@ -585,16 +601,30 @@ mod tests {
     }
 
     #[test]
-    fn a_held_attempt_waits_for_release_again() {
+    fn a_withdrawn_attempt_gives_its_number_back() {
         let mut t = task();
-        t.dispatch_at(2, 10).unwrap();
-        assert_eq!(t.next_attempt_at, Some(10));
+        t.dispatch(1).unwrap();
+        t.heartbeat(2).unwrap();
+        t.dispatch_at(3, 10).unwrap();
+        assert_eq!((t.attempt, t.next_attempt_at), (2, Some(10)));
         assert!(!t.awaits_release());
-        assert!(!t.hold(3).unwrap());
+        assert!(t.withdraw(4));
         assert!(t.awaits_release());
-        t.dispatch(4).unwrap();
-        assert!(t.confirm_published(2, 5).unwrap());
+        assert_eq!((t.attempt, t.next_attempt_at), (1, Some(10)));
+        assert!(!t.withdraw(5), "nothing out to take back");
+        t.dispatch(6).unwrap();
+        assert!(t.confirm_published(2, 7).unwrap());
         assert!(t.released());
+    }
+
+    #[test]
+    fn a_held_retry_waits_for_release_again() {
+        let mut t = task();
+        t.dispatch(1).unwrap();
+        t.heartbeat(2).unwrap();
+        assert!(t.hold(3).unwrap(), "running -> waiting is an event");
+        assert!(t.awaits_release());
+        assert_eq!(t.attempt, 1);
     }
 
     #[test]

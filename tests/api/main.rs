@@ -7,6 +7,7 @@ mod e2e;
 mod fuzz;
 mod helpers;
 mod management;
+mod operate;
 mod oslo;
 mod quorum;
 mod refs;

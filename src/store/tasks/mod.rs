@@ -376,6 +376,7 @@ impl WriteTx {
         let rows = sqlx::query(concat!(
             "SELECT ",
             task_columns!(),
+            // An approval gate (domain::APPROVAL_GROUP) has no worker to go silent.
             " FROM tasks WHERE state = 'running' AND task_group <> 'bora.approval' \
              AND COALESCE(last_heartbeat_at, started_at, 0) < $1 \
              ORDER BY id LIMIT 1000"
@@ -387,7 +388,8 @@ impl WriteTx {
     }
 
     /// Queued or running attempts published more than their `timeout_s`
-    /// (plus `grace_us`) before `now`.
+    /// (plus `grace_us`, for a worker's report of its own kill; not for an
+    /// approval gate, which no worker holds) before `now`.
     ///
     /// # Errors
     /// A database failure.
@@ -396,7 +398,9 @@ impl WriteTx {
             "SELECT ",
             task_columns!(),
             " FROM tasks WHERE state IN ('queued', 'running') AND queued_at IS NOT NULL \
-             AND queued_at + timeout_s * 1000000 + $2 < $1 ORDER BY id LIMIT 1000"
+             AND queued_at + timeout_s * 1000000 \
+             + CASE WHEN task_group = 'bora.approval' THEN 0 ELSE $2 END < $1 \
+             ORDER BY id LIMIT 1000"
         ))
         .bind(now)
         .bind(grace_us)
