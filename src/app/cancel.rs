@@ -62,7 +62,7 @@ impl App {
     pub async fn cancel_task(&self, workflow: WorkflowId, reference: &str) -> Result<(), AppError> {
         let now = now_us();
         let mut tx = self.begin().await?;
-        locked_workflow(&mut tx, workflow).await?;
+        let wf = locked_workflow(&mut tx, workflow).await?;
         let task = tx
             .task_by_ref(workflow, reference)
             .await?
@@ -75,6 +75,7 @@ impl App {
             ));
         }
         let mut uow = UnitOfWork::default();
+        uow.note_paused(wf.id, wf.paused);
         let task = cancel(&mut uow, task, now)?;
         walk(
             &mut tx,

@@ -100,6 +100,7 @@ impl App {
                 format!("workflow {} is cancelled: it takes no new tasks", wf.id),
             ));
         }
+        uow.note_paused(wf.id, wf.paused);
         let limit = self.config.max_tasks_per_workflow;
         if existing + tasks.len() as u64 > limit {
             return Err(AppError::invalid(

@@ -86,6 +86,7 @@ impl App {
             ));
         }
         let mut uow = UnitOfWork::default();
+        uow.note_paused(wf.id, wf.paused);
         let mut dependencies = if deps_changed {
             let mut deps = Vec::new();
             for r in &spec.depends_on {

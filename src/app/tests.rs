@@ -236,3 +236,98 @@ async fn a_confirm_moves_only_the_attempts_still_waiting_for_it() {
     assert_eq!(now["a"].state(), TaskState::Queued);
     assert!(now["a"].queued_at.is_some());
 }
+
+async fn workflow_of(tracker: &App, tasks: Value) -> WorkflowId {
+    let new = NewWorkflow {
+        name: "w".into(),
+        description: None,
+        tasks: None,
+    };
+    tracker.create_workflow(new, specs(tasks)).await.unwrap().0
+}
+
+#[tokio::test]
+async fn a_retry_decided_while_paused_is_held_until_the_resume() {
+    let (tracker, _dir) = tracker().await;
+    let wf = workflow_of(
+        &tracker,
+        json!([{"name": "t", "server_id": "s", "retries": 1}]),
+    )
+    .await;
+    let t = by_name(&tracker, wf).await.remove("t").unwrap();
+    tracker.pause_workflow(wf).await.unwrap();
+    tracker.record_replies(&[result(&t, 1)]).await.unwrap();
+    let t = by_name(&tracker, wf).await.remove("t").unwrap();
+    assert_eq!(
+        (t.state(), t.attempt, t.failures),
+        (TaskState::Waiting, 1, 1)
+    );
+    assert!(t.awaits_release(), "held, not dispatched");
+    // Only the first attempt's message (never confirmed here): no second.
+    assert_eq!(
+        outbox(&tracker, wf).await,
+        vec![(OutboxKind::Task, "t".into())]
+    );
+    tracker.resume_workflow(wf).await.unwrap();
+    let t = by_name(&tracker, wf).await.remove("t").unwrap();
+    assert_eq!((t.state(), t.attempt), (TaskState::Waiting, 2));
+    assert!(!t.awaits_release());
+    assert_eq!(
+        outbox(&tracker, wf).await,
+        vec![
+            (OutboxKind::Task, "t".into()),
+            (OutboxKind::Task, "t".into())
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_rerun_resets_the_skipped_dependents_only() {
+    let (tracker, _dir) = tracker().await;
+    let wf = workflow_of(
+        &tracker,
+        json!([
+            {"name": "a", "server_id": "s"},
+            {"name": "b", "server_id": "s", "depends_on": ["a"]},
+            {"name": "c", "server_id": "s", "depends_on": ["b"]},
+            {"name": "d", "server_id": "s", "depends_on": ["a"], "on_dependency_failure": "run"}
+        ]),
+    )
+    .await;
+    let a = by_name(&tracker, wf).await.remove("a").unwrap();
+    tracker.record_replies(&[result(&a, 1)]).await.unwrap();
+    let rows = by_name(&tracker, wf).await;
+    let d = rows["d"].clone();
+    tracker.record_replies(&[result(&d, 1)]).await.unwrap();
+    assert_eq!(
+        states(&by_name(&tracker, wf).await),
+        vec![
+            ("a".into(), TaskState::Failed, 1),
+            ("b".into(), TaskState::Skipped, 0),
+            ("c".into(), TaskState::Skipped, 0),
+            ("d".into(), TaskState::Failed, 1),
+        ]
+    );
+    tracker.rerun_task(wf, "a").await.unwrap();
+    // a runs again; b and c wait for it; d (failed on its own) is left.
+    assert_eq!(
+        states(&by_name(&tracker, wf).await),
+        vec![
+            ("a".into(), TaskState::Waiting, 2),
+            ("b".into(), TaskState::Waiting, 0),
+            ("c".into(), TaskState::Waiting, 0),
+            ("d".into(), TaskState::Failed, 1),
+        ]
+    );
+    let err = tracker.rerun_task(wf, "a").await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            AppError::Conflict {
+                code: "task_not_ended",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
