@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use harness::{TaskOut, TestStore, Vhost, WorkflowOut};
+use harness::{EventOut, TaskOut, TestStore, Vhost, WorkflowOut};
 use procs::*;
 
 const CHAINS: usize = 40;
@@ -1115,4 +1115,235 @@ async fn a_resolved_input_survives_a_killed_dispatcher() {
     assert_eq!(w.state, "succeeded", "{w:?}");
     let app = api.task(&wf, "app").await.expect("a task view");
     assert_eq!(app.result().outputs["seen"], json!("postgres://ref-db/app"));
+}
+
+/// Polls until `log` says `name`'s script started (a task's `running`
+/// comes from the worker's report, before the script is spawned).
+async fn wait_script_started(log: &Path, name: &str) {
+    let t0 = Instant::now();
+    while RunLog::read(log).runs(name) == 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the script of {name} never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The workflow's own events (pause, resume, rerun, cancel), by event id.
+fn workflow_events(events: &[EventOut]) -> Vec<(i64, String)> {
+    events
+        .iter()
+        .filter(|e| e.kind == "workflow")
+        .map(|e| (e.id, e.state.clone()))
+        .collect()
+}
+
+/// SPEC 7.3 under a crash: a pause is state in the store like any other.
+/// The workflow is paused while `a` runs and the dispatcher is killed
+/// (SIGKILL) and restarted; only then does `a`'s script end (it waits for a
+/// go file, some 2 s in all), so its result is recorded by the new process
+/// and must not release `b`, which waits for the resume with the pause
+/// named in its `blocked_by`. The resume releases it and the workflow
+/// succeeds.
+#[tokio::test]
+async fn a_pause_survives_a_killed_dispatcher_and_the_resume_releases_what_became_ready() {
+    let vhost = Vhost::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut serve = Serve::start(dir.path(), &vhost.amqp_url(), &[]).await;
+    let api = Api::new(&serve.base);
+    let _worker = WorkerProc::start(dir.path(), &vhost.amqp_url(), "s", &[]);
+    let log = dir.path().join("runs.log");
+    let go = dir.path().join("go");
+    let wait = format!("while [ ! -e {} ]; do sleep 0.05; done", go.display());
+    let wf = api
+        .create_workflow(json!({"name": "pause-kill", "tasks": [
+            {"name": "a", "server_id": "s", "config": logged_script(&log, "a", &wait)},
+            {"name": "b", "server_id": "s", "depends_on": ["a"],
+             "config": logged_script(&log, "b", "")}
+        ]}))
+        .await;
+    let wf = wf.id();
+    api.wait_task_state(&wf, "a", "running").await;
+    wait_script_started(&log, "a").await;
+    let started = Instant::now();
+
+    let paused: WorkflowOut = harness::parse(
+        "paused workflow",
+        api.post(&format!("/v1/workflows/{wf}/pause"), json!({}))
+            .await,
+    );
+    assert!(paused.paused, "{paused:?}");
+    assert_eq!(paused.state, "running", "{paused:?}");
+    serve.kill9().await;
+    let ready = serve.restart().await;
+    let a = api.task(&wf, "a").await.expect("the dispatcher answers");
+    assert_eq!(a.state, "running", "{a:?}");
+    // The script ends some 2 s after it started.
+    tokio::time::sleep(Duration::from_secs(2).saturating_sub(started.elapsed())).await;
+    std::fs::write(&go, "").unwrap();
+    let a = api.wait_task_state(&wf, "a", "succeeded").await;
+    assert_eq!(a.attempt, 1, "{a:?}");
+
+    // Held for as long as the pause lasts: watched for 3 s after a ended.
+    let t0 = Instant::now();
+    let mut polls = 0;
+    while t0.elapsed() < Duration::from_secs(3) {
+        let w = api.workflow(&wf).await.expect("the dispatcher answers");
+        assert!(w.paused, "the pause was lost: {w:?}");
+        assert_eq!(w.state, "running", "{w:?}");
+        let b = api.task(&wf, "b").await.expect("a task view");
+        assert_eq!(b.state, "waiting", "released while paused: {b:?}");
+        assert_eq!(b.blocked_by, ["workflow paused"], "{b:?}");
+        assert_eq!(b.attempt, 0, "an attempt went out while paused: {b:?}");
+        polls += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        RunLog::read(&log).runs("b"),
+        0,
+        "b's script ran while the workflow was paused"
+    );
+
+    let resumed: WorkflowOut = harness::parse(
+        "resumed workflow",
+        api.post(&format!("/v1/workflows/{wf}/resume"), json!({}))
+            .await,
+    );
+    assert!(!resumed.paused, "{resumed:?}");
+    let w = api.wait_workflow_end(&wf, Duration::from_secs(60)).await;
+    assert_eq!(w.state, "succeeded", "{w:?}");
+    assert!(!w.paused, "{w:?}");
+    let b = api.task(&wf, "b").await.expect("a task view");
+    assert_eq!(b.attempt, 1, "{b:?}");
+
+    let runs = RunLog::read(&log);
+    assert_eq!((runs.runs("a"), runs.runs("b")), (1, 1));
+    let deps = HashMap::from([("b".to_owned(), vec!["a".to_owned()])]);
+    assert!(runs.out_of_order(&deps).is_empty());
+    // The log: paused, then resumed, and b left `waiting` only after the
+    // resume; every task ended once.
+    let events = api.events(&wf).await;
+    let elog = EventLog::new(&events, &deps);
+    for name in ["a", "b"] {
+        assert_eq!(elog.terminal[name], ["succeeded"], "{name}: {events:?}");
+    }
+    let own = workflow_events(&events);
+    let states: Vec<&str> = own.iter().map(|(_, s)| s.as_str()).collect();
+    assert_eq!(states, ["paused", "resumed"], "{events:?}");
+    let resumed_id = own[1].0;
+    let b_left = events
+        .iter()
+        .find(|e| e.task() == "b" && e.state != "waiting")
+        .expect("b left waiting");
+    assert!(
+        b_left.id > resumed_id,
+        "b left waiting before the resume: {events:?}"
+    );
+    println!(
+        "pause + kill -9 while a ran: ready again after {ready:?}; b held through {polls} \
+         polls over 3 s after a ended; resumed, b ran once at attempt 1"
+    );
+    let (code, _) = serve.sigterm().await;
+    assert_eq!(code, 0);
+}
+
+/// SPEC 7.3 under a crash: an approval gate waits in `running` with no
+/// worker and no heartbeat. The dispatcher is killed (SIGKILL) while the
+/// gate waits and restarted with a 2 s heartbeat timeout: the gate must
+/// still wait (not be taken for a lost worker, nor timed out), and the task
+/// after it too. An approval then releases the rest, and the gate's result
+/// keeps the decision and its comment.
+#[tokio::test]
+async fn an_approval_gate_waits_through_a_killed_dispatcher_and_its_approval_releases_the_rest() {
+    let vhost = Vhost::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut serve = Serve::start(
+        dir.path(),
+        &vhost.amqp_url(),
+        &[("BORA__DISPATCH__HEARTBEAT_TIMEOUT_S", "2")],
+    )
+    .await;
+    let api = Api::new(&serve.base);
+    let _worker = WorkerProc::start(dir.path(), &vhost.amqp_url(), "s", &[]);
+    let log = dir.path().join("runs.log");
+    let wf = api
+        .create_workflow(json!({"name": "gate-kill", "tasks": [
+            {"name": "before", "server_id": "s", "config": logged_script(&log, "before", "")},
+            {"name": "gate", "group": "bora.approval", "depends_on": ["before"]},
+            {"name": "after", "server_id": "s", "depends_on": ["gate"],
+             "config": logged_script(&log, "after", "")}
+        ]}))
+        .await;
+    let wf = wf.id();
+    let gate = api.wait_task_state(&wf, "gate", "running").await;
+    assert_eq!(gate.server_id, None, "{gate:?}");
+    assert!(gate.result.is_none(), "{gate:?}");
+
+    serve.kill9().await;
+    let ready = serve.restart().await;
+    // Watched for 5 s: past two heartbeat timeouts of the new process.
+    let t0 = Instant::now();
+    let mut polls = 0;
+    while t0.elapsed() < Duration::from_secs(5) {
+        let g = api.task(&wf, "gate").await.expect("the dispatcher answers");
+        assert_eq!(g.state, "running", "the gate stopped waiting: {g:?}");
+        assert_eq!(g.attempt, 1, "{g:?}");
+        assert!(g.result.is_none(), "{g:?}");
+        let after = api.task(&wf, "after").await.expect("a task view");
+        assert_eq!(after.state, "waiting", "{after:?}");
+        assert_eq!(after.blocked_by, ["gate"], "{after:?}");
+        let w = api.workflow(&wf).await.expect("a workflow view");
+        assert_eq!(w.state, "running", "{w:?}");
+        polls += 1;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(RunLog::read(&log).runs("after"), 0);
+
+    let comment = "change CHG-42 approved by ops";
+    let approved: TaskOut = harness::parse(
+        "approved gate",
+        api.post(
+            &format!("/v1/workflows/{wf}/tasks/gate/approve"),
+            json!({"comment": comment}),
+        )
+        .await,
+    );
+    assert_eq!(approved.state, "succeeded", "{approved:?}");
+    let w = api.wait_workflow_end(&wf, Duration::from_secs(60)).await;
+    assert_eq!(w.state, "succeeded", "{w:?}");
+
+    let gate = api.task(&wf, "gate").await.expect("a task view");
+    let result = gate.result();
+    assert_eq!(result.exit_code, 0, "{gate:?}");
+    assert_eq!(result.error, None, "{gate:?}");
+    let decision = result.decision.as_ref().expect("the decision is kept");
+    assert_eq!(decision.decision, "approved");
+    assert_eq!(decision.comment.as_deref(), Some(comment));
+    assert!(decision.at >= gate.started_at(), "{gate:?}");
+    let after = api.task(&wf, "after").await.expect("a task view");
+    assert_eq!(after.attempt, 1, "{after:?}");
+    assert!(
+        after.started_at() >= gate.finished_at(),
+        "{after:?} {gate:?}"
+    );
+    let runs = RunLog::read(&log);
+    assert_eq!((runs.runs("before"), runs.runs("after")), (1, 1));
+
+    let deps = HashMap::from([
+        ("gate".to_owned(), vec!["before".to_owned()]),
+        ("after".to_owned(), vec!["gate".to_owned()]),
+    ]);
+    let events = api.events(&wf).await;
+    let elog = EventLog::new(&events, &deps);
+    for name in ["before", "gate", "after"] {
+        assert_eq!(elog.terminal[name], ["succeeded"], "{name}: {events:?}");
+    }
+    assert!(elog.out_of_order.is_empty(), "{:?}", elog.out_of_order);
+    println!(
+        "approval gate + kill -9: ready again after {ready:?}; the gate kept waiting through \
+         {polls} polls over 5 s (heartbeat timeout 2 s); approved, after ran once"
+    );
+    let (code, _) = serve.sigterm().await;
+    assert_eq!(code, 0);
 }
