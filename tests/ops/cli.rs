@@ -443,3 +443,270 @@ async fn the_shipped_example_passes_data_between_tasks_and_task_show_says_from_w
     web.finish(&t, 0).await;
     app.wait_workflow_state(&id, "succeeded").await;
 }
+
+/// A run operated from the CLI (SPEC 7.3), with a real worker: `build`
+/// fails with a retryable exit code once and is retried, the gate waits for
+/// `bora task approve`, the workflow is paused and resumed around it,
+/// `deploy` fails with an exit code not to retry and is rerun. Every verb
+/// prints what happened; a refusal exits 1 with the server's code.
+#[tokio::test]
+async fn operating_a_run_pause_resume_approve_attempts_rerun() {
+    let app = spawn_app().await;
+    let marks = app.dir.path().join("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    // Each script fails on its first run (the mark file does not exist
+    // yet) and succeeds on the next.
+    let yaml = format!(
+        r#"
+name: cli-operate
+tasks:
+  - name: build
+    server_id: cli-op
+    retries: 2
+    retry_delay_s: 1
+    retry_backoff: 2.5
+    retry_max_delay_s: 30
+    retry_exit_codes: [75]
+    inputs:
+      MARK: {marks}/build
+    config: |
+      #!/bin/sh
+      if [ ! -e "$MARK" ]; then touch "$MARK"; echo "try again later" >&2; exit 75; fi
+      echo built
+  - name: gate
+    group: bora.approval
+    depends_on: [build]
+  - name: deploy
+    server_id: cli-op
+    depends_on: [gate]
+    retries: 1
+    retry_exit_codes: [75]
+    inputs:
+      MARK: {marks}/deploy
+    config: |
+      #!/bin/sh
+      if [ ! -e "$MARK" ]; then touch "$MARK"; echo "bad config" >&2; exit 3; fi
+      echo deployed
+"#,
+        marks = marks.display()
+    );
+    let file = write_file(app.dir.path(), "operate.yaml", &yaml);
+    let id = bora(&app, &["workflow", "create", "-f", &file])
+        .await
+        .ok()
+        .trim()
+        .to_owned();
+    // The retry policy came through the YAML file.
+    let build = bora(&app, &["task", "show", &id, "build", "--json"])
+        .await
+        .json();
+    assert_eq!(build["retries"], 2, "{build}");
+    assert_eq!(build["retry_backoff"], 2.5, "{build}");
+    assert_eq!(build["retry_max_delay_s"], 30, "{build}");
+    assert_eq!(
+        build["retry_exit_codes"],
+        serde_json::json!([75]),
+        "{build}"
+    );
+    let gate = app.task(&id, "gate").await;
+    assert_eq!(gate.server_id, None, "{gate:?}");
+
+    let watch = client(&app, &["workflow", "watch", &id]).spawn().unwrap();
+    let worker = WorkerProcess::start(&app, "cli-op");
+
+    // build: exit 75 is retryable; the second attempt succeeds and the
+    // gate opens.
+    let gate = app.wait_task_state(&id, "gate", "running").await;
+    assert!(gate.result.is_none(), "{gate:?}");
+    let build = app.task(&id, "build").await;
+    assert_eq!((build.state.as_str(), build.attempt), ("succeeded", 2));
+    let shown = bora(&app, &["task", "show", &id, "gate"]).await;
+    assert!(
+        shown
+            .ok()
+            .contains("an approval gate: waits for `bora task approve` or `bora task reject`"),
+        "{}",
+        shown.stdout
+    );
+
+    let paused = bora(&app, &["workflow", "pause", &id]).await;
+    assert!(
+        paused
+            .ok()
+            .starts_with(&format!("workflow {id} running (paused): ")),
+        "{}",
+        paused.stdout
+    );
+    let again = bora(&app, &["workflow", "pause", &id]).await;
+    assert_eq!(again.code, 1, "{again:?}");
+    assert!(
+        again.stderr.contains("409") && again.stderr.contains("workflow_paused"),
+        "{}",
+        again.stderr
+    );
+
+    // Approved while paused: deploy becomes ready and waits for the resume.
+    let comment = "CHG-7 approved by ops";
+    let approved = bora(
+        &app,
+        &["task", "approve", &id, "gate", "--comment", comment],
+    )
+    .await;
+    assert_eq!(approved.ok(), "task gate succeeded (attempt 1)\n");
+    let deploy = app.task(&id, "deploy").await;
+    assert_eq!(deploy.state, "waiting", "{deploy:?}");
+    assert_eq!(deploy.blocked_by, ["workflow paused"], "{deploy:?}");
+    let why = bora(&app, &["task", "show", &id, "deploy"]).await;
+    let why = why.ok();
+    assert!(
+        why.contains("the workflow is paused: `bora workflow resume` releases it"),
+        "{why}"
+    );
+    assert!(!why.contains("waits for unfinished dependencies"), "{why}");
+    let shown = bora(&app, &["workflow", "show", &id]).await;
+    assert!(
+        shown.ok().contains(
+            "State:       running (paused: nothing more is published until `bora workflow resume`)"
+        ),
+        "{}",
+        shown.stdout
+    );
+    let not_pending = bora(&app, &["task", "approve", &id, "gate"]).await;
+    assert_eq!(not_pending.code, 1, "{not_pending:?}");
+    assert!(
+        not_pending.stderr.contains("409") && not_pending.stderr.contains("approval_not_pending"),
+        "{}",
+        not_pending.stderr
+    );
+    let succeeded = bora(&app, &["task", "rerun", &id, "build"]).await;
+    assert_eq!(succeeded.code, 1, "{succeeded:?}");
+    assert!(
+        succeeded.stderr.contains("409") && succeeded.stderr.contains("task_succeeded"),
+        "{}",
+        succeeded.stderr
+    );
+    // Still held: nothing was published for deploy meanwhile.
+    let deploy = app.task(&id, "deploy").await;
+    assert_eq!((deploy.state.as_str(), deploy.attempt), ("waiting", 0));
+
+    let resumed = bora(&app, &["workflow", "resume", &id]).await;
+    let resumed = resumed.ok();
+    assert!(
+        resumed.starts_with(&format!("workflow {id} running: ")),
+        "{resumed}"
+    );
+    assert!(!resumed.contains("paused"), "{resumed}");
+
+    // deploy: exit 3 is not in retry_exit_codes, so its retry is not used.
+    let failed = app.wait_workflow_state(&id, "failed").await;
+    assert!(!failed.paused, "{failed:?}");
+    let deploy = app.task(&id, "deploy").await;
+    assert_eq!((deploy.state.as_str(), deploy.attempt), ("failed", 1));
+    assert_eq!(deploy.result().exit_code, 3, "{deploy:?}");
+
+    let watched = finish(watch).await;
+    assert_eq!(watched.code, 3, "{watched:?}");
+    for line in [
+        "  workflow paused\n",
+        "  approval gate: waits for a decision\n",
+        "  approval gate: succeeded\n",
+        "  workflow resumed\n",
+        "  task deploy on cli-op: failed (attempt 1)\n",
+        "workflow cli-operate failed: ",
+    ] {
+        assert!(
+            watched.stdout.contains(line),
+            "{line:?} in\n{}",
+            watched.stdout
+        );
+    }
+    // deploy left `waiting` only after the resume.
+    let lines: Vec<&str> = watched.stdout.lines().collect();
+    let at = |pred: &dyn Fn(&str) -> bool| {
+        lines
+            .iter()
+            .position(|l| pred(l))
+            .unwrap_or_else(|| panic!("no such line in\n{}", watched.stdout))
+    };
+    let paused_at = at(&|l| l.ends_with("  workflow paused"));
+    let resumed_at = at(&|l| l.ends_with("  workflow resumed"));
+    let deploy_out = at(&|l| l.contains("  task deploy on cli-op: ") && !l.contains(": waiting"));
+    assert!(
+        paused_at < resumed_at && resumed_at < deploy_out,
+        "{}",
+        watched.stdout
+    );
+
+    let not_paused = bora(&app, &["workflow", "resume", &id]).await;
+    assert_eq!(not_paused.code, 1, "{not_paused:?}");
+    assert!(
+        not_paused.stderr.contains("409") && not_paused.stderr.contains("workflow_not_paused"),
+        "{}",
+        not_paused.stderr
+    );
+    assert_eq!(not_paused.stdout, "");
+
+    // Every attempt of build: the retried failure, then the success.
+    let attempts = bora(&app, &["task", "attempts", &id, "build", "--json"])
+        .await
+        .json();
+    assert_eq!(attempts["current_attempt"], 2, "{attempts}");
+    let summary: Vec<(i64, &str, i64)> = attempts["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["attempt"].as_i64().unwrap(),
+                a["state"].as_str().unwrap(),
+                a["result"]["exit_code"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(summary, [(1, "failed", 75), (2, "succeeded", 0)]);
+    let table = bora(&app, &["task", "attempts", &id, "build"]).await;
+    let rows: Vec<Vec<&str>> = table
+        .ok()
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows[0],
+        ["ATTEMPT", "ENDED", "EXIT", "ERROR", "/", "DECISION"]
+    );
+    assert_eq!(rows[1][..3], ["1", "failed", "75"], "{}", table.stdout);
+    assert_eq!(rows[2][..3], ["2", "succeeded", "0"], "{}", table.stdout);
+    assert_eq!(rows.len(), 3, "{}", table.stdout);
+    let gate_attempts = bora(&app, &["task", "attempts", &id, "gate"]).await;
+    let text = gate_attempts.ok();
+    assert!(text.contains("approved at "), "{text}");
+    assert!(text.ends_with(&format!(": {comment}\n")), "{text}");
+
+    // Rerun the failed task: a new attempt, and the workflow succeeds.
+    let rerun = bora(&app, &["task", "rerun", &id, "deploy", "--json"])
+        .await
+        .json();
+    assert_eq!(rerun["attempt"], 2, "{rerun}");
+    assert_ne!(rerun["state"], "failed", "{rerun}");
+    let done = app.wait_workflow_state(&id, "succeeded").await;
+    assert_eq!(done.task_counts.succeeded, 3, "{done:?}");
+    let attempts = bora(&app, &["task", "attempts", &id, "deploy"]).await;
+    let rows: Vec<Vec<&str>> = attempts
+        .ok()
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 2, "{}", attempts.stdout);
+    assert_eq!(rows[0][..3], ["1", "failed", "3"], "{}", attempts.stdout);
+    assert_eq!(rows[1][..3], ["2", "succeeded", "0"], "{}", attempts.stdout);
+    let nothing = bora(&app, &["workflow", "rerun", &id]).await;
+    assert_eq!(nothing.code, 1, "{nothing:?}");
+    assert!(
+        nothing.stderr.contains("409") && nothing.stderr.contains("nothing_to_rerun"),
+        "{}",
+        nothing.stderr
+    );
+    drop(worker);
+    app.stop().await;
+}

@@ -178,3 +178,32 @@ pub fn write_file(dir: &Path, name: &str, text: &str) -> String {
     std::fs::write(&path, text).unwrap();
     path.display().to_string()
 }
+
+/// A real `bora worker` process for one server of a test app, killed when
+/// dropped (for tests where a script must really run).
+pub struct WorkerProcess {
+    _child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl WorkerProcess {
+    pub fn start(app: &TestApp, server: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let child = Command::new(BORA)
+            .args(["worker", "--server-id", server])
+            .env_remove("BORA_CONFIG")
+            .env("BORA__AMQP__URL", app.vhost.amqp_url())
+            .env("BORA__WORKER__STATE_DIR", dir.path().join("state"))
+            .env("BORA__WORKER__HOOKS_DIR", dir.path().join("hooks"))
+            .env("BORA__WORKER__HEARTBEAT_S", "1")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn bora worker");
+        Self {
+            _child: child,
+            _dir: dir,
+        }
+    }
+}
