@@ -208,3 +208,99 @@ async fn an_oslo_notification_listener_follows_task_and_workflow_ends() {
     assert_eq!(end["payload"]["state"], "failed");
     app.stop().await;
 }
+
+/// Operating a run (SPEC 7.3) through the real oslo.messaging client:
+/// `pause_workflow` and `resume_workflow` around an approval gate approved
+/// with `approve_task` while paused, `reject_task`, `list_attempts`, and
+/// each 409 as a `RemoteError` of class `Conflict` with the message (the
+/// Python side asserts each call; this checks its summary and the store).
+#[tokio::test]
+async fn an_oslo_rpc_client_pauses_resumes_and_approves() {
+    let app = spawn_app().await;
+    let dir = tempfile::tempdir().unwrap();
+    let _bora = start_bora_worker(&app, "oslo-operate", &dir);
+    let out = Command::new(python())
+        .args([
+            script("oslo_client.py").to_str().unwrap(),
+            "--url",
+            &oslo_url(&app),
+            "--operate",
+            "oslo-operate",
+        ])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "oslo client failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(summary["paused"], true, "{summary}");
+    assert_eq!(summary["resumed"], false, "{summary}");
+    assert_eq!(summary["held"]["state"], "waiting", "{summary}");
+    assert_eq!(
+        summary["held"]["blocked_by"],
+        json!(["workflow paused"]),
+        "{summary}"
+    );
+    let conflicts = &summary["conflicts"];
+    let id = summary["workflow"].as_str().unwrap();
+    assert_eq!(
+        conflicts["paused_twice"],
+        format!("workflow {id} is paused already")
+    );
+    assert_eq!(
+        conflicts["not_paused"],
+        format!("workflow {id} is not paused")
+    );
+    assert!(
+        conflicts["not_pending"]
+            .as_str()
+            .unwrap()
+            .contains("does not wait for a decision"),
+        "{summary}"
+    );
+
+    // What the calls did, as REST sees it.
+    let wf = app.workflow(id).await;
+    assert_eq!(wf.state, "succeeded", "{wf:?}");
+    assert!(!wf.paused, "{wf:?}");
+    let gate = app.task(id, "gate").await;
+    let decision = gate.result().decision.clone().expect("a decision");
+    assert_eq!(decision.decision, "approved");
+    assert_eq!(decision.comment.as_deref(), Some("approved from heat"));
+    assert!(app.task(id, "after").await.started_at() >= gate.finished_at());
+    let (status, events) = app.get(&format!("/v1/workflows/{id}/events")).await;
+    assert_eq!(status, 200);
+    let events = events.as_str().unwrap_or_default();
+    let paused = events.find("\"state\":\"paused\"").expect("a paused event");
+    let resumed = events
+        .find("\"state\":\"resumed\"")
+        .expect("a resumed event");
+    assert!(paused < resumed, "{events}");
+    let rejected = app
+        .workflow(summary["rejected_workflow"].as_str().unwrap())
+        .await;
+    assert_eq!(rejected.state, "failed", "{rejected:?}");
+    let (status, attempts) = app
+        .get(&format!(
+            "/v1/workflows/{}/tasks/gate/attempts",
+            summary["rejected_workflow"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(status, 200);
+    let attempts: AttemptsOut = parse("attempts", attempts);
+    assert_eq!(attempts.attempts.len(), 1, "{attempts:?}");
+    let reject = attempts.attempts[0]
+        .result
+        .decision
+        .clone()
+        .expect("a decision");
+    assert_eq!(
+        (reject.decision.as_str(), reject.comment.as_deref()),
+        ("rejected", Some("not today"))
+    );
+    app.stop().await;
+}
