@@ -91,14 +91,7 @@ impl App {
         uow.note_paused(wf.id, wf.paused);
         let id = task.id;
         end_attempt(&mut uow, task, &result, Retry::Never, wf.paused, now)?;
-        walk(
-            &mut tx,
-            &mut uow,
-            self.config.max_input_bytes,
-            vec![id],
-            now,
-        )
-        .await?;
+        walk(&mut tx, &mut uow, &self.config, vec![id], now).await?;
         self.commit(tx, uow, now).await?;
         Ok(())
     }

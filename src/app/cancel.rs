@@ -15,7 +15,7 @@ use crate::store::WriteTx;
 pub(super) fn cancel(uow: &mut UnitOfWork, mut task: Task, now: i64) -> Result<Task, AppError> {
     task.finish(TaskState::Cancelled, now)?;
     uow.keep(&task, true);
-    if task.attempt > 0 && !task.is_gate() {
+    if task.attempt > 0 && !task.runs_nowhere() {
         uow.drop_publishes(task.id);
         // The publish may be in flight right now: always tell the worker.
         uow.tell_cancel(&task, now);
@@ -77,14 +77,16 @@ impl App {
         let mut uow = UnitOfWork::default();
         uow.note_paused(wf.id, wf.paused);
         let task = cancel(&mut uow, task, now)?;
-        walk(
-            &mut tx,
-            &mut uow,
-            self.config.max_input_bytes,
-            vec![task.id],
-            now,
-        )
-        .await?;
+        let mut ended = vec![task.id];
+        if task.is_group() {
+            // Cancelling a group cancels its unfinished children.
+            for child in tx.children_of(task.id).await? {
+                if !child.state().is_terminal() {
+                    ended.push(cancel(&mut uow, child, now)?.id);
+                }
+            }
+        }
+        walk(&mut tx, &mut uow, &self.config, ended, now).await?;
         if task.attempt == 0 {
             uow.delete_task(task.id);
         }

@@ -278,15 +278,7 @@ impl App {
                         .filter_map(|d| existing_states.get(d).map(|s| (*d, *s))),
                 )
                 .collect();
-            decide(
-                tx,
-                uow,
-                self.config.max_input_bytes,
-                task,
-                &dependencies,
-                now,
-            )
-            .await?;
+            decide(tx, uow, &self.config, task, &dependencies, now).await?;
         }
         for i in 0..tasks.len() {
             uow.add_edges(batch_edges[i].iter().map(|&j| (ids[i], ids[j])));

@@ -10,7 +10,8 @@ use crate::domain::{
     APPROVAL_GROUP, DEFAULT_RETRY_MAX_DELAY_S, DEFAULT_TIMEOUT_S, Delivery, FieldError,
     MAX_RETRIES, MAX_RETRY_BACKOFF, MAX_RETRY_DELAY_S, MAX_RETRY_EXIT_CODES, MAX_RETRY_MAX_DELAY_S,
     MAX_TIMEOUT_S, OnDependencyFailure, OutputSpec, ServerId, ServerKind, TaskId, TaskSpec,
-    check_group, check_input_name, check_name, check_output_name, check_text, field_err, ranged,
+    check_group, check_input_name, check_labels, check_name, check_output_name, check_text,
+    field_err, ranged,
 };
 
 /// A registration request (`POST /v1/servers`).
@@ -30,9 +31,16 @@ pub struct NewServer {
 pub struct NewTask {
     /// 1–255 characters, unique in the workflow; defaults to the task's id.
     pub name: Option<String>,
-    /// The server whose worker runs it: 1–64 of `[A-Za-z0-9_-]`. Required,
-    /// except for an approval gate, which has none.
+    /// The server whose worker runs it: 1–64 of `[A-Za-z0-9_-]`. Required
+    /// unless `target` names servers by label; an approval gate has none.
     pub server_id: Option<String>,
+    /// Servers by label instead of `server_id`: `{labels, mode, batch}`.
+    /// `mode: "all"` (the default) makes a group task with one child per
+    /// matching registered server (at most `batch.size` running at once);
+    /// `mode: "any"` runs it once, on an online matching server with the
+    /// fewest unfinished tasks. The match is taken at release.
+    #[schema(value_type = Option<Object>)]
+    pub target: Option<crate::domain::Target>,
     /// How the worker runs it: `script` (the default), `Heat::Ungrouped`,
     /// `std.echo`, `std.noop`, or a hook name; `bora.approval` makes it an
     /// approval gate (no server; ended by approve, reject or `timeout_s`).
@@ -102,20 +110,33 @@ impl NewTask {
             errors.push(field_err(f("group"), e));
         }
         let gate = group == APPROVAL_GROUP;
-        let server_id = match (self.server_id, gate) {
-            (None, true) => None,
-            (Some(_), true) => {
+        let server_id = match (self.server_id, &self.target, gate) {
+            (None, None, true) => None,
+            (Some(_), _, true) | (_, Some(_), true) => {
                 errors.push(field_err(
                     f("server_id"),
-                    format!("an approval gate ({APPROVAL_GROUP}) runs on no server"),
+                    format!(
+                        "an approval gate ({APPROVAL_GROUP}) runs on no server and has no target"
+                    ),
                 ));
                 None
             }
-            (None, false) => {
-                errors.push(field_err(f("server_id"), "is required"));
+            (Some(_), Some(_), false) => {
+                errors.push(field_err(
+                    f("target"),
+                    "give either server_id or target, not both",
+                ));
                 None
             }
-            (Some(raw), false) => match ServerId::parse(&raw) {
+            (None, Some(_), false) => None,
+            (None, None, false) => {
+                errors.push(field_err(
+                    f("server_id"),
+                    "is required (or a target by label)",
+                ));
+                None
+            }
+            (Some(raw), None, false) => match ServerId::parse(&raw) {
                 Ok(s) => Some(s),
                 Err(e) => {
                     errors.push(field_err(f("server_id"), e));
@@ -123,6 +144,14 @@ impl NewTask {
                 }
             },
         };
+        if let Some(t) = &self.target {
+            for e in t.check() {
+                errors.push(field_err(f("target"), e));
+            }
+            if let Err(e) = check_labels(&t.labels) {
+                errors.push(field_err(f("target.labels"), e));
+            }
+        }
         let inputs = self.inputs.unwrap_or_default();
         for k in inputs.keys() {
             if let Err(e) = check_input_name(k) {
@@ -207,11 +236,12 @@ impl NewTask {
                 "an approval gate is not retried: a person decides",
             ));
         }
-        if errors.is_empty() && (gate || server_id.is_some()) {
+        if errors.is_empty() && (gate || server_id.is_some() || self.target.is_some()) {
             Ok(TaskSpec {
                 id,
                 name,
                 server_id,
+                target: self.target,
                 group,
                 config,
                 inputs,
@@ -239,8 +269,11 @@ impl NewTask {
 pub struct TaskPatch {
     /// A new name, unique in the workflow.
     pub name: Option<String>,
-    /// Another server to run on.
+    /// Another server to run on (replaces a target).
     pub server_id: Option<String>,
+    /// Another target by label (replaces a server).
+    #[schema(value_type = Option<Object>)]
+    pub target: Option<crate::domain::Target>,
     /// Another runner: `script`, `Heat::Ungrouped`, `std.echo`, `std.noop`,
     /// or a hook name.
     pub group: Option<String>,
@@ -280,9 +313,18 @@ impl TaskPatch {
     pub fn apply(self, spec: &TaskSpec) -> Result<TaskSpec, Vec<FieldError>> {
         let merged = NewTask {
             name: Some(self.name.unwrap_or_else(|| spec.name.clone())),
-            server_id: self
-                .server_id
-                .or_else(|| spec.server_id.as_ref().map(|s| s.as_str().to_owned())),
+            server_id: match (&self.server_id, &self.target) {
+                (Some(s), _) => Some(s.clone()),
+                // A new target replaces the server.
+                (None, Some(_)) => None,
+                (None, None) => spec.server_id.as_ref().map(|s| s.as_str().to_owned()),
+            },
+            target: match (&self.server_id, self.target) {
+                (_, Some(t)) => Some(t),
+                // A new server replaces the target.
+                (Some(_), None) => None,
+                (None, None) => spec.target.clone(),
+            },
             group: Some(self.group.unwrap_or_else(|| spec.group.clone())),
             config: Some(self.config.unwrap_or_else(|| spec.config.clone())),
             inputs: Some(self.inputs.unwrap_or_else(|| spec.inputs.clone())),

@@ -17,6 +17,7 @@ mod cancel;
 mod confirm;
 mod create;
 mod error;
+mod group;
 pub mod input;
 mod patch;
 mod pause;

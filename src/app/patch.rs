@@ -160,15 +160,7 @@ impl App {
         task.updated_at = now;
         let id = task.id;
         let name = task.name.clone();
-        evaluate(
-            &mut tx,
-            &mut uow,
-            self.config.max_input_bytes,
-            task,
-            dependencies,
-            now,
-        )
-        .await?;
+        evaluate(&mut tx, &mut uow, &self.config, task, dependencies, now).await?;
         self.commit(tx, uow, now).await.map_err(|e| {
             if e.is_unique_violation() {
                 AppError::conflict(

@@ -6,10 +6,11 @@
 
 use tracing::instrument;
 
+use super::group;
 use super::rerun::{WorkflowGraph, refuse_cancelled};
 use super::unit::UnitOfWork;
 use super::{App, AppError, locked_workflow, now_us};
-use crate::domain::{TaskId, WorkflowId};
+use crate::domain::{TaskId, TaskState, WorkflowId};
 
 impl App {
     /// Pauses a workflow.
@@ -65,15 +66,35 @@ impl App {
         uow.workflow_event(workflow, "resumed");
         uow.change_workflow(wf);
         let graph = WorkflowGraph::read(&mut tx, workflow).await?;
+        // A group's children are released by its batch, not by the rule.
         let ready: Vec<TaskId> = graph
             .order
             .iter()
-            .filter(|id| graph.tasks.get(id).is_some_and(|t| t.awaits_release()))
+            .filter(|id| {
+                graph
+                    .tasks
+                    .get(id)
+                    .is_some_and(|t| t.awaits_release() && t.parent_id.is_none())
+            })
             .copied()
             .collect();
         graph
-            .release(&mut tx, &mut uow, self.config.max_input_bytes, &ready, now)
+            .release(&mut tx, &mut uow, &self.config, &ready, now)
             .await?;
+        let open_groups: Vec<TaskId> = graph
+            .order
+            .iter()
+            .filter(|id| {
+                graph
+                    .tasks
+                    .get(id)
+                    .is_some_and(|t| t.is_group() && t.state() == TaskState::Running)
+            })
+            .copied()
+            .collect();
+        for g in open_groups {
+            group::progress(&mut tx, &mut uow, &self.config, g, false, now).await?;
+        }
         self.commit(tx, uow, now).await?;
         Ok(())
     }

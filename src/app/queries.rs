@@ -5,7 +5,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use super::input::{NewTask, NewWorkflow, validate_tasks};
-use super::views::{AttemptView, AttemptsView, TaskView, WorkflowView};
+use super::views::{AttemptView, AttemptsView, ChildView, TaskView, WorkflowView};
 use super::{App, AppError};
 use crate::domain::{Task, TaskState, WorkflowId};
 use crate::protocol::TaskResult;
@@ -83,7 +83,16 @@ impl App {
         let deps = self.store().dependencies(row.id).await?;
         let seen = self.store().server_last_seen(&row.server_id).await?;
         let paused = self.paused(row.workflow_id).await?;
-        Ok(TaskView::new(row, &deps, paused, seen, self.online(seen))?)
+        let (group, parent) = (row.is_group().then_some(row.id), row.parent_id);
+        let mut view = TaskView::new(row, &deps, paused, seen, self.online(seen))?;
+        if let Some(g) = group {
+            let children = self.store().children(Some(g), None).await?;
+            view.children = Some(children.iter().map(ChildView::of).collect());
+        }
+        if let Some(p) = parent {
+            view.parent = self.store().task_names(&[p]).await?.remove(&p);
+        }
+        Ok(view)
     }
 
     /// Whether a workflow is paused (false for one that is gone).
@@ -140,11 +149,35 @@ impl App {
         let servers: Vec<&str> = servers.into_iter().collect();
         let seen = self.store().last_seen_many(&servers).await?;
         let paused = self.paused(workflow).await?;
+        // Groups list their children; children name their group.
+        let mut children: HashMap<crate::domain::TaskId, Vec<ChildView>> = HashMap::new();
+        let mut parents = Vec::new();
+        if rows.iter().any(|r| r.is_group() || r.parent_id.is_some()) {
+            for c in self.store().children(None, Some(workflow)).await? {
+                if let Some(p) = c.parent_id {
+                    children.entry(p).or_default().push(ChildView::of(&c));
+                    parents.push(p);
+                }
+            }
+        }
+        parents.sort_unstable();
+        parents.dedup();
+        let names = if parents.is_empty() {
+            HashMap::new()
+        } else {
+            self.store().task_names(&parents).await?
+        };
         rows.into_iter()
             .map(|row| {
                 let last = seen.get(&row.server_id).copied();
                 let d = deps.get(&row.id).map(Vec::as_slice).unwrap_or(&[]);
-                TaskView::new(row, d, paused, last, self.online(last)).map_err(AppError::from)
+                let (id, group, parent) = (row.id, row.is_group(), row.parent_id);
+                let mut view = TaskView::new(row, d, paused, last, self.online(last))?;
+                if group {
+                    view.children = Some(children.remove(&id).unwrap_or_default());
+                }
+                view.parent = parent.and_then(|p| names.get(&p).cloned());
+                Ok(view)
             })
             .collect()
     }

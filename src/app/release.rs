@@ -9,6 +9,8 @@
 //! in the transaction that dispatches it, or fails without being published
 //! when one cannot be resolved.
 
+use std::collections::BTreeSet;
+
 use serde_json::{Map, Value, json};
 
 use crate::domain::refs::{input_refs, may_hold_refs, output_value};
@@ -16,8 +18,9 @@ use crate::domain::{Readiness, Task, TaskId, TaskState, WorkflowId, readiness};
 use crate::protocol::TaskResult;
 use crate::store::WriteTx;
 
-use super::AppError;
+use super::group;
 use super::unit::UnitOfWork;
+use super::{AppConfig, AppError};
 
 /// What the release rule did to a task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,7 +45,7 @@ pub(crate) enum Released {
 pub(crate) async fn decide(
     tx: &mut WriteTx,
     uow: &mut UnitOfWork,
-    max_input_bytes: usize,
+    cfg: &AppConfig,
     mut task: Task,
     dependencies: &[(TaskId, TaskState)],
     now: i64,
@@ -63,10 +66,28 @@ pub(crate) async fn decide(
             Ok(Released::Waiting)
         }
         Readiness::Dispatch => {
-            match resolve(tx, uow, &task, dependencies, max_input_bytes).await? {
+            match resolve(tx, uow, &task, dependencies, cfg.max_input_bytes).await? {
                 Ok(resolved) => {
                     if resolved.is_some() {
                         task.resolved_inputs = resolved;
+                    }
+                    if task.is_group() {
+                        return group::open(tx, uow, cfg, task, now).await;
+                    }
+                    if task.server_id.is_empty()
+                        && let Some(target) = &mut task.target
+                    {
+                        // Mode `any`: one server, chosen now.
+                        match group::choose_any(tx, cfg, &target.labels, None, now).await? {
+                            Some(server) => {
+                                target.servers = Some(vec![server.clone()]);
+                                task.server_id = server;
+                            }
+                            None => {
+                                let error = group::NO_MATCH.to_owned();
+                                return fail(uow, task, error, now);
+                            }
+                        }
                     }
                     if task.is_gate() {
                         // An approval gate goes to a person, not a queue: it
@@ -83,20 +104,27 @@ pub(crate) async fn decide(
                     uow.publish(&task, at);
                     Ok(Released::Dispatched)
                 }
-                Err(error) => {
-                    let result = TaskResult::error(task.attempt as u32, error);
-                    let text = serde_json::to_string(&result).map_err(|e| {
-                        AppError::Store(crate::store::StoreError::Corrupt(e.to_string()))
-                    })?;
-                    let old = task.keep_result(text, now);
-                    uow.archive(task.id, old);
-                    task.finish(TaskState::Failed, now)?;
-                    uow.keep(&task, true);
-                    Ok(Released::Ended)
-                }
+                Err(error) => fail(uow, task, error, now),
             }
         }
     }
+}
+
+/// Fails `task` at its release, unpublished, with `error` as its result.
+pub(crate) fn fail(
+    uow: &mut UnitOfWork,
+    mut task: Task,
+    error: String,
+    now: i64,
+) -> Result<Released, AppError> {
+    let result = TaskResult::error(task.attempt as u32, error);
+    let text = serde_json::to_string(&result)
+        .map_err(|e| AppError::Store(crate::store::StoreError::Corrupt(e.to_string())))?;
+    let old = task.keep_result(text, now);
+    uow.archive(task.id, old);
+    task.finish(TaskState::Failed, now)?;
+    uow.keep(&task, true);
+    Ok(Released::Ended)
 }
 
 /// Whether `workflow` is paused: as the use case read it under the
@@ -131,6 +159,10 @@ async fn resolve(
     dependencies: &[(TaskId, TaskState)],
     max_input_bytes: usize,
 ) -> Result<Result<Option<String>, String>, AppError> {
+    if task.parent_id.is_some() {
+        // A group's child has its group's values.
+        return Ok(Ok(task.resolved_inputs.clone()));
+    }
     if !may_hold_refs(&task.inputs) {
         return Ok(Ok(None));
     }
@@ -201,21 +233,31 @@ async fn resolve(
 pub(crate) async fn walk(
     tx: &mut WriteTx,
     uow: &mut UnitOfWork,
-    max_input_bytes: usize,
+    cfg: &AppConfig,
     mut frontier: Vec<TaskId>,
     now: i64,
 ) -> Result<(), AppError> {
     while !frontier.is_empty() {
         let found = tx.dependents_many(&frontier).await?;
+        // The groups of children that ended: one may release its next
+        // children, or end (its dependents are walked next).
+        let groups: BTreeSet<TaskId> = frontier
+            .iter()
+            .filter_map(|id| uow.task(*id).and_then(|t| t.parent_id))
+            .collect();
         frontier.clear();
+        for g in groups {
+            if group::progress(tx, uow, cfg, g, true, now).await? {
+                frontier.push(g);
+            }
+        }
         for (row, dependencies) in found {
             let task = uow.task(row.id).cloned().unwrap_or(row);
             if !task.awaits_release() {
                 continue;
             }
             let id = task.id;
-            if decide(tx, uow, max_input_bytes, task, &dependencies, now).await? == Released::Ended
-            {
+            if decide(tx, uow, cfg, task, &dependencies, now).await? == Released::Ended {
                 frontier.push(id);
             }
         }
@@ -233,7 +275,7 @@ pub(crate) async fn walk(
 pub(crate) async fn evaluate(
     tx: &mut WriteTx,
     uow: &mut UnitOfWork,
-    max_input_bytes: usize,
+    cfg: &AppConfig,
     task: Task,
     dependencies: Vec<(TaskId, TaskState)>,
     now: i64,
@@ -243,8 +285,8 @@ pub(crate) async fn evaluate(
         return Ok(());
     }
     let id = task.id;
-    match decide(tx, uow, max_input_bytes, task.clone(), &dependencies, now).await? {
-        Released::Ended => walk(tx, uow, max_input_bytes, vec![id], now).await,
+    match decide(tx, uow, cfg, task.clone(), &dependencies, now).await? {
+        Released::Ended => walk(tx, uow, cfg, vec![id], now).await,
         Released::Waiting => {
             uow.keep(&task, false);
             Ok(())

@@ -188,7 +188,7 @@ impl App {
             verdicts.push(self.record(&mut ctx, &mut uow, incoming, reply, now)?);
         }
         let ended = std::mem::take(&mut ctx.ended_with_dependents);
-        walk(&mut tx, &mut uow, self.config.max_input_bytes, ended, now).await?;
+        walk(&mut tx, &mut uow, &self.config, ended, now).await?;
         let due = self.due_last_seen(&ctx.touched, now);
         tx.touch_servers(&due, now).await?;
         self.commit(tx, uow, now).await?;
@@ -251,9 +251,9 @@ impl App {
         else {
             return Ok(Verdict::Dropped("unknown_task"));
         };
-        if task.is_gate() {
-            // Only a person ends a gate, through the API.
-            return Ok(Verdict::Dropped("approval_gate"));
+        if task.runs_nowhere() {
+            // Only a person ends a gate, and a group ends with its children.
+            return Ok(Verdict::Dropped("no_worker_task"));
         }
         let row = batch.servers.get(&task.server_id);
         if let Err(reason) = authorize(&self.config, incoming, &task.server_id, row) {
@@ -277,9 +277,9 @@ impl App {
             .get(&task.workflow_id)
             .copied()
             .unwrap_or(false);
-        if end_attempt(uow, task, &result, Retry::Policy, paused, now)?
-            && batch.with_dependents.contains(&task_id)
-        {
+        // A group's child that ends moves its group on.
+        let walk_on = batch.with_dependents.contains(&task_id) || task.parent_id.is_some();
+        if end_attempt(uow, task, &result, Retry::Policy, paused, now)? && walk_on {
             batch.ended_with_dependents.push(task_id);
         }
         Ok(Verdict::Recorded)

@@ -8,9 +8,10 @@ use std::collections::{HashMap, HashSet};
 
 use tracing::instrument;
 
+use super::group;
 use super::release::evaluate;
 use super::unit::UnitOfWork;
-use super::{App, AppError, locked_workflow, now_us};
+use super::{App, AppConfig, AppError, locked_workflow, now_us};
 use crate::domain::{Task, TaskId, TaskState, Workflow, WorkflowId};
 use crate::store::WriteTx;
 
@@ -46,6 +47,14 @@ impl WorkflowGraph {
         })
     }
 
+    /// The children of group `group`, in id order.
+    pub fn children(&self, group: TaskId) -> impl Iterator<Item = &Task> {
+        self.order
+            .iter()
+            .filter_map(|id| self.tasks.get(id))
+            .filter(move |t| t.parent_id == Some(group))
+    }
+
     /// Applies the release rule to each of `ids` that awaits release, in
     /// order, with its dependencies' states as `uow` has them (else as
     /// read).
@@ -53,7 +62,7 @@ impl WorkflowGraph {
         &self,
         tx: &mut WriteTx,
         uow: &mut UnitOfWork,
-        max_input_bytes: usize,
+        cfg: &AppConfig,
         ids: &[TaskId],
         now: i64,
     ) -> Result<(), AppError> {
@@ -72,7 +81,7 @@ impl WorkflowGraph {
                 .iter()
                 .filter_map(|d| self.tasks.get(d).map(|t| (*d, t.state())))
                 .collect();
-            evaluate(tx, uow, max_input_bytes, task, deps, now).await?;
+            evaluate(tx, uow, cfg, task, deps, now).await?;
         }
         Ok(())
     }
@@ -123,8 +132,23 @@ impl App {
             _ => {}
         }
         let graph = WorkflowGraph::read(&mut tx, workflow).await?;
-        // The task, then every dependent down the graph that was skipped.
+        // The task (a group's child: with its group, if that ended; a
+        // group: with its children that did not succeed), then every
+        // dependent down the graph that was skipped.
         let mut reset = vec![task.id];
+        if let Some(parent) = task.parent_id.and_then(|p| graph.tasks.get(&p))
+            && parent.state().check_rerun().is_ok()
+        {
+            reset.push(parent.id);
+        }
+        if task.is_group() {
+            reset.extend(
+                graph
+                    .children(task.id)
+                    .filter(|c| c.state().check_rerun().is_ok())
+                    .map(|c| c.id),
+            );
+        }
         let mut seen: HashSet<TaskId> = reset.iter().copied().collect();
         let mut next = 0;
         while next < reset.len() {
@@ -188,7 +212,9 @@ impl App {
     /// Puts every task of `reset` back to `waiting` (an event each, and one
     /// `rerun` event for the workflow), then applies the release rule to
     /// them: all are reset before any is evaluated, so none is skipped
-    /// again for a dependency that is about to run again.
+    /// again for a dependency that is about to run again. A group that had
+    /// children is opened again on the servers it matched (`running`), and
+    /// its reset children are released by its batch, not by the rule.
     async fn rerun(
         &self,
         tx: &mut WriteTx,
@@ -201,14 +227,30 @@ impl App {
             return Ok(());
         };
         uow.workflow_event(first.workflow_id, "rerun");
+        let mut reopened = Vec::new();
+        let mut released = Vec::new();
         for id in reset {
-            if let Some(mut task) = graph.tasks.get(id).cloned() {
-                task.rerun(now)?;
-                uow.keep(&task, true);
+            let Some(mut task) = graph.tasks.get(id).cloned() else {
+                continue;
+            };
+            task.rerun(now)?;
+            if task.is_group() && graph.children(task.id).next().is_some() {
+                task.dispatch(now)?;
+                task.heartbeat(now)?;
+                reopened.push(task.id);
+            } else if let Some(parent) = task.parent_id {
+                if !reopened.contains(&parent) && !reset.contains(&parent) {
+                    reopened.push(parent);
+                }
+            } else {
+                released.push(task.id);
             }
+            uow.keep(&task, true);
         }
-        graph
-            .release(tx, uow, self.config.max_input_bytes, reset, now)
-            .await
+        graph.release(tx, uow, &self.config, &released, now).await?;
+        for g in reopened {
+            group::progress(tx, uow, &self.config, g, false, now).await?;
+        }
+        Ok(())
     }
 }

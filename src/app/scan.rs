@@ -6,11 +6,12 @@ use std::collections::{HashMap, HashSet};
 
 use tracing::{instrument, warn};
 
+use super::group::choose_any;
 use super::release::walk;
 use super::replies::{Retry, again, end_attempt};
 use super::unit::UnitOfWork;
 use super::{App, AppError, now_us};
-use crate::domain::{Delivery, Task, TaskId, TaskState, WorkflowId};
+use crate::domain::{Delivery, TargetMode, Task, TaskId, TaskState, WorkflowId};
 use crate::protocol::TaskResult;
 
 /// What one scan ended.
@@ -81,7 +82,14 @@ impl App {
             }
             warn!(task_id = %task.id, workflow_id = %task.workflow_id, server_id = %task.server_id, attempt = task.attempt, "worker went silent; attempt lost");
             let held = paused.contains(&task.workflow_id);
-            if self.lose(&mut uow, task, heartbeat_timeout_s, held, now)? {
+            // A task aimed at `any` matching server may go to another.
+            let elsewhere = match task.target.as_ref().filter(|t| t.mode == TargetMode::Any) {
+                Some(t) => {
+                    choose_any(&mut tx, &self.config, &t.labels, Some(&task.server_id), now).await?
+                }
+                None => None,
+            };
+            if self.lose(&mut uow, task, heartbeat_timeout_s, held, elsewhere, now)? {
                 ended.push(t.id);
             }
             report.lost += 1;
@@ -106,7 +114,7 @@ impl App {
         if report == ScanReport::default() {
             return Ok(report);
         }
-        walk(&mut tx, &mut uow, self.config.max_input_bytes, ended, now).await?;
+        walk(&mut tx, &mut uow, &self.config, ended, now).await?;
         self.commit(tx, uow, now).await?;
         Ok(report)
     }
@@ -117,19 +125,26 @@ impl App {
     /// fails with `worker lost`, since running it again could run it twice.
     /// The old attempt is cancelled in case its worker is alive but cut off.
     /// While the workflow is `paused`, the new attempt waits for the
-    /// resume. Returns whether the task ended.
+    /// resume. A task aimed at `any` server goes to `elsewhere` if given.
+    /// Returns whether the task ended.
     fn lose(
         &self,
         uow: &mut UnitOfWork,
         mut task: Task,
         silence_s: u64,
         paused: bool,
+        elsewhere: Option<String>,
         now: i64,
     ) -> Result<bool, AppError> {
         uow.tell_cancel(&task, now);
         let max = i64::from(self.config.max_redeliveries);
         if task.delivery == Delivery::AtLeastOnce && task.redeliveries < max {
             task.redeliveries += 1;
+            if let (Some(server), Some(target)) = (elsewhere, &mut task.target) {
+                warn!(task_id = %task.id, from = %task.server_id, to = %server, "a task for any matching server goes to another");
+                target.servers = Some(vec![server.clone()]);
+                task.server_id = server;
+            }
             again(uow, task, now, paused, now)?;
             return Ok(false);
         }

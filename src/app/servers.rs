@@ -53,14 +53,7 @@ impl App {
                 continue;
             }
             let task = cancel(&mut uow, task, now)?;
-            walk(
-                &mut tx,
-                &mut uow,
-                self.config.max_input_bytes,
-                vec![task.id],
-                now,
-            )
-            .await?;
+            walk(&mut tx, &mut uow, &self.config, vec![task.id], now).await?;
             cancelled += 1;
         }
         tx.delete_server(server.as_str()).await?;

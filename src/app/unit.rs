@@ -17,6 +17,8 @@ pub(crate) struct UnitOfWork {
     tasks: HashMap<TaskId, Task>,
     /// Tasks in the order they were first changed (rows are written so).
     order: Vec<TaskId>,
+    /// Tasks created here (not in the store yet).
+    created: Vec<TaskId>,
     /// The events owed, in order.
     events: Vec<NewEvent>,
     /// Messages to queue: (kind, task, attempt then, due at).
@@ -78,6 +80,25 @@ impl UnitOfWork {
             && self.archived.is_empty()
     }
 
+    /// How many tasks of `workflow` this unit of work creates.
+    pub fn created_in(&self, workflow: WorkflowId) -> u64 {
+        self.created
+            .iter()
+            .filter(|id| {
+                self.tasks
+                    .get(id)
+                    .is_some_and(|t| t.workflow_id == workflow)
+            })
+            .count() as u64
+    }
+
+    /// The children of group `group` this unit of work holds.
+    pub fn children_of(&self, group: TaskId) -> impl Iterator<Item = &Task> {
+        self.tasks
+            .values()
+            .filter(move |t| t.parent_id == Some(group))
+    }
+
     /// Keeps `task` as it is now, with an event if it `moved` (a task that
     /// ended is announced).
     pub fn keep(&mut self, task: &Task, moved: bool) {
@@ -95,6 +116,7 @@ impl UnitOfWork {
     /// Keeps a new task (not in the store yet) as it is, with its
     /// creation event (`waiting`).
     pub fn create(&mut self, task: Task) {
+        self.created.push(task.id);
         self.events.push(event_of(&task));
         self.order.push(task.id);
         self.tasks.insert(task.id, task);

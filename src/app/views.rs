@@ -9,8 +9,8 @@ use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
 use crate::domain::{
-    Corrupt, Delivery, OnDependencyFailure, OutputSpec, Task, TaskCounts, TaskId, TaskState,
-    Workflow, WorkflowId, WorkflowState,
+    Corrupt, Delivery, OnDependencyFailure, OutputSpec, Target, Task, TaskCounts, TaskId,
+    TaskState, Workflow, WorkflowId, WorkflowState,
 };
 use crate::protocol::TaskResult;
 
@@ -65,6 +65,31 @@ impl WorkflowView {
     }
 }
 
+/// A group's child, as its group lists it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ChildView {
+    /// `<group>[<server>]`.
+    pub name: String,
+    /// The server it runs on.
+    pub server_id: String,
+    /// Where it stands.
+    pub state: TaskState,
+    /// Its current attempt.
+    pub attempt: i64,
+}
+
+impl ChildView {
+    /// The entry of `child` in its group's list.
+    pub fn of(child: &Task) -> Self {
+        Self {
+            name: child.name.clone(),
+            server_id: child.server_id.clone(),
+            state: child.state(),
+            attempt: child.attempt,
+        }
+    }
+}
+
 /// A dependency of a task and where it stands.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct DependencyView {
@@ -85,9 +110,24 @@ pub struct TaskView {
     pub workflow_id: WorkflowId,
     /// Unique in its workflow.
     pub name: String,
-    /// The server whose worker runs it; null for an approval gate.
+    /// The server whose worker runs it; null for an approval gate, a group
+    /// task, and a task for `any` matching server until it is released.
     #[schema(required)]
     pub server_id: Option<String>,
+    /// The servers it targets by label (`labels`, `mode`, `batch`), with
+    /// `servers`: those matched at its release (for `any`, the one chosen).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, value_type = Option<Object>)]
+    pub target: Option<Target>,
+    /// For a group's child: its group's name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub parent: Option<String>,
+    /// For a group task: its children (one per matched server) and where
+    /// each stands.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub children: Option<Vec<ChildView>>,
     /// The runner or hook that runs it (`bora.approval`: an approval gate).
     pub group: String,
     /// The script body, or the hook's config.
@@ -197,6 +237,9 @@ impl TaskView {
             workflow_id: row.workflow_id,
             name: row.name,
             server_id: (!row.server_id.is_empty()).then_some(row.server_id),
+            target: row.target,
+            parent: None,
+            children: None,
             group: row.group,
             config: row.config,
             depends_on: deps.iter().map(|(n, _)| n.clone()).collect(),

@@ -1,7 +1,8 @@
 //! A workflow's dependency graph as Graphviz DOT or Mermaid: one node per
 //! task, labelled with its name and server and coloured by its state, and an
-//! edge from each dependency to its dependent. Pure functions of the task
-//! views (`depends_on` holds dependency names).
+//! edge from each dependency to its dependent. A group task is one node
+//! labelled with its children's progress (its children are not drawn).
+//! Pure functions of the task views (`depends_on` holds dependency names).
 
 use std::collections::HashMap;
 use std::fmt::Write;
@@ -36,17 +37,56 @@ const STATES: [&str; 8] = [
 
 struct Node<'a> {
     name: &'a str,
-    server: &'a str,
+    /// The server, or what stands for it: a group's progress, a gate.
+    server: String,
     state: &'a str,
     deps: Vec<&'a str>,
+}
+
+/// `3/5 succeeded, 1 running, 1 waiting`: a group's children by state.
+pub fn group_progress(children: &[Value]) -> String {
+    let mut counts: Vec<(&str, usize)> = Vec::new();
+    for c in children {
+        let st = c["state"].as_str().unwrap_or("?");
+        match counts.iter_mut().find(|(s, _)| *s == st) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((st, 1)),
+        }
+    }
+    let done = counts
+        .iter()
+        .find(|(s, _)| *s == "succeeded")
+        .map_or(0, |(_, n)| *n);
+    let mut words = vec![format!("{done}/{} succeeded", children.len())];
+    let order = [
+        "running",
+        "queued",
+        "waiting",
+        "failed",
+        "timed_out",
+        "cancelled",
+        "skipped",
+    ];
+    for st in &order {
+        if let Some((_, n)) = counts.iter().find(|(s, _)| s == st) {
+            words.push(format!("{n} {st}"));
+        }
+    }
+    words.join(", ")
 }
 
 fn nodes(tasks: &[Value]) -> Vec<Node<'_>> {
     tasks
         .iter()
+        .filter(|t| t["parent"].is_null())
         .map(|t| Node {
             name: t["name"].as_str().unwrap_or("?"),
-            server: t["server_id"].as_str().unwrap_or("?"),
+            server: match (&t["server_id"], t["children"].as_array()) {
+                (_, Some(children)) => format!("group: {}", group_progress(children)),
+                (Value::String(s), _) => s.clone(),
+                _ if t["group"] == "bora.approval" => "approval".into(),
+                _ => "?".into(),
+            },
             state: t["state"].as_str().unwrap_or("?"),
             deps: t["depends_on"]
                 .as_array()
@@ -120,7 +160,7 @@ pub fn mermaid(tasks: &[Value]) -> String {
             s,
             "  t{i}[\"{}<br/>{}<br/><i>{}</i>\"]",
             mermaid_text(n.name),
-            mermaid_text(n.server),
+            mermaid_text(&n.server),
             n.state
         );
     }
@@ -165,6 +205,20 @@ mod tests {
         assert!(d.contains("app \\\"x\\\"\\napp-1"), "{d}");
         assert!(d.contains("t0 -> t1;"), "{d}");
         assert!(d.trim_end().ends_with('}'));
+    }
+
+    #[test]
+    fn a_group_is_one_node_with_its_progress() {
+        let tasks = vec![
+            json!({"name": "web", "server_id": null, "state": "running", "depends_on": [],
+                   "children": [{"state": "succeeded"}, {"state": "running"}, {"state": "succeeded"}]}),
+            json!({"name": "web[a]", "server_id": "a", "state": "succeeded", "depends_on": [], "parent": "web"}),
+            json!({"name": "after", "server_id": "b", "state": "waiting", "depends_on": ["web"]}),
+        ];
+        let d = dot("w", &tasks);
+        assert!(d.contains("web\\ngroup: 2/3 succeeded, 1 running\\nrunning"), "{d}");
+        assert!(!d.contains("web[a]"), "{d}");
+        assert!(d.contains("t0 -> t1;"), "{d}");
     }
 
     #[test]

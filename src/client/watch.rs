@@ -92,35 +92,70 @@ impl Progress {
             .count() as u64
     }
 
-    /// What runs, which approvals wait for a decision, and whether the
-    /// workflow is paused.
+    /// The children of the task named `group` (named `group[server]`).
+    fn children_of<'a>(&'a self, group: &'a str) -> impl Iterator<Item = &'a TaskLine> {
+        self.tasks.values().filter(move |t| is_child(t, group))
+    }
+
+    /// Whether `t` is a child of some serverless task here (a group).
+    fn is_a_child(&self, t: &TaskLine) -> bool {
+        self.tasks
+            .values()
+            .any(|g| g.server.is_empty() && is_child(t, &g.name))
+    }
+
+    /// What runs (each group as one line of its children's progress),
+    /// which approvals wait for a decision, and whether the workflow is
+    /// paused.
     fn running(&self) -> String {
-        let running = |gate: bool| -> Vec<String> {
-            self.tasks
-                .values()
-                .filter(|t| t.state == "running" && t.server.is_empty() == gate)
-                .map(|t| {
-                    if gate {
-                        t.name.clone()
-                    } else {
-                        format!("{} on {}", t.name, t.server)
-                    }
-                })
-                .collect()
-        };
         let mut parts = Vec::new();
         if self.paused {
             parts.push("PAUSED (bora workflow resume)".to_owned());
         }
-        let (r, gates) = (running(false), running(true));
-        if !r.is_empty() {
-            parts.push(format!("running: {}", r.join(", ")));
+        let mut running = Vec::new();
+        let mut gates = Vec::new();
+        for t in self.tasks.values().filter(|t| t.state == "running") {
+            if !t.server.is_empty() {
+                if !self.is_a_child(t) {
+                    running.push(format!("{} on {}", t.name, t.server));
+                }
+                continue;
+            }
+            let children: Vec<serde_json::Value> = self
+                .children_of(&t.name)
+                .map(|c| serde_json::json!({"state": c.state}))
+                .collect();
+            if children.is_empty() {
+                gates.push(t.name.clone());
+            } else {
+                parts.push(format!(
+                    "{} {}",
+                    t.name,
+                    super::graph::group_progress(&children)
+                ));
+            }
+        }
+        if !running.is_empty() {
+            parts.insert(
+                usize::from(self.paused),
+                format!("running: {}", running.join(", ")),
+            );
         }
         if !gates.is_empty() {
             parts.push(format!("awaiting approval: {}", gates.join(", ")));
         }
         parts.join("; ")
     }
+}
+
+/// Whether `t` is named `<group>[<its server>]`.
+fn is_child(t: &TaskLine, group: &str) -> bool {
+    !t.server.is_empty()
+        && t.name
+            .strip_prefix(group)
+            .and_then(|rest| rest.strip_prefix('['))
+            .and_then(|rest| rest.strip_suffix(']'))
+            == Some(t.server.as_str())
 }
 
 /// The bars, or nothing when stderr is not a terminal or `--json` was given.
@@ -344,5 +379,25 @@ mod tests {
         );
         p.apply(3, &json!({"kind": "workflow", "state": "resumed"}));
         assert_eq!(p.running(), "awaiting approval: go");
+    }
+
+    #[test]
+    fn a_group_is_one_line_of_its_childrens_progress() {
+        let mut p = Progress::default();
+        let task = |id: &str, name: &str, server: Value, state: &str| {
+            json!({"kind": "task", "task_id": id, "task_name": name, "server_id": server, "state": state})
+        };
+        p.apply(1, &task("g", "web-rollout", Value::Null, "running"));
+        for (i, (s, st)) in [("a", "succeeded"), ("b", "succeeded"), ("c", "succeeded"), ("d", "running"), ("e", "waiting")]
+            .iter()
+            .enumerate()
+        {
+            p.apply(2 + i as i64, &task(s, &format!("web-rollout[{s}]"), json!(s), st));
+        }
+        p.apply(9, &task("x", "other", json!("z"), "running"));
+        assert_eq!(
+            p.running(),
+            "running: other on z; web-rollout 3/5 succeeded, 1 running, 1 waiting"
+        );
     }
 }

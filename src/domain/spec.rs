@@ -181,8 +181,11 @@ pub struct TaskSpec {
     pub id: TaskId,
     /// Unique in the workflow; defaults to the id.
     pub name: String,
-    /// The server whose worker runs it; `None` only for an approval gate.
+    /// The server whose worker runs it; `None` for an approval gate and a
+    /// task with a `target`.
     pub server_id: Option<ServerId>,
+    /// The servers it targets by label instead of one `server_id`.
+    pub target: Option<super::Target>,
     /// The runner or hook that runs it (`script` by default).
     pub group: String,
     /// The script body, or the hook's config.

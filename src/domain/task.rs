@@ -7,6 +7,7 @@
 
 use serde_json::{Map, Value};
 
+use super::target::{Target, TargetMode, child_name};
 use super::{
     APPROVAL_GROUP, Delivery, IllegalTransition, OnDependencyFailure, OutputSpec, ServerId, TaskId,
     TaskSpec, TaskState, WorkflowId,
@@ -44,8 +45,12 @@ pub struct Task {
     /// Unique in its workflow.
     pub name: String,
     /// The target server's id (validated when the spec was); empty for an
-    /// approval gate.
+    /// approval gate, a group task, and an `any` task before its release.
     pub server_id: String,
+    /// The servers it targets by label, and once released those matched.
+    pub target: Option<Target>,
+    /// For a group's child, the group task.
+    pub parent_id: Option<TaskId>,
     /// The runner or hook that runs it.
     pub group: String,
     /// The script or hook configuration.
@@ -124,6 +129,8 @@ impl Task {
             workflow_id,
             name: String::new(),
             server_id: String::new(),
+            target: None,
+            parent_id: None,
             group: String::new(),
             config: String::new(),
             inputs: "{}".into(),
@@ -179,6 +186,47 @@ impl Task {
     /// Whether it is an approval gate: no server, ended by a person.
     pub fn is_gate(&self) -> bool {
         self.group == APPROVAL_GROUP
+    }
+
+    /// Whether it is a group task (`target` with mode `all`): it runs
+    /// nowhere itself; its children, one per matched server, do.
+    pub fn is_group(&self) -> bool {
+        self.target
+            .as_ref()
+            .is_some_and(|t| t.mode == TargetMode::All)
+    }
+
+    /// Whether it runs nowhere itself: an approval gate or a group. Such a
+    /// task goes to `running` at release with no message, and no worker
+    /// can report on it.
+    pub fn runs_nowhere(&self) -> bool {
+        self.is_gate() || self.is_group()
+    }
+
+    /// The child of group task `group` on `server` (a new task, `waiting`
+    /// for the group to release it): the group's spec on one server, with
+    /// the group's resolved inputs.
+    pub fn child(group: &Task, id: TaskId, server: &str, now: i64) -> Self {
+        let mut child = group.clone();
+        child.id = id;
+        child.name = child_name(&group.name, server);
+        child.server_id = server.to_owned();
+        child.target = None;
+        child.parent_id = Some(group.id);
+        child.state = TaskState::Waiting;
+        child.released = false;
+        child.attempt = 0;
+        child.failures = 0;
+        child.redeliveries = 0;
+        child.result = None;
+        child.next_attempt_at = None;
+        child.created_at = now;
+        child.queued_at = None;
+        child.started_at = None;
+        child.finished_at = None;
+        child.last_heartbeat_at = None;
+        child.updated_at = now;
+        child
     }
 
     /// The delay before the next attempt (µs) if the retry policy retries
@@ -284,6 +332,13 @@ impl Task {
     /// The task has not ended, or it succeeded.
     pub fn rerun(&mut self, now: i64) -> Result<(), IllegalTransition> {
         self.state.check_rerun()?;
+        if let Some(t) = &mut self.target
+            && t.mode == TargetMode::Any
+        {
+            // Chosen again at its release.
+            self.server_id.clear();
+            t.servers = None;
+        }
         self.state = TaskState::Waiting;
         self.released = false;
         self.failures = 0;
@@ -375,6 +430,7 @@ impl Task {
             .server_id
             .as_ref()
             .map_or_else(String::new, |s| s.as_str().to_owned());
+        self.target = spec.target.clone();
         self.group = spec.group.clone();
         self.config = spec.config.clone();
         self.inputs = Value::Object(spec.inputs.clone()).to_string();
@@ -455,11 +511,12 @@ impl Task {
         Ok(TaskSpec {
             id: self.id,
             name: self.name.clone(),
-            server_id: if self.server_id.is_empty() {
+            server_id: if self.server_id.is_empty() || self.target.is_some() {
                 None
             } else {
                 Some(self.server()?)
             },
+            target: self.target.clone(),
             group: self.group.clone(),
             config: self.config.clone(),
             inputs: self.inputs()?,
@@ -487,6 +544,7 @@ mod tests {
             id: TaskId::new(),
             name: "a".into(),
             server_id: Some(ServerId::parse("s").unwrap()),
+            target: None,
             group: "script".into(),
             config: String::new(),
             inputs: Map::new(),

@@ -509,6 +509,10 @@ pub struct TaskResult {
     /// The worker killed the task at its `timeout_s`.
     #[serde(default, skip_serializing_if = "is_false")]
     pub timed_out: bool,
+    /// Only for a group task: each matched server's child state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub servers: Option<std::collections::BTreeMap<String, String>>,
     /// Only for an approval gate a person decided: who said what, when.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
@@ -576,6 +580,7 @@ impl TaskResult {
             error: None,
             attempt,
             timed_out: false,
+            servers: None,
             decision: None,
         }
     }

@@ -5,6 +5,7 @@
 
 mod e2e;
 mod fuzz;
+mod groups;
 mod helpers;
 mod management;
 mod operate;

@@ -77,8 +77,17 @@ pub struct TaskOut {
     pub id: TaskId,
     pub workflow_id: WorkflowId,
     pub name: String,
-    /// Null for an approval gate.
+    /// Null for an approval gate and a group task.
     pub server_id: Option<String>,
+    /// A target by label, with the servers matched once released.
+    #[serde(default)]
+    pub target: Option<Value>,
+    /// A group's child names its group.
+    #[serde(default)]
+    pub parent: Option<String>,
+    /// A group lists its children.
+    #[serde(default)]
+    pub children: Option<Vec<ChildOut>>,
     pub group: String,
     pub config: String,
     pub inputs: Map<String, Value>,
@@ -178,6 +187,19 @@ pub struct ResultOut {
     /// Only for an approval gate a person decided.
     #[serde(default)]
     pub decision: Option<DecisionOut>,
+    /// Only for a group: each server's child state.
+    #[serde(default)]
+    pub servers: Option<std::collections::BTreeMap<String, String>>,
+}
+
+/// A group's child as its group lists it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChildOut {
+    pub name: String,
+    pub server_id: String,
+    pub state: String,
+    pub attempt: i64,
 }
 
 /// A person's decision on an approval gate.

@@ -116,6 +116,56 @@ impl Store {
         rows.iter().map(decode).collect()
     }
 
+    /// The children of group `group` (or, with `workflow`, of every group
+    /// of that workflow), in id order.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn children(
+        &self,
+        group: Option<TaskId>,
+        workflow: Option<WorkflowId>,
+    ) -> Result<Vec<Task>, StoreError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            task_columns!(),
+            " FROM tasks WHERE parent_id IS NOT NULL AND ($1 = '' OR parent_id = $1) \
+             AND ($2 = '' OR workflow_id = $2) ORDER BY id"
+        ))
+        .bind(group.map(|g| g.to_string()).unwrap_or_default())
+        .bind(workflow.map(|w| w.to_string()).unwrap_or_default())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(decode).collect()
+    }
+
+    /// The names of tasks by id (a child's group, shown with the child).
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn task_names(
+        &self,
+        ids: &[TaskId],
+    ) -> Result<std::collections::HashMap<TaskId, String>, StoreError> {
+        let mut out = std::collections::HashMap::new();
+        for chunk in ids.chunks(MAX_IN) {
+            let list = InList::new(chunk);
+            let sql = format!(
+                "SELECT id, name FROM tasks WHERE id IN ({})",
+                Params::new(self.backend).list(list.len())
+            );
+            let mut q = query(sql, list.len() == MAX_IN, list.len());
+            for id in list.values() {
+                q = q.bind(id.to_string());
+            }
+            for row in q.fetch_all(&self.pool).await? {
+                let id: String = row.try_get("id")?;
+                out.insert(super::parse_id(&id)?, row.try_get("name")?);
+            }
+        }
+        Ok(out)
+    }
+
     /// Task counts per state of one workflow.
     ///
     /// # Errors
@@ -266,6 +316,51 @@ impl WriteTx {
         rows.iter().map(decode).collect()
     }
 
+    /// The children of a group task, in id order.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn children_of(&mut self, group: TaskId) -> Result<Vec<Task>, StoreError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            task_columns!(),
+            " FROM tasks WHERE parent_id = $1 ORDER BY id"
+        ))
+        .bind(group.to_string())
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.iter().map(decode).collect()
+    }
+
+    /// How many unfinished tasks each of `servers` has (those with none are
+    /// left out): what `any` targeting weighs.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn unfinished_per_server(
+        &mut self,
+        servers: &[&str],
+    ) -> Result<std::collections::HashMap<String, u64>, StoreError> {
+        let mut out = std::collections::HashMap::new();
+        for chunk in servers.chunks(MAX_IN) {
+            let list = InList::new(chunk);
+            let sql = format!(
+                "SELECT server_id, COUNT(*) AS n FROM tasks WHERE server_id IN ({}) \
+                 AND state IN ('waiting', 'queued', 'running') GROUP BY server_id",
+                Params::new(self.backend).list(list.len())
+            );
+            let mut q = query(sql, list.len() == MAX_IN, list.len());
+            for s in list.values() {
+                q = q.bind(*s);
+            }
+            for row in q.fetch_all(&mut *self.tx).await? {
+                let n: i64 = row.try_get("n")?;
+                out.insert(row.try_get("server_id")?, n as u64);
+            }
+        }
+        Ok(out)
+    }
+
     /// How many tasks a workflow holds.
     ///
     /// # Errors
@@ -376,8 +471,9 @@ impl WriteTx {
         let rows = sqlx::query(concat!(
             "SELECT ",
             task_columns!(),
-            // An approval gate (domain::APPROVAL_GROUP) has no worker to go silent.
-            " FROM tasks WHERE state = 'running' AND task_group <> 'bora.approval' \
+            // A task with no server (an approval gate, a group) has no
+            // worker to go silent.
+            " FROM tasks WHERE state = 'running' AND server_id <> '' \
              AND COALESCE(last_heartbeat_at, started_at, 0) < $1 \
              ORDER BY id LIMIT 1000"
         ))
@@ -397,7 +493,9 @@ impl WriteTx {
         let rows = sqlx::query(concat!(
             "SELECT ",
             task_columns!(),
+            // A group (no server, not a gate) ends with its children.
             " FROM tasks WHERE state IN ('queued', 'running') AND queued_at IS NOT NULL \
+             AND (server_id <> '' OR task_group = 'bora.approval') \
              AND queued_at + timeout_s * 1000000 \
              + CASE WHEN task_group = 'bora.approval' THEN 0 ELSE $2 END < $1 \
              ORDER BY id LIMIT 1000"

@@ -18,14 +18,15 @@ macro_rules! task_columns {
          outputs, options, on_dependency_failure, timeout_s, retries, retry_delay_s, delivery, state, attempt, \
          failures, redeliveries, result, created_at, queued_at, started_at, finished_at, \
          last_heartbeat_at, updated_at, retry_backoff, retry_max_delay_s, retry_exit_codes, \
-         next_attempt_at, released"
+         next_attempt_at, released, target, parent_id"
     };
     (t) => {
         "t.id, t.workflow_id, t.name, t.server_id, t.task_group, t.config, t.inputs, \
          t.resolved_inputs, t.outputs, t.options, t.on_dependency_failure, t.timeout_s, t.retries, t.retry_delay_s, \
          t.delivery, t.state, t.attempt, t.failures, t.redeliveries, t.result, t.created_at, \
          t.queued_at, t.started_at, t.finished_at, t.last_heartbeat_at, t.updated_at, \
-         t.retry_backoff, t.retry_max_delay_s, t.retry_exit_codes, t.next_attempt_at, t.released"
+         t.retry_backoff, t.retry_max_delay_s, t.retry_exit_codes, t.next_attempt_at, t.released, \
+         t.target, t.parent_id"
     };
 }
 pub(in crate::store) use task_columns;
@@ -36,8 +37,8 @@ pub(in crate::store) const INSERT: &str = "INSERT INTO tasks (id, workflow_id, n
      retry_delay_s, \
      delivery, state, attempt, failures, redeliveries, result, created_at, queued_at, \
      started_at, finished_at, last_heartbeat_at, updated_at, retry_backoff, retry_max_delay_s, \
-     retry_exit_codes, next_attempt_at, released) VALUES ";
-pub(in crate::store) const COLS: usize = 31;
+     retry_exit_codes, next_attempt_at, released, target, parent_id) VALUES ";
+pub(in crate::store) const COLS: usize = 33;
 /// Makes [`INSERT`] write every column of existing rows.
 pub(in crate::store) const UPSERT: &str = " ON CONFLICT (id) DO UPDATE SET name = excluded.name, \
      server_id = excluded.server_id, task_group = excluded.task_group, \
@@ -53,7 +54,8 @@ pub(in crate::store) const UPSERT: &str = " ON CONFLICT (id) DO UPDATE SET name 
      updated_at = excluded.updated_at, retry_backoff = excluded.retry_backoff, \
      retry_max_delay_s = excluded.retry_max_delay_s, \
      retry_exit_codes = excluded.retry_exit_codes, \
-     next_attempt_at = excluded.next_attempt_at, released = excluded.released";
+     next_attempt_at = excluded.next_attempt_at, released = excluded.released, \
+     target = excluded.target";
 
 fn parse<T: FromStr<Err = String>>(s: &str) -> Result<T, StoreError> {
     s.parse().map_err(StoreError::Corrupt)
@@ -100,6 +102,14 @@ pub(in crate::store) fn decode(row: &AnyRow) -> Result<Task, StoreError> {
         .map_err(|e| StoreError::Corrupt(format!("retry_exit_codes: {e}")))?;
     t.next_attempt_at = row.try_get("next_attempt_at")?;
     t.restore_released(row.try_get::<i64, _>("released")? != 0);
+    let target: Option<String> = row.try_get("target")?;
+    t.target = target
+        .as_deref()
+        .map(serde_json::from_str)
+        .transpose()
+        .map_err(|e| StoreError::Corrupt(format!("target: {e}")))?;
+    let parent: Option<String> = row.try_get("parent_id")?;
+    t.parent_id = parent.as_deref().map(parse_id).transpose()?;
     Ok(t)
 }
 
@@ -140,4 +150,10 @@ pub(in crate::store) fn bind<'q>(q: AnyQuery<'q>, t: &'q Task) -> AnyQuery<'q> {
         )
         .bind(t.next_attempt_at)
         .bind(i64::from(t.released()))
+        .bind(
+            t.target
+                .as_ref()
+                .and_then(|target| serde_json::to_string(target).ok()),
+        )
+        .bind(t.parent_id.map(|p| p.to_string()))
 }
