@@ -14,7 +14,7 @@ use crate::broker::management::{Management, ManagementError, vhost_of};
 use crate::broker::{Broker, BrokerError};
 use crate::config::Settings;
 use crate::domain::broker_user;
-use crate::domain::{ServerId, ServerKind};
+use crate::domain::{Labels, ServerId, ServerKind};
 
 /// A registration or revocation that did not complete; every step is
 /// idempotent, so calling again is safe.
@@ -40,6 +40,10 @@ pub struct Registration {
     pub server_id: ServerId,
     /// What consumes its queue.
     pub kind: ServerKind,
+    /// The labels it carries now: those given, else (a re-registration)
+    /// those it had.
+    #[schema(value_type = std::collections::BTreeMap<String, String>)]
+    pub labels: Labels,
     /// Its broker user: `bora-srv-<server_id>`.
     pub username: String,
     /// Its broker password: random, shown this once, never stored by bora.
@@ -125,7 +129,8 @@ impl Registry {
         })
     }
 
-    /// Registers a server, or rotates the password of a registered one.
+    /// Registers a server, or rotates the password of a registered one;
+    /// `labels` (validated by the caller) replace its labels when given.
     ///
     /// # Errors
     /// The broker or its management API refused or is unreachable; calling
@@ -134,6 +139,7 @@ impl Registry {
         &self,
         server: &ServerId,
         kind: ServerKind,
+        labels: Option<&Labels>,
     ) -> Result<Registration, RegistryError> {
         // Queues first, so the worker can consume as soon as it has its password.
         self.broker.declare_server_queues(server.as_str()).await?;
@@ -171,10 +177,11 @@ impl Registry {
             .await
             .map_err(AppError::from)?
             .is_some_and(|s| s.registered);
-        self.app.register_server(server, kind).await?;
+        let labels = self.app.register_server(server, kind, labels).await?;
         Ok(Registration {
             server_id: server.clone(),
             kind,
+            labels,
             amqp_url: self.url_for(&user, &password),
             username: user,
             password,

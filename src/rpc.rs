@@ -295,7 +295,7 @@ async fn register_server(state: &RpcState, args: &Map<String, Value>) -> Result<
             format!("server_id: {e}"),
         ))
     })?;
-    Ok(to_value(state.registry.register(&id, a.kind).await?))
+    Ok(to_value(state.registry.register(&id, a.kind, None).await?))
 }
 
 /// With API tokens configured, a call must carry one as its context's

@@ -95,7 +95,7 @@ fn api_routes(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(tasks::show, tasks::patch, tasks::cancel))
         .routes(routes!(events::stream))
         .routes(routes!(servers::register, servers::list))
-        .routes(routes!(servers::show, servers::revoke))
+        .routes(routes!(servers::show, servers::patch, servers::revoke))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,

@@ -1,30 +1,19 @@
 //! Handlers of `/v1/servers`: registration (broker credentials returned
-//! once), listing with `last_seen`, and revocation.
+//! once), labels, listing with `last_seen` (filtered by label), and
+//! revocation.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
-use serde::Serialize;
 
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
 use super::extract::JsonBody;
-use super::views::timestamp;
-use crate::app::input::NewServer;
-use crate::domain::{ServerId, ServerKind};
+use crate::app::input::{NewServer, ServerPatch};
+use crate::app::queries::server_id;
+use crate::app::views::{ServerList, ServerView};
+use crate::domain::{FieldError, Labels, parse_label};
 use crate::registration::{Registration, RegistryError};
-use crate::store::ServerRow;
-
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct ServerView {
-    pub server_id: String,
-    pub kind: ServerKind,
-    /// Registered through the API (else only seen in heartbeats).
-    pub registered: bool,
-    pub last_seen: Option<String>,
-    pub online: bool,
-    pub created_at: String,
-}
 
 impl From<RegistryError> for ApiError {
     fn from(e: RegistryError) -> Self {
@@ -42,27 +31,46 @@ impl From<RegistryError> for ApiError {
     }
 }
 
-fn server_id(raw: &str) -> Result<ServerId, ApiError> {
-    ServerId::parse(raw).map_err(|_| ApiError::not_found(format!("server {raw:?} not found")))
-}
-
-impl AppState {
-    fn server_view(&self, row: ServerRow) -> ServerView {
-        ServerView {
-            online: self.app.online(row.last_seen),
-            server_id: row.server_id,
-            kind: row.kind,
-            registered: row.registered,
-            last_seen: row.last_seen.map(timestamp),
-            created_at: timestamp(row.created_at),
+/// The labels `?label=k=v&label=...` asks for: every one must match.
+///
+/// # Errors
+/// 422 `invalid_query` for a parameter other than `label`;
+/// `validation_failed` naming every `label` that is not `key=value` with a
+/// valid key and value, or a key given twice with two values.
+fn wanted_labels(query: Option<&str>) -> Result<Labels, ApiError> {
+    let mut wanted = Labels::new();
+    let mut errors = Vec::new();
+    for (name, value) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        if name != "label" {
+            return Err(ApiError::unprocessable(
+                "invalid_query",
+                format!("unknown query parameter {name:?}: only label=key=value is accepted"),
+            ));
+        }
+        match parse_label(&value) {
+            Ok((k, v)) => {
+                if let Some(other) = wanted.get(&k).filter(|o| **o != v) {
+                    errors.push(FieldError {
+                        field: "label".into(),
+                        message: format!(
+                            "label {k:?} is given as {other:?} and as {v:?}: no server carries both"
+                        ),
+                    });
+                    continue;
+                }
+                wanted.insert(k, v);
+            }
+            Err(message) => errors.push(FieldError {
+                field: "label".into(),
+                message,
+            }),
         }
     }
-}
-
-/// The servers bora knows.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct ServerList {
-    pub servers: Vec<ServerView>,
+    if errors.is_empty() {
+        Ok(wanted)
+    } else {
+        Err(ApiError::validation(errors))
+    }
 }
 
 /// Registers a server: its broker user, permissions and queues. The
@@ -71,24 +79,24 @@ pub struct ServerList {
     request_body = NewServer,
     responses(
         (status = 201, description = "Registered", body = Registration),
-        (status = 200, description = "Already registered: password rotated", body = Registration),
+        (status = 200, description = "Already registered: password rotated (its labels kept unless `labels` is given)", body = Registration),
         (status = 400, description = "Malformed JSON", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 422, description = "Invalid server id or kind", body = ErrorBody),
+        (status = 422, description = "Invalid server id, kind or labels (`validation_failed` names each)", body = ErrorBody),
         (status = 502, description = "The broker did not complete a step", body = ErrorBody),
     ))]
 pub(super) async fn register(
     State(state): State<AppState>,
     JsonBody(new): JsonBody<NewServer>,
 ) -> Result<(StatusCode, Json<Registration>), ApiError> {
-    let id = ServerId::parse(&new.server_id).map_err(|e| {
-        ApiError::validation(vec![crate::domain::FieldError {
-            field: "server_id".into(),
-            message: e,
-        }])
-    })?;
-    let reg = state.registry.register(&id, new.kind).await?;
-    tracing::info!(server_id = %id, kind = new.kind.as_str(), rotated = reg.rotated, "server registered");
+    // Every field is checked before the broker is touched.
+    let new = new.validate()?;
+    let id = &new.server_id;
+    let reg = state
+        .registry
+        .register(id, new.kind, new.labels.as_ref())
+        .await?;
+    tracing::info!(server_id = %id, kind = new.kind.as_str(), rotated = reg.rotated, labels = reg.labels.len(), "server registered");
     let status = if reg.rotated {
         StatusCode::OK
     } else {
@@ -97,16 +105,26 @@ pub(super) async fn register(
     Ok((status, Json(reg)))
 }
 
-/// Every server known: registered, or seen in a heartbeat.
+/// Every server known: registered, or seen in a heartbeat; with `label`,
+/// only those carrying every label given.
 #[utoipa::path(get, path = "/servers", tag = "servers",
-    responses((status = 200, description = "The servers", body = ServerList)))]
-pub(super) async fn list(State(state): State<AppState>) -> Result<Json<ServerList>, ApiError> {
-    let rows = state.store().servers().await?;
-    let servers = rows.into_iter().map(|r| state.server_view(r)).collect();
-    Ok(Json(ServerList { servers }))
+    params(
+        ("label" = Option<Vec<String>>, Query, style = Form, explode,
+            description = "`key=value`; repeatable: a server must carry every label given"),
+    ),
+    responses(
+        (status = 200, description = "The servers", body = ServerList),
+        (status = 422, description = "A label that is not key=value with a valid key and value (`validation_failed`), or another parameter (`invalid_query`)", body = ErrorBody),
+    ))]
+pub(super) async fn list(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<ServerList>, ApiError> {
+    let wanted = wanted_labels(query.as_deref())?;
+    Ok(Json(state.app.servers_view(&wanted).await?))
 }
 
-/// One server, with its last heartbeat.
+/// One server, with its labels and last heartbeat.
 #[utoipa::path(get, path = "/servers/{id}", tag = "servers",
     params(("id" = String, Path, description = "Server id")),
     responses(
@@ -118,12 +136,29 @@ pub(super) async fn show(
     Path(id): Path<String>,
 ) -> Result<Json<ServerView>, ApiError> {
     let id = server_id(&id)?;
-    let row = state
-        .store()
-        .server(id.as_str())
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("server {id} not found")))?;
-    Ok(Json(state.server_view(row)))
+    Ok(Json(state.app.server_view(&id).await?))
+}
+
+/// Changes a registered server's labels: a JSON merge patch of them
+/// (`{"labels": {"role": "web", "old": null}}` sets `role` and removes
+/// `old`). Only the API sets labels, never a worker.
+#[utoipa::path(patch, path = "/servers/{id}", tag = "servers",
+    params(("id" = String, Path, description = "Server id")),
+    request_body = ServerPatch,
+    responses(
+        (status = 200, description = "The server with its labels changed", body = ServerView),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 404, description = "Not a registered server", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 422, description = "A bad label key or value, or more than 32 labels (`validation_failed` names each)", body = ErrorBody),
+    ))]
+pub(super) async fn patch(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(patch): JsonBody<ServerPatch>,
+) -> Result<Json<ServerView>, ApiError> {
+    let id = server_id(&id)?;
+    Ok(Json(state.app.label_server_view(&id, &patch.labels).await?))
 }
 
 /// Revokes a server: deletes its broker user (its connections drop),

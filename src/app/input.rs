@@ -3,9 +3,12 @@
 //! into the domain's specs with every field problem reported at once.
 //! Their OpenAPI schemas are derived here; the field rules are the domain's.
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::AppError;
 use crate::domain::{
     APPROVAL_GROUP, DEFAULT_RETRY_MAX_DELAY_S, DEFAULT_TIMEOUT_S, Delivery, FieldError,
     MAX_RETRIES, MAX_RETRY_BACKOFF, MAX_RETRY_DELAY_S, MAX_RETRY_EXIT_CODES, MAX_RETRY_MAX_DELAY_S,
@@ -13,8 +16,9 @@ use crate::domain::{
     check_group, check_input_name, check_labels, check_name, check_output_name, check_text,
     field_err, ranged,
 };
+use crate::domain::{Labels, MAX_LABEL_LEN, check_label, check_label_count, check_label_key};
 
-/// A registration request (`POST /v1/servers`).
+/// A registration request (`POST /v1/servers`, RPC `register_server`).
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewServer {
@@ -23,6 +27,92 @@ pub struct NewServer {
     /// What consumes its queue; `guest` (a bora worker) by default.
     #[serde(default)]
     pub kind: ServerKind,
+    /// Its labels, key → value: at most 32, keys and values 1–63 of
+    /// `[A-Za-z0-9_.-]`. They replace the labels of a server registered
+    /// already; without them, a registered server keeps its own (a new one
+    /// has none).
+    #[serde(default)]
+    pub labels: Option<BTreeMap<String, String>>,
+}
+
+/// A registration request that passed validation.
+#[derive(Debug, Clone)]
+pub struct ValidServer {
+    /// The server to register.
+    pub server_id: ServerId,
+    /// What consumes its queue.
+    pub kind: ServerKind,
+    /// Its labels, when given (they replace the server's).
+    pub labels: Option<Labels>,
+}
+
+impl NewServer {
+    /// Checks the server id and every label.
+    ///
+    /// # Errors
+    /// `validation_failed` naming every invalid field: `server_id`,
+    /// `labels` (too many), `labels.<key>` (a bad key or value).
+    pub fn validate(self) -> Result<ValidServer, AppError> {
+        let mut errors = Vec::new();
+        let server_id = ServerId::parse(&self.server_id).map_err(|e| field_err("server_id", e));
+        if let Err(e) = &server_id {
+            errors.push(e.clone());
+        }
+        if let Some(labels) = &self.labels {
+            if let Err(e) = check_label_count(labels.len()) {
+                errors.push(field_err("labels", e));
+            }
+            for (k, v) in labels {
+                if let Err(e) = check_label(k, v) {
+                    errors.push(field_err(label_field(k), e));
+                }
+            }
+        }
+        match server_id {
+            Ok(server_id) if errors.is_empty() => Ok(ValidServer {
+                server_id,
+                kind: self.kind,
+                labels: self.labels,
+            }),
+            _ => Err(AppError::validation(errors)),
+        }
+    }
+}
+
+/// A change of a server's labels (`PATCH /v1/servers/{id}`, RPC
+/// `label_server`).
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServerPatch {
+    /// A JSON merge patch of the server's labels: a key with a string sets
+    /// that label, a key with `null` removes it, keys not named stay as
+    /// they are. At most 32 labels may remain.
+    #[serde(default)]
+    #[schema(value_type = BTreeMap<String, Option<String>>)]
+    pub labels: LabelPatch,
+}
+
+/// A JSON merge patch of a label set: key → new value, or `None` to remove.
+pub type LabelPatch = BTreeMap<String, Option<String>>;
+
+/// Every invalid key or value of a label patch (a removal's key too).
+pub fn label_patch_errors(patch: &LabelPatch) -> Vec<FieldError> {
+    patch
+        .iter()
+        .filter_map(|(k, v)| {
+            let checked = match v {
+                Some(v) => check_label(k, v),
+                None => check_label_key(k),
+            };
+            checked.err().map(|e| field_err(label_field(k), e))
+        })
+        .collect()
+}
+
+/// Where a label is in a request: `labels.<key>` (a long key cut short).
+fn label_field(key: &str) -> String {
+    let key: String = key.chars().take(MAX_LABEL_LEN + 1).collect();
+    format!("labels.{key}")
 }
 
 /// A task as a client submits it (REST body or RPC argument), before validation.

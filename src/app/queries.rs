@@ -4,9 +4,12 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use super::input::{NewTask, NewWorkflow, validate_tasks};
-use super::views::{AttemptView, AttemptsView, ChildView, TaskView, WorkflowView};
+use super::input::{LabelPatch, NewTask, NewWorkflow, validate_tasks};
+use super::views::{
+    AttemptView, AttemptsView, ChildView, ServerList, ServerView, TaskView, WorkflowView,
+};
 use super::{App, AppError};
+use crate::domain::{Labels, ServerId, carries_all};
 use crate::domain::{Task, TaskState, WorkflowId};
 use crate::protocol::TaskResult;
 
@@ -287,5 +290,64 @@ impl App {
             }
         }
         self.workflow_view(id).await
+    }
+}
+
+/// Parses a server id given in a path; anything else names no server.
+///
+/// # Errors
+/// Not a server id: not found.
+pub fn server_id(raw: &str) -> Result<ServerId, AppError> {
+    ServerId::parse(raw).map_err(|_| AppError::NotFound(format!("server {raw:?} not found")))
+}
+
+impl App {
+    /// One server bora knows, with its labels and last heartbeat.
+    ///
+    /// # Errors
+    /// No such server (not found); a store failure.
+    pub async fn server_view(&self, server: &ServerId) -> Result<ServerView, AppError> {
+        let row = self
+            .store()
+            .server(server.as_str())
+            .await?
+            .ok_or_else(|| AppError::NotFound(format!("server {server} not found")))?;
+        let online = self.online(row.last_seen);
+        Ok(ServerView::new(row, online))
+    }
+
+    /// The servers bora knows that carry every label of `wanted` (all of
+    /// them for an empty set), by id.
+    ///
+    /// # Errors
+    /// A store failure.
+    pub async fn servers_view(&self, wanted: &Labels) -> Result<ServerList, AppError> {
+        let servers = self
+            .store()
+            .servers()
+            .await?
+            .into_iter()
+            .filter(|r| carries_all(&r.labels, wanted))
+            .map(|r| {
+                let online = self.online(r.last_seen);
+                ServerView::new(r, online)
+            })
+            .collect();
+        Ok(ServerList { servers })
+    }
+
+    /// Changes a registered server's labels (see [`App::label_server`]) and
+    /// answers with the server as it is then.
+    ///
+    /// # Errors
+    /// Any error of [`App::label_server`].
+    pub async fn label_server_view(
+        &self,
+        server: &ServerId,
+        patch: &LabelPatch,
+    ) -> Result<ServerView, AppError> {
+        let row = self.label_server(server, patch).await?;
+        let online = self.online(row.last_seen);
+        Ok(ServerView::new(row, online))
     }
 }

@@ -1,6 +1,7 @@
 //! The read models both APIs answer with: a workflow with its derived state
 //! and counts, a task with what is derived about it (`blocked_by`, its
-//! dependencies' states, whether its server is online). REST serialises
+//! dependencies' states, whether its server is online), a server with its
+//! labels and last heartbeat. REST serialises
 //! them as its bodies (their OpenAPI schemas are derived here), the RPC API
 //! as its results, so the two cannot drift.
 
@@ -12,7 +13,9 @@ use crate::domain::{
     Corrupt, Delivery, OnDependencyFailure, OutputSpec, Target, Task, TaskCounts, TaskId,
     TaskState, Workflow, WorkflowId, WorkflowState,
 };
+use crate::domain::{Labels, ServerKind};
 use crate::protocol::TaskResult;
+use crate::store::ServerRow;
 
 pub use crate::protocol::timestamp;
 
@@ -88,6 +91,51 @@ impl ChildView {
             attempt: child.attempt,
         }
     }
+}
+
+/// A server as both APIs show it: its registration, its labels and its
+/// last heartbeat.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ServerView {
+    /// Its id: 1–64 of `[A-Za-z0-9_-]`.
+    pub server_id: String,
+    /// What consumes its queue (`guest` for a server only seen).
+    pub kind: ServerKind,
+    /// Registered through the API (else only seen in heartbeats).
+    pub registered: bool,
+    /// Its labels, key → value, set only through the API.
+    #[schema(value_type = BTreeMap<String, String>)]
+    pub labels: Labels,
+    /// Its worker's last heartbeat (RFC 3339), null before the first.
+    #[schema(required)]
+    pub last_seen: Option<String>,
+    /// Whether that heartbeat is recent.
+    pub online: bool,
+    /// When bora first registered or heard from it (RFC 3339).
+    pub created_at: String,
+}
+
+impl ServerView {
+    /// The view of a stored server; `online` says whether its last
+    /// heartbeat is recent.
+    pub fn new(row: ServerRow, online: bool) -> Self {
+        Self {
+            server_id: row.server_id,
+            kind: row.kind,
+            registered: row.registered,
+            labels: row.labels,
+            last_seen: row.last_seen.map(timestamp),
+            online,
+            created_at: timestamp(row.created_at),
+        }
+    }
+}
+
+/// The servers bora knows, by id.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ServerList {
+    /// Registered or seen in a heartbeat (filtered by label when asked).
+    pub servers: Vec<ServerView>,
 }
 
 /// A dependency of a task and where it stands.

@@ -1,5 +1,6 @@
 //! The `servers` table: servers registered through the API (with their
-//! kind) or seen in a heartbeat, and when each was last heard from.
+//! kind and labels) or seen in a heartbeat, and when each was last heard
+//! from. Labels are a JSON object in one text column, read whole.
 
 use std::collections::HashMap;
 
@@ -7,8 +8,14 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::sql::{InList, MAX_IN, Params, query};
-use super::{Store, StoreError, WriteTx};
-use crate::domain::ServerKind;
+use super::{Backend, Store, StoreError, WriteTx};
+use crate::domain::{Labels, ServerKind, carries_all};
+
+macro_rules! server_columns {
+    () => {
+        "server_id, kind, registered, last_seen, created_at, labels"
+    };
+}
 
 /// A server bora knows: registered through the API, or seen in a heartbeat.
 #[derive(Debug, Clone)]
@@ -24,22 +31,33 @@ pub struct ServerRow {
     /// When bora first registered or heard from it, in microseconds since
     /// the epoch.
     pub created_at: i64,
+    /// Its labels, set only through the API (empty until then).
+    pub labels: Labels,
 }
 
 impl ServerRow {
     fn from_row(row: &AnyRow) -> Result<Self, StoreError> {
+        let labels = decode_labels(row.try_get("labels")?)?;
         Self::from_columns(
             row,
             ["server_id", "kind", "registered", "last_seen", "created_at"],
+            labels,
         )
     }
 
     /// The server columns of a join, aliased `s_<column>`; `None` when the
-    /// join found no server row.
+    /// join found no server row. A join that does not select `s_labels`
+    /// (the replies' read, `WriteTx::tasks_for_replies`, which needs only
+    /// the kind and the registration) gives a row with no labels.
     pub(super) fn from_joined(row: &AnyRow) -> Result<Option<Self>, StoreError> {
         if row.try_get::<Option<String>, _>("s_server_id")?.is_none() {
             return Ok(None);
         }
+        let labels = match row.try_get::<String, _>("s_labels") {
+            Ok(text) => decode_labels(text)?,
+            Err(sqlx::Error::ColumnNotFound(_)) => Labels::new(),
+            Err(e) => return Err(e.into()),
+        };
         Self::from_columns(
             row,
             [
@@ -49,6 +67,7 @@ impl ServerRow {
                 "s_last_seen",
                 "s_created_at",
             ],
+            labels,
         )
         .map(Some)
     }
@@ -56,6 +75,7 @@ impl ServerRow {
     fn from_columns(
         row: &AnyRow,
         [id, kind, registered, last_seen, created_at]: [&str; 5],
+        labels: Labels,
     ) -> Result<Self, StoreError> {
         let kind: String = row.try_get(kind)?;
         Ok(Self {
@@ -64,8 +84,22 @@ impl ServerRow {
             registered: row.try_get::<i64, _>(registered)? != 0,
             last_seen: row.try_get(last_seen)?,
             created_at: row.try_get(created_at)?,
+            labels,
         })
     }
+}
+
+/// The `labels` column: a JSON object of strings.
+fn decode_labels(text: String) -> Result<Labels, StoreError> {
+    serde_json::from_str(&text).map_err(|e| {
+        StoreError::Corrupt(format!("servers.labels is not an object of strings: {e}"))
+    })
+}
+
+/// A label set as the `labels` column holds it.
+fn encode_labels(labels: &Labels) -> String {
+    // A map of strings always serialises.
+    serde_json::to_string(labels).unwrap_or_else(|_| "{}".to_owned())
 }
 
 impl Store {
@@ -115,9 +149,11 @@ impl Store {
     /// # Errors
     /// A database failure.
     pub async fn servers(&self) -> Result<Vec<ServerRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT server_id, kind, registered, last_seen, created_at FROM servers ORDER BY server_id",
-        )
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            server_columns!(),
+            " FROM servers ORDER BY server_id"
+        ))
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(ServerRow::from_row).collect()
@@ -128,9 +164,11 @@ impl Store {
     /// # Errors
     /// A database failure.
     pub async fn server(&self, server: &str) -> Result<Option<ServerRow>, StoreError> {
-        let row = sqlx::query(
-            "SELECT server_id, kind, registered, last_seen, created_at FROM servers WHERE server_id = $1",
-        )
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            server_columns!(),
+            " FROM servers WHERE server_id = $1"
+        ))
         .bind(server)
         .fetch_optional(&self.pool)
         .await?;
@@ -161,8 +199,11 @@ impl WriteTx {
         for chunk in ids.chunks(MAX_IN) {
             let list = InList::new(chunk);
             let sql = format!(
-                "SELECT server_id, kind, registered, last_seen, created_at FROM servers \
-                 WHERE server_id IN ({})",
+                concat!(
+                    "SELECT ",
+                    server_columns!(),
+                    " FROM servers WHERE server_id IN ({})"
+                ),
                 Params::new(self.backend).list(list.len())
             );
             let mut q = query(sql, list.len() == MAX_IN, list.len());
@@ -201,7 +242,64 @@ impl WriteTx {
         Ok(())
     }
 
-    /// Marks a server registered, with its kind.
+    /// The registered servers that carry every label of `wanted` (all of
+    /// them for an empty set), in `server_id` order.
+    ///
+    /// # Errors
+    /// A database failure, or a stored label set that does not parse.
+    pub async fn servers_matching(
+        &mut self,
+        wanted: &Labels,
+    ) -> Result<Vec<ServerRow>, StoreError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            server_columns!(),
+            " FROM servers WHERE registered = 1 ORDER BY server_id"
+        ))
+        .fetch_all(&mut *self.tx)
+        .await?;
+        let mut out = Vec::new();
+        for row in &rows {
+            let server = ServerRow::from_row(row)?;
+            if carries_all(&server.labels, wanted) {
+                out.push(server);
+            }
+        }
+        Ok(out)
+    }
+
+    /// One server, locked until this transaction ends (on PostgreSQL;
+    /// SQLite's transactions hold the whole database): read it first when
+    /// its labels are changed from what they are.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn server_for_update(
+        &mut self,
+        server: &str,
+    ) -> Result<Option<ServerRow>, StoreError> {
+        let sql = match self.backend {
+            Backend::Sqlite => concat!(
+                "SELECT ",
+                server_columns!(),
+                " FROM servers WHERE server_id = $1"
+            ),
+            Backend::Postgres => concat!(
+                "SELECT ",
+                server_columns!(),
+                " FROM servers WHERE server_id = $1 FOR UPDATE"
+            ),
+        };
+        let row = sqlx::query(sql)
+            .bind(server)
+            .fetch_optional(&mut *self.tx)
+            .await?;
+        row.as_ref().map(ServerRow::from_row).transpose()
+    }
+
+    /// Marks a server registered, with its kind, and replaces its labels
+    /// with `labels` when given (else a registered server keeps its own,
+    /// and a new row has none).
     ///
     /// # Errors
     /// A database failure.
@@ -209,17 +307,42 @@ impl WriteTx {
         &mut self,
         server: &str,
         kind: ServerKind,
+        labels: Option<&Labels>,
         now: i64,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO servers (server_id, kind, registered, created_at) VALUES ($1, $2, 1, $3) \
-             ON CONFLICT (server_id) DO UPDATE SET kind = excluded.kind, registered = 1",
-        )
-        .bind(server)
-        .bind(kind.as_str())
-        .bind(now)
-        .execute(&mut *self.tx)
-        .await?;
+        let sql = if labels.is_some() {
+            "INSERT INTO servers (server_id, kind, registered, created_at, labels) \
+             VALUES ($1, $2, 1, $3, $4) ON CONFLICT (server_id) DO UPDATE \
+             SET kind = excluded.kind, registered = 1, labels = excluded.labels"
+        } else {
+            "INSERT INTO servers (server_id, kind, registered, created_at, labels) \
+             VALUES ($1, $2, 1, $3, $4) ON CONFLICT (server_id) DO UPDATE \
+             SET kind = excluded.kind, registered = 1"
+        };
+        sqlx::query(sql)
+            .bind(server)
+            .bind(kind.as_str())
+            .bind(now)
+            .bind(encode_labels(labels.unwrap_or(&Labels::new())))
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    /// Replaces a server's labels.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn set_server_labels(
+        &mut self,
+        server: &str,
+        labels: &Labels,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE servers SET labels = $1 WHERE server_id = $2")
+            .bind(encode_labels(labels))
+            .bind(server)
+            .execute(&mut *self.tx)
+            .await?;
         Ok(())
     }
 
