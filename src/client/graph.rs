@@ -216,7 +216,10 @@ mod tests {
             json!({"name": "after", "server_id": "b", "state": "waiting", "depends_on": ["web"]}),
         ];
         let d = dot("w", &tasks);
-        assert!(d.contains("web\\ngroup: 2/3 succeeded, 1 running\\nrunning"), "{d}");
+        assert!(
+            d.contains("web\\ngroup: 2/3 succeeded, 1 running\\nrunning"),
+            "{d}"
+        );
         assert!(!d.contains("web[a]"), "{d}");
         assert!(d.contains("t0 -> t1;"), "{d}");
     }

@@ -384,15 +384,22 @@ mod tests {
     #[test]
     fn a_group_is_one_line_of_its_childrens_progress() {
         let mut p = Progress::default();
-        let task = |id: &str, name: &str, server: Value, state: &str| {
-            json!({"kind": "task", "task_id": id, "task_name": name, "server_id": server, "state": state})
-        };
+        let task = |id: &str, name: &str, server: Value, state: &str| json!({"kind": "task", "task_id": id, "task_name": name, "server_id": server, "state": state});
         p.apply(1, &task("g", "web-rollout", Value::Null, "running"));
-        for (i, (s, st)) in [("a", "succeeded"), ("b", "succeeded"), ("c", "succeeded"), ("d", "running"), ("e", "waiting")]
-            .iter()
-            .enumerate()
+        for (i, (s, st)) in [
+            ("a", "succeeded"),
+            ("b", "succeeded"),
+            ("c", "succeeded"),
+            ("d", "running"),
+            ("e", "waiting"),
+        ]
+        .iter()
+        .enumerate()
         {
-            p.apply(2 + i as i64, &task(s, &format!("web-rollout[{s}]"), json!(s), st));
+            p.apply(
+                2 + i as i64,
+                &task(s, &format!("web-rollout[{s}]"), json!(s), st),
+            );
         }
         p.apply(9, &task("x", "other", json!("z"), "running"));
         assert_eq!(
