@@ -248,6 +248,30 @@ pub fn task_details(t: &Value) -> String {
     field(&mut out, "Name", s(&t["name"]));
     field(&mut out, "Workflow", s(&t["workflow_id"]));
     field(&mut out, "Server", s(&t["server_id"]));
+    if let Some(target) = t["target"].as_object() {
+        let labels: Vec<String> = target["labels"]
+            .as_object()
+            .map(|l| l.iter().map(|(k, v)| format!("{k}={}", s(v))).collect())
+            .unwrap_or_default();
+        let mut how = s(&target["mode"]);
+        if let Some(b) = target.get("batch").filter(|b| b.is_object()) {
+            how.push_str(&format!(", batch {}", s(&b["size"])));
+            if let Some(p) = b["pause_s"].as_u64().filter(|p| *p > 0) {
+                how.push_str(&format!(", pause {p} s"));
+            }
+            if let Some(m) = b["max_failures"].as_u64() {
+                how.push_str(&format!(", at most {m} failures"));
+            }
+        }
+        field(&mut out, "Target", format!("{} ({how})", labels.join(",")));
+        if let Some(servers) = target.get("servers").and_then(Value::as_array) {
+            let names: Vec<String> = servers.iter().map(s).collect();
+            field(&mut out, "Matched", names.join(", "));
+        }
+    }
+    if let Some(parent) = t["parent"].as_str() {
+        field(&mut out, "Group task", parent.to_owned());
+    }
     field(&mut out, "Group", s(&t["group"]));
     field(&mut out, "State", s(&t["state"]));
     field(&mut out, "Attempt", s(&t["attempt"]));
@@ -292,6 +316,22 @@ pub fn task_details(t: &Value) -> String {
                 c.make_ascii_uppercase();
             }
             field(&mut out, &label, s(&t[k]));
+        }
+    }
+    if let Some(children) = t["children"].as_array() {
+        let _ = writeln!(
+            out,
+            "Children:    {}",
+            super::graph::group_progress(children)
+        );
+        for c in children {
+            let _ = writeln!(
+                out,
+                "  {}  {} (attempt {})",
+                s(&c["name"]),
+                s(&c["state"]),
+                s(&c["attempt"])
+            );
         }
     }
     let why = why_waiting(t);
@@ -347,6 +387,32 @@ mod tests {
         );
         let plain = task_details(&json!({"id": "x", "state": "queued"}));
         assert!(!plain.contains("Resolved inputs"), "{plain}");
+    }
+
+    #[test]
+    fn task_details_show_a_groups_target_and_children() {
+        let t = json!({
+            "id": "x", "name": "web", "state": "running", "attempt": 1, "server_id": null,
+            "target": {"labels": {"role": "web"}, "mode": "all",
+                       "batch": {"size": "50%", "pause_s": 5, "max_failures": 0},
+                       "servers": ["a", "b"]},
+            "children": [
+                {"name": "web[a]", "server_id": "a", "state": "succeeded", "attempt": 1},
+                {"name": "web[b]", "server_id": "b", "state": "running", "attempt": 2}
+            ]
+        });
+        let text = task_details(&t);
+        for line in [
+            "Target:      role=web (all, batch 50%, pause 5 s, at most 0 failures)",
+            "Matched:     a, b",
+            "Children:    1/2 succeeded, 1 running",
+            "  web[b]  running (attempt 2)",
+        ] {
+            assert!(text.contains(line), "{line:?} in {text}");
+        }
+        let child =
+            task_details(&json!({"id": "y", "name": "web[a]", "state": "queued", "parent": "web"}));
+        assert!(child.contains("Group task:  web"), "{child}");
     }
 
     #[test]
