@@ -1347,3 +1347,67 @@ async fn an_approval_gate_waits_through_a_killed_dispatcher_and_its_approval_rel
     let (code, _) = serve.sigterm().await;
     assert_eq!(code, 0);
 }
+
+#[tokio::test]
+async fn a_rolling_group_goes_on_through_a_killed_dispatcher() {
+    let vhost = Vhost::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut serve = Serve::start(dir.path(), &vhost.amqp_url(), &[]).await;
+    let api = Api::new(&serve.base);
+    // Broker users are global: ids and the label value are this test's own.
+    let tag = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
+    let servers: Vec<String> = (0..3).map(|i| format!("f{tag}-{i}")).collect();
+    let mut workers = Vec::new();
+    for s in &servers {
+        api.post(
+            "/v1/servers",
+            json!({"server_id": s, "labels": {"fleet": tag}}),
+        )
+        .await;
+        workers.push(WorkerProc::start(
+            dir.path(),
+            &vhost.amqp_url(),
+            s,
+            &[("WHO", s.as_str())],
+        ));
+    }
+    let log = dir.path().join("runs.log");
+    let script = format!(
+        "#!/bin/sh\necho \"start $WHO\" >> {log}\nsleep 1\necho \"end $WHO\" >> {log}\n",
+        log = log.display()
+    );
+    let wf = api
+        .create_workflow(json!({"name": "group-kill", "tasks": [
+            {"name": "roll", "config": script,
+             "target": {"labels": {"fleet": tag}, "batch": {"size": 1}}}
+        ]}))
+        .await;
+    let wf = wf.id();
+    // Killed while the first child runs, with the others not started.
+    let first = format!("roll[{}]", servers[0]);
+    api.wait_task_state(&wf, &first, "running").await;
+    serve.kill9().await;
+    serve.restart().await;
+    let w = api.wait_workflow_end(&wf, Duration::from_secs(90)).await;
+    assert_eq!(w.state, "succeeded", "{w:?}");
+    let roll = api.task(&wf, "roll").await.expect("a task view");
+    assert_eq!(roll.target.as_ref().unwrap()["servers"], json!(servers));
+    // Each child ran once, one after the other.
+    let runs = RunLog::read(&log);
+    for s in &servers {
+        assert_eq!(runs.runs(s), 1, "{s}");
+    }
+    for pair in servers.windows(2) {
+        assert!(
+            runs.ends[&pair[0]][0] < runs.starts[&pair[1]][0],
+            "{} started before {} ended",
+            pair[1],
+            pair[0]
+        );
+    }
+    for s in &servers {
+        api.delete(&format!("/v1/servers/{s}")).await;
+    }
+    let (code, _) = serve.sigterm().await;
+    assert_eq!(code, 0);
+}

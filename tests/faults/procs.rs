@@ -329,6 +329,15 @@ impl Api {
         v
     }
 
+    /// DELETEs, ignoring the answer (cleanup).
+    pub async fn delete(&self, path: &str) {
+        let _ = self
+            .http
+            .delete(format!("{}{path}", self.base))
+            .send()
+            .await;
+    }
+
     /// Polls until the workflow ends (or `limit` passes, which fails the
     /// test), through dispatcher outages.
     pub async fn wait_workflow_end(&self, wf: &str, limit: Duration) -> WorkflowOut {
