@@ -18,12 +18,15 @@ struct Fleet {
     /// A label value no other test uses.
     pub tag: String,
     pub servers: Vec<String>,
+    /// Each server's own broker URL, from its registration.
+    pub urls: Vec<String>,
 }
 
 impl Fleet {
     async fn register(app: &TestApp, n: usize, role: &str) -> Self {
         let tag = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
         let mut servers = Vec::new();
+        let mut urls = Vec::new();
         for i in 0..n {
             let id = format!("g{tag}-{role}-{i}");
             let (s, body) = app
@@ -34,8 +37,9 @@ impl Fleet {
                 .await;
             assert_eq!(s, StatusCode::CREATED, "{body}");
             servers.push(id);
+            urls.push(body["amqp_url"].as_str().unwrap().to_owned());
         }
-        Self { tag, servers }
+        Self { tag, servers, urls }
     }
 
     /// A worker per server; each script sees its server as `$WHO`.
@@ -403,6 +407,60 @@ async fn cancelling_a_group_cancels_its_children_and_bad_targets_are_refused() {
         )
         .await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
+    web.revoke(&app).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_guest_of_the_group_reads_only_its_own_child() {
+    let app = spawn_app().await;
+    let web = Fleet::register(&app, 2, "web").await;
+    let (a, b) = (&web.servers[0], &web.servers[1]);
+    let wf = app
+        .create_workflow(json!({"name": "secret", "tasks": [
+            {"name": "g", "config": "echo hi", "target": {"labels": web.labels("web")},
+             "inputs": {"deploy_password": "s3cret"}}
+        ]}))
+        .await;
+    let id = wf.id();
+    for s in [a, b] {
+        app.wait_task_state(&id, &format!("g[{s}]"), "queued").await;
+    }
+    let mine = app.task(&id, &format!("g[{a}]")).await;
+    let conn = lapin::Connection::connect(&web.urls[0], Default::default())
+        .await
+        .unwrap();
+    // The other server's queue: refused by the broker.
+    let ch = conn.create_channel().await.unwrap();
+    let err = ch
+        .basic_get(
+            format!("bora_tasks.{b}").as_str().into(),
+            lapin::options::BasicGetOptions { no_ack: true },
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("ACCESS_REFUSED"), "{err}");
+    // Its own queue holds its own child, and only that.
+    let ch = conn.create_channel().await.unwrap();
+    let got = ch
+        .basic_get(
+            format!("bora_tasks.{a}").as_str().into(),
+            lapin::options::BasicGetOptions { no_ack: true },
+        )
+        .await
+        .unwrap()
+        .expect("its child is in its queue");
+    let req = bora::protocol::RpcRequest::decode(&got.delivery.data).unwrap();
+    assert_eq!(req.args["task"]["id"], json!(mine.id.to_string()), "{:?}", req.args);
+    let more = ch
+        .basic_get(
+            format!("bora_tasks.{a}").as_str().into(),
+            lapin::options::BasicGetOptions { no_ack: true },
+        )
+        .await
+        .unwrap();
+    assert!(more.is_none(), "another task in its queue");
+    let _ = conn.close(200, "bye".into()).await;
     web.revoke(&app).await;
     app.stop().await;
 }
