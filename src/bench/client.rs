@@ -41,6 +41,9 @@ struct TaskList {
 pub struct TaskInfo {
     pub name: String,
     pub state: String,
+    /// When it started (a group: when it was opened).
+    #[serde(default)]
+    pub started_at: Option<String>,
     pub finished_at: Option<String>,
     /// The result, for the outputs a chain with references passes on.
     #[serde(default)]
@@ -61,14 +64,23 @@ impl TaskInfo {
     /// # Errors
     /// The task has not finished, or the timestamp does not parse.
     pub fn finished_us(&self) -> anyhow::Result<i64> {
-        let at = self
-            .finished_at
-            .as_deref()
-            .with_context(|| format!("task {} has no finished_at", self.name))?;
-        Ok(chrono::DateTime::parse_from_rfc3339(at)
-            .with_context(|| format!("finished_at {at:?}"))?
-            .timestamp_micros())
+        micros(&self.name, "finished_at", self.finished_at.as_deref())
     }
+
+    /// `started_at` in microseconds since the epoch.
+    ///
+    /// # Errors
+    /// The task has not started, or the timestamp does not parse.
+    pub fn started_us(&self) -> anyhow::Result<i64> {
+        micros(&self.name, "started_at", self.started_at.as_deref())
+    }
+}
+
+fn micros(task: &str, field: &str, at: Option<&str>) -> anyhow::Result<i64> {
+    let at = at.with_context(|| format!("task {task} has no {field}"))?;
+    Ok(chrono::DateTime::parse_from_rfc3339(at)
+        .with_context(|| format!("{field} {at:?}"))?
+        .timestamp_micros())
 }
 
 /// A `std.echo` task body whose input `v` is `input` and whose output `v`
@@ -135,6 +147,34 @@ impl Client {
         );
         let created: Created = serde_json::from_slice(&body)?;
         Ok(created.id)
+    }
+
+    /// A request with a JSON body that must succeed (registration, revocation).
+    ///
+    /// # Errors
+    /// The request fails or is refused.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<()> {
+        let mut req = self
+            .http
+            .request(method.clone(), format!("{}{path}", self.base));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r = req
+            .send()
+            .await
+            .with_context(|| format!("{method} {path}"))?;
+        let status = r.status();
+        if !status.is_success() {
+            let body = r.text().await.unwrap_or_default();
+            anyhow::bail!("{method} {path}: {status}: {body}");
+        }
+        Ok(())
     }
 
     /// Polls a workflow until it ended; it must have `succeeded`.

@@ -99,6 +99,11 @@ pub struct BenchArgs {
     /// Also run one workflow of this many tasks (a lattice over the servers).
     #[arg(long)]
     pub dag_tasks: Option<usize>,
+    /// Also register every server with a label (through the API, which
+    /// creates their broker users) and run one task on all of them as a
+    /// group (SPEC 7.2): the time from the group's release to its end.
+    #[arg(long)]
+    pub fanout: bool,
     /// Tasks per POST /v1/workflows in the throughput run.
     #[arg(long, default_value_t = 1_000)]
     pub batch: usize,
@@ -200,10 +205,20 @@ async fn measure(env: &mut Env, args: &BenchArgs) -> anyhow::Result<Report> {
         report.dag = Some(scenarios::dag(&client, &servers, n, env).await?);
     }
 
+    if args.fanout {
+        say(&format!(
+            "fan-out: one task on {} labelled servers",
+            servers.len()
+        ));
+        report.fanout = Some(scenarios::fanout(&client, &servers).await?);
+    }
+
     if env.settings().notifications.enabled {
         // Every task end is announced, once the relay has sent it.
+        let fanned = if args.fanout { servers.len() + 1 } else { 0 };
         let expected =
-            (servers.len() + args.tasks + 2 * args.chain + args.dag_tasks.unwrap_or(0)) as u64;
+            (servers.len() + args.tasks + 2 * args.chain + args.dag_tasks.unwrap_or(0) + fanned)
+                as u64;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while listener.task_ends() < expected && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(POLL).await;

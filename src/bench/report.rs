@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::{Map, Value, json};
 
 use super::BenchArgs;
-use super::scenarios::{Dag, Throughput};
+use super::scenarios::{Dag, Fanout, Throughput};
 
 pub struct Report {
     tasks: usize,
@@ -26,6 +26,8 @@ pub struct Report {
     /// through input references.
     pub chain_refs: Vec<i64>,
     pub dag: Option<Dag>,
+    /// The `--fanout` run.
+    pub fanout: Option<Fanout>,
     /// Raw pipelined run: microseconds for `tasks` messages.
     pub raw_throughput: Option<i64>,
     /// Raw round trips (µs).
@@ -70,6 +72,7 @@ impl Report {
             chain: Vec::new(),
             chain_refs: Vec::new(),
             dag: None,
+            fanout: None,
             raw_throughput: None,
             raw_rtt: Vec::new(),
             dispatcher_rss: None,
@@ -145,6 +148,17 @@ impl Report {
             json!(self.dispatcher_rss.map(|(_, p)| mb(p))),
         );
         put("broker_mem_mb", json!(self.broker_mem.map(mb)));
+        if let Some(f) = &self.fanout {
+            put("fanout_servers", json!(f.servers));
+            put(
+                "fanout_register_s",
+                json!(round(f.register_us as f64 / 1e6, 3)),
+            );
+            put(
+                "fanout_release_to_end_ms",
+                json!(round(f.release_to_end_us as f64 / 1e3, 1)),
+            );
+        }
         if let Some(d) = &self.dag {
             put("dag_tasks", json!(d.tasks));
             put("dag_create_s", json!(round(d.create_us as f64 / 1e6, 3)));
@@ -229,6 +243,19 @@ impl Report {
                 )
             );
             println!("{:<34} {:>14}", "broker mem_used (MB)", f("broker_mem_mb"));
+            if self.fanout.is_some() {
+                println!("{:<34} {:>14}", "fan-out: servers", f("fanout_servers"));
+                println!(
+                    "{:<34} {:>14}",
+                    "fan-out: registration (s)",
+                    f("fanout_register_s")
+                );
+                println!(
+                    "{:<34} {:>14}",
+                    "fan-out: release to end (ms)",
+                    f("fanout_release_to_end_ms")
+                );
+            }
             if self.dag.is_some() {
                 println!("{:<34} {:>14}", "dag: tasks", f("dag_tasks"));
                 println!(

@@ -42,6 +42,16 @@ pub struct Dag {
     pub broker_mem_after_create: Option<u64>,
 }
 
+/// Result of the `--fanout` run.
+#[derive(Debug, Clone)]
+pub struct Fanout {
+    pub servers: usize,
+    /// Registering every server with a label, through the API.
+    pub register_us: i64,
+    /// The group's release (it went `running`) to its end.
+    pub release_to_end_us: i64,
+}
+
 fn last_finished(tasks: &[TaskInfo]) -> anyhow::Result<i64> {
     let mut last = i64::MIN;
     for t in tasks {
@@ -200,5 +210,66 @@ pub async fn dag(client: &Client, servers: &[String], n: usize, env: &Env) -> an
         total_us: last - start,
         rss_after_create,
         broker_mem_after_create,
+    })
+}
+
+/// The label value of the fan-out run's servers.
+const FANOUT_LABEL: &str = "fanout";
+
+/// Registers every server with the label `bench=fanout` (their broker
+/// users are created), then runs one `std.noop` task on all of them as a
+/// group. The servers are revoked afterwards.
+///
+/// # Errors
+/// A request failure, or a task that did not succeed.
+pub async fn fanout(client: &Client, servers: &[String]) -> anyhow::Result<Fanout> {
+    use futures_util::{StreamExt, TryStreamExt};
+    let t0 = now_us();
+    futures_util::stream::iter(servers)
+        .map(|s| {
+            client.send(
+                reqwest::Method::POST,
+                "/v1/servers",
+                Some(json!({"server_id": s, "labels": {"bench": FANOUT_LABEL}})),
+            )
+        })
+        .buffer_unordered(8)
+        .try_collect::<Vec<()>>()
+        .await?;
+    let register_us = now_us() - t0;
+    let run = async {
+        let task = json!({"name": "fan", "group": "std.noop",
+                          "target": {"labels": {"bench": FANOUT_LABEL}}});
+        let id = client.create_workflow("bench-fanout", vec![task]).await?;
+        client.wait_succeeded(&id).await?;
+        let tasks = client.tasks(&id).await?;
+        let group = tasks
+            .iter()
+            .find(|t| t.name == "fan")
+            .ok_or_else(|| anyhow::anyhow!("the group task is missing"))?;
+        anyhow::ensure!(
+            tasks.len() == servers.len() + 1,
+            "{} tasks for {} servers",
+            tasks.len(),
+            servers.len()
+        );
+        Ok(group.finished_us()? - group.started_us()?)
+    };
+    let result: anyhow::Result<i64> = run.await;
+    // Revoked whatever happened: broker users outlive the bench's vhost.
+    let revoked = futures_util::stream::iter(servers)
+        .map(|s| async move {
+            let path = format!("/v1/servers/{s}");
+            client.send(reqwest::Method::DELETE, &path, None).await
+        })
+        .buffer_unordered(8)
+        .try_collect::<Vec<()>>()
+        .await;
+    let release_to_end_us = result?;
+    revoked?;
+    Ok(Fanout {
+        servers: servers.len(),
+        register_us,
+        release_to_end_us,
     })
 }

@@ -451,7 +451,12 @@ async fn a_guest_of_the_group_reads_only_its_own_child() {
         .unwrap()
         .expect("its child is in its queue");
     let req = bora::protocol::RpcRequest::decode(&got.delivery.data).unwrap();
-    assert_eq!(req.args["task"]["id"], json!(mine.id.to_string()), "{:?}", req.args);
+    assert_eq!(
+        req.args["task"]["id"],
+        json!(mine.id.to_string()),
+        "{:?}",
+        req.args
+    );
     let more = ch
         .basic_get(
             format!("bora_tasks.{a}").as_str().into(),
