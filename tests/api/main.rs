@@ -6,6 +6,7 @@
 mod e2e;
 mod fuzz;
 mod helpers;
+mod labels;
 mod management;
 mod operate;
 mod oslo;
