@@ -14,8 +14,8 @@
 //!
 //! Two kinds of request are dropped unanswered (acked, counted in
 //! `bora_rpc_rejected_total`, logged without their payload): an unauthorized
-//! one (no valid token while `api.tokens` is set, and `register_server`
-//! whenever no tokens are set), so a stranger learns nothing and cannot aim
+//! one (no valid token while `api.tokens` is set, and `register_server` or
+//! `label_server` whenever no tokens are set), so a stranger learns nothing and cannot aim
 //! even a failure anywhere; and one whose `_reply_q` names a queue of bora's
 //! own (`Settings::is_own_queue`), which would have the dispatcher's own user
 //! publish into `reply_bora` (a result for any task) or a worker's queue.
@@ -30,14 +30,13 @@ use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::app::input::{NewTask, NewWorkflow};
-use crate::app::queries::{WorkflowAction, workflow_id};
+use crate::app::input::{LabelPatch, NewServer, NewTask, NewWorkflow};
+use crate::app::queries::{WorkflowAction, server_id, workflow_id};
 use crate::app::{App, AppError};
 use crate::broker::Broker;
 use crate::broker::reconnect::Reconnect;
 use crate::broker::rpc::RpcEndpoint;
 use crate::config::Settings;
-use crate::domain::{ServerId, ServerKind};
 use crate::protocol::{Failure, RpcReply, RpcRequest};
 use crate::registration::{Registry, RegistryError};
 
@@ -165,10 +164,9 @@ struct DecideArgs {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RegisterArgs {
+struct LabelArgs {
     server_id: String,
-    #[serde(default)]
-    kind: ServerKind,
+    labels: LabelPatch,
 }
 
 fn to_value<T: serde::Serialize>(v: T) -> Value {
@@ -196,6 +194,7 @@ async fn call(
         "reject_task" => decide_gate(state, args, false).await,
         "list_attempts" => list_attempts(state, args).await,
         "register_server" => register_server(state, args).await,
+        "label_server" => label_server(state, args).await,
         _ => return Err(None),
     };
     r.map_err(Some)
@@ -287,26 +286,42 @@ async fn list_attempts(state: &RpcState, args: &Map<String, Value>) -> Result<Va
     ))
 }
 
+/// `register_server(server_id, kind="guest", labels=None)`: the body of
+/// `POST /v1/servers`, every field checked before the broker is touched.
 async fn register_server(state: &RpcState, args: &Map<String, Value>) -> Result<Value, CallError> {
-    let a: RegisterArgs = kwargs(args)?;
-    let id = ServerId::parse(&a.server_id).map_err(|e| {
-        CallError::App(AppError::invalid(
-            "validation_failed",
-            format!("server_id: {e}"),
-        ))
-    })?;
-    Ok(to_value(state.registry.register(&id, a.kind, None).await?))
+    let new: NewServer = kwargs(args)?;
+    let new = new.validate()?;
+    Ok(to_value(
+        state
+            .registry
+            .register(&new.server_id, new.kind, new.labels.as_ref())
+            .await?,
+    ))
 }
+
+/// `label_server(server_id, labels)`: a JSON merge patch of a registered
+/// server's labels (`None` removes one), answered with the server's view.
+async fn label_server(state: &RpcState, args: &Map<String, Value>) -> Result<Value, CallError> {
+    let a: LabelArgs = kwargs(args)?;
+    let id = server_id(&a.server_id)?;
+    Ok(to_value(state.app.label_server_view(&id, &a.labels).await?))
+}
+
+/// The methods that always need a token, even while `api.tokens` is
+/// empty: `register_server` hands out broker credentials (for `kind:
+/// "oslo"`, a user that may write into any queue), and `label_server`
+/// chooses which servers' queues targeted tasks go to. Whoever may publish
+/// to the RPC topic must not do either without a token.
+const TOKEN_ONLY: [&str; 2] = ["register_server", "label_server"];
 
 /// With API tokens configured, a call must carry one as its context's
 /// `auth_token` (`_context_auth_token`, as oslo's RequestContext sends it).
-/// `register_server` always needs one: it hands out broker credentials (for
-/// `kind: "oslo"`, a user that may write into any queue), so an API without
-/// tokens never registers over RPC.
+/// The [`TOKEN_ONLY`] methods always need one, so an API without tokens
+/// never registers or labels over RPC.
 fn authorized(state: &RpcState, req: &RpcRequest) -> bool {
     let api = &state.settings.api;
     if api.tokens.is_empty() {
-        return req.method != "register_server";
+        return !TOKEN_ONLY.contains(&req.method.as_str());
     }
     req.context
         .get("_context_auth_token")
@@ -450,6 +465,7 @@ fn method_label(method: &str) -> &'static str {
         "list_tasks" => "list_tasks",
         "cancel_workflow" => "cancel_workflow",
         "register_server" => "register_server",
+        "label_server" => "label_server",
         _ => "other",
     }
 }

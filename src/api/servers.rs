@@ -12,7 +12,7 @@ use super::extract::JsonBody;
 use crate::app::input::{NewServer, ServerPatch};
 use crate::app::queries::server_id;
 use crate::app::views::{ServerList, ServerView};
-use crate::domain::{FieldError, Labels, parse_label};
+use crate::domain::{Labels, field_err, parse_label};
 use crate::registration::{Registration, RegistryError};
 
 impl From<RegistryError> for ApiError {
@@ -50,20 +50,17 @@ fn wanted_labels(query: Option<&str>) -> Result<Labels, ApiError> {
         match parse_label(&value) {
             Ok((k, v)) => {
                 if let Some(other) = wanted.get(&k).filter(|o| **o != v) {
-                    errors.push(FieldError {
-                        field: "label".into(),
-                        message: format!(
+                    errors.push(field_err(
+                        "label",
+                        format!(
                             "label {k:?} is given as {other:?} and as {v:?}: no server carries both"
                         ),
-                    });
+                    ));
                     continue;
                 }
                 wanted.insert(k, v);
             }
-            Err(message) => errors.push(FieldError {
-                field: "label".into(),
-                message,
-            }),
+            Err(message) => errors.push(field_err("label", message)),
         }
     }
     if errors.is_empty() {

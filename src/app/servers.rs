@@ -12,7 +12,7 @@ use super::release::walk;
 use super::unit::UnitOfWork;
 use super::{App, AppError, now_us};
 use crate::domain::{
-    FieldError, Labels, ServerId, ServerKind, TaskId, check_label_count, merge_labels,
+    Labels, ServerId, ServerKind, TaskId, check_label_count, field_err, merge_labels,
 };
 use crate::store::ServerRow;
 
@@ -64,10 +64,7 @@ impl App {
         let before = row.labels.clone();
         merge_labels(&mut row.labels, patch);
         if let Err(e) = check_label_count(row.labels.len()) {
-            return Err(AppError::validation(vec![FieldError {
-                field: "labels".into(),
-                message: e,
-            }]));
+            return Err(AppError::validation(vec![field_err("labels", e)]));
         }
         if row.labels != before {
             tx.set_server_labels(server.as_str(), &row.labels).await?;

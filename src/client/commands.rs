@@ -1,7 +1,7 @@
 //! The client's verbs: `bora workflow
 //! create|list|show|cancel|delete|pause|resume|rerun|watch|graph`, `bora task
 //! add|list|show|cancel|rerun|approve|reject|attempts|output` and `bora
-//! server register|list|show|delete`. Each one is a few REST calls and a rendering: JSON with `--json` (the API's own bodies, for scripts),
+//! server register|label|list|show|delete`. Each one is a few REST calls and a rendering: JSON with `--json` (the API's own bodies, for scripts),
 //! tables and sentences otherwise.
 
 use std::io::Read;
@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 
 use super::http::{Client, segment};
 use super::{Outcome, graph, render, watch};
+use crate::domain::{check_label_key, parse_label};
 
 /// Where the API is, shared by every client verb.
 #[derive(Debug, Clone, Args)]
@@ -513,9 +514,25 @@ pub enum ServerCommand {
         /// guest (a bora worker, least privilege) or oslo (a trusted oslo RPC server).
         #[arg(long, default_value = "guest")]
         kind: String,
+        /// A label KEY=VALUE (repeatable). Given, they replace the labels of
+        /// a server registered already; else a re-registration keeps them.
+        #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
     },
-    /// List the servers bora knows, with their last heartbeat.
-    List,
+    /// Change a registered server's labels: KEY=VALUE sets one, KEY- removes
+    /// one; labels not named stay.
+    Label {
+        server_id: String,
+        /// KEY=VALUE to set, KEY- to remove (e.g. `role=web old-`).
+        #[arg(required = true, value_name = "KEY=VALUE|KEY-", value_parser = label_change)]
+        changes: Vec<(String, Option<String>)>,
+    },
+    /// List the servers bora knows, with their labels and last heartbeat.
+    List {
+        /// Only servers carrying this label KEY=VALUE (repeatable: every one).
+        #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+    },
     /// Show one server.
     Show { server_id: String },
     /// Revoke a server: delete its broker user, cancel its unfinished tasks.
@@ -524,6 +541,36 @@ pub enum ServerCommand {
 
 fn server_path(id: &str) -> String {
     format!("/v1/servers/{}", segment(id))
+}
+
+/// One argument of `bora server label`: `KEY=VALUE` sets, `KEY-` removes.
+fn label_change(s: &str) -> Result<(String, Option<String>), String> {
+    if !s.contains('=')
+        && let Some(key) = s.strip_suffix('-')
+    {
+        check_label_key(key)?;
+        return Ok((key.to_owned(), None));
+    }
+    parse_label(s)
+        .map(|(k, v)| (k, Some(v)))
+        .map_err(|e| format!("{e} (KEY=VALUE sets a label, KEY- removes one)"))
+}
+
+/// A label set as a table cell: `k=v,k=v`, or `-` for none.
+fn labels_cell(labels: &Value) -> String {
+    let pairs: Vec<String> = labels
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect()
+        })
+        .unwrap_or_default();
+    if pairs.is_empty() {
+        "-".to_owned()
+    } else {
+        pairs.join(",")
+    }
 }
 
 fn server_row(s: &Value) -> Vec<String> {
@@ -543,10 +590,18 @@ fn server_row(s: &Value) -> Vec<String> {
         }
         .to_owned(),
         text(&s["last_seen"]),
+        labels_cell(&s["labels"]),
     ]
 }
 
-const SERVER_HEADER: [&str; 5] = ["SERVER", "KIND", "REGISTERED", "STATUS", "LAST SEEN"];
+const SERVER_HEADER: [&str; 6] = [
+    "SERVER",
+    "KIND",
+    "REGISTERED",
+    "STATUS",
+    "LAST SEEN",
+    "LABELS",
+];
 
 /// Runs a `bora server ...` verb.
 ///
@@ -556,13 +611,18 @@ pub async fn run_server(args: ServerArgs) -> anyhow::Result<Outcome> {
     let c = client(&args.conn)?;
     let json = args.conn.json;
     match args.command {
-        ServerCommand::Register { server_id, kind } => {
-            let reg = c
-                .post(
-                    "/v1/servers",
-                    &json!({"server_id": server_id, "kind": kind}),
-                )
-                .await?;
+        ServerCommand::Register {
+            server_id,
+            kind,
+            labels,
+        } => {
+            let mut body = json!({"server_id": server_id, "kind": kind});
+            if !labels.is_empty() {
+                let labels: serde_json::Map<String, Value> =
+                    labels.into_iter().map(|(k, v)| (k, json!(v))).collect();
+                body["labels"] = Value::Object(labels);
+            }
+            let reg = c.post("/v1/servers", &body).await?;
             if json {
                 print_json(&reg)?;
             } else {
@@ -573,15 +633,41 @@ pub async fn run_server(args: ServerArgs) -> anyhow::Result<Outcome> {
                 };
                 println!("{}", reg["amqp_url"].as_str().unwrap_or_default());
                 eprintln!(
-                    "{verb} {} ({}): broker user {}; the URL above holds its password and is shown only now",
+                    "{verb} {} ({}, labels {}): broker user {}; the URL above holds its password and is shown only now",
                     reg["server_id"].as_str().unwrap_or_default(),
                     reg["kind"].as_str().unwrap_or_default(),
+                    labels_cell(&reg["labels"]),
                     reg["username"].as_str().unwrap_or_default(),
                 );
             }
         }
-        ServerCommand::List => {
-            let list = c.get("/v1/servers").await?;
+        ServerCommand::Label { server_id, changes } => {
+            let patch: serde_json::Map<String, Value> =
+                changes.into_iter().map(|(k, v)| (k, json!(v))).collect();
+            let s = c
+                .json(
+                    Method::PATCH,
+                    &server_path(&server_id),
+                    Some(&json!({ "labels": patch })),
+                )
+                .await?;
+            if json {
+                print_json(&s)?;
+            } else {
+                print!("{}", render::table(&SERVER_HEADER, &[server_row(&s)]));
+            }
+        }
+        ServerCommand::List { labels } => {
+            let query: Vec<String> = labels
+                .iter()
+                .map(|(k, v)| format!("label={}", segment(&format!("{k}={v}"))))
+                .collect();
+            let path = if query.is_empty() {
+                "/v1/servers".to_owned()
+            } else {
+                format!("/v1/servers?{}", query.join("&"))
+            };
+            let list = c.get(&path).await?;
             if json {
                 print_json(&list)?;
             } else {
@@ -606,4 +692,37 @@ pub async fn run_server(args: ServerArgs) -> anyhow::Result<Outcome> {
         }
     }
     Ok(Outcome::Success)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_changes_set_with_equals_and_remove_with_a_trailing_dash() {
+        assert_eq!(
+            label_change("role=web"),
+            Ok(("role".to_owned(), Some("web".to_owned())))
+        );
+        assert_eq!(label_change("old-"), Ok(("old".to_owned(), None)));
+        assert_eq!(label_change("a-b--"), Ok(("a-b-".to_owned(), None)));
+        // A value may end with '-': the '=' says it is a set.
+        assert_eq!(
+            label_change("tier=a-"),
+            Ok(("tier".to_owned(), Some("a-".to_owned())))
+        );
+        for bad in ["novalue", "-", "bad key-", "k=", "k=v w"] {
+            assert!(label_change(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_label_cell_lists_pairs_in_key_order_or_a_dash() {
+        assert_eq!(
+            labels_cell(&json!({"role": "web", "zone": "a"})),
+            "role=web,zone=a"
+        );
+        assert_eq!(labels_cell(&json!({})), "-");
+        assert_eq!(labels_cell(&Value::Null), "-");
+    }
 }

@@ -21,7 +21,7 @@ pub const MAX_LABEL_LEN: usize = 63;
 const SHOWN_KEY_LEN: usize = MAX_LABEL_LEN + 1;
 
 /// A key as a message names it: quoted, and cut short when it is long.
-pub fn shown_key(key: &str) -> String {
+fn shown_key(key: &str) -> String {
     if key.chars().count() <= SHOWN_KEY_LEN {
         format!("{key:?}")
     } else {

@@ -153,8 +153,8 @@ fn warn_open(settings: &Settings) {
     warn!(
         "no API tokens (api.tokens is empty): the REST API on {}{rpc} accept every call \
          without authentication: creating, reading and cancelling any workflow, and over REST \
-         registering and revoking servers; register_server over RPC is refused until tokens \
-         are set. Set api.tokens (BORA__API__TOKENS) to require one",
+         registering, labelling and revoking servers; register_server and label_server over \
+         RPC are refused until tokens are set. Set api.tokens (BORA__API__TOKENS) to require one",
         settings.api.listen
     );
 }

@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 use bora::config::Settings;
 use bora::protocol::{RpcReply, RpcRequest, TaskMessage, TaskResult};
 use futures_util::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueDeclareOptions,
+};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
 use reqwest::StatusCode;
@@ -534,5 +537,162 @@ impl FakeWorker {
 
     pub async fn close(self) {
         let _ = self.conn.close(200, "bye".into()).await;
+    }
+}
+
+/// A token long enough for `api.tokens` (16 characters at least).
+pub const TOKEN: &str = "test-token-0123456789abcdef";
+
+/// A raw oslo RPC client of the app's `bora_api`, with its own reply queue.
+pub struct RpcCaller {
+    _conn: Connection,
+    pub channel: lapin::Channel,
+    pub exchange: String,
+    pub topic: String,
+    /// Its own reply queue, `reply_<random>` as oslo names them.
+    pub reply_q: String,
+    replies: lapin::Consumer,
+}
+
+impl RpcCaller {
+    pub async fn connect(app: &TestApp) -> Self {
+        let conn = Connection::connect(&app.vhost.amqp_url(), ConnectionProperties::default())
+            .await
+            .unwrap();
+        // The RPC API declares its exchange and queue in the background; a
+        // publish to a missing exchange would close the channel.
+        let topic = app.settings.rpc.topic.as_str();
+        let mut declared = false;
+        for _ in 0..400 {
+            let probe = conn.create_channel().await.unwrap();
+            let passive = QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            };
+            if probe
+                .queue_declare(topic.into(), passive, FieldTable::default())
+                .await
+                .is_ok()
+            {
+                declared = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(declared, "the RPC API never declared {topic}");
+        let channel = conn.create_channel().await.unwrap();
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        let reply_q = format!("reply_{}", uuid::Uuid::new_v4().simple());
+        channel
+            .queue_declare(
+                reply_q.as_str().into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let replies = channel
+            .basic_consume(
+                reply_q.as_str().into(),
+                "caller".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        Self {
+            _conn: conn,
+            channel,
+            exchange: app.settings.amqp.exchange.clone(),
+            topic: app.settings.rpc.topic.clone(),
+            reply_q,
+            replies,
+        }
+    }
+
+    /// A call of `method` with `args`, the token (if any) in its context, and
+    /// replies asked for on `reply_q` under `msg_id`.
+    pub fn request(
+        method: &str,
+        args: Value,
+        token: Option<&str>,
+        msg_id: &str,
+        reply_q: &str,
+    ) -> RpcRequest {
+        let mut req: RpcRequest = serde_json::from_value(json!({
+            "method": method,
+            "args": args,
+            "_msg_id": msg_id,
+            "_reply_q": reply_q,
+            "_unique_id": uuid::Uuid::new_v4().simple().to_string(),
+        }))
+        .unwrap();
+        if let Some(t) = token {
+            req.context
+                .insert("_context_auth_token".into(), Value::String(t.into()));
+        }
+        req
+    }
+
+    /// A call answered to this caller's reply queue.
+    pub fn call(&self, method: &str, args: Value, token: Option<&str>) -> RpcRequest {
+        let msg_id = uuid::Uuid::new_v4().simple().to_string();
+        Self::request(method, args, token, &msg_id, &self.reply_q)
+    }
+
+    pub async fn publish(&self, req: &RpcRequest) {
+        self.channel
+            .basic_publish(
+                self.exchange.as_str().into(),
+                self.topic.as_str().into(),
+                BasicPublishOptions::default(),
+                &req.encode(),
+                BasicProperties::default(),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+
+    /// The next reply on this caller's queue within `wait`.
+    pub async fn reply(&mut self, wait: Duration) -> Option<RpcReply> {
+        match tokio::time::timeout(wait, self.replies.next()).await {
+            Ok(Some(Ok(d))) => Some(RpcReply::decode(&d.data).unwrap()),
+            _ => None,
+        }
+    }
+
+    /// Waits until the RPC API answers a call (its queue exists only once the
+    /// dispatcher consumes it), so a silence afterwards means a refusal.
+    pub async fn wait_ready(&mut self, token: Option<&str>) {
+        for _ in 0..40 {
+            let req = self.call("get_workflow", json!({"workflow_id": "nope"}), token);
+            self.publish(&req).await;
+            if let Some(r) = self.reply(Duration::from_millis(500)).await {
+                assert_eq!(r.msg_id, req.msg_id.unwrap());
+                let failure = r.failure.expect("a failure for a missing workflow");
+                assert!(failure.contains("NotFound"), "{failure}");
+                return;
+            }
+        }
+        panic!("the RPC API never answered");
+    }
+
+    /// Asserts that no reply arrives within a second.
+    pub async fn expect_silence(&mut self, what: &str) {
+        if let Some(r) = self.reply(Duration::from_secs(1)).await {
+            panic!("{what} was answered: {r:?}");
+        }
     }
 }

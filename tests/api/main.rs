@@ -7,6 +7,7 @@ mod e2e;
 mod fuzz;
 mod groups;
 mod helpers;
+mod labels;
 mod management;
 mod operate;
 mod oslo;

@@ -408,6 +408,116 @@ async fn server_verbs_register_list_show_delete() {
 }
 
 #[tokio::test]
+async fn server_labels_are_set_at_register_changed_by_label_and_filter_the_list() {
+    let app = spawn_app().await;
+    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    let (web, db) = (format!("cli-web-{suffix}"), format!("cli-db-{suffix}"));
+    let reg = bora(
+        &app,
+        &[
+            "server", "register", &web, "--label", "role=web", "--label", "old=1", "--json",
+        ],
+    )
+    .await
+    .json();
+    assert_eq!(
+        reg["labels"],
+        serde_json::json!({"old": "1", "role": "web"})
+    );
+    // The note on stderr names the labels too.
+    let out = bora(&app, &["server", "register", &db, "--label", "role=db"]).await;
+    out.ok();
+    assert!(out.stderr.contains("labels role=db"), "{}", out.stderr);
+
+    // KEY=VALUE sets, KEY- removes, the rest stays; the table shows LABELS.
+    let out = bora(&app, &["server", "label", &web, "zone=a", "old-"]).await;
+    let table = out.ok();
+    assert!(table.starts_with("SERVER"), "{table}");
+    assert!(table.lines().next().unwrap().contains("LABELS"), "{table}");
+    assert!(table.contains("role=web,zone=a"), "{table}");
+    assert!(!table.contains("old="), "{table}");
+    let shown = bora(&app, &["server", "show", &web, "--json"]).await.json();
+    assert_eq!(
+        shown["labels"],
+        serde_json::json!({"role": "web", "zone": "a"})
+    );
+
+    // A rotation without --label keeps them.
+    let again = bora(&app, &["server", "register", &web, "--json"])
+        .await
+        .json();
+    assert_eq!(again["rotated"], true);
+    assert_eq!(
+        again["labels"],
+        serde_json::json!({"role": "web", "zone": "a"})
+    );
+
+    // The list: one label, two (both must match), none matching.
+    let ids = |out: Value| -> Vec<String> {
+        out["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["server_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let role = |r: &str| format!("role={r}");
+    let listed = bora(&app, &["server", "list", "--label", &role("web"), "--json"])
+        .await
+        .json();
+    assert_eq!(ids(listed), [web.as_str()]);
+    let listed = bora(
+        &app,
+        &[
+            "server", "list", "--label", "role=web", "--label", "zone=a", "--json",
+        ],
+    )
+    .await
+    .json();
+    assert_eq!(ids(listed), [web.as_str()]);
+    let listed = bora(
+        &app,
+        &[
+            "server", "list", "--label", "role=db", "--label", "zone=a", "--json",
+        ],
+    )
+    .await
+    .json();
+    assert!(ids(listed).is_empty());
+    let table = bora(&app, &["server", "list", "--label", "role=db"]).await;
+    let table = table.ok();
+    assert!(table.contains(&db) && !table.contains(&web), "{table}");
+    assert!(table.contains("role=db"), "{table}");
+
+    // Bad labels are usage errors before any request (exit 2); an unknown
+    // server is the API's 404 (exit 1).
+    for args in [
+        vec!["server", "label", web.as_str(), "novalue"],
+        vec!["server", "label", web.as_str(), "bad key=v"],
+        vec!["server", "list", "--label", "novalue"],
+        vec!["server", "register", web.as_str(), "--label", "zone=a/b"],
+    ] {
+        let out = bora(&app, &args).await;
+        assert_eq!(out.code, 2, "{args:?}: {}", out.stderr);
+        assert!(out.stderr.contains("label"), "{args:?}: {}", out.stderr);
+    }
+    let missing = bora(&app, &["server", "label", web.as_str()]).await;
+    assert_eq!(missing.code, 2, "a change is required: {}", missing.stderr);
+    let unknown = bora(&app, &["server", "label", "never-registered", "role=web"]).await;
+    assert_eq!(unknown.code, 1, "{}", unknown.stderr);
+    assert!(unknown.stderr.contains("not_found"), "{}", unknown.stderr);
+    let shown = bora(&app, &["server", "show", &web, "--json"]).await.json();
+    assert_eq!(
+        shown["labels"],
+        serde_json::json!({"role": "web", "zone": "a"})
+    );
+
+    bora(&app, &["server", "delete", &web]).await.ok();
+    bora(&app, &["server", "delete", &db]).await.ok();
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn the_shipped_example_passes_data_between_tasks_and_task_show_says_from_where() {
     let app = spawn_app().await;
     let file = concat!(

@@ -75,6 +75,7 @@ async fn openapi_documents_every_route_body_and_error() {
         "POST /v1/servers",
         "GET /v1/servers",
         "GET /v1/servers/{id}",
+        "PATCH /v1/servers/{id}",
         "DELETE /v1/servers/{id}",
     ]
     .into_iter()
@@ -105,6 +106,8 @@ async fn openapi_documents_every_route_body_and_error() {
         "WorkflowPatch",
         "EventView",
         "StreamEnd",
+        "ServerView",
+        "ServerPatch",
     ] {
         assert!(schemas.contains_key(name), "schema {name} missing");
     }
