@@ -46,18 +46,12 @@ impl ServerRow {
     }
 
     /// The server columns of a join, aliased `s_<column>`; `None` when the
-    /// join found no server row. A join that does not select `s_labels`
-    /// (the replies' read, `WriteTx::tasks_for_replies`, which needs only
-    /// the kind and the registration) gives a row with no labels.
+    /// join found no server row.
     pub(super) fn from_joined(row: &AnyRow) -> Result<Option<Self>, StoreError> {
         if row.try_get::<Option<String>, _>("s_server_id")?.is_none() {
             return Ok(None);
         }
-        let labels = match row.try_get::<String, _>("s_labels") {
-            Ok(text) => decode_labels(text)?,
-            Err(sqlx::Error::ColumnNotFound(_)) => Labels::new(),
-            Err(e) => return Err(e.into()),
-        };
+        let labels = decode_labels(row.try_get::<String, _>("s_labels")?)?;
         Self::from_columns(
             row,
             [

@@ -409,6 +409,7 @@ impl WriteTx {
                     "THEN 1 ELSE 0 END AS BIGINT) AS has_dependents, ",
                     "s.server_id AS s_server_id, s.kind AS s_kind, s.registered AS s_registered, ",
                     "s.last_seen AS s_last_seen, s.created_at AS s_created_at, ",
+                    "s.labels AS s_labels, ",
                     "w.paused AS w_paused ",
                     "FROM tasks t JOIN workflows w ON w.id = t.workflow_id ",
                     "LEFT JOIN servers s ON s.server_id = t.server_id ",
