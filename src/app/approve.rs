@@ -7,9 +7,9 @@ use tracing::instrument;
 
 use super::release::walk;
 use super::replies::{Retry, end_attempt};
-use super::rerun::refuse_cancelled;
+use super::rerun::operated_task;
 use super::unit::UnitOfWork;
-use super::{App, AppError, locked_workflow, now_us};
+use super::{App, AppError, now_us};
 use crate::domain::{TaskState, WorkflowId, check_text};
 use crate::protocol::{Decision, TaskResult, timestamp};
 
@@ -46,13 +46,7 @@ impl App {
         }
         let now = now_us();
         let mut tx = self.begin().await?;
-        let wf = locked_workflow(&mut tx, workflow).await?;
-        refuse_cancelled(&wf)?;
-        let task = tx
-            .task_by_ref(workflow, reference)
-            .await?
-            .ok_or_else(|| AppError::NotFound(format!("task {reference:?} not found")))?;
-        tracing::Span::current().record("task_id", tracing::field::display(task.id));
+        let (wf, task) = operated_task(&mut tx, workflow, reference).await?;
         if !task.is_gate() {
             return Err(AppError::conflict(
                 "not_an_approval",

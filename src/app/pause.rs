@@ -10,7 +10,8 @@ use super::group;
 use super::rerun::{WorkflowGraph, refuse_cancelled};
 use super::unit::UnitOfWork;
 use super::{App, AppError, locked_workflow, now_us};
-use crate::domain::{TaskId, TaskState, WorkflowId};
+use crate::domain::{TaskState, WorkflowId};
+use crate::store::WriteTx;
 
 impl App {
     /// Pauses a workflow.
@@ -21,17 +22,7 @@ impl App {
     pub async fn pause_workflow(&self, workflow: WorkflowId) -> Result<(), AppError> {
         let now = now_us();
         let mut tx = self.begin().await?;
-        let mut wf = locked_workflow(&mut tx, workflow).await?;
-        refuse_cancelled(&wf)?;
-        if !wf.pause(now) {
-            return Err(AppError::conflict(
-                "workflow_paused",
-                format!("workflow {workflow} is paused already"),
-            ));
-        }
-        let mut uow = UnitOfWork::default();
-        uow.workflow_event(workflow, "paused");
-        uow.change_workflow(wf);
+        let mut uow = set_paused(&mut tx, workflow, true, now).await?;
         for mut task in tx.unfinished_tasks(Some(workflow), None).await? {
             // A retry waiting for its delay has not left: it is taken back
             // (the relay sends a message only once it is due). One that is
@@ -54,48 +45,53 @@ impl App {
     pub async fn resume_workflow(&self, workflow: WorkflowId) -> Result<(), AppError> {
         let now = now_us();
         let mut tx = self.begin().await?;
-        let mut wf = locked_workflow(&mut tx, workflow).await?;
-        refuse_cancelled(&wf)?;
-        if !wf.resume(now) {
-            return Err(AppError::conflict(
-                "workflow_not_paused",
-                format!("workflow {workflow} is not paused"),
-            ));
-        }
-        let mut uow = UnitOfWork::default();
-        uow.workflow_event(workflow, "resumed");
-        uow.change_workflow(wf);
+        let mut uow = set_paused(&mut tx, workflow, false, now).await?;
         let graph = WorkflowGraph::read(&mut tx, workflow).await?;
         // A group's children are released by its batch, not by the rule.
-        let ready: Vec<TaskId> = graph
-            .order
-            .iter()
-            .filter(|id| {
-                graph
-                    .tasks
-                    .get(id)
-                    .is_some_and(|t| t.awaits_release() && t.parent_id.is_none())
-            })
-            .copied()
-            .collect();
+        let ready = graph.ids_where(|t| t.awaits_release() && t.parent_id.is_none());
         graph
             .release(&mut tx, &mut uow, &self.config, &ready, now)
             .await?;
-        let open_groups: Vec<TaskId> = graph
-            .order
-            .iter()
-            .filter(|id| {
-                graph
-                    .tasks
-                    .get(id)
-                    .is_some_and(|t| t.is_group() && t.state() == TaskState::Running)
-            })
-            .copied()
-            .collect();
-        for g in open_groups {
+        for g in graph.ids_where(|t| t.is_group() && t.state() == TaskState::Running) {
             group::progress(&mut tx, &mut uow, &self.config, g, false, now).await?;
         }
         self.commit(tx, uow, now).await?;
         Ok(())
     }
+}
+
+/// Locks `workflow` and sets its pause flag to `paused`, with the event
+/// (`paused` or `resumed`) in the unit of work it returns.
+///
+/// # Errors
+/// Unknown workflow (404); a cancelled one, or one whose flag is already
+/// so (409 `workflow_paused`, `workflow_not_paused`).
+async fn set_paused(
+    tx: &mut WriteTx,
+    workflow: WorkflowId,
+    paused: bool,
+    now: i64,
+) -> Result<UnitOfWork, AppError> {
+    let mut wf = locked_workflow(tx, workflow).await?;
+    refuse_cancelled(&wf)?;
+    let (changed, event, code, is) = if paused {
+        (wf.pause(now), "paused", "workflow_paused", "paused already")
+    } else {
+        (
+            wf.resume(now),
+            "resumed",
+            "workflow_not_paused",
+            "not paused",
+        )
+    };
+    if !changed {
+        return Err(AppError::conflict(
+            code,
+            format!("workflow {workflow} is {is}"),
+        ));
+    }
+    let mut uow = UnitOfWork::default();
+    uow.workflow_event(workflow, event);
+    uow.change_workflow(wf);
+    Ok(uow)
 }

@@ -47,6 +47,15 @@ impl WorkflowGraph {
         })
     }
 
+    /// The ids of the tasks for which `keep` holds, in id (creation) order.
+    pub fn ids_where(&self, keep: impl Fn(&Task) -> bool) -> Vec<TaskId> {
+        self.order
+            .iter()
+            .filter(|id| self.tasks.get(id).is_some_and(&keep))
+            .copied()
+            .collect()
+    }
+
     /// The children of group `group`, in id order.
     pub fn children(&self, group: TaskId) -> impl Iterator<Item = &Task> {
         self.order
@@ -87,6 +96,26 @@ impl WorkflowGraph {
     }
 }
 
+/// The workflow `workflow`, locked, and its task `reference` (id or name),
+/// for an operator's action on the task (recorded in the span).
+///
+/// # Errors
+/// Unknown workflow or task (404); a cancelled workflow (409).
+pub(super) async fn operated_task(
+    tx: &mut WriteTx,
+    workflow: WorkflowId,
+    reference: &str,
+) -> Result<(Workflow, Task), AppError> {
+    let wf = locked_workflow(tx, workflow).await?;
+    refuse_cancelled(&wf)?;
+    let task = tx
+        .task_by_ref(workflow, reference)
+        .await?
+        .ok_or_else(|| AppError::NotFound(format!("task {reference:?} not found")))?;
+    tracing::Span::current().record("task_id", tracing::field::display(task.id));
+    Ok((wf, task))
+}
+
 /// 409 for any action on a cancelled workflow.
 pub(super) fn refuse_cancelled(wf: &Workflow) -> Result<(), AppError> {
     if wf.cancelled {
@@ -109,13 +138,7 @@ impl App {
     pub async fn rerun_task(&self, workflow: WorkflowId, reference: &str) -> Result<(), AppError> {
         let now = now_us();
         let mut tx = self.begin().await?;
-        let wf = locked_workflow(&mut tx, workflow).await?;
-        refuse_cancelled(&wf)?;
-        let task = tx
-            .task_by_ref(workflow, reference)
-            .await?
-            .ok_or_else(|| AppError::NotFound(format!("task {reference:?} not found")))?;
-        tracing::Span::current().record("task_id", tracing::field::display(task.id));
+        let (wf, task) = operated_task(&mut tx, workflow, reference).await?;
         match task.state() {
             TaskState::Succeeded => {
                 return Err(AppError::conflict(
@@ -185,17 +208,7 @@ impl App {
         let wf = locked_workflow(&mut tx, workflow).await?;
         refuse_cancelled(&wf)?;
         let graph = WorkflowGraph::read(&mut tx, workflow).await?;
-        let reset: Vec<TaskId> = graph
-            .order
-            .iter()
-            .filter(|id| {
-                graph
-                    .tasks
-                    .get(id)
-                    .is_some_and(|t| t.state().check_rerun().is_ok())
-            })
-            .copied()
-            .collect();
+        let reset = graph.ids_where(|t| t.state().check_rerun().is_ok());
         if reset.is_empty() {
             return Err(AppError::conflict(
                 "nothing_to_rerun",
