@@ -820,3 +820,75 @@ tasks:
     drop(worker);
     app.stop().await;
 }
+
+/// The shipped rolling-upgrade example through the CLI (SPEC 7.2): servers
+/// labelled at registration, a group released one child at a time, its
+/// outputs gathered per server for the task after it, which runs on any one
+/// of them; `task show` and `workflow graph` show the group.
+#[tokio::test]
+async fn the_shipped_rollout_example_runs_on_every_labelled_server() {
+    let app = spawn_app().await;
+    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    let servers = [format!("cli-w1-{suffix}"), format!("cli-w2-{suffix}")];
+    for s in &servers {
+        bora(&app, &["server", "register", s, "--label", "role=web"])
+            .await
+            .ok();
+    }
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/web-rollout.yaml");
+    let id = bora(&app, &["workflow", "create", "-f", file])
+        .await
+        .ok()
+        .trim()
+        .to_owned();
+    let mut workers = Vec::new();
+    for s in &servers {
+        workers.push(app.fake_worker(s).await);
+    }
+    // One child at a time, in server order.
+    for w in &mut workers {
+        let t = w.next_task().await;
+        assert!(t.name.starts_with("rollout["), "{}", t.name);
+        let mut result = TaskResult::from_streams(t.attempt, 0, String::new(), String::new());
+        result.outputs.insert("version".into(), "2.1".into());
+        w.finish_with(&t, result).await;
+    }
+    let smoke = app.wait_task_state(&id, "smoke", "queued").await;
+    let on = smoke.server_id.clone().expect("any: a server was chosen");
+    let w = servers
+        .iter()
+        .position(|s| *s == on)
+        .expect("a labelled server");
+    let t = workers[w].next_task().await;
+    assert_eq!(t.name, "smoke");
+    assert_eq!(
+        t.inputs["VERSIONS"],
+        serde_json::json!({&servers[0]: "2.1", &servers[1]: "2.1"})
+    );
+    workers[w].finish(&t, 0).await;
+    app.wait_workflow_state(&id, "succeeded").await;
+
+    let shown = bora(&app, &["task", "show", &id, "rollout"]).await;
+    let text = shown.ok();
+    for line in [
+        "Target:      role=web (all, batch 1, at most 0 failures)".to_owned(),
+        format!("Matched:     {}, {}", servers[0], servers[1]),
+        "Children:    2/2 succeeded".to_owned(),
+    ] {
+        assert!(text.contains(&line), "{line:?} in {text}");
+    }
+    let child_out = bora(
+        &app,
+        &["task", "show", &id, &format!("rollout[{}]", servers[0])],
+    )
+    .await;
+    let child = child_out.ok();
+    assert!(child.contains("Group task:  rollout"), "{child}");
+    let graph = bora(&app, &["workflow", "graph", &id]).await;
+    let dot = graph.ok();
+    assert!(dot.contains("group: 2/2 succeeded"), "{dot}");
+    assert!(!dot.contains("rollout["), "children are not drawn: {dot}");
+    for s in &servers {
+        bora(&app, &["server", "delete", s]).await.ok();
+    }
+}
