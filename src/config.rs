@@ -292,6 +292,9 @@ pub struct DispatchSettings {
     pub max_input_bytes: usize,
     /// The most tasks one workflow may hold (422 beyond).
     pub max_tasks_per_workflow: u64,
+    /// The most live output kept per stream of one attempt (SPEC 7.5);
+    /// 0 turns live output off.
+    pub max_live_output_bytes: u64,
     /// Broker connections a registered guest server's user may hold at once.
     pub guest_max_connections: u32,
     /// Broker connections a registered oslo server's user may hold at once.
@@ -493,6 +496,12 @@ impl Settings {
             86_400,
         )?;
         within("dispatch.outbox_lease_s", d.outbox_lease_s, 1, 3_600)?;
+        within(
+            "dispatch.max_live_output_bytes",
+            d.max_live_output_bytes,
+            0,
+            64 * 1024 * 1024,
+        )?;
         within(
             "dispatch.relay_interval_ms",
             d.relay_interval_ms,

@@ -64,18 +64,7 @@ pub(super) async fn stream(
         .await?
         .ok_or_else(|| ApiError::not_found(format!("workflow {wf} not found")))?;
     let after = last_event_id(&headers)?;
-    let permit = state.streams.clone().try_acquire_owned().map_err(|_| {
-        let mut e = ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too_many_streams",
-            format!(
-                "{} event streams are open, the most api.max_event_streams allows; try again later",
-                state.settings.api.max_event_streams
-            ),
-        );
-        e.retry_after_s = Some(5);
-        e
-    })?;
+    let permit = stream_permit(&state)?;
     let cursor = Cursor {
         _permit: permit,
         commits: state.app.commits(),
@@ -89,6 +78,28 @@ pub(super) async fn stream(
         c.next_event().await.map(|e| (Ok(e), c))
     });
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
+}
+
+/// A place among `api.max_event_streams` for one more open stream (event
+/// streams and live output alike), given back when the stream is dropped.
+///
+/// # Errors
+/// 503 `too_many_streams` with `Retry-After` while every place is taken.
+pub(super) fn stream_permit(
+    state: &AppState,
+) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    state.streams.clone().try_acquire_owned().map_err(|_| {
+        let mut e = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_streams",
+            format!(
+                "{} event streams are open, the most api.max_event_streams allows; try again later",
+                state.settings.api.max_event_streams
+            ),
+        );
+        e.retry_after_s = Some(5);
+        e
+    })
 }
 
 fn last_event_id(headers: &HeaderMap) -> Result<i64, ApiError> {

@@ -12,6 +12,7 @@ mod events;
 mod extract;
 pub mod openapi;
 mod operate;
+mod output;
 mod servers;
 pub(crate) mod tasks;
 pub mod views;
@@ -91,6 +92,7 @@ fn api_routes(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(operate::approve))
         .routes(routes!(operate::reject))
         .routes(routes!(operate::attempts))
+        .routes(routes!(output::output))
         .routes(routes!(tasks::add, tasks::list))
         .routes(routes!(tasks::show, tasks::patch, tasks::cancel))
         .routes(routes!(events::stream))

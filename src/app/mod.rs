@@ -73,6 +73,8 @@ pub struct AppConfig {
     pub max_input_bytes: usize,
     /// Most tasks one workflow may hold.
     pub max_tasks_per_workflow: u64,
+    /// The most live output kept per stream of one attempt (bytes).
+    pub max_live_output_bytes: u64,
     /// Queue oslo notifications on task and workflow ends.
     pub notifications: bool,
     /// How long a relay holds the outbox rows it publishes (microseconds).

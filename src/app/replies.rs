@@ -12,8 +12,8 @@ use super::release::walk;
 use super::unit::UnitOfWork;
 use super::{App, AppConfig, AppError, now_us};
 use crate::domain::{Failure, ServerKind, Task, TaskId, TaskState, WorkflowId, is_broker_user_of};
-use crate::protocol::{MsgTarget, RpcReply, TaskResult, parse_msg_id};
-use crate::store::{ServerRow, WriteTx};
+use crate::protocol::{MsgTarget, OutputChunk, RpcReply, TaskResult, parse_msg_id};
+use crate::store::{NewChunk, ServerRow, WriteTx};
 
 /// A server's `last_seen` is written at most this often: it only says
 /// whether a server is online (within `heartbeat_timeout_s`), and skipping
@@ -39,6 +39,8 @@ pub enum Verdict {
     Recorded,
     /// A heartbeat or started report.
     Heartbeat,
+    /// Live output (also a heartbeat).
+    Output,
     /// Ignored; the reason is a metric label.
     Dropped(&'static str),
 }
@@ -269,7 +271,24 @@ impl App {
         if !reply.ending {
             let moved = task.heartbeat(now)?;
             uow.keep(&task, moved);
-            return Ok(Verdict::Heartbeat);
+            let Some(chunk) = reply.output_chunk() else {
+                return Ok(Verdict::Heartbeat);
+            };
+            let stream = chunk.stream.as_str();
+            return Ok(match kept(chunk, self.config.max_live_output_bytes) {
+                Some((offset, data, truncated)) => {
+                    uow.output(NewChunk {
+                        task_id,
+                        attempt: i64::from(attempt),
+                        stream,
+                        offset,
+                        data,
+                        truncated,
+                    });
+                    Verdict::Output
+                }
+                None => Verdict::Dropped("output_over_cap"),
+            });
         }
         let result = TaskResult::from_reply(attempt, reply.result, reply.failure.as_deref());
         let paused = batch
@@ -284,6 +303,28 @@ impl App {
         }
         Ok(Verdict::Recorded)
     }
+}
+
+/// What of a chunk of live output is kept under the per-stream `cap`:
+/// (offset, text, marker); `None` when none of it is.
+fn kept(chunk: OutputChunk, cap: u64) -> Option<(i64, String, bool)> {
+    if chunk.truncated {
+        // The worker's marker where its stream stopped.
+        return (chunk.offset <= cap).then_some((chunk.offset as i64, chunk.data, true));
+    }
+    if chunk.offset >= cap {
+        return None;
+    }
+    let room = (cap - chunk.offset) as usize;
+    let mut data = chunk.data;
+    if data.len() > room {
+        let mut end = room;
+        while !data.is_char_boundary(end) {
+            end -= 1;
+        }
+        data.truncate(end);
+    }
+    Some((chunk.offset as i64, data, false))
 }
 
 /// Whether an attempt that ended unsuccessfully may be retried.

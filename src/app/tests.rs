@@ -25,6 +25,7 @@ async fn tracker() -> (App, tempfile::TempDir) {
         max_result_bytes: 1 << 20,
         max_input_bytes: 1 << 20,
         max_tasks_per_workflow: 100,
+        max_live_output_bytes: 1 << 20,
         notifications: true,
         outbox_lease_us: 5_000_000,
         online_window_us: 30_000_000,

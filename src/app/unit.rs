@@ -8,7 +8,9 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use crate::domain::{Task, TaskId, TaskState, Workflow, WorkflowId};
-use crate::store::{NewAttempt, NewEvent, NewMessage, OutboxItem, OutboxKind, StoreError, WriteTx};
+use crate::store::{
+    NewAttempt, NewChunk, NewEvent, NewMessage, OutboxItem, OutboxKind, StoreError, WriteTx,
+};
 
 /// What a use case changed and has not written yet.
 #[derive(Debug, Default)]
@@ -38,6 +40,8 @@ pub(crate) struct UnitOfWork {
     changed_workflows: Vec<Workflow>,
     /// Results a later attempt replaced, kept in `task_attempts`.
     archived: Vec<NewAttempt>,
+    /// Live output to keep.
+    output: Vec<NewChunk>,
     /// Whether each workflow the use case read is paused (not written: the
     /// release rule reads it here before asking the store).
     paused: HashMap<WorkflowId, bool>,
@@ -78,6 +82,7 @@ impl UnitOfWork {
             && self.new_workflows.is_empty()
             && self.changed_workflows.is_empty()
             && self.archived.is_empty()
+            && self.output.is_empty()
     }
 
     /// How many tasks of `workflow` this unit of work creates.
@@ -158,6 +163,11 @@ impl UnitOfWork {
                 result,
             });
         }
+    }
+
+    /// Keeps a chunk of live output.
+    pub fn output(&mut self, chunk: NewChunk) {
+        self.output.push(chunk);
     }
 
     /// Notes whether `workflow` is paused, as read under its lock.
@@ -270,6 +280,9 @@ impl UnitOfWork {
         let queued = tx.write(&rows, &self.events, &messages, now).await?;
         if !self.archived.is_empty() {
             tx.insert_attempts(&self.archived, now).await?;
+        }
+        if !self.output.is_empty() {
+            tx.insert_output(&self.output).await?;
         }
         let mut written = Written {
             entered: self

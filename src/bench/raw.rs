@@ -128,6 +128,8 @@ impl Raw {
             timeout_s: 3600,
             attempt: 1,
             delivery: Delivery::AtLeastOnce,
+            // As bora's own messages carry it.
+            live_output_bytes: Some(settings.dispatch.max_live_output_bytes),
         };
         let body = task
             .to_call(&amqp.reply_queue, settings.worker.heartbeat_s)

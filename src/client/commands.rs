@@ -157,8 +157,16 @@ pub enum TaskCommand {
     },
     /// List every attempt of a task that has a result, oldest first.
     Attempts { workflow: String, task: String },
-    /// Print a task's result streams: its stdout to stdout, its stderr to stderr.
-    Output { workflow: String, task: String },
+    /// Print a task's result streams: its stdout to stdout, its stderr to
+    /// stderr. With --follow, its live output as it is printed, until the
+    /// attempt ends (exit 3 unless the task succeeded).
+    Output {
+        workflow: String,
+        task: String,
+        /// Follow the live output of the running attempt.
+        #[arg(long)]
+        follow: bool,
+    },
 }
 
 fn client(conn: &Conn) -> anyhow::Result<Client> {
@@ -462,7 +470,18 @@ pub async fn run_task(args: TaskArgs) -> anyhow::Result<Outcome> {
                 print!("{}", render::attempts_table(&array(&a, "attempts")));
             }
         }
-        TaskCommand::Output { workflow, task } => {
+        TaskCommand::Output {
+            workflow,
+            task,
+            follow: true,
+        } => {
+            return Ok(super::follow::follow(&c, &workflow, &task).await?);
+        }
+        TaskCommand::Output {
+            workflow,
+            task,
+            follow: false,
+        } => {
             let t = c.get(&task_path(&workflow, &task)).await?;
             let result = &t["result"];
             anyhow::ensure!(

@@ -9,13 +9,16 @@
 //! - [`graph`]: Graphviz DOT and Mermaid renderings of a workflow.
 //! - [`sse`]: the events of a `text/event-stream` body (parsed by `sse-stream`).
 //! - [`watch`]: live progress of a workflow from its event stream.
+//! - [`follow`]: a running task's live output, as it is printed.
 //!
 //! Exit codes scripts can rely on: 0 success; 1 the request failed (the
 //! server's error code and message are printed) or the server is
 //! unreachable; 2 bad usage (from clap); 3 `workflow watch` saw the workflow
-//! end failed, cancelled or deleted.
+//! end failed, cancelled or deleted (or `task output --follow` the task end
+//! other than succeeded).
 
 mod commands;
+mod follow;
 mod graph;
 mod http;
 mod render;

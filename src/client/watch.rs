@@ -22,7 +22,7 @@ use super::sse::{SseEvent, sse_events};
 use super::{Outcome, render};
 
 /// Consecutive failed connection attempts before giving up.
-const MAX_FAILURES: u32 = 30;
+pub(super) const MAX_FAILURES: u32 = 30;
 
 struct TaskLine {
     name: String,
@@ -299,7 +299,7 @@ pub async fn watch(client: &Client, wf: &str, json: bool) -> Result<Outcome, Cli
     }
 }
 
-fn backoff(failures: u32) -> Duration {
+pub(super) fn backoff(failures: u32) -> Duration {
     Duration::from_millis((100u64 << failures.min(6)).min(5_000))
 }
 

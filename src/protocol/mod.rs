@@ -207,6 +207,27 @@ impl RpcReply {
         }
     }
 
+    /// A non-final reply carrying live output (SPEC 7.5); it also says the
+    /// attempt runs.
+    pub fn output(msg_id: impl Into<String>, chunk: &OutputChunk) -> Self {
+        Self {
+            result: serde_json::json!({ "output": chunk }),
+            failure: None,
+            ending: false,
+            msg_id: msg_id.into(),
+            unique_id: Some(fresh_unique_id()),
+        }
+    }
+
+    /// The live output a non-final reply carries, if it carries some.
+    pub fn output_chunk(&self) -> Option<OutputChunk> {
+        if self.ending {
+            return None;
+        }
+        let chunk = self.result.get("output")?;
+        serde_json::from_value(chunk.clone()).ok()
+    }
+
     /// A call-monitor heartbeat (`ending: false`, null result).
     pub fn heartbeat(msg_id: impl Into<String>) -> Self {
         Self {
@@ -364,6 +385,10 @@ pub struct TaskMessage {
     /// Whether the worker must record the attempt in its ledger first.
     #[serde(default)]
     pub delivery: Delivery,
+    /// The most live output (bytes per stream) the dispatcher keeps of this
+    /// attempt (SPEC 7.5); absent: the worker sends none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live_output_bytes: Option<u64>,
 }
 
 impl TaskMessage {
@@ -386,6 +411,7 @@ impl TaskMessage {
             timeout_s: task.timeout_s as u32,
             attempt: task.attempt as u32,
             delivery: task.delivery,
+            live_output_bytes: None,
         })
     }
 
@@ -466,6 +492,51 @@ impl CancelMessage {
         }
         serde_json::from_value(Value::Object(req.args.clone())).map_err(ProtocolError::Shape)
     }
+}
+
+/// Which output stream a chunk of live output is of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputStream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+impl OutputStream {
+    /// `stdout` or `stderr`: the store's and the event's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutputStream::Stdout => "stdout",
+            OutputStream::Stderr => "stderr",
+        }
+    }
+
+    /// The stream of a stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "stdout" => Some(OutputStream::Stdout),
+            "stderr" => Some(OutputStream::Stderr),
+            _ => None,
+        }
+    }
+}
+
+/// A piece of a running attempt's output (SPEC 7.5): the text at byte
+/// `offset` of its stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputChunk {
+    /// Which stream.
+    pub stream: OutputStream,
+    /// Where in the stream `data` starts, in bytes.
+    pub offset: u64,
+    /// The text (whole UTF-8 characters; invalid bytes shown lossily).
+    pub data: String,
+    /// The live output of this stream stops here (its cap was reached);
+    /// `data` is a marker, not output. The result keeps head and tail.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub truncated: bool,
 }
 
 /// The result of one attempt (SPEC 2), also Heat's `deploy_*` signal under plain names.
@@ -819,6 +890,7 @@ mod tests {
             timeout_s: 60,
             attempt: 3,
             delivery: Delivery::AtLeastOnce,
+            live_output_bytes: None,
         }
     }
 

@@ -66,6 +66,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
             reply_exchange: settings.amqp.reply_queue.clone(),
             max_result_bytes: settings.dispatch.max_result_bytes,
             max_input_bytes: settings.dispatch.max_input_bytes,
+            max_live_output_bytes: settings.dispatch.max_live_output_bytes,
             max_tasks_per_workflow: settings.dispatch.max_tasks_per_workflow,
             notifications: settings.notifications.enabled,
             outbox_lease_us: settings.dispatch.outbox_lease_us(),

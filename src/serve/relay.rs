@@ -481,11 +481,13 @@ async fn render(
                 return Ok(None);
             }
             match TaskMessage::of(task) {
-                Ok(m) => Some(Outgoing {
+                Ok(mut m) => Some(Outgoing {
                     routing_key: settings.amqp.task_queue(&item.server_id),
-                    body: m
-                        .to_call(&settings.amqp.reply_queue, settings.worker.heartbeat_s)
-                        .encode(),
+                    body: {
+                        m.live_output_bytes = Some(settings.dispatch.max_live_output_bytes);
+                        m.to_call(&settings.amqp.reply_queue, settings.worker.heartbeat_s)
+                            .encode()
+                    },
                     mandatory: true,
                 }),
                 Err(e) => {

@@ -119,6 +119,9 @@ async fn consume(app: &App, broker: &Broker, listening: &Listening, shutdown: &C
                         metrics::histogram!("bora_result_to_release_seconds").record(released);
                     }
                     Verdict::Heartbeat => metrics::counter!("bora_heartbeats_total").increment(1),
+                    Verdict::Output => {
+                        metrics::counter!("bora_live_output_chunks_total").increment(1);
+                    }
                     Verdict::Dropped(reason) => {
                         // Who sent it and how, so a forging guest can be
                         // found; never the payload (it may carry credentials).

@@ -146,13 +146,14 @@ impl WriteTx {
         .bind(&id)
         .execute(&mut *self.tx)
         .await?;
-        sqlx::query(
-            "DELETE FROM task_attempts WHERE task_id IN \
-             (SELECT id FROM tasks WHERE workflow_id = $1)",
-        )
-        .bind(&id)
-        .execute(&mut *self.tx)
-        .await?;
+        for table in ["task_attempts", "task_output"] {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DELETE FROM {table} WHERE task_id IN (SELECT id FROM tasks WHERE workflow_id = $1)"
+            )))
+            .bind(&id)
+            .execute(&mut *self.tx)
+            .await?;
+        }
         sqlx::query(
             "DELETE FROM task_deps WHERE task_id IN (SELECT id FROM tasks WHERE workflow_id = $1)",
         )

@@ -12,6 +12,9 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio_util::sync::CancellationToken;
 
+use super::live::Live;
+use crate::protocol::OutputStream;
+
 /// Size of one read from a pipe.
 const CHUNK: usize = 64 * 1024;
 
@@ -125,6 +128,7 @@ pub async fn read_capped<R: AsyncRead + Unpin>(
     mut reader: R,
     cap: usize,
     stop: CancellationToken,
+    tap: Option<(std::sync::Arc<Live>, OutputStream)>,
 ) -> Captured {
     let mut capture = Capture::new(cap);
     let mut buf = vec![0u8; CHUNK];
@@ -136,7 +140,12 @@ pub async fn read_capped<R: AsyncRead + Unpin>(
         };
         match n {
             Ok(0) | Err(_) => break,
-            Ok(n) => capture.feed(&buf[..n]),
+            Ok(n) => {
+                capture.feed(&buf[..n]);
+                if let Some((live, stream)) = &tap {
+                    live.feed(*stream, &buf[..n]);
+                }
+            }
         }
     }
     capture.finish()

@@ -8,20 +8,24 @@
 //! result is published and confirmed first, then the delivery is acked. This
 //! module never logs a payload, an input value or a config body.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
 
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 
 use super::Worker;
 use super::broker::SessionCtx;
+use super::live::{self, Live};
 use super::process::Stoppers;
 use super::registry::{Admission, Ticket};
 use super::runner::Runner;
 use crate::domain::Delivery as DeliveryMode;
-use crate::protocol::{RpcReply, RpcRequest, TaskMessage, TaskResult, task_msg_id};
+use crate::protocol::{OutputChunk, RpcReply, RpcRequest, TaskMessage, TaskResult, task_msg_id};
 
 /// Handles one delivery from the task queue to its end, inside a `task`
 /// span: `server_id` from the start, the workflow, task, attempt and group
@@ -189,7 +193,21 @@ async fn handle_task(
         cancel: ticket.cancel.clone(),
         kill_all: worker.kill_all.clone(),
     };
-    let run = runner.run(&task, &worker.runners, &stoppers);
+    // Live output (SPEC 7.5) of a script, when the dispatcher keeps some.
+    let live = match (&runner, task.live_output_bytes) {
+        (Runner::Script, Some(cap)) if cap > 0 => Some(Arc::new(Live::new(cap))),
+        _ => None,
+    };
+    let live_done = tokio_util::sync::CancellationToken::new();
+    let live_sender = live.clone().map(|l| {
+        tokio::spawn(live_loop(
+            worker.clone(),
+            msg_id.clone(),
+            l,
+            live_done.clone(),
+        ))
+    });
+    let run = runner.run(&task, &worker.runners, &stoppers, live);
     tokio::pin!(run);
     let mut permit = Some(permit);
     let result = tokio::select! {
@@ -201,6 +219,13 @@ async fn handle_task(
         }
     };
     heartbeats.abort();
+    // The last output goes before the result (one channel keeps the order).
+    live_done.cancel();
+    if let Some(sender) = live_sender
+        && tokio::time::timeout(FLUSH_LIMIT, sender).await.is_err()
+    {
+        tracing::warn!("the last live output was not sent in time; the result has it");
+    }
     drop(permit);
     tracing::info!(
         exit_code = result.exit_code,
@@ -240,6 +265,52 @@ async fn finish_without_process(
 fn final_reply(msg_id: &str, result: &TaskResult) -> RpcReply {
     let value = serde_json::to_value(result).unwrap_or_default();
     RpcReply::final_result(msg_id, value)
+}
+
+/// How long the last live output may take to go out before the result.
+const FLUSH_LIMIT: Duration = Duration::from_secs(10);
+
+/// Sends what the task printed since the last tick as non-final replies,
+/// every [`live::PERIOD`] while there is something new (a silent task sends
+/// nothing), in order: a chunk whose publish failed (a broker away) is
+/// sent again from there on the next tick. Once `done`, sends the rest
+/// (trying for a few seconds while the broker is away) and returns.
+async fn live_loop(worker: Arc<Worker>, msg_id: String, live: Arc<Live>, done: CancellationToken) {
+    let mut unsent: VecDeque<OutputChunk> = VecDeque::new();
+    let mut tick = tokio::time::interval(live::PERIOD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Tries left once the task ended (a broker away: the result has it all).
+    let mut flushes = 20;
+    loop {
+        let last = tokio::select! {
+            _ = tick.tick() => false,
+            () = done.cancelled() => true,
+        };
+        unsent.extend(live.take(last));
+        while let Some(chunk) = unsent.front() {
+            match worker
+                .publisher
+                .publish(&RpcReply::output(&msg_id, chunk))
+                .await
+            {
+                Ok(()) => {
+                    unsent.pop_front();
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "live output not published; sent again later");
+                    break;
+                }
+            }
+        }
+        if last {
+            flushes -= 1;
+            if unsent.is_empty() || flushes == 0 {
+                return;
+            }
+            // The broker is away: try again shortly.
+            tokio::time::sleep(live::PERIOD).await;
+        }
+    }
 }
 
 async fn heartbeat_loop(worker: Arc<Worker>, msg_id: String, period: Duration) {

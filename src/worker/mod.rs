@@ -21,6 +21,7 @@ mod broker;
 mod capture;
 mod handler;
 mod ledger;
+mod live;
 mod process;
 mod publisher;
 mod registry;

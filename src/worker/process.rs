@@ -8,6 +8,7 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
@@ -15,6 +16,8 @@ use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
 use super::capture::{Captured, read_capped};
+use super::live::Live;
+use crate::protocol::OutputStream;
 
 /// Between SIGTERM and SIGKILL when a task times out or the worker shuts down.
 const TERM_GRACE: Duration = Duration::from_secs(2);
@@ -38,6 +41,8 @@ pub struct Spec {
     pub stdout_cap: usize,
     pub stderr_cap: usize,
     pub timeout: Duration,
+    /// Where the output goes as it is read, too (live output).
+    pub live: Option<Arc<Live>>,
 }
 
 /// Why the worker ended a process.
@@ -85,14 +90,14 @@ pub async fn run(spec: Spec, stoppers: &Stoppers) -> std::io::Result<Outcome> {
         .ok_or_else(|| std::io::Error::other("spawned process has no pid"))?;
 
     let stop_reading = CancellationToken::new();
-    let out = child
-        .stdout
-        .take()
-        .map(|s| tokio::spawn(read_capped(s, spec.stdout_cap, stop_reading.clone())));
-    let err = child
-        .stderr
-        .take()
-        .map(|s| tokio::spawn(read_capped(s, spec.stderr_cap, stop_reading.clone())));
+    let out = child.stdout.take().map(|s| {
+        let tap = spec.live.clone().map(|l| (l, OutputStream::Stdout));
+        tokio::spawn(read_capped(s, spec.stdout_cap, stop_reading.clone(), tap))
+    });
+    let err = child.stderr.take().map(|s| {
+        let tap = spec.live.clone().map(|l| (l, OutputStream::Stderr));
+        tokio::spawn(read_capped(s, spec.stderr_cap, stop_reading.clone(), tap))
+    });
     if let (Some(mut stdin), Some(data)) = (child.stdin.take(), spec.stdin) {
         // A process that does not read its stdin gets EPIPE here: not an error.
         tokio::spawn(async move {

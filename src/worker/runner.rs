@@ -11,11 +11,13 @@
 use std::ffi::OsString;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 
 use super::capture::{Capture, Captured};
+use super::live::Live;
 use super::process::{self, Ending, Outcome, Spec, Stop, Stoppers};
 use crate::protocol::{TaskMessage, TaskResult};
 
@@ -91,6 +93,7 @@ impl Runner {
         task: &TaskMessage,
         config: &RunnerConfig,
         stoppers: &Stoppers,
+        live: Option<Arc<Live>>,
     ) -> TaskResult {
         if let Some(r) = self.instant_result(task) {
             return r;
@@ -112,7 +115,7 @@ impl Runner {
         };
         let result = match self {
             Runner::Hook(path) => run_hook(path, task, config, scratch.path(), stoppers).await,
-            _ => run_script(task, config, scratch.path(), stoppers).await,
+            _ => run_script(task, config, scratch.path(), stoppers, live).await,
         };
         // Removal failure (a task that chmod'ed its files) is logged, not fatal.
         if let Err(e) = scratch.close() {
@@ -169,6 +172,7 @@ async fn run_script(
     config: &RunnerConfig,
     scratch: &Path,
     stoppers: &Stoppers,
+    live: Option<Arc<Live>>,
 ) -> Result<TaskResult, String> {
     let mut env = input_env(&task.inputs)?;
     let outputs_dir = scratch.join("outputs");
@@ -193,6 +197,7 @@ async fn run_script(
         stdout_cap: config.max_output_bytes,
         stderr_cap: config.max_output_bytes,
         timeout: Duration::from_secs(u64::from(task.timeout_s)),
+        live,
     };
     let outcome = process::run(spec, stoppers)
         .await
@@ -379,6 +384,7 @@ async fn run_hook(
         stdout_cap: json_limit,
         stderr_cap: config.max_output_bytes,
         timeout: Duration::from_secs(u64::from(task.timeout_s)),
+        live: None,
     };
     let outcome = process::run(spec, stoppers)
         .await

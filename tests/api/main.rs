@@ -8,6 +8,7 @@ mod fuzz;
 mod groups;
 mod helpers;
 mod labels;
+mod live;
 mod management;
 mod operate;
 mod oslo;

@@ -892,3 +892,59 @@ async fn the_shipped_rollout_example_runs_on_every_labelled_server() {
         bora(&app, &["server", "delete", s]).await.ok();
     }
 }
+
+/// `bora task output --follow` (SPEC 7.5) with a real worker: lines are
+/// printed as the task prints them (the first while it still runs), stdout
+/// to stdout and stderr to stderr, all of them once; it exits 0 when the
+/// task succeeded and 3 when it did not.
+#[tokio::test]
+async fn task_output_follow_prints_live_and_ends_with_the_task() {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+    let app = spawn_app().await;
+    let server = format!(
+        "cli-live-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let _worker = WorkerProcess::start(&app, &server);
+    let script = "for i in $(seq 1 12); do echo \"line $i\"; sleep 0.2; done; echo bye >&2";
+    let wf = app
+        .create_workflow(serde_json::json!({"name": "follow", "tasks": [
+            {"name": "t", "server_id": server, "config": script},
+            {"name": "bad", "server_id": server, "depends_on": ["t"], "config": "echo no; exit 2"}
+        ]}))
+        .await;
+    let id = wf.id();
+    app.wait_task_state(&id, "t", "running").await;
+    let mut child = client(&app, &["task", "output", &id, "t", "--follow"])
+        .spawn()
+        .expect("spawn bora");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .expect("a line while the task runs")
+        .unwrap();
+    assert_eq!(first.as_deref(), Some("line 1"));
+    assert_eq!(app.task(&id, "t").await.state, "running", "printed live");
+    let mut rest = Vec::new();
+    while let Some(l) = lines.next_line().await.unwrap() {
+        rest.push(l);
+    }
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .await
+        .unwrap();
+    let status = child.wait().await.unwrap();
+    assert_eq!(status.code(), Some(0));
+    let expected: Vec<String> = (2..=12).map(|i| format!("line {i}")).collect();
+    assert_eq!(rest, expected, "every line once, in order");
+    assert_eq!(stderr, "bye\n");
+    // A task that fails: its output, then exit 3.
+    app.wait_task_state(&id, "bad", "failed").await;
+    let out = bora(&app, &["task", "output", &id, "bad", "--follow"]).await;
+    assert_eq!(out.code, 3, "{out:?}");
+    assert_eq!(out.stdout, "no\n");
+}

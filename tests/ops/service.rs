@@ -73,6 +73,7 @@ async fn openapi_documents_every_route_body_and_error() {
         "POST /v1/workflows/{wf}/tasks/{task}/approve",
         "POST /v1/workflows/{wf}/tasks/{task}/reject",
         "GET /v1/workflows/{wf}/tasks/{task}/attempts",
+        "GET /v1/workflows/{wf}/tasks/{task}/output",
         "GET /v1/workflows/{wf}/events",
         "GET /v1/workflows/{wf}/tasks",
         "POST /v1/workflows/{wf}/tasks",

@@ -414,6 +414,7 @@ impl TestApp {
             timeout_s: 60,
             attempt: 1,
             delivery: Delivery::AtLeastOnce,
+            live_output_bytes: None,
         }
     }
 

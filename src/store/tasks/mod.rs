@@ -225,10 +225,12 @@ impl WriteTx {
                 .bind(&id)
                 .execute(&mut *self.tx)
                 .await?;
-            sqlx::query("DELETE FROM task_attempts WHERE task_id = $1")
-                .bind(&id)
-                .execute(&mut *self.tx)
-                .await?;
+            for sql in [
+                "DELETE FROM task_attempts WHERE task_id = $1",
+                "DELETE FROM task_output WHERE task_id = $1",
+            ] {
+                sqlx::query(sql).bind(&id).execute(&mut *self.tx).await?;
+            }
             sqlx::query("DELETE FROM task_deps WHERE task_id = $1 OR dep_id = $1")
                 .bind(&id)
                 .execute(&mut *self.tx)
