@@ -246,3 +246,112 @@ async fn chunks_are_authorised_like_results() {
     assert_eq!(kept["stdout"], "real\n", "{kept}");
     app.stop().await;
 }
+
+/// A server registered for one test (broker users are global), revoked at
+/// the end.
+async fn register(app: &TestApp, prefix: &str) -> (String, String) {
+    let id = format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..10]
+    );
+    let (s, reg) = app.post("/v1/servers", json!({"server_id": id})).await;
+    assert_eq!(s, StatusCode::CREATED, "{reg}");
+    (id, reg["amqp_url"].as_str().unwrap().to_owned())
+}
+
+#[tokio::test]
+async fn a_worker_cut_off_mid_run_resends_its_output_without_a_gap() {
+    let app = spawn_app().await;
+    let (server, url) = register(&app, "live-cut").await;
+    let _w = start_worker(&app, &server, &[("BORA__WORKER__AMQP_URL", &url)]).await;
+    let script = "for i in $(seq 1 40); do echo \"tick $i\"; sleep 0.1; done";
+    let wf = app
+        .create_workflow(
+            json!({"name": "cut", "tasks": [{"name": "t", "server_id": server, "config": script}]}),
+        )
+        .await;
+    let id = wf.id();
+    app.wait_task_state(&id, "t", "running").await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // The worker's broker connections are closed under it, twice.
+    let http = reqwest::Client::new();
+    for _ in 0..2 {
+        let r = http
+            .delete(format!("{MGMT}/api/connections/username/bora-srv-{server}"))
+            .basic_auth("guest", Some("guest"))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.status());
+        tokio::time::sleep(Duration::from_millis(800)).await;
+    }
+    let t = app.wait_task_state(&id, "t", "succeeded").await;
+    let (_, kept) = app.get(&format!("/v1/workflows/{id}/tasks/t/output")).await;
+    assert_eq!(
+        kept["stdout"],
+        json!(t.result().stdout),
+        "no gap, no repeat"
+    );
+    assert_eq!(t.result().stdout.lines().count(), 40);
+    app.delete(&format!("/v1/servers/{server}")).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_guest_cannot_add_output_to_another_servers_task() {
+    let app = spawn_app().await;
+    let (a, url_a) = register(&app, "live-evil").await;
+    let (b, _) = register(&app, "live-victim").await;
+    let wf = app
+        .create_workflow(json!({"name": "victim", "tasks": [{"name": "t", "server_id": b}]}))
+        .await;
+    let id = wf.id();
+    let task = app.wait_task_state(&id, "t", "queued").await;
+    // A's own credentials, A's own user_id: the broker lets it publish, bora
+    // drops the chunk (not B's user).
+    let before = wrong_user_drops(&app).await;
+    let forger = FakeWorker::connect(&url_a, &app.settings, &a).await;
+    let chunk = OutputChunk {
+        stream: OutputStream::Stdout,
+        offset: 0,
+        data: "forged\n".into(),
+        truncated: false,
+    };
+    forger
+        .send_raw(&RpcReply::output(task_msg_id(task.id, 1), &chunk).encode())
+        .await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let (_, kept) = app.get(&format!("/v1/workflows/{id}/tasks/t/output")).await;
+    assert_eq!(kept["stdout"], "", "{kept}");
+    assert!(
+        wrong_user_drops(&app).await > before,
+        "the dropped chunk is counted"
+    );
+    assert_eq!(
+        app.task(&id, "t").await.state,
+        "queued",
+        "nor is it a heartbeat"
+    );
+    for s in [a, b] {
+        app.delete(&format!("/v1/servers/{s}")).await;
+    }
+    app.stop().await;
+}
+
+/// `bora_results_rejected_total{reason="wrong_user"}` now (the recorder is
+/// the process's: compare before and after).
+async fn wrong_user_drops(app: &TestApp) -> f64 {
+    let text = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("bora_results_rejected_total") && l.contains("wrong_user"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
