@@ -104,6 +104,10 @@ pub struct BenchArgs {
     /// group (SPEC 7.2): the time from the group's release to its end.
     #[arg(long)]
     pub fanout: bool,
+    /// Make the throughput run's tasks scripts that print this many bytes
+    /// (live output) instead of `std.noop` (needs worker processes).
+    #[arg(long)]
+    pub print_bytes: Option<usize>,
     /// Tasks per POST /v1/workflows in the throughput run.
     #[arg(long, default_value_t = 1_000)]
     pub batch: usize,
@@ -187,8 +191,9 @@ async fn measure(env: &mut Env, args: &BenchArgs) -> anyhow::Result<Report> {
         "throughput: {} tasks over {} servers",
         args.tasks, args.servers
     ));
-    report.throughput =
-        Some(scenarios::throughput(&client, &servers, args.tasks, args.batch).await?);
+    report.throughput = Some(
+        scenarios::throughput(&client, &servers, args.tasks, args.batch, args.print_bytes).await?,
+    );
     report.dispatcher_rss = rss_bytes();
     report.broker_mem = env.broker_mem().await;
 

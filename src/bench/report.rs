@@ -28,6 +28,8 @@ pub struct Report {
     pub dag: Option<Dag>,
     /// The `--fanout` run.
     pub fanout: Option<Fanout>,
+    /// `--print-bytes`: what each throughput task printed.
+    pub print_bytes: Option<usize>,
     /// Raw pipelined run: microseconds for `tasks` messages.
     pub raw_throughput: Option<i64>,
     /// Raw round trips (µs).
@@ -73,6 +75,7 @@ impl Report {
             chain_refs: Vec::new(),
             dag: None,
             fanout: None,
+            print_bytes: args.print_bytes,
             raw_throughput: None,
             raw_rtt: Vec::new(),
             dispatcher_rss: None,
@@ -96,6 +99,10 @@ impl Report {
             m.insert(k.to_owned(), v);
         };
         put("tasks", json!(self.tasks));
+        if let Some(b) = self.print_bytes {
+            // The throughput tasks were scripts printing this much each.
+            put("print_bytes", json!(b));
+        }
         put("servers", json!(self.servers));
         put("chain", json!(self.chain_len));
         put("workers", json!(self.workers));

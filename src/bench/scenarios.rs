@@ -78,7 +78,9 @@ pub async fn warm_up(client: &Client, servers: &[String]) -> anyhow::Result<Dura
     Ok(t0.elapsed())
 }
 
-/// `n` independent tasks round-robin over `servers`, `batch` per workflow.
+/// `n` independent tasks round-robin over `servers`, `batch` per workflow:
+/// `std.noop`, or with `print` a script that prints that many bytes (live
+/// output, SPEC 7.5).
 ///
 /// # Errors
 /// A request failure, or a task that did not succeed.
@@ -87,6 +89,7 @@ pub async fn throughput(
     servers: &[String],
     n: usize,
     batch: usize,
+    print: Option<usize>,
 ) -> anyhow::Result<Throughput> {
     let start = now_us();
     let mut ids = Vec::new();
@@ -94,7 +97,14 @@ pub async fn throughput(
     while next < n {
         let end = (next + batch).min(n);
         let tasks = (next..end)
-            .map(|i| noop(&format!("t{i}"), &servers[i % servers.len()], &[]))
+            .map(|i| {
+                let (name, server) = (format!("t{i}"), &servers[i % servers.len()]);
+                match print {
+                    None => noop(&name, server, &[]),
+                    Some(bytes) => json!({"name": name, "server_id": server,
+                        "config": format!("head -c {bytes} /dev/zero | tr '\\0' x")}),
+                }
+            })
             .collect();
         ids.push(
             client
