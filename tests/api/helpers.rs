@@ -124,10 +124,10 @@ pub async fn spawn_app_with(extra: &[(&str, &str)]) -> TestApp {
     let store = TestStore::create(dir.path()).await;
     let mut env: Vec<(String, String)> = vec![
         ("BORA__API__LISTEN".into(), "127.0.0.1:0".into()),
-        ("BORA__STORE__URL".into(), store.url.clone()),
         ("BORA__AMQP__URL".into(), vhost.amqp_url()),
         ("BORA__DISPATCH__RELAY_INTERVAL_MS".into(), "200".into()),
     ];
+    env.extend(store.env());
     env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let settings = Settings::load_with_env(None, env).unwrap();
     let shutdown = CancellationToken::new();

@@ -92,7 +92,7 @@ impl ServeProcess {
         let mut child = Command::new(BORA)
             .args(["serve", "--log-format", "json"])
             .env("BORA__API__LISTEN", "127.0.0.1:0")
-            .env("BORA__STORE__URL", &store.url)
+            .envs(store.env())
             .env("BORA__AMQP__URL", vhost.amqp_url())
             .env("RUST_LOG", "info")
             .env_remove("BORA_CONFIG")
