@@ -9,6 +9,7 @@ use std::collections::{HashMap, HashSet};
 use tracing::instrument;
 
 use super::release::walk;
+use super::secrets::seal_outputs;
 use super::unit::UnitOfWork;
 use super::{App, AppConfig, AppError, now_us};
 use crate::domain::{Failure, ServerKind, Task, TaskId, TaskState, WorkflowId, is_broker_user_of};
@@ -271,7 +272,10 @@ impl App {
             uow.keep(&task, moved);
             return Ok(Verdict::Heartbeat);
         }
-        let result = TaskResult::from_reply(attempt, reply.result, reply.failure.as_deref());
+        let mut result = TaskResult::from_reply(attempt, reply.result, reply.failure.as_deref());
+        if declares_secrets(&task) {
+            seal_outputs(&self.sealer, &mut result, &task.outputs()?)?;
+        }
         let paused = batch
             .paused
             .get(&task.workflow_id)
@@ -284,6 +288,12 @@ impl App {
         }
         Ok(Verdict::Recorded)
     }
+}
+
+/// Whether `task` may declare a secret output: a cheap test on the stored
+/// text that spares the parse for the many tasks that declare none.
+fn declares_secrets(task: &Task) -> bool {
+    task.outputs.contains("\"secret\"")
 }
 
 /// Whether an attempt that ended unsuccessfully may be retried.

@@ -128,6 +128,7 @@ impl Raw {
             timeout_s: 3600,
             attempt: 1,
             delivery: Delivery::AtLeastOnce,
+            secrets: Vec::new(),
         };
         let body = task
             .to_call(&amqp.reply_queue, settings.worker.heartbeat_s)

@@ -75,6 +75,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
             outbox_lease_us: settings.dispatch.outbox_lease_us(),
             online_window_us: settings.dispatch.heartbeat_timeout_us(),
         },
+        sealer,
     );
     let listener = tokio::net::TcpListener::bind(settings.api.listen)
         .await

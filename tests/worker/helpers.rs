@@ -414,6 +414,7 @@ impl TestApp {
             timeout_s: 60,
             attempt: 1,
             delivery: Delivery::AtLeastOnce,
+            secrets: Vec::new(),
         }
     }
 
@@ -604,6 +605,7 @@ pub fn outputs(names: &[&str]) -> Vec<OutputSpec> {
         .map(|n| OutputSpec {
             name: (*n).into(),
             error_output: false,
+            secret: false,
         })
         .collect()
 }
