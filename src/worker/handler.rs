@@ -5,7 +5,8 @@
 //! The ack comes once the `started` report is confirmed, never at the end, so
 //! RabbitMQ's `consumer_timeout` cannot redeliver a long task (SPEC 4). Instant
 //! runners (`std.echo`, `std.noop`, a missing runner) send no `started`: their
-//! result is published and confirmed first, then the delivery is acked. This
+//! result is published and confirmed first, then the delivery is acked. A
+//! result is scrubbed of the task's secrets before it is reported. This
 //! module never logs a payload, an input value or a config body.
 
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use super::broker::SessionCtx;
 use super::process::Stoppers;
 use super::registry::{Admission, Ticket};
 use super::runner::Runner;
+use super::scrub::Scrubber;
 use crate::domain::Delivery as DeliveryMode;
 use crate::protocol::{RpcReply, RpcRequest, TaskMessage, TaskResult, task_msg_id};
 
@@ -130,8 +132,11 @@ async fn handle_task(
         }
     }
 
+    // The task's secrets, scrubbed from everything it reports.
+    let scrubber = Scrubber::of_task(&task);
     let runner = Runner::select(&task.group, &worker.runners.hooks_dir);
     if let Some(result) = runner.instant_result(&task) {
+        let result = scrubber.scrub_result(result, &task.outputs);
         if task.delivery == DeliveryMode::AtMostOnce
             && let Err(e) = worker.ledger.record(msg_id.clone()).await
         {
@@ -189,7 +194,7 @@ async fn handle_task(
         cancel: ticket.cancel.clone(),
         kill_all: worker.kill_all.clone(),
     };
-    let run = runner.run(&task, &worker.runners, &stoppers);
+    let run = runner.run(&task, &worker.runners, &stoppers, &scrubber);
     tokio::pin!(run);
     let mut permit = Some(permit);
     let result = tokio::select! {
@@ -202,6 +207,9 @@ async fn handle_task(
     };
     heartbeats.abort();
     drop(permit);
+    // Streams and output files were scrubbed as they were read; this
+    // catches what a hook answered and anything else.
+    let result = scrubber.scrub_result(result, &task.outputs);
     tracing::info!(
         exit_code = result.exit_code,
         error = result.error.as_deref(),

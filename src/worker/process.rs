@@ -15,6 +15,7 @@ use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
 use super::capture::{Captured, read_capped};
+use super::scrub::Scrubber;
 
 /// Between SIGTERM and SIGKILL when a task times out or the worker shuts down.
 const TERM_GRACE: Duration = Duration::from_secs(2);
@@ -37,6 +38,11 @@ pub struct Spec {
     /// Cap of each captured stream.
     pub stdout_cap: usize,
     pub stderr_cap: usize,
+    /// The secrets scrubbed from stdout as it is read (none for a hook,
+    /// whose stdout is its JSON answer, scrubbed once parsed).
+    pub stdout_scrub: Scrubber,
+    /// The secrets scrubbed from stderr as it is read.
+    pub stderr_scrub: Scrubber,
     pub timeout: Duration,
 }
 
@@ -85,14 +91,22 @@ pub async fn run(spec: Spec, stoppers: &Stoppers) -> std::io::Result<Outcome> {
         .ok_or_else(|| std::io::Error::other("spawned process has no pid"))?;
 
     let stop_reading = CancellationToken::new();
-    let out = child
-        .stdout
-        .take()
-        .map(|s| tokio::spawn(read_capped(s, spec.stdout_cap, stop_reading.clone())));
-    let err = child
-        .stderr
-        .take()
-        .map(|s| tokio::spawn(read_capped(s, spec.stderr_cap, stop_reading.clone())));
+    let out = child.stdout.take().map(|s| {
+        tokio::spawn(read_capped(
+            s,
+            spec.stdout_cap,
+            spec.stdout_scrub.clone(),
+            stop_reading.clone(),
+        ))
+    });
+    let err = child.stderr.take().map(|s| {
+        tokio::spawn(read_capped(
+            s,
+            spec.stderr_cap,
+            spec.stderr_scrub.clone(),
+            stop_reading.clone(),
+        ))
+    });
     if let (Some(mut stdin), Some(data)) = (child.stdin.take(), spec.stdin) {
         // A process that does not read its stdin gets EPIPE here: not an error.
         tokio::spawn(async move {
