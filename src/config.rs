@@ -213,6 +213,12 @@ pub struct StoreSettings {
     pub url: SecretUrl,
     /// The size of the connection pool.
     pub max_connections: u32,
+    /// The key secrets are sealed with in the store (SPEC 7.4): 32 bytes in
+    /// base64, from `BORA__STORE__SECRET_KEY` in production. Unset with
+    /// SQLite: a key file beside the database (`<database>.key`, made at
+    /// the first start); PostgreSQL requires it.
+    #[serde(default)]
+    pub secret_key: Option<Secret>,
 }
 
 /// The type of every queue bora declares (`amqp.queue_type`).
@@ -524,6 +530,18 @@ impl Settings {
         }
         if self.worker.max_output_bytes < 1024 {
             return bad("worker.max_output_bytes must be at least 1024");
+        }
+        if let Some(key) = &self.store.secret_key
+            && let Err(e) = crate::seal::SecretKey::from_base64(key.expose())
+        {
+            let why = match e {
+                crate::seal::SealError::Key(why) => why,
+                other => other.to_string(),
+            };
+            return Err(ConfigError::Check(format!(
+                "store.secret_key {why}; it must be 32 random bytes in base64 \
+                 (e.g. `openssl rand -base64 32`)"
+            )));
         }
         Ok(())
     }

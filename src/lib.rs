@@ -29,6 +29,8 @@
 //! - [`cli`]: argument parsing, settings and logging set-up, and the hand-over
 //!   to the process each command runs.
 //! - [`config`]: the layered `Settings` tree.
+//! - [`seal`]: the store's secret key and the AEAD that seals secret values
+//!   at rest.
 //! - [`telemetry`]: the tracing subscriber and the Prometheus recorder.
 //! - [`backoff`]: jittered exponential backoff for every reconnect loop.
 //!
@@ -53,6 +55,7 @@ pub mod domain;
 pub mod protocol;
 pub mod registration;
 pub mod rpc;
+pub mod seal;
 pub mod serve;
 pub mod store;
 pub mod telemetry;

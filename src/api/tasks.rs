@@ -131,13 +131,15 @@ pub(super) async fn show(
             Ok(Json(view).into_response())
         }
         Some("heat") => {
-            let result = crate::protocol::TaskResult::of_task(&row)?.ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::CONFLICT,
-                    "no_result",
-                    format!("task {:?} has no result yet ({})", row.name, row.state()),
-                )
-            })?;
+            let result = crate::protocol::TaskResult::of_task(&row)?
+                .map(crate::protocol::TaskResult::masked)
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::CONFLICT,
+                        "no_result",
+                        format!("task {:?} has no result yet ({})", row.name, row.state()),
+                    )
+                })?;
             Ok(Json(HeatSignal::from(result.to_heat())).into_response())
         }
         Some(other) => Err(ApiError::unprocessable(

@@ -1,13 +1,15 @@
 //! What the relay reports back: messages the broker confirmed (a task's
 //! attempt becomes `queued`, the row leaves the outbox), messages to try
-//! again later, and messages that became moot. Each is one transaction
+//! again later, messages that became moot, and task messages that cannot
+//! be rendered (their tasks fail). Each is one transaction
 //! under the locks of the workflows the messages are about.
 
 use tracing::instrument;
 
+use super::release::{fail, walk};
 use super::unit::UnitOfWork;
 use super::{App, AppError, now_us};
-use crate::domain::TaskId;
+use crate::domain::{TaskId, TaskState};
 use crate::store::{OutboxItem, OutboxKind, WriteTx};
 
 impl App {
@@ -87,6 +89,57 @@ impl App {
         let ids: Vec<i64> = moot.iter().map(|i| i.id).collect();
         tx.delete_outbox_many(&ids).await?;
         self.commit_plain(tx, false).await?;
+        Ok(())
+    }
+}
+
+impl App {
+    /// Fails the tasks whose message cannot be rendered (a stored value
+    /// that does not parse, a secret that does not open with this
+    /// dispatcher's key), each with its reason: an attempt still waiting
+    /// for that message ends `failed`, unpublished, with the reason as its
+    /// result's `error`, and the release rule walks on from it; the rows
+    /// leave the outbox. Never a silent drop that would leave the task
+    /// waiting for ever.
+    ///
+    /// # Errors
+    /// A store failure: the rows stay claimed until their lease ends.
+    #[instrument(skip_all, fields(messages = items.len()))]
+    pub async fn fail_unsendable(&self, items: &[(OutboxItem, String)]) -> Result<(), AppError> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let now = now_us();
+        let mut tx = self.begin().await?;
+        let rows: Vec<OutboxItem> = items.iter().map(|(i, _)| i.clone()).collect();
+        lock_workflows(&mut tx, &rows).await?;
+        let ids: Vec<i64> = rows.iter().map(|i| i.id).collect();
+        tx.delete_outbox_many(&ids).await?;
+        let task_ids: Vec<TaskId> = rows.iter().filter_map(|i| i.task_id).collect();
+        let mut tasks: std::collections::HashMap<TaskId, crate::domain::Task> = tx
+            .tasks_by_ids(&task_ids)
+            .await?
+            .into_iter()
+            .map(|t| (t.id, t))
+            .collect();
+        let mut uow = UnitOfWork::default();
+        let mut ended = Vec::new();
+        for (item, why) in items {
+            let Some(task) = item.task_id.and_then(|id| tasks.remove(&id)) else {
+                continue;
+            };
+            if task.state() != TaskState::Waiting || task.attempt != item.attempt {
+                continue;
+            }
+            ended.push(task.id);
+            fail(&mut uow, task, why.clone(), now)?;
+        }
+        walk(&mut tx, &mut uow, &self.config, ended, now).await?;
+        if uow.is_empty() {
+            self.commit_plain(tx, false).await?;
+        } else {
+            self.commit(tx, uow, now).await?;
+        }
         Ok(())
     }
 }

@@ -10,6 +10,7 @@ use tracing::instrument;
 
 use super::input::NewWorkflow;
 use super::release::decide;
+use super::secrets::seal_inputs;
 use super::unit::UnitOfWork;
 use super::{App, AppError, locked_workflow, now_us};
 use crate::domain::refs::is_referable;
@@ -88,7 +89,7 @@ impl App {
         uow: &mut UnitOfWork,
         wf: &Workflow,
         existing: u64,
-        tasks: Vec<TaskSpec>,
+        mut tasks: Vec<TaskSpec>,
         now: i64,
     ) -> Result<Vec<TaskId>, AppError> {
         if tasks.is_empty() {
@@ -260,7 +261,9 @@ impl App {
         let existing_states: HashMap<TaskId, TaskState> =
             resolved.values().map(|t| (t.id, t.state())).collect();
         let ids: Vec<TaskId> = tasks.iter().map(|t| t.id).collect();
-        for spec in &tasks {
+        for spec in &mut tasks {
+            // From here on bora holds a secret input only sealed.
+            seal_inputs(&self.sealer, &mut spec.inputs)?;
             uow.create(Task::new(wf.id, spec, now));
         }
         // Released dependencies first, so a skip travels down the batch in

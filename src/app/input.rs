@@ -9,6 +9,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::AppError;
+use crate::domain::secret;
 use crate::domain::{
     APPROVAL_GROUP, DEFAULT_RETRY_MAX_DELAY_S, DEFAULT_TIMEOUT_S, Delivery, FieldError,
     MAX_RETRIES, MAX_RETRY_BACKOFF, MAX_RETRY_DELAY_S, MAX_RETRY_EXIT_CODES, MAX_RETRY_MAX_DELAY_S,
@@ -142,9 +143,14 @@ pub struct NewTask {
     /// `{"get_output": [task, output]}` is a reference to another task's
     /// declared output (or its `deploy_stdout`, `deploy_stderr`,
     /// `deploy_status_code`): it implies a dependency, and the worker gets
-    /// the output's value.
+    /// the output's value. A value `{"secret": "..."}` is a secret: the
+    /// worker gets the string, the store keeps it encrypted, and every view
+    /// shows `{"secret": "***"}` (a reference to a secret output is one
+    /// too).
     pub inputs: Option<serde_json::Map<String, Value>>,
-    /// The outputs the task declares: names, or `{name, error_output}`.
+    /// The outputs the task declares: names, or `{name, error_output,
+    /// secret}`; a secret output's value is kept encrypted and shown as
+    /// `"***"`, and the tasks that refer to it get it as a secret input.
     pub outputs: Option<Vec<OutputSpec>>,
     /// Passed through to hooks.
     pub options: Option<serde_json::Map<String, Value>>,
@@ -243,8 +249,11 @@ impl NewTask {
             }
         }
         let inputs = self.inputs.unwrap_or_default();
-        for k in inputs.keys() {
+        for (k, v) in &inputs {
             if let Err(e) = check_input_name(k) {
+                errors.push(field_err(f("inputs"), e));
+            }
+            if let Err(e) = secret::check_input(k, v) {
                 errors.push(field_err(f("inputs"), e));
             }
         }
@@ -369,7 +378,9 @@ pub struct TaskPatch {
     pub group: Option<String>,
     /// A new script body or hook config.
     pub config: Option<String>,
-    /// Replaces every input (never logged).
+    /// Replaces every input (never logged). Secrets are sent again in
+    /// full: a view's `{"secret": "***"}` sent back is a secret whose
+    /// value is `***`.
     pub inputs: Option<serde_json::Map<String, Value>>,
     /// Replaces the declared outputs.
     pub outputs: Option<Vec<OutputSpec>>,
@@ -396,11 +407,14 @@ pub struct TaskPatch {
 }
 
 impl TaskPatch {
-    /// Applies the patch to `spec` and re-validates the result.
+    /// Applies the patch to `spec` and re-validates the result. Inputs the
+    /// patch leaves alone are kept as they are, not validated again: they
+    /// hold secrets sealed, which a client may not send.
     ///
     /// # Errors
     /// Every field of the result that is invalid.
     pub fn apply(self, spec: &TaskSpec) -> Result<TaskSpec, Vec<FieldError>> {
+        let keep_inputs = self.inputs.is_none();
         let merged = NewTask {
             name: Some(self.name.unwrap_or_else(|| spec.name.clone())),
             server_id: match (&self.server_id, &self.target) {
@@ -417,7 +431,7 @@ impl TaskPatch {
             },
             group: Some(self.group.unwrap_or_else(|| spec.group.clone())),
             config: Some(self.config.unwrap_or_else(|| spec.config.clone())),
-            inputs: Some(self.inputs.unwrap_or_else(|| spec.inputs.clone())),
+            inputs: self.inputs,
             outputs: Some(self.outputs.unwrap_or_else(|| spec.outputs.clone())),
             options: Some(self.options.unwrap_or_else(|| spec.options.clone())),
             depends_on: Some(self.depends_on.unwrap_or_else(|| spec.depends_on.clone())),
@@ -440,6 +454,9 @@ impl TaskPatch {
         };
         let mut out = merged.validate("")?;
         out.id = spec.id;
+        if keep_inputs {
+            out.inputs = spec.inputs.clone();
+        }
         Ok(out)
     }
 }
@@ -553,26 +570,69 @@ mod tests {
     fn outputs_accept_both_forms() {
         let t = new_task(json!({
             "server_id": "x",
-            "outputs": ["a", {"name": "b", "error_output": true}]
+            "outputs": ["a", {"name": "b", "error_output": true}, {"name": "c", "secret": true}]
         }))
         .validate("")
         .unwrap();
         assert_eq!(
             t.outputs,
             vec![
-                OutputSpec {
-                    name: "a".into(),
-                    error_output: false
-                },
+                OutputSpec::named("a"),
                 OutputSpec {
                     name: "b".into(),
-                    error_output: true
+                    error_output: true,
+                    secret: false,
+                },
+                OutputSpec {
+                    name: "c".into(),
+                    error_output: false,
+                    secret: true,
                 },
             ]
+        );
+        // Only a secret one says so.
+        assert_eq!(
+            serde_json::to_value(&t.outputs).unwrap(),
+            json!([{"name": "a", "error_output": false}, {"name": "b", "error_output": true},
+                   {"name": "c", "error_output": false, "secret": true}])
         );
         assert!(
             serde_json::from_value::<NewTask>(json!({"server_id": "x", "outputs": [1]})).is_err()
         );
+    }
+
+    #[test]
+    fn a_secret_input_is_one_string() {
+        assert!(
+            new_task(json!({"server_id": "x", "inputs": {"PW": {"secret": "pw"}}}))
+                .validate("")
+                .is_ok()
+        );
+        for bad in [
+            json!({"secret": 1}),
+            json!({"secret": "pw", "other": 1}),
+            json!({"secret": {"$sealed": "v1:AAAA"}}),
+        ] {
+            let errs = new_task(json!({"server_id": "x", "inputs": {"PW": bad}}))
+                .validate("tasks[0].")
+                .unwrap_err();
+            assert_eq!(errs[0].field, "tasks[0].inputs");
+            assert!(errs[0].message.contains("a secret is"), "{errs:?}");
+        }
+    }
+
+    #[test]
+    fn a_patch_keeps_inputs_it_does_not_give_without_checking_them_again() {
+        let mut t = new_task(json!({"server_id": "x"})).validate("").unwrap();
+        // As kept: sealed, which a client may not send.
+        t.inputs
+            .insert("PW".into(), json!({"secret": {"$sealed": "v1:AAAA"}}));
+        let p: TaskPatch = serde_json::from_value(json!({"timeout_s": 5})).unwrap();
+        assert_eq!(p.apply(&t).unwrap().inputs, t.inputs);
+        let p: TaskPatch =
+            serde_json::from_value(json!({"inputs": {"PW": {"secret": {"$sealed": "x"}}}}))
+                .unwrap();
+        assert!(p.apply(&t).is_err());
     }
 
     #[test]

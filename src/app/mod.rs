@@ -27,6 +27,7 @@ mod replies;
 mod rerun;
 mod scan;
 mod schema;
+mod secrets;
 mod servers;
 #[cfg(test)]
 mod tests;
@@ -44,6 +45,8 @@ pub use error::AppError;
 pub use replies::{Incoming, Verdict};
 pub use scan::ScanReport;
 
+use crate::protocol::{RenderError, TaskMessage};
+use crate::seal::Sealer;
 use crate::store::{OutboxItem, Store, StoreError, WriteTx};
 use unit::{Publishing, UnitOfWork};
 
@@ -101,6 +104,9 @@ pub struct App {
     /// The relay's end, until the relay takes it (hand-off starts then).
     handoff_rx: Arc<std::sync::Mutex<Option<mpsc::Receiver<OutboxItem>>>>,
     handoff_on: Arc<AtomicBool>,
+    /// Seals secrets where the use cases take them in, and opens them for a
+    /// worker's message ([`App::task_message`]).
+    sealer: Sealer,
 }
 
 /// Most messages waiting for the relay in memory; beyond, commits leave
@@ -109,8 +115,9 @@ pub struct App {
 const HANDOFF_CAPACITY: usize = 2048;
 
 impl App {
-    /// A handle over `store`.
-    pub fn new(store: Store, config: AppConfig) -> Self {
+    /// A handle over `store`, sealing secrets with `sealer` (the store's
+    /// key).
+    pub fn new(store: Store, config: AppConfig, sealer: Sealer) -> Self {
         let (handoff, handoff_rx) = mpsc::channel(HANDOFF_CAPACITY);
         Self {
             store,
@@ -121,6 +128,7 @@ impl App {
             handoff,
             handoff_rx: Arc::new(std::sync::Mutex::new(Some(handoff_rx))),
             handoff_on: Arc::default(),
+            sealer,
         }
     }
 
@@ -132,6 +140,18 @@ impl App {
     /// The settings of the use cases.
     pub fn config(&self) -> &AppConfig {
         &self.config
+    }
+
+    /// The message that carries `task`'s current attempt to its worker,
+    /// its secrets opened (the one place they are).
+    ///
+    /// # Errors
+    /// A stored value that does not parse, or a secret that does not open
+    /// with this dispatcher's key.
+    pub fn task_message(&self, task: &crate::domain::Task) -> Result<TaskMessage, RenderError> {
+        TaskMessage::of(task, |token| {
+            self.sealer.open(token).map_err(|e| e.to_string())
+        })
     }
 
     /// Whether a heartbeat at `last_seen` is recent enough to call its

@@ -8,6 +8,7 @@ use tracing::instrument;
 use super::create::{check_description, check_workflow_name};
 use super::input::{TaskPatch, WorkflowPatch};
 use super::release::evaluate;
+use super::secrets::seal_inputs;
 use super::unit::UnitOfWork;
 use super::{App, AppError, locked_workflow, now_us};
 use crate::domain::refs::is_referable;
@@ -73,10 +74,15 @@ impl App {
             ));
         }
         let deps_changed = patch.depends_on.is_some();
+        let inputs_given = patch.inputs.is_some();
         let old_deps = tx.dependency_names(task.id).await?;
-        let spec = patch
+        let mut spec = patch
             .apply(&task.spec(old_deps)?)
             .map_err(AppError::validation)?;
+        if inputs_given {
+            // New inputs come plain from the client; kept ones are sealed.
+            seal_inputs(&self.sealer, &mut spec.inputs)?;
+        }
         if let (true, Some(server)) = (self.config.require_registration, &spec.server_id)
             && !tx.is_registered(server.as_str()).await?
         {

@@ -116,7 +116,7 @@ impl App {
         let view = |result: TaskResult, outputs: &[crate::domain::OutputSpec]| AttemptView {
             attempt: i64::from(result.attempt),
             state: result.end(outputs),
-            result,
+            result: result.masked(),
         };
         let outputs = row.outputs()?;
         let mut attempts = Vec::new();

@@ -7,13 +7,15 @@
 //!
 //! A task released with input references (SPEC 7.1) gets their values here,
 //! in the transaction that dispatches it, or fails without being published
-//! when one cannot be resolved.
+//! when one cannot be resolved. A secret output's value is copied sealed,
+//! its entry flagged `secret` (SPEC 7.4).
 
 use std::collections::BTreeSet;
 
 use serde_json::{Map, Value, json};
 
 use crate::domain::refs::{input_refs, may_hold_refs, output_value};
+use crate::domain::secret::SECRET;
 use crate::domain::{Readiness, Task, TaskId, TaskState, WorkflowId, readiness};
 use crate::protocol::TaskResult;
 use crate::store::WriteTx;
@@ -189,6 +191,12 @@ async fn resolve(
             TaskState::Succeeded => TaskResult::of_task(&producer)?,
             _ => None,
         };
+        // A secret output's value is kept sealed, and copied so: the
+        // entry's flag tells the relay to open it for the worker.
+        let secret = producer
+            .outputs()?
+            .iter()
+            .any(|o| o.secret && o.name == r.output);
         let value = result.and_then(|res| {
             output_value(
                 &r.output,
@@ -207,18 +215,19 @@ async fn resolve(
                 "input {name}: {r} resolved to {size} bytes, more than dispatch.max_input_bytes ({max_input_bytes})"
             )));
         }
-        resolved.insert(
-            name,
-            json!({
-                "value": value,
-                "from": {
-                    "task": producer.name,
-                    "task_id": producer.id,
-                    "output": r.output,
-                    "attempt": producer.attempt,
-                },
-            }),
-        );
+        let mut entry = json!({
+            "value": value,
+            "from": {
+                "task": producer.name,
+                "task_id": producer.id,
+                "output": r.output,
+                "attempt": producer.attempt,
+            },
+        });
+        if secret && let Value::Object(e) = &mut entry {
+            e.insert(SECRET.to_owned(), Value::Bool(true));
+        }
+        resolved.insert(name, entry);
     }
     Ok(Ok(Some(Value::Object(resolved).to_string())))
 }

@@ -9,6 +9,7 @@ use std::collections::{HashMap, HashSet};
 use tracing::instrument;
 
 use super::release::walk;
+use super::secrets::seal_outputs;
 use super::unit::UnitOfWork;
 use super::{App, AppConfig, AppError, now_us};
 use crate::domain::{Failure, ServerKind, Task, TaskId, TaskState, WorkflowId, is_broker_user_of};
@@ -290,7 +291,10 @@ impl App {
                 None => Verdict::Dropped("output_over_cap"),
             });
         }
-        let result = TaskResult::from_reply(attempt, reply.result, reply.failure.as_deref());
+        let mut result = TaskResult::from_reply(attempt, reply.result, reply.failure.as_deref());
+        if declares_secrets(&task) {
+            seal_outputs(&self.sealer, &mut result, &task.outputs()?)?;
+        }
         let paused = batch
             .paused
             .get(&task.workflow_id)
@@ -325,6 +329,12 @@ fn kept(chunk: OutputChunk, cap: u64) -> Option<(i64, String, bool)> {
         data.truncate(end);
     }
     Some((chunk.offset as i64, data, false))
+}
+
+/// Whether `task` may declare a secret output: a cheap test on the stored
+/// text that spares the parse for the many tasks that declare none.
+fn declares_secrets(task: &Task) -> bool {
+    task.outputs.contains("\"secret\"")
 }
 
 /// Whether an attempt that ended unsuccessfully may be retried.

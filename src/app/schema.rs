@@ -158,11 +158,19 @@ impl PartialSchema for OutputSpec {
                         "Heat's rule: if this output comes back non-empty, the task failed",
                     )),
             )
+            .property(
+                "secret",
+                ObjectBuilder::new()
+                    .schema_type(Type::Boolean)
+                    .description(Some(
+                        "Its value is a secret: sealed in the store, shown as \"***\", and a secret input of the tasks that refer to it (shown only when true)",
+                    )),
+            )
             .additional_properties(Some(AdditionalProperties::FreeForm(false)));
         RefOr::T(Schema::OneOf(
             OneOfBuilder::new()
                 .description(Some(
-                    "A declared output: a bare name, or {name, error_output} (responses always use the object)",
+                    "A declared output: a bare name, or {name, error_output, secret} (responses always use the object)",
                 ))
                 .item(ObjectBuilder::new().schema_type(Type::String))
                 .item(full)

@@ -30,7 +30,8 @@ async fn tracker() -> (App, tempfile::TempDir) {
         outbox_lease_us: 5_000_000,
         online_window_us: 30_000_000,
     };
-    (App::new(store, config), dir)
+    let sealer = crate::seal::Sealer::new(&crate::seal::SecretKey::generate());
+    (App::new(store, config, sealer), dir)
 }
 
 /// a and b, a join of both, and a task after the join.

@@ -9,6 +9,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
+use crate::domain::secret::{mask_all, may_hold_sealed};
 use crate::domain::{
     Corrupt, Delivery, OnDependencyFailure, OutputSpec, Target, Task, TaskCounts, TaskId,
     TaskState, Workflow, WorkflowId, WorkflowState,
@@ -180,10 +181,12 @@ pub struct TaskView {
     pub group: String,
     /// The script body, or the hook's config.
     pub config: String,
-    /// Name → JSON value, as submitted (references included).
+    /// Name → JSON value, as submitted (references included); a secret
+    /// shows as `{"secret": "***"}`.
     pub inputs: Map<String, Value>,
     /// Once the task was released, what each input reference resolved to:
-    /// `NAME -> {"value", "from": {"task", "task_id", "output", "attempt"}}`.
+    /// `NAME -> {"value", "from": {"task", "task_id", "output", "attempt"}}`,
+    /// and `"secret": true` with `"value": "***"` for a secret output.
     /// Absent for a task without references or not released yet.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
@@ -219,8 +222,8 @@ pub struct TaskView {
     pub state: TaskState,
     /// 0 until its first attempt goes out; the current attempt after.
     pub attempt: i64,
-    /// The last result that came back (its `attempt` says whose); null
-    /// until one did.
+    /// The last result that came back (its `attempt` says whose), secret
+    /// outputs shown as `"***"`; null until one did.
     #[schema(required)]
     pub result: Option<TaskResult>,
     /// Why a waiting task waits: the names of its unfinished dependencies,
@@ -275,12 +278,21 @@ impl TaskView {
         if let (TaskState::Waiting, Some(at)) = (state, row.next_attempt_at) {
             blocked_by.push(format!("retry at {}", timestamp(at)));
         }
+        // Secrets are kept sealed; a view shows them as `***`.
+        let mut inputs = row.inputs()?;
+        if may_hold_sealed(&row.inputs) {
+            mask_all(&mut inputs);
+        }
+        let mut resolved_inputs = row.resolved_inputs()?;
+        if let Some(r) = resolved_inputs.as_mut() {
+            mask_all(r);
+        }
         Ok(Self {
-            inputs: row.inputs()?,
-            resolved_inputs: row.resolved_inputs()?,
+            inputs,
+            resolved_inputs,
             outputs: row.outputs()?,
             options: row.options()?,
-            result: TaskResult::of_task(&row)?,
+            result: TaskResult::of_task(&row)?.map(TaskResult::masked),
             id: row.id,
             workflow_id: row.workflow_id,
             name: row.name,

@@ -154,6 +154,12 @@ impl Env {
             (None, Some(u)) => u.clone(),
             (None, None) => format!("sqlite://{}", dir.path().join("bench.db").display()),
         });
+        if database.is_some() && s.store.secret_key.is_none() {
+            // The fresh database's own key, gone with it (PostgreSQL needs
+            // one; an SQLite file gets its key file beside it).
+            let key = crate::seal::SecretKey::generate().to_base64();
+            s.store.secret_key = Some(crate::config::Secret::new(key));
+        }
         let servers = (0..args.servers).map(|i| format!("bench-{i:05}")).collect();
         Ok(Self {
             vhost,

@@ -130,6 +130,7 @@ impl Raw {
             delivery: Delivery::AtLeastOnce,
             // As bora's own messages carry it.
             live_output_bytes: Some(settings.dispatch.max_live_output_bytes),
+            secrets: Vec::new(),
         };
         let body = task
             .to_call(&amqp.reply_queue, settings.worker.heartbeat_s)

@@ -2,8 +2,9 @@
 //! state machine and the derived workflow state ([`state`]), the task entity
 //! that alone moves a task's state ([`task`]), workflows ([`workflow`]),
 //! what a task is asked to do and the rules for its fields ([`spec`]),
-//! servers' labels and what matches them ([`labels`]), and the graph rules:
-//! release, topological order, cycles ([`graph`]).
+//! servers' labels and what matches them ([`labels`]), secret values and
+//! how they are kept and shown ([`secret`]), and the graph rules: release,
+//! topological order, cycles ([`graph`]).
 //!
 //! Everything here is a value in memory. It knows nothing of SQL, AMQP,
 //! HTTP or OpenAPI, and nothing of the layers that use it; the
@@ -13,6 +14,7 @@ pub mod graph;
 pub mod ids;
 pub mod labels;
 pub mod refs;
+pub mod secret;
 pub mod spec;
 pub mod state;
 pub mod target;

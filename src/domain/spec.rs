@@ -135,13 +135,30 @@ impl FromStr for ServerKind {
     }
 }
 
-/// A declared output. In JSON either a bare name or `{name, error_output}`.
+/// A declared output. In JSON either a bare name or `{name, error_output,
+/// secret}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct OutputSpec {
     /// Its key in the result's `outputs`.
     pub name: String,
     /// Heat's rule: if this output comes back non-empty, the task failed.
     pub error_output: bool,
+    /// Its value is a secret (SPEC 7.4): sealed in the store, masked in
+    /// every view, and a secret input of the tasks that refer to it. Left
+    /// out of the JSON when false, so outputs without it read as before.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub secret: bool,
+}
+
+impl OutputSpec {
+    /// A plain output called `name`.
+    pub fn named(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            error_output: false,
+            secret: false,
+        }
+    }
 }
 
 impl<'de> Deserialize<'de> for OutputSpec {
@@ -152,6 +169,8 @@ impl<'de> Deserialize<'de> for OutputSpec {
             name: String,
             #[serde(default)]
             error_output: bool,
+            #[serde(default)]
+            secret: bool,
         }
         #[derive(Deserialize)]
         #[serde(untagged)]
@@ -160,15 +179,15 @@ impl<'de> Deserialize<'de> for OutputSpec {
             Full(Full),
         }
         match Either::deserialize(d).map_err(|_| {
-            serde::de::Error::custom("an output is a name or {\"name\", \"error_output\"}")
+            serde::de::Error::custom(
+                "an output is a name or {\"name\", \"error_output\", \"secret\"}",
+            )
         })? {
-            Either::Name(name) => Ok(OutputSpec {
-                name,
-                error_output: false,
-            }),
+            Either::Name(name) => Ok(OutputSpec::named(name)),
             Either::Full(f) => Ok(OutputSpec {
                 name: f.name,
                 error_output: f.error_output,
+                secret: f.secret,
             }),
         }
     }

@@ -7,6 +7,7 @@
 
 use serde_json::{Map, Value};
 
+use super::secret;
 use super::target::{Target, TargetMode, child_name};
 use super::{
     APPROVAL_GROUP, Delivery, IllegalTransition, OnDependencyFailure, OutputSpec, ServerId, TaskId,
@@ -464,23 +465,43 @@ impl Task {
             .transpose()
     }
 
-    /// The inputs a worker receives: as written, with every reference
-    /// replaced by the value it resolved to.
+    /// The inputs a worker receives, still sealed, and the names of the
+    /// secret ones: the inputs as written, with every reference replaced by
+    /// the value it resolved to. A secret's value here is its sealed value
+    /// (a group's output: an object of them), for the relay to open
+    /// ([`super::secret::open_value`]); a secret is a kept
+    /// `{"secret": <sealed>}` input or a resolved entry flagged `secret`.
     ///
     /// # Errors
     /// The stored JSON does not parse.
-    pub fn effective_inputs(&self) -> Result<Map<String, Value>, Corrupt> {
+    pub fn effective_inputs(&self) -> Result<(Map<String, Value>, Vec<String>), Corrupt> {
         let mut inputs = self.inputs()?;
+        let mut secrets = Vec::new();
+        if secret::may_hold_sealed(&self.inputs) {
+            for (name, value) in inputs.iter_mut() {
+                if let Some(sealed) = secret::kept_secret(value) {
+                    *value = sealed.clone();
+                    secrets.push(name.clone());
+                }
+            }
+        }
         if let Some(resolved) = self.resolved_inputs()? {
             for (name, r) in resolved {
-                let value = match r {
-                    Value::Object(mut r) => r.remove("value").unwrap_or(Value::Null),
-                    other => other,
+                let (value, is_secret) = match r {
+                    Value::Object(mut r) => (
+                        r.remove("value").unwrap_or(Value::Null),
+                        r.get(secret::SECRET) == Some(&Value::Bool(true)),
+                    ),
+                    other => (other, false),
                 };
+                secrets.retain(|s| *s != name);
+                if is_secret {
+                    secrets.push(name.clone());
+                }
                 inputs.insert(name, value);
             }
         }
-        Ok(inputs)
+        Ok((inputs, secrets))
     }
 
     /// # Errors

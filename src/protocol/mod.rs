@@ -389,15 +389,56 @@ pub struct TaskMessage {
     /// attempt (SPEC 7.5); absent: the worker sends none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub live_output_bytes: Option<u64>,
+    /// The names of the inputs that are secrets (SPEC 7.4): a bora worker
+    /// scrubs their values from the streams and outputs it reports. Left
+    /// out when there are none, so a message without secrets is what it
+    /// was; inside `task`, so a worker that predates it and an oslo
+    /// endpoint (`run_task(ctxt, task)`) take it as one more key they do
+    /// not read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
+}
+
+/// Why a task message could not be rendered.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    /// A stored value of the task does not parse.
+    #[error(transparent)]
+    Corrupt(#[from] Corrupt),
+    /// A secret input could not be opened (the reason from the opener).
+    #[error("secret input {input} cannot be opened: {reason}")]
+    Secret {
+        /// The input's name.
+        input: String,
+        /// Why not.
+        reason: String,
+    },
 }
 
 impl TaskMessage {
     /// What a worker needs to run `task`'s current attempt: its inputs with
-    /// every reference replaced by the value it resolved to.
+    /// every reference replaced by the value it resolved to, and every
+    /// secret opened by `open` (a sealed token to the plain value).
     ///
     /// # Errors
-    /// A stored value of the task that does not parse.
-    pub fn of(task: &Task) -> Result<Self, Corrupt> {
+    /// A stored value of the task that does not parse, or a secret `open`
+    /// refuses.
+    pub fn of(
+        task: &Task,
+        mut open: impl FnMut(&str) -> Result<Value, String>,
+    ) -> Result<Self, RenderError> {
+        let (mut inputs, secrets) = task.effective_inputs()?;
+        for name in &secrets {
+            if let Some(slot) = inputs.get_mut(name) {
+                let sealed = std::mem::take(slot);
+                *slot = crate::domain::secret::open_value(sealed, &mut open).map_err(|reason| {
+                    RenderError::Secret {
+                        input: name.clone(),
+                        reason,
+                    }
+                })?;
+            }
+        }
         Ok(Self {
             id: task.id,
             workflow_id: task.workflow_id,
@@ -405,13 +446,14 @@ impl TaskMessage {
             server_id: task.server()?,
             group: task.group.clone(),
             config: task.config.clone(),
-            inputs: task.effective_inputs()?,
+            inputs,
             outputs: task.outputs()?,
             options: task.options()?,
             timeout_s: task.timeout_s as u32,
             attempt: task.attempt as u32,
             delivery: task.delivery,
             live_output_bytes: None,
+            secrets,
         })
     }
 
@@ -627,6 +669,13 @@ impl TaskResult {
             .map(serde_json::from_str)
             .transpose()
             .map_err(|e| Corrupt(format!("result: {e}")))
+    }
+
+    /// The result as views show it: every sealed (secret) output value
+    /// replaced by `"***"` (SPEC 7.4).
+    pub fn masked(mut self) -> Self {
+        crate::domain::secret::mask_all(&mut self.outputs);
+        self
     }
 
     /// A result that says only what went wrong outside the task itself.
@@ -885,12 +934,14 @@ mod tests {
             outputs: vec![OutputSpec {
                 name: "result".into(),
                 error_output: false,
+                secret: false,
             }],
             options: Map::new(),
             timeout_s: 60,
             attempt: 3,
             delivery: Delivery::AtLeastOnce,
             live_output_bytes: None,
+            secrets: Vec::new(),
         }
     }
 
@@ -975,6 +1026,7 @@ mod tests {
         let declared = [OutputSpec {
             name: "err".into(),
             error_output: true,
+            secret: false,
         }];
         assert!(!r.succeeded(&declared));
         r.outputs.insert("err".into(), json!(""));

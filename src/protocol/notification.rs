@@ -81,7 +81,8 @@ pub struct DependencyState {
 
 /// The payload of `bora.task.end`: the task as it ended and its last
 /// result, without what may carry credentials (SPEC 7.4): no inputs, no
-/// config, and the result's streams emptied (their sizes and digests stay).
+/// config, the result's streams emptied (their sizes and digests stay) and
+/// its secret outputs masked (`"***"`).
 /// Notifications pile up in `notifications.*` when nobody listens.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskEndPayload {
@@ -115,8 +116,8 @@ pub struct TaskEndPayload {
     pub state: TaskState,
     /// Its last attempt; 0 if none went out (skipped, cancelled early).
     pub attempt: i64,
-    /// The last result, with `stdout` and `stderr` emptied; null if none
-    /// came back.
+    /// The last result, with `stdout` and `stderr` emptied and secret
+    /// outputs masked; null if none came back.
     pub result: Option<TaskResult>,
     /// The unfinished dependencies of a waiting task (empty at an end).
     pub blocked_by: Vec<String>,
@@ -150,7 +151,7 @@ impl TaskEndPayload {
         server_last_seen: Option<i64>,
         server_online: bool,
     ) -> Result<Self, Corrupt> {
-        let mut result: Option<TaskResult> = TaskResult::of_task(task)?;
+        let mut result: Option<TaskResult> = TaskResult::of_task(task)?.map(TaskResult::masked);
         if let Some(r) = result.as_mut() {
             r.stdout.clear();
             r.stderr.clear();

@@ -3,8 +3,9 @@
 //! and shuts them down in order.
 //!
 //! Start-up refuses settings out of range (an empty or short API token among
-//! them), an unsafe API address (non-loopback without tokens) and a store it
-//! cannot open; a broker that is down is not fatal: the relay and the
+//! them), an unsafe API address (non-loopback without tokens), a store it
+//! cannot open, and a secret key that is missing (PostgreSQL) or not the
+//! one the store's secrets are sealed with; a broker that is down is not fatal: the relay and the
 //! consumer retry in the background and `/readyz` says 503 meanwhile.
 
 mod relay;
@@ -23,6 +24,7 @@ use crate::api::{self, AppState};
 use crate::app::{App, AppConfig};
 use crate::broker::Broker;
 use crate::config::Settings;
+use crate::seal::{KEY_CHECK, KeySource, Sealer};
 use crate::store::Store;
 
 /// A running dispatcher.
@@ -52,9 +54,11 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
     if settings.api.tokens.is_empty() {
         warn_open(&settings);
     }
+    let (sealer, key_source) = crate::seal::sealer_for(&settings.store)?;
     let store = Store::open(settings.store.url.expose(), settings.store.max_connections)
         .await
         .with_context(|| format!("opening the store {}", settings.store.url))?;
+    check_secret_key(&store, &sealer, &key_source).await?;
     let broker = Broker::new(&settings.amqp.url, &settings.amqp, "bora-serve")
         .context("configuring the broker connection")?;
     let app = App::new(
@@ -72,6 +76,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
             outbox_lease_us: settings.dispatch.outbox_lease_us(),
             online_window_us: settings.dispatch.heartbeat_timeout_us(),
         },
+        sealer,
     );
     let listener = tokio::net::TcpListener::bind(settings.api.listen)
         .await
@@ -138,6 +143,65 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
         tasks,
         store,
     })
+}
+
+/// Checks that `sealer`'s key is the one the store's secrets are sealed
+/// with: the store keeps a known text sealed with the key it first ran
+/// with (written now, on a store that has none). Says where the key came
+/// from, and loudly when this start made the key file.
+///
+/// # Errors
+/// Another key: refused, rather than failing every secret task later. A
+/// key file this start made for the wrong key is removed again.
+async fn check_secret_key(
+    store: &Store,
+    sealer: &Sealer,
+    source: &KeySource,
+) -> anyhow::Result<()> {
+    let token = match store.meta(KEY_CHECK).await? {
+        Some(token) => token,
+        None => {
+            let token = sealer.check_token()?;
+            store.meta_or_insert(KEY_CHECK, &token).await?
+        }
+    };
+    if let Err(e) = sealer.verify_check(&token) {
+        let which = match source {
+            KeySource::Configured => "store.secret_key (BORA__STORE__SECRET_KEY)".to_owned(),
+            KeySource::KeyFile {
+                path,
+                created: true,
+            } => {
+                let _ = std::fs::remove_file(path);
+                format!(
+                    "a new key file ({} was missing: it is removed again; put the store's own key file back)",
+                    path.display()
+                )
+            }
+            KeySource::KeyFile { path, .. } => format!("the key file {}", path.display()),
+        };
+        anyhow::bail!(
+            "the secret key from {which} is not the key this store's secrets are sealed with, so \
+             they cannot be opened; start with the store's own key ({e})"
+        );
+    }
+    match source {
+        KeySource::Configured => info!("secrets in the store are sealed with store.secret_key"),
+        KeySource::KeyFile {
+            path,
+            created: true,
+        } => warn!(
+            key_file = %path.display(),
+            "created the store's secret key file (mode 0600): secrets in the store are sealed with \
+             it and cannot be read without it; back it up with the database, or set \
+             store.secret_key (BORA__STORE__SECRET_KEY) instead"
+        ),
+        KeySource::KeyFile { path, .. } => info!(
+            key_file = %path.display(),
+            "secrets in the store are sealed with the key in the key file"
+        ),
+    }
+    Ok(())
 }
 
 /// Says loudly, at every start without `api.tokens`, what anyone who can

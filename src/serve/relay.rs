@@ -25,9 +25,7 @@ use crate::broker::reconnect::Reconnect;
 use crate::broker::{Broker, BrokerError, Outgoing, Published, Publisher};
 use crate::config::Settings;
 use crate::domain::{Task, TaskId, TaskState, WorkflowState};
-use crate::protocol::{
-    CancelMessage, Notification, TaskEndPayload, TaskMessage, WorkflowEndPayload,
-};
+use crate::protocol::{CancelMessage, Notification, TaskEndPayload, WorkflowEndPayload};
 use crate::store::{OutboxItem, OutboxKind, StoreError};
 
 /// Messages taken from the outbox per round.
@@ -180,11 +178,18 @@ struct Outcome {
     waiting: Vec<OutboxItem>,
     /// Their task moved on: nothing to send.
     moot: Vec<OutboxItem>,
+    /// Task messages that cannot be rendered (a stored value that does not
+    /// parse, a secret that does not open), with why: their tasks fail.
+    unsendable: Vec<(OutboxItem, String)>,
 }
 
 impl Outcome {
     fn len(&self) -> usize {
-        self.confirmed.len() + self.failed.len() + self.waiting.len() + self.moot.len()
+        self.confirmed.len()
+            + self.failed.len()
+            + self.waiting.len()
+            + self.moot.len()
+            + self.unsendable.len()
     }
 }
 
@@ -287,8 +292,10 @@ impl Held {
             failed = o.failed.len(),
             waiting = o.waiting.len(),
             moot = o.moot.len(),
+            unsendable = o.unsendable.len(),
             "relay round"
         );
+        self.app.fail_unsendable(&o.unsendable).await?;
         self.app.confirm_published(&o.confirmed).await?;
         self.app.postpone(&o.failed, now_us() + RETRY_US).await?;
         self.app
@@ -330,8 +337,9 @@ async fn send(
     let mut rest = items.into_iter();
     while let Some(item) = rest.next() {
         match render(&item, app, settings, &context).await {
-            Ok(Some(msg)) => sending.push((item, msg)),
-            Ok(None) => outcome.moot.push(item),
+            Ok(Rendered::Send(msg)) => sending.push((item, msg)),
+            Ok(Rendered::Moot) => outcome.moot.push(item),
+            Ok(Rendered::Unsendable(why)) => outcome.unsendable.push((item, why)),
             Err(e) => {
                 let mut unsent: Vec<OutboxItem> = sending.into_iter().map(|(i, _)| i).collect();
                 unsent.push(item);
@@ -425,8 +433,6 @@ async fn send(
     Ok(())
 }
 
-/// The message an outbox row stands for, or `None` if it is moot (its task
-/// was deleted or moved to another attempt).
 /// What the task-end notifications of a round need from the store, read
 /// with one query each for the whole round.
 #[derive(Default)]
@@ -455,14 +461,25 @@ impl RenderContext {
     }
 }
 
+/// What an outbox row comes to.
+enum Rendered {
+    /// The message to publish.
+    Send(Outgoing),
+    /// Nothing: its task was deleted or moved to another attempt.
+    Moot,
+    /// A task message that cannot be made, and why: the task fails.
+    Unsendable(String),
+}
+
+/// The message an outbox row stands for.
 async fn render(
     item: &OutboxItem,
     app: &App,
     settings: &Settings,
     context: &RenderContext,
-) -> Result<Option<Outgoing>, StoreError> {
+) -> Result<Rendered, StoreError> {
     let store = app.store();
-    Ok(match item.kind {
+    let rendered = match item.kind {
         OutboxKind::Cancel => item.task_id.map(|task_id| Outgoing {
             routing_key: settings.amqp.control_queue(&item.server_id),
             body: CancelMessage {
@@ -475,12 +492,12 @@ async fn render(
         }),
         OutboxKind::Task => {
             let Some(task) = item.task.as_ref() else {
-                return Ok(None);
+                return Ok(Rendered::Moot);
             };
             if task.attempt != item.attempt || task.state() != TaskState::Waiting {
-                return Ok(None);
+                return Ok(Rendered::Moot);
             }
-            match TaskMessage::of(task) {
+            match app.task_message(task) {
                 Ok(mut m) => Some(Outgoing {
                     routing_key: settings.amqp.task_queue(&item.server_id),
                     body: {
@@ -491,14 +508,14 @@ async fn render(
                     mandatory: true,
                 }),
                 Err(e) => {
-                    error!(task_id = %task.id, error = %e, "cannot render a task message; dropping it");
-                    None
+                    error!(task_id = %task.id, error = %e, "cannot render a task message; the task fails");
+                    return Ok(Rendered::Unsendable(format!("cannot send the task: {e}")));
                 }
             }
         }
         OutboxKind::TaskEnd => {
             let Some(task) = item.task.as_ref() else {
-                return Ok(None);
+                return Ok(Rendered::Moot);
             };
             let error = task.state() != TaskState::Succeeded;
             let deps = context
@@ -512,17 +529,17 @@ async fn render(
                 Ok(p) => serde_json::to_value(p).unwrap_or_default(),
                 Err(e) => {
                     error!(task_id = %task.id, error = %e, "cannot render a task's end; dropping it");
-                    return Ok(None);
+                    return Ok(Rendered::Moot);
                 }
             };
             Some(notification(settings, "bora.task.end", error, payload))
         }
         OutboxKind::WorkflowEnd => {
             let Some(wf) = item.workflow_id else {
-                return Ok(None);
+                return Ok(Rendered::Moot);
             };
             let Some(row) = store.workflow(wf).await? else {
-                return Ok(None);
+                return Ok(Rendered::Moot);
             };
             let counts = store.task_counts(wf).await?;
             let payload = WorkflowEndPayload::new(&row, counts);
@@ -530,7 +547,8 @@ async fn render(
             let payload = serde_json::to_value(payload).unwrap_or_default();
             Some(notification(settings, "bora.workflow.end", error, payload))
         }
-    })
+    };
+    Ok(rendered.map_or(Rendered::Moot, Rendered::Send))
 }
 
 fn notification(

@@ -8,7 +8,7 @@
 //! change happens inside one [`WriteTx`]; reads use the shared pool.
 //!
 //! One file per table ([`tasks`], [`deps`], [`workflows`], [`events`],
-//! [`outbox`], [`servers`]), each with its statements for the pool
+//! [`outbox`], [`servers`], and `meta`: facts about the store itself), each with its statements for the pool
 //! (`impl Store`) and for a transaction (`impl WriteTx`), the one-row and
 //! many-row forms side by side; [`write`] writes a unit of work across
 //! three of them at once. It imports only the domain: it decides nothing
@@ -27,6 +27,7 @@
 pub mod attempts;
 pub mod deps;
 pub mod events;
+mod meta;
 pub mod outbox;
 pub mod output;
 pub mod scratch;

@@ -3,7 +3,9 @@
 //!
 //! A stream is never held whole: at most `cap` bytes stay in memory however much
 //! the process writes, while the byte count and SHA-256 cover the whole stream
-//! (raw bytes; only the kept text is converted lossily to UTF-8). This module
+//! (raw bytes; only the kept text is converted lossily to UTF-8). A task's
+//! secrets are scrubbed on the way in, so the count and digest are those of
+//! the stream as shown. This module
 //! knows nothing of processes or AMQP.
 
 use std::collections::VecDeque;
@@ -13,6 +15,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio_util::sync::CancellationToken;
 
 use super::live::Live;
+use super::scrub::{ScrubStream, Scrubber};
 use crate::protocol::OutputStream;
 
 /// Size of one read from a pipe.
@@ -29,6 +32,12 @@ pub struct Capture {
     /// Bytes seen in total.
     total: u64,
     hasher: Sha256,
+    /// Scrubs the task's secrets before anything is kept, counted or
+    /// hashed; `None` for a task without secrets.
+    scrub: Option<ScrubStream>,
+    /// Where the kept bytes go too, as they come (live output): scrubbed
+    /// like everything else.
+    tap: Option<(std::sync::Arc<Live>, OutputStream)>,
 }
 
 /// A finished capture.
@@ -54,11 +63,38 @@ impl Capture {
             tail: VecDeque::new(),
             total: 0,
             hasher: Sha256::new(),
+            scrub: None,
+            tap: None,
         }
     }
 
+    /// A capture of a stream with `scrubber`'s secrets replaced by `***`
+    /// on the way in: what is kept, counted and hashed is the scrubbed
+    /// stream.
+    pub fn scrubbed(cap: usize, scrubber: &Scrubber) -> Self {
+        let mut c = Self::new(cap);
+        c.scrub = (!scrubber.is_empty()).then(|| scrubber.stream());
+        c
+    }
+
     /// Takes the next bytes of the stream.
-    pub fn feed(&mut self, mut data: &[u8]) {
+    pub fn feed(&mut self, data: &[u8]) {
+        match self.scrub.as_mut() {
+            None => self.keep(data),
+            Some(scrub) => {
+                let mut clean = Vec::with_capacity(data.len());
+                scrub.feed(data, &mut clean);
+                self.keep(&clean);
+            }
+        }
+    }
+
+    /// Keeps, counts and hashes the next (scrubbed) bytes, and hands them
+    /// to the live output if there is one.
+    fn keep(&mut self, mut data: &[u8]) {
+        if let Some((live, stream)) = &self.tap {
+            live.feed(*stream, data);
+        }
         self.total += data.len() as u64;
         self.hasher.update(data);
         let head_cap = self.cap / 2;
@@ -78,7 +114,12 @@ impl Capture {
         }
     }
 
-    pub fn finish(self) -> Captured {
+    pub fn finish(mut self) -> Captured {
+        if let Some(scrub) = self.scrub.take() {
+            let mut rest = Vec::new();
+            scrub.finish(&mut rest);
+            self.keep(&rest);
+        }
         let kept = self.head.len() + self.tail.len();
         let omitted = self.total - kept as u64;
         let (head, tail) = self.tail.as_slices();
@@ -127,10 +168,12 @@ fn hex(digest: &[u8]) -> String {
 pub async fn read_capped<R: AsyncRead + Unpin>(
     mut reader: R,
     cap: usize,
+    scrubber: Scrubber,
     stop: CancellationToken,
     tap: Option<(std::sync::Arc<Live>, OutputStream)>,
 ) -> Captured {
-    let mut capture = Capture::new(cap);
+    let mut capture = Capture::scrubbed(cap, &scrubber);
+    capture.tap = tap;
     let mut buf = vec![0u8; CHUNK];
     loop {
         let n = tokio::select! {
@@ -140,12 +183,7 @@ pub async fn read_capped<R: AsyncRead + Unpin>(
         };
         match n {
             Ok(0) | Err(_) => break,
-            Ok(n) => {
-                capture.feed(&buf[..n]);
-                if let Some((live, stream)) = &tap {
-                    live.feed(*stream, &buf[..n]);
-                }
-            }
+            Ok(n) => capture.feed(&buf[..n]),
         }
     }
     capture.finish()
@@ -193,6 +231,34 @@ mod tests {
             );
             assert_eq!(c.text, expected, "chunk {chunk}");
             assert_eq!(c.whole(), None);
+        }
+    }
+
+    #[test]
+    fn secrets_are_scrubbed_before_anything_is_kept_counted_or_hashed() {
+        let s = Scrubber::new(["hunter2"]);
+        let data = b"pw=hunter2, again hunter2 and hunter2".repeat(4);
+        let clean = String::from_utf8(data.clone())
+            .unwrap()
+            .replace("hunter2", "***");
+        for chunk in [1, 3, 5, 64, 1000] {
+            let mut whole = Capture::scrubbed(1024, &s);
+            let mut cut = Capture::scrubbed(20, &s);
+            for part in data.chunks(chunk) {
+                whole.feed(part);
+                cut.feed(part);
+            }
+            let whole = whole.finish();
+            assert_eq!(whole.text, clean, "chunk {chunk}");
+            assert_eq!(whole.bytes, clean.len() as u64);
+            assert_eq!(whole.sha256, sha256_hex(clean.as_bytes()));
+            let cut = cut.finish();
+            assert!(
+                cut.truncated && !cut.text.contains("hunter"),
+                "{}",
+                cut.text
+            );
+            assert_eq!(cut.sha256, sha256_hex(clean.as_bytes()));
         }
     }
 

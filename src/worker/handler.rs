@@ -5,7 +5,8 @@
 //! The ack comes once the `started` report is confirmed, never at the end, so
 //! RabbitMQ's `consumer_timeout` cannot redeliver a long task (SPEC 4). Instant
 //! runners (`std.echo`, `std.noop`, a missing runner) send no `started`: their
-//! result is published and confirmed first, then the delivery is acked. This
+//! result is published and confirmed first, then the delivery is acked. A
+//! result is scrubbed of the task's secrets before it is reported. This
 //! module never logs a payload, an input value or a config body.
 
 use std::collections::VecDeque;
@@ -24,6 +25,7 @@ use super::live::{self, Live};
 use super::process::Stoppers;
 use super::registry::{Admission, Ticket};
 use super::runner::Runner;
+use super::scrub::Scrubber;
 use crate::domain::Delivery as DeliveryMode;
 use crate::protocol::{OutputChunk, RpcReply, RpcRequest, TaskMessage, TaskResult, task_msg_id};
 
@@ -134,8 +136,11 @@ async fn handle_task(
         }
     }
 
+    // The task's secrets, scrubbed from everything it reports.
+    let scrubber = Scrubber::of_task(&task);
     let runner = Runner::select(&task.group, &worker.runners.hooks_dir);
     if let Some(result) = runner.instant_result(&task) {
+        let result = scrubber.scrub_result(result, &task.outputs);
         if task.delivery == DeliveryMode::AtMostOnce
             && let Err(e) = worker.ledger.record(msg_id.clone()).await
         {
@@ -207,7 +212,7 @@ async fn handle_task(
             live_done.clone(),
         ))
     });
-    let run = runner.run(&task, &worker.runners, &stoppers, live);
+    let run = runner.run(&task, &worker.runners, &stoppers, &scrubber, live);
     tokio::pin!(run);
     let mut permit = Some(permit);
     let result = tokio::select! {
@@ -227,6 +232,9 @@ async fn handle_task(
         tracing::warn!("the last live output was not sent in time; the result has it");
     }
     drop(permit);
+    // Streams and output files were scrubbed as they were read; this
+    // catches what a hook answered and anything else.
+    let result = scrubber.scrub_result(result, &task.outputs);
     tracing::info!(
         exit_code = result.exit_code,
         error = result.error.as_deref(),

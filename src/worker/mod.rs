@@ -10,6 +10,7 @@
 //! - [`runner`]: which runner a group gets, and how its output becomes a result.
 //! - [`process`]: one process group: spawn, capture, timeout, cancel, kill.
 //! - [`capture`]: capped head-and-tail capture with whole-stream counts and digests.
+//! - [`scrub`]: the task's secret values replaced by `***` in what it reports.
 //! - [`registry`]: the attempts held in memory, early cancels, recent finishes.
 //! - [`ledger`]: the on-disk at-most-once ledger.
 //!
@@ -26,6 +27,7 @@ mod process;
 mod publisher;
 mod registry;
 mod runner;
+pub mod scrub;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::capture::{Captured, read_capped};
 use super::live::Live;
+use super::scrub::Scrubber;
 use crate::protocol::OutputStream;
 
 /// Between SIGTERM and SIGKILL when a task times out or the worker shuts down.
@@ -40,6 +41,11 @@ pub struct Spec {
     /// Cap of each captured stream.
     pub stdout_cap: usize,
     pub stderr_cap: usize,
+    /// The secrets scrubbed from stdout as it is read (none for a hook,
+    /// whose stdout is its JSON answer, scrubbed once parsed).
+    pub stdout_scrub: Scrubber,
+    /// The secrets scrubbed from stderr as it is read.
+    pub stderr_scrub: Scrubber,
     pub timeout: Duration,
     /// Where the output goes as it is read, too (live output).
     pub live: Option<Arc<Live>>,
@@ -92,11 +98,23 @@ pub async fn run(spec: Spec, stoppers: &Stoppers) -> std::io::Result<Outcome> {
     let stop_reading = CancellationToken::new();
     let out = child.stdout.take().map(|s| {
         let tap = spec.live.clone().map(|l| (l, OutputStream::Stdout));
-        tokio::spawn(read_capped(s, spec.stdout_cap, stop_reading.clone(), tap))
+        tokio::spawn(read_capped(
+            s,
+            spec.stdout_cap,
+            spec.stdout_scrub.clone(),
+            stop_reading.clone(),
+            tap,
+        ))
     });
     let err = child.stderr.take().map(|s| {
         let tap = spec.live.clone().map(|l| (l, OutputStream::Stderr));
-        tokio::spawn(read_capped(s, spec.stderr_cap, stop_reading.clone(), tap))
+        tokio::spawn(read_capped(
+            s,
+            spec.stderr_cap,
+            spec.stderr_scrub.clone(),
+            stop_reading.clone(),
+            tap,
+        ))
     });
     if let (Some(mut stdin), Some(data)) = (child.stdin.take(), spec.stdin) {
         // A process that does not read its stdin gets EPIPE here: not an error.

@@ -19,6 +19,7 @@ use serde_json::{Map, Value, json};
 use super::capture::{Capture, Captured};
 use super::live::Live;
 use super::process::{self, Ending, Outcome, Spec, Stop, Stoppers};
+use super::scrub::Scrubber;
 use crate::protocol::{TaskMessage, TaskResult};
 
 /// How much of a hook's stdout (its JSON answer) is read at most.
@@ -87,12 +88,14 @@ impl Runner {
         }
     }
 
-    /// Runs a process runner to its end, in a fresh scratch directory.
+    /// Runs a process runner to its end, in a fresh scratch directory,
+    /// scrubbing `scrubber`'s secrets from what it captures.
     pub async fn run(
         &self,
         task: &TaskMessage,
         config: &RunnerConfig,
         stoppers: &Stoppers,
+        scrubber: &Scrubber,
         live: Option<Arc<Live>>,
     ) -> TaskResult {
         if let Some(r) = self.instant_result(task) {
@@ -114,8 +117,10 @@ impl Runner {
             }
         };
         let result = match self {
-            Runner::Hook(path) => run_hook(path, task, config, scratch.path(), stoppers).await,
-            _ => run_script(task, config, scratch.path(), stoppers, live).await,
+            Runner::Hook(path) => {
+                run_hook(path, task, config, scratch.path(), stoppers, scrubber).await
+            }
+            _ => run_script(task, config, scratch.path(), stoppers, scrubber, live).await,
         };
         // Removal failure (a task that chmod'ed its files) is logged, not fatal.
         if let Err(e) = scratch.close() {
@@ -172,6 +177,7 @@ async fn run_script(
     config: &RunnerConfig,
     scratch: &Path,
     stoppers: &Stoppers,
+    scrubber: &Scrubber,
     live: Option<Arc<Live>>,
 ) -> Result<TaskResult, String> {
     let mut env = input_env(&task.inputs)?;
@@ -196,6 +202,8 @@ async fn run_script(
         stdin: None,
         stdout_cap: config.max_output_bytes,
         stderr_cap: config.max_output_bytes,
+        stdout_scrub: scrubber.clone(),
+        stderr_scrub: scrubber.clone(),
         timeout: Duration::from_secs(u64::from(task.timeout_s)),
         live,
     };
@@ -206,12 +214,13 @@ async fn run_script(
     if matches!(outcome.ending, Ending::Exited(_) | Ending::Signalled(_)) {
         // Off the runtime: the files are the task's, and reading them may
         // take a while (they are read whole, through the capped capture).
-        let (t, prefix, cap) = (
+        let (t, prefix, cap, scrub) = (
             task.clone(),
             outputs_prefix.clone(),
             config.max_output_bytes,
+            scrubber.clone(),
         );
-        let outputs = tokio::task::spawn_blocking(move || read_outputs(&t, &prefix, cap))
+        let outputs = tokio::task::spawn_blocking(move || read_outputs(&t, &prefix, cap, &scrub))
             .await
             .map_err(|e| format!("reading the outputs failed: {e}"))?;
         for (name, kept) in outputs {
@@ -235,11 +244,17 @@ fn write_executable(path: &Path, body: &[u8]) -> std::io::Result<()> {
 
 /// Reads each declared output from `<prefix>.<name>`; a missing file leaves the
 /// output absent (heat-config-script's rule). Values are strings, capped
-/// like the streams. Only regular files count: a symlink is not followed
+/// like the streams, and scrubbed of the task's secrets unless declared
+/// secret themselves. Only regular files count: a symlink is not followed
 /// (a link to `/dev/zero` would never end) and a FIFO or a device is not
 /// read (a FIFO would block); such an output is absent and logged. Blocking:
 /// call it off the async runtime.
-fn read_outputs(task: &TaskMessage, prefix: &Path, cap: usize) -> Vec<(String, Captured)> {
+fn read_outputs(
+    task: &TaskMessage,
+    prefix: &Path,
+    cap: usize,
+    scrubber: &Scrubber,
+) -> Vec<(String, Captured)> {
     use std::io::Read;
     let mut out = Vec::new();
     for output in &task.outputs {
@@ -267,7 +282,13 @@ fn read_outputs(task: &TaskMessage, prefix: &Path, cap: usize) -> Vec<(String, C
             tracing::warn!(output = %name, "output not read: not a regular file");
             continue;
         }
-        let mut capture = Capture::new(cap);
+        // A secret output carries a secret on purpose: the dispatcher
+        // seals it. Any other output is scrubbed.
+        let mut capture = if output.secret {
+            Capture::new(cap)
+        } else {
+            Capture::scrubbed(cap, scrubber)
+        };
         let mut buf = vec![0u8; 64 * 1024];
         loop {
             match file.read(&mut buf) {
@@ -357,6 +378,7 @@ async fn run_hook(
     config: &RunnerConfig,
     scratch: &Path,
     stoppers: &Stoppers,
+    scrubber: &Scrubber,
 ) -> Result<TaskResult, String> {
     let mut env = Vec::new();
     // heat-agents' script hook keeps its files here; per task unless the
@@ -383,6 +405,10 @@ async fn run_hook(
         stdin: Some(stdin),
         stdout_cap: json_limit,
         stderr_cap: config.max_output_bytes,
+        // Its stdout is its JSON answer: scrubbed once parsed (a secret
+        // with a quote is escaped there).
+        stdout_scrub: Scrubber::default(),
+        stderr_scrub: scrubber.clone(),
         timeout: Duration::from_secs(u64::from(task.timeout_s)),
         live: None,
     };
@@ -398,7 +424,7 @@ async fn run_hook(
         }
     };
     let parsed = outcome.stdout.whole().map(serde_json::from_slice::<Value>);
-    let heat = match parsed {
+    let mut heat = match parsed {
         Some(Ok(Value::Object(map))) => map,
         other => {
             let why = match other {
@@ -416,6 +442,11 @@ async fn run_hook(
             return Ok(r);
         }
     };
+    for (name, value) in heat.iter_mut() {
+        if !task.outputs.iter().any(|o| o.secret && o.name == *name) {
+            scrubber.scrub_value(value);
+        }
+    }
     Ok(hook_result(
         task.attempt,
         heat,

@@ -469,3 +469,57 @@ async fn a_guest_of_the_group_reads_only_its_own_child() {
     web.revoke(&app).await;
     app.stop().await;
 }
+
+/// A group's secret outputs (SPEC 7.4): each child's sealed, the group's
+/// server → value object masked, and a reference to it a secret input its
+/// consumer's worker gets whole and scrubs.
+#[tokio::test]
+async fn a_groups_secret_output_is_a_secret_for_its_consumer() {
+    let app = spawn_app().await;
+    let web = Fleet::register(&app, 2, "web").await;
+    let db = Fleet::register(&app, 1, "db").await;
+    let _w = web.workers(&app).await;
+    let _d = db.workers(&app).await;
+    let pw = format!("pw-{}", uuid::Uuid::new_v4().simple());
+    let first = &web.servers[0];
+    let wf = app
+        .create_workflow(json!({"name": "keys", "tasks": [
+            {"name": "mint", "target": {"labels": web.labels("web")},
+             "inputs": {"PW": {"secret": pw}},
+             "outputs": [{"name": "key", "secret": true}],
+             "config": "echo \"minting with $PW\"; printf \"key-$WHO\" > \"$heat_outputs_path.key\""},
+            {"name": "use", "server_id": db.servers[0],
+             "inputs": {"KEYS": {"get_output": ["mint", "key"]}},
+             "config": format!("case \"$KEYS\" in *\"key-{first}\"*) echo found;; esac; echo \"$KEYS\"")}
+        ]}))
+        .await;
+    let id = wf.id();
+    app.wait_workflow_state(&id, "succeeded").await;
+    let group = app.task(&id, "mint").await;
+    let masked: BTreeMap<String, String> = web
+        .servers
+        .iter()
+        .map(|s| (s.clone(), "***".to_owned()))
+        .collect();
+    assert_eq!(group.result().outputs["key"], json!(masked));
+    assert_eq!(group.inputs["PW"], json!({"secret": "***"}));
+    for k in children(&app, &id, &group).await {
+        assert_eq!(k.result().outputs["key"], "***");
+        assert_eq!(k.result().stdout, "minting with ***\n");
+    }
+    let used = app.task(&id, "use").await;
+    let resolved = &used.resolved_inputs.as_ref().unwrap()["KEYS"];
+    assert_eq!(resolved["value"], json!(masked), "server -> ***");
+    assert_eq!(resolved["secret"], true);
+    // The worker got every server's key, and printed `***` for them.
+    assert_eq!(used.result().stdout, "found\n***\n");
+    let (_, list) = app.get(&format!("/v1/workflows/{id}/tasks")).await;
+    // (The first server's key is in the consumer's script, the second's
+    // nowhere.)
+    let text = list.to_string();
+    let second = format!("key-{}", web.servers[1]);
+    assert!(!text.contains(&second) && !text.contains(&pw), "{text}");
+    web.revoke(&app).await;
+    db.revoke(&app).await;
+    app.stop().await;
+}

@@ -124,10 +124,10 @@ pub async fn spawn_app_with(extra: &[(&str, &str)]) -> TestApp {
     let store = TestStore::create(dir.path()).await;
     let mut env: Vec<(String, String)> = vec![
         ("BORA__API__LISTEN".into(), "127.0.0.1:0".into()),
-        ("BORA__STORE__URL".into(), store.url.clone()),
         ("BORA__AMQP__URL".into(), vhost.amqp_url()),
         ("BORA__DISPATCH__RELAY_INTERVAL_MS".into(), "200".into()),
     ];
+    env.extend(store.env());
     env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let settings = Settings::load_with_env(None, env).unwrap();
     let shutdown = CancellationToken::new();
@@ -161,6 +161,38 @@ impl TestApp {
             assert!(Instant::now() < deadline, "dispatcher never became ready");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Stops the dispatcher and starts another with `settings` on the same
+    /// store and vhost, as after a restart (the API gets a new port).
+    ///
+    /// # Errors
+    /// The new dispatcher refused to start (its error).
+    pub async fn restart_with(&mut self, settings: Settings) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        if let Some(d) = self.dispatcher.take() {
+            d.wait().await;
+        }
+        self.shutdown = CancellationToken::new();
+        let d = bora::serve::start(settings.clone(), self.shutdown.clone()).await?;
+        self.addr = d.addr;
+        self.base = format!("http://{}", d.addr);
+        self.dispatcher = Some(d);
+        self.settings = settings;
+        self.wait_ready().await;
+        Ok(())
+    }
+
+    /// The settings of this app with `extra` `BORA__...` variables on top.
+    pub fn settings_with(&self, extra: &[(&str, &str)]) -> Settings {
+        let mut env: Vec<(String, String)> = vec![
+            ("BORA__API__LISTEN".into(), "127.0.0.1:0".into()),
+            ("BORA__AMQP__URL".into(), self.vhost.amqp_url()),
+            ("BORA__DISPATCH__RELAY_INTERVAL_MS".into(), "200".into()),
+        ];
+        env.extend(self.store.env());
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        Settings::load_with_env(None, env).unwrap()
     }
 
     pub async fn stop(mut self) {

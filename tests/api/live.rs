@@ -355,3 +355,26 @@ async fn wrong_user_drops(app: &TestApp) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+#[tokio::test]
+async fn live_output_is_scrubbed_of_secrets_like_the_result() {
+    let app = spawn_app().await;
+    let _w = start_worker(&app, "s", &[]).await;
+    let secret = "hunter2-live-7f3a";
+    let script = "for i in 1 2 3 4 5; do echo \"pw=$PW\"; sleep 0.2; done";
+    let wf = app
+        .create_workflow(json!({"name": "secret-live", "tasks": [
+            {"name": "t", "server_id": "s", "config": script, "inputs": {"PW": {"secret": secret}}}
+        ]}))
+        .await;
+    let id = wf.id();
+    app.wait_task_state(&id, "t", "running").await;
+    let events = read_events(follow(&app, &id, "t", None).await, |_| false).await;
+    let stdout = text_of(&events, "stdout");
+    assert_eq!(stdout, "pw=***\n".repeat(5), "{events:?}");
+    let t = app.task(&id, "t").await;
+    assert_eq!(t.result().stdout, stdout);
+    let (_, kept) = app.get(&format!("/v1/workflows/{id}/tasks/t/output")).await;
+    assert!(!kept.to_string().contains(secret), "{kept}");
+    app.stop().await;
+}

@@ -15,6 +15,7 @@ mod oslo;
 mod quorum;
 mod refs;
 mod scanner;
+mod secrets;
 mod security;
 
 use std::time::Duration;

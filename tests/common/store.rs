@@ -26,6 +26,9 @@ pub struct TestStore {
     pub url: String,
     /// The SQLite file, if it is one.
     pub sqlite_path: Option<PathBuf>,
+    /// The secret key of a PostgreSQL database (which requires one); an
+    /// SQLite store makes its key file beside the database.
+    pub secret_key: Option<String>,
     pg_database: Option<String>,
 }
 
@@ -45,6 +48,7 @@ impl TestStore {
         Self {
             url: format!("sqlite://{}", path.display()),
             sqlite_path: Some(path),
+            secret_key: None,
             pg_database: None,
         }
     }
@@ -66,12 +70,28 @@ impl TestStore {
         Self {
             url: url.to_string(),
             sqlite_path: None,
+            secret_key: Some(bora::seal::SecretKey::generate().to_base64()),
             pg_database: Some(name),
         }
     }
 
     pub fn is_postgres(&self) -> bool {
         self.pg_database.is_some()
+    }
+
+    /// The database's name, for a PostgreSQL store.
+    pub fn pg_database(&self) -> Option<&str> {
+        self.pg_database.as_deref()
+    }
+
+    /// The settings that name this store: `BORA__STORE__URL`, and the
+    /// secret key of a PostgreSQL one.
+    pub fn env(&self) -> Vec<(String, String)> {
+        let mut env = vec![("BORA__STORE__URL".to_owned(), self.url.clone())];
+        if let Some(key) = &self.secret_key {
+            env.push(("BORA__STORE__SECRET_KEY".to_owned(), key.clone()));
+        }
+        env
     }
 }
 

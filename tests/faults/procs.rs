@@ -95,12 +95,12 @@ impl Serve {
         let port = free_port();
         let mut env: Vec<(String, String)> = vec![
             ("BORA__API__LISTEN".into(), format!("127.0.0.1:{port}")),
-            ("BORA__STORE__URL".into(), store.url.clone()),
             ("BORA__AMQP__URL".into(), amqp_url.into()),
             ("BORA__DISPATCH__RELAY_INTERVAL_MS".into(), "200".into()),
             ("BORA__WORKER__HEARTBEAT_S".into(), "1".into()),
             ("RUST_LOG".into(), "info".into()),
         ];
+        env.extend(store.env());
         env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let mut serve = Self {
             child: None,

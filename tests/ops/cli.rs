@@ -543,13 +543,21 @@ async fn the_shipped_example_passes_data_between_tasks_and_task_show_says_from_w
     assert_eq!(t.name, "app");
     assert_eq!(t.inputs["DB_URL"], "postgresql://app@db-1:5432/app");
     assert_eq!(t.inputs["DB_PASSWORD"], "pw-123");
+    // The password is a secret output: the worker gets it, views do not.
+    assert_eq!(t.secrets, ["DB_PASSWORD"]);
     let shown = bora(&app, &["task", "show", &id, "app"]).await;
     let text = shown.ok();
     assert!(
         text.contains("DB_URL = \"postgresql://app@db-1:5432/app\"  (from db.url, attempt 1)"),
         "{text}"
     );
-    assert!(text.contains("(from db.password, attempt 1)"), "{text}");
+    assert!(
+        text.contains("DB_PASSWORD = \"***\"  (from db.password, attempt 1)"),
+        "{text}"
+    );
+    let json = bora(&app, &["task", "show", &id, "db", "--json"]).await;
+    assert_eq!(json.json()["result"]["outputs"]["password"], "***");
+    assert!(!json.stdout.contains("pw-123") && !text.contains("pw-123"));
     web.finish(&t, 0).await;
     app.wait_workflow_state(&id, "succeeded").await;
 }

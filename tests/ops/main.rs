@@ -9,4 +9,5 @@ mod helpers;
 mod cli;
 mod events;
 mod process;
+mod secrets;
 mod service;

@@ -80,21 +80,28 @@ pub struct ServeProcess {
     /// Log lines read since (JSON objects), as they come.
     pub later: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
     pub vhost: Vhost,
-    _store: TestStore,
-    _dir: tempfile::TempDir,
+    /// Its database (an SQLite one is `bora.db` in `dir`).
+    pub store: TestStore,
+    pub dir: tempfile::TempDir,
 }
 
 impl ServeProcess {
     pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// Starts it with extra environment variables (they win).
+    pub async fn start_with(extra: &[(&str, &str)]) -> Self {
         let vhost = Vhost::create().await;
         let dir = tempfile::tempdir().unwrap();
         let store = TestStore::create(dir.path()).await;
         let mut child = Command::new(BORA)
             .args(["serve", "--log-format", "json"])
             .env("BORA__API__LISTEN", "127.0.0.1:0")
-            .env("BORA__STORE__URL", &store.url)
+            .envs(store.env())
             .env("BORA__AMQP__URL", vhost.amqp_url())
             .env("RUST_LOG", "info")
+            .envs(extra.iter().copied())
             .env_remove("BORA_CONFIG")
             .current_dir(dir.path())
             .stdin(Stdio::null())
@@ -151,25 +158,39 @@ impl ServeProcess {
             lines,
             later,
             vhost,
-            _store: store,
-            _dir: dir,
+            store,
+            dir,
         }
     }
 
-    /// SIGTERM, then wait for a clean exit.
-    pub async fn stop(mut self) -> i32 {
-        if let Some(pid) = self.child.id() {
-            // SAFETY: sending a signal to our own child process.
-            unsafe {
-                libc::kill(pid as i32, libc::SIGTERM);
-            }
-        }
-        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
-            .await
-            .expect("bora serve did not stop within 30 s after SIGTERM")
-            .expect("wait");
-        status.code().unwrap_or(-1)
+    /// SIGTERM, then wait for a clean exit; the exit code, with the store
+    /// and the directory kept for a look after the stop.
+    pub async fn stop_keeping(self) -> (i32, TestStore, tempfile::TempDir) {
+        let Self {
+            child, store, dir, ..
+        } = self;
+        (stop_child(child).await, store, dir)
     }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub async fn stop(self) -> i32 {
+        stop_child(self.child).await
+    }
+}
+
+/// SIGTERM to `bora serve`, then wait for a clean exit.
+async fn stop_child(mut child: Child) -> i32 {
+    if let Some(pid) = child.id() {
+        // SAFETY: sending a signal to our own child process.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGTERM);
+        }
+    }
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("bora serve did not stop within 30 s after SIGTERM")
+        .expect("wait");
+    status.code().unwrap_or(-1)
 }
 
 /// Writes `text` to a file in `dir` and returns its path as a string.

@@ -415,6 +415,7 @@ impl TestApp {
             attempt: 1,
             delivery: Delivery::AtLeastOnce,
             live_output_bytes: None,
+            secrets: Vec::new(),
         }
     }
 
@@ -605,6 +606,7 @@ pub fn outputs(names: &[&str]) -> Vec<OutputSpec> {
         .map(|n| OutputSpec {
             name: (*n).into(),
             error_output: false,
+            secret: false,
         })
         .collect()
 }

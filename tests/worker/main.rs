@@ -173,6 +173,7 @@ async fn a_hook_gets_the_heat_deployment_and_its_answer_is_mapped() {
     t.outputs = vec![OutputSpec {
         name: "result".into(),
         error_output: false,
+        secret: false,
     }];
     t.options = inputs(json!({"opt": true}));
     let msg_id = app.publish(&t).await;
