@@ -102,6 +102,21 @@ pub(super) fn stream_permit(
     })
 }
 
+/// Waits for this dispatcher's next commit, or [`POLL`] for another
+/// dispatcher's; `false` at shutdown (the stream ends).
+pub(super) async fn next_commit(state: &AppState, commits: &mut watch::Receiver<u64>) -> bool {
+    tokio::select! {
+        _ = state.shutdown.cancelled() => false,
+        _ = async {
+            if commits.changed().await.is_err() {
+                // No more commits will come from here; rely on polls.
+                std::future::pending::<()>().await;
+            }
+        } => true,
+        _ = tokio::time::sleep(POLL) => true,
+    }
+}
+
 fn last_event_id(headers: &HeaderMap) -> Result<i64, ApiError> {
     let Some(raw) = headers.get("last-event-id") else {
         return Ok(0);
@@ -179,16 +194,8 @@ impl Cursor {
                 }
                 Ok(None) => {}
             }
-            let commits = &mut self.commits;
-            tokio::select! {
-                _ = self.state.shutdown.cancelled() => return None,
-                _ = async {
-                    if commits.changed().await.is_err() {
-                        // No more commits will come from here; rely on polls.
-                        std::future::pending::<()>().await;
-                    }
-                } => {}
-                _ = tokio::time::sleep(POLL) => {}
+            if !next_commit(&self.state, &mut self.commits).await {
+                return None;
             }
         }
     }

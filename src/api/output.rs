@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use utoipa::{IntoParams, ToSchema};
 
 use super::error::{ApiError, ErrorBody};
-use super::events::stream_permit;
+use super::events::{next_commit, stream_permit};
 use super::extract::QueryParams;
 use super::{AppState, workflow_id};
 use crate::domain::{TaskId, TaskState};
@@ -27,8 +27,6 @@ use crate::store::ChunkRow;
 
 /// Chunks read from the store at once.
 const PAGE: u32 = 200;
-/// How often the store is read without a local commit.
-const POLL: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -221,14 +219,7 @@ impl Cursor {
                 return None;
             }
             self.commits.borrow_and_update();
-            let page = self
-                .state
-                .store()
-                .output_after(self.task, self.attempt, self.after, PAGE)
-                .await
-                .ok()?;
-            if !page.is_empty() {
-                self.pending.extend(page);
+            if self.read().await? {
                 continue;
             }
             let row = self
@@ -242,14 +233,7 @@ impl Cursor {
                 .is_none_or(|t| attempt_ended(t.state(), t.attempt, self.attempt));
             if ended {
                 // What came with the end goes out first.
-                let page = self
-                    .state
-                    .store()
-                    .output_after(self.task, self.attempt, self.after, PAGE)
-                    .await
-                    .ok()?;
-                if !page.is_empty() {
-                    self.pending.extend(page);
+                if self.read().await? {
                     continue;
                 }
                 self.done = true;
@@ -257,17 +241,24 @@ impl Cursor {
                 let data = serde_json::json!({"attempt": self.attempt, "state": state});
                 return Some(Event::default().event("end").data(data.to_string()));
             }
-            let commits = &mut self.commits;
-            tokio::select! {
-                _ = self.state.shutdown.cancelled() => return None,
-                _ = async {
-                    if commits.changed().await.is_err() {
-                        std::future::pending::<()>().await;
-                    }
-                } => {}
-                _ = tokio::time::sleep(POLL) => {}
+            if !next_commit(&self.state, &mut self.commits).await {
+                return None;
             }
         }
+    }
+
+    /// Reads the next chunks into `pending`; `Some(true)` if there were
+    /// some, `None` on a store failure (the stream ends; the client resumes).
+    async fn read(&mut self) -> Option<bool> {
+        let page = self
+            .state
+            .store()
+            .output_after(self.task, self.attempt, self.after, PAGE)
+            .await
+            .ok()?;
+        let found = !page.is_empty();
+        self.pending.extend(page);
+        Some(found)
     }
 }
 
