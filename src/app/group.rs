@@ -201,10 +201,7 @@ fn end(uow: &mut UnitOfWork, mut group: Task, children: &[Task], now: i64) -> Re
             children.len()
         ));
     }
-    let text = serde_json::to_string(&result)
-        .map_err(|e| AppError::Store(crate::store::StoreError::Corrupt(e.to_string())))?;
-    let old = group.keep_result(text, now);
-    uow.archive(group.id, old);
+    uow.keep_result(&mut group, &result, now)?;
     group.finish(
         if ok {
             TaskState::Succeeded

@@ -120,10 +120,7 @@ pub(crate) fn fail(
     now: i64,
 ) -> Result<Released, AppError> {
     let result = TaskResult::error(task.attempt as u32, error);
-    let text = serde_json::to_string(&result)
-        .map_err(|e| AppError::Store(crate::store::StoreError::Corrupt(e.to_string())))?;
-    let old = task.keep_result(text, now);
-    uow.archive(task.id, old);
+    uow.keep_result(&mut task, &result, now)?;
     task.finish(TaskState::Failed, now)?;
     uow.keep(&task, true);
     Ok(Released::Ended)

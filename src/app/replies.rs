@@ -363,10 +363,7 @@ pub(super) fn end_attempt(
     now: i64,
 ) -> Result<bool, AppError> {
     let end = result.end(&task.outputs()?);
-    let text = serde_json::to_string(result)
-        .map_err(|e| AppError::Store(crate::store::StoreError::Corrupt(e.to_string())))?;
-    let old = task.keep_result(text, now);
-    uow.archive(task.id, old);
+    uow.keep_result(&mut task, result, now)?;
     let failure = match (end, retry) {
         (TaskState::Succeeded, _) | (_, Retry::Never) => None,
         (_, Retry::Lost) => Some(Failure::Lost),

@@ -8,6 +8,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use crate::domain::{Task, TaskId, TaskState, Workflow, WorkflowId};
+use crate::protocol::TaskResult;
 use crate::store::{
     NewAttempt, NewChunk, NewEvent, NewMessage, OutboxItem, OutboxKind, StoreError, WriteTx,
 };
@@ -147,22 +148,33 @@ impl UnitOfWork {
         self.dropped.push(task);
     }
 
-    /// Keeps `old`, a result the current attempt's replaced (see
-    /// [`Task::keep_result`]), among the task's earlier attempts.
-    pub fn archive(&mut self, task: TaskId, old: Option<String>) {
+    /// Gives `task` `result` as its current attempt's, and keeps the result
+    /// it replaces (an earlier attempt's, see [`Task::keep_result`]) among
+    /// the task's earlier attempts.
+    ///
+    /// # Errors
+    /// The result does not serialise (a bug).
+    pub fn keep_result(
+        &mut self,
+        task: &mut Task,
+        result: &TaskResult,
+        now: i64,
+    ) -> Result<(), StoreError> {
         #[derive(serde::Deserialize)]
         struct Attempt {
             #[serde(default)]
             attempt: i64,
         }
-        if let Some(result) = old {
-            let attempt = serde_json::from_str::<Attempt>(&result).map_or(0, |a| a.attempt);
+        let text = serde_json::to_string(result).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        if let Some(old) = task.keep_result(text, now) {
+            let attempt = serde_json::from_str::<Attempt>(&old).map_or(0, |a| a.attempt);
             self.archived.push(NewAttempt {
-                task_id: task,
+                task_id: task.id,
                 attempt,
-                result,
+                result: old,
             });
         }
+        Ok(())
     }
 
     /// Keeps a chunk of live output.
