@@ -240,6 +240,18 @@ impl TestApp {
         split(r).await
     }
 
+    /// A GET's body as text, whatever it is (a whole event stream, metrics).
+    pub async fn get_text(&self, path: &str) -> String {
+        self.http
+            .get(self.url(path))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub async fn get(&self, path: &str) -> (StatusCode, Value) {
         let r = self.http.get(self.url(path)).send().await.unwrap();
         split(r).await
@@ -395,7 +407,8 @@ impl TestApp {
     }
 }
 
-async fn split(r: reqwest::Response) -> (StatusCode, Value) {
+/// A response's status and JSON body (null when empty, a string when not JSON).
+pub async fn split(r: reqwest::Response) -> (StatusCode, Value) {
     let status = r.status();
     let text = r.text().await.unwrap();
     let body = if text.is_empty() {

@@ -32,15 +32,7 @@ async fn call(
     if let Some(b) = body {
         req = req.json(&b);
     }
-    let r = req.send().await.unwrap();
-    let status = r.status();
-    let text = r.text().await.unwrap();
-    let body = if text.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(&text).unwrap_or(Value::String(text))
-    };
-    (status, body)
+    split(req.send().await.unwrap()).await
 }
 
 async fn register(app: &TestApp, body: Value) -> (StatusCode, Value) {

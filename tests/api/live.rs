@@ -341,16 +341,9 @@ async fn a_guest_cannot_add_output_to_another_servers_task() {
 /// `bora_results_rejected_total{reason="wrong_user"}` now (the recorder is
 /// the process's: compare before and after).
 async fn wrong_user_drops(app: &TestApp) -> f64 {
-    let text = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
+    app.get_text("/metrics")
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
+        .lines()
         .filter(|l| l.starts_with("bora_results_rejected_total") && l.contains("wrong_user"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()

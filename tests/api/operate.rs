@@ -186,15 +186,7 @@ async fn a_failed_chain_runs_again_once_its_cause_is_fixed() {
     assert_eq!(app.task(&id, "configure").await.result().stdout, "ok\n");
     // The event log records each rerun.
     // (The workflow has ended: its stream sends everything, then `end`.)
-    let stream = app
-        .http
-        .get(app.url(&format!("/v1/workflows/{id}/events")))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let stream = app.get_text(&format!("/v1/workflows/{id}/events")).await;
     let events: Vec<Value> = stream
         .lines()
         .filter_map(|l| l.strip_prefix("data: "))
