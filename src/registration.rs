@@ -10,7 +10,7 @@
 use rand::RngCore;
 
 use crate::app::{App, AppError};
-use crate::broker::management::{Management, ManagementError, vhost_of};
+use crate::broker::management::{Management, ManagementError, regex_escape as re, vhost_of};
 use crate::broker::{Broker, BrokerError};
 use crate::config::Settings;
 use crate::domain::broker_user;
@@ -58,18 +58,6 @@ pub struct Registration {
     pub control_queue: String,
 }
 
-/// Escapes a name for use inside a RabbitMQ permission regex.
-fn re(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if "\\.+*?()|[]{}^$".contains(c) {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
-
 /// `(configure, write, read)` permission regexes of a server's broker user.
 pub fn permissions(
     settings: &Settings,
@@ -101,7 +89,26 @@ pub fn permissions(
     }
 }
 
-/// Registers and revokes servers: their broker users, permissions, limits
+/// `(write, read)` topic permissions of an oslo server's broker user on the
+/// task exchange: it publishes nothing there, and binds only with its own
+/// routing keys (`<task_topic>` and `<task_topic>.<server_id>`, what a stock
+/// oslo RPC server binds). Its plain permissions let it declare the
+/// exchange (oslo does at start) and queues named `<task_topic>_fanout*`;
+/// without these, it could bind such a queue to the task exchange with `#`
+/// and read every server's tasks. A guest needs none: it may not bind at all.
+pub fn oslo_topic_permissions(settings: &Settings, server: &ServerId) -> (String, String) {
+    let a = &settings.amqp;
+    (
+        "^$".to_owned(),
+        format!(
+            "^({}|{})$",
+            re(&a.task_topic),
+            re(&a.task_queue(server.as_str()))
+        ),
+    )
+}
+
+/// Registers and revokes servers/// Registers and revokes servers: their broker users, permissions, limits
 /// and queues, and their rows through `app`; cheap to clone.
 #[derive(Clone)]
 pub struct Registry {
@@ -152,6 +159,18 @@ impl Registry {
         self.management
             .set_permissions(&self.vhost, &user, &configure, &write, &read)
             .await?;
+        if kind == ServerKind::Oslo {
+            let (write, read) = oslo_topic_permissions(&self.settings, server);
+            self.management
+                .set_topic_permissions(
+                    &self.vhost,
+                    &user,
+                    &self.settings.amqp.exchange,
+                    &write,
+                    &read,
+                )
+                .await?;
+        }
         let limit = match kind {
             ServerKind::Guest => self.settings.dispatch.guest_max_connections,
             ServerKind::Oslo => self.settings.dispatch.oslo_max_connections,
@@ -243,5 +262,8 @@ mod tests {
         let (c, w, _) = permissions(&s, &id, ServerKind::Oslo);
         assert!(c.contains(r"bora_tasks\.web-1"));
         assert!(w.starts_with(r"^(amq\.default|"));
+        let (tw, tr) = oslo_topic_permissions(&s, &id);
+        assert_eq!(tw, "^$");
+        assert_eq!(tr, r"^(bora_tasks|bora_tasks\.web-1)$");
     }
 }

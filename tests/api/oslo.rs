@@ -13,7 +13,7 @@ use tokio::process::{Child, Command};
 
 use crate::helpers::*;
 
-fn python() -> PathBuf {
+pub(crate) fn python() -> PathBuf {
     let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".ci/cache/venv/bin/python");
     assert!(
         venv.exists(),
@@ -23,7 +23,7 @@ fn python() -> PathBuf {
     venv
 }
 
-fn script(name: &str) -> PathBuf {
+pub(crate) fn script(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/oslo")
         .join(name)
@@ -39,7 +39,7 @@ fn oslo_url(app: &TestApp) -> String {
 }
 
 /// Starts a Python script and waits until it prints a line containing `ready`.
-async fn start_python(
+pub(crate) async fn start_python(
     args: &[&str],
     ready: &str,
 ) -> (

@@ -698,3 +698,118 @@ async fn no_call_makes_the_dispatcher_answer_into_its_own_queues() {
     worker.close().await;
     app.stop().await;
 }
+
+/// Binds `queue` (declared first, as its user may) to the task exchange
+/// with `key`; the broker's answer.
+async fn try_bind(conn: &Connection, queue: &str, key: &str) -> Result<(), lapin::Error> {
+    let ch = conn.create_channel().await?;
+    ch.queue_declare(
+        queue.into(),
+        QueueDeclareOptions {
+            auto_delete: true,
+            ..QueueDeclareOptions::default()
+        },
+        FieldTable::default(),
+    )
+    .await?;
+    ch.queue_bind(
+        queue.into(),
+        "bora".into(),
+        key.into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn an_oslo_servers_credentials_serve_its_own_tasks_and_bind_no_one_elses() {
+    let app = spawn_app().await;
+    let (oslo, victim) = (unique("oslo"), unique("victim"));
+    let guard = Revoke(&app, vec![oslo.clone(), victim.clone()]);
+    let reg = register(&app, &oslo, "oslo").await;
+    register(&app, &victim, "guest").await;
+    let url = reg["amqp_url"].as_str().unwrap().to_owned();
+    // A stock oslo.messaging RPC server on exactly the issued credentials
+    // starts (declares the exchange, its queues, its bindings) and serves.
+    let oslo_url = format!(
+        "{}?amqp_durable_queues=true",
+        url.replacen("amqp://", "rabbit://", 1)
+    );
+    let (_server, _) = crate::oslo::start_python(
+        &[
+            crate::oslo::script("oslo_worker.py").to_str().unwrap(),
+            "--url",
+            &oslo_url,
+            "--server",
+            &oslo,
+        ],
+        "READY",
+    )
+    .await;
+    let wf = app
+        .create_workflow(json!({"name": "trusted", "tasks": [
+            {"name": "mine", "server_id": oslo, "config": "x"},
+            {"name": "theirs", "server_id": victim, "config": "echo secret"}
+        ]}))
+        .await;
+    let mine = app.wait_task_state(&wf.id(), "mine", "succeeded").await;
+    assert_eq!(mine.result().stdout, format!("ran mine on {oslo}\n"));
+
+    // The same credentials try to read other servers' tasks: a queue of the
+    // fanout name its user may declare, bound to the task exchange with `#`
+    // or with another server's key; the broker refuses both bindings.
+    let conn = connect(&url).await;
+    for key in [
+        "#".to_owned(),
+        format!("bora_tasks.{victim}"),
+        "bora_tasks.*".into(),
+    ] {
+        let err = try_bind(&conn, &format!("bora_tasks_fanout_{}", unique("spy")), &key)
+            .await
+            .expect_err("an oslo server's user bound a queue to another server's tasks");
+        refused(err, "ACCESS_REFUSED");
+    }
+    // An exchange-to-exchange binding is checked the same way.
+    let ch = conn.create_channel().await.unwrap();
+    let spy = format!("bora_tasks_fanout_{}", unique("x"));
+    ch.exchange_declare(
+        spy.as_str().into(),
+        lapin::ExchangeKind::Fanout,
+        ExchangeDeclareOptions {
+            auto_delete: true,
+            ..ExchangeDeclareOptions::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let err = ch
+        .exchange_bind(
+            spy.as_str().into(),
+            "bora".into(),
+            "#".into(),
+            Default::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect_err("an oslo server's user bound an exchange to every task");
+    refused(err, "ACCESS_REFUSED");
+    // Its own key still binds (what the oslo server itself did).
+    try_bind(
+        &conn,
+        &format!("bora_tasks_fanout_{}", unique("own")),
+        &format!("bora_tasks.{oslo}"),
+    )
+    .await
+    .expect("its own routing key");
+    // The other server's task is where it was, unread.
+    let theirs = app.task(&wf.id(), "theirs").await;
+    assert_eq!(theirs.state, "queued");
+    assert_eq!(
+        app.vhost.queue_depth(&format!("bora_tasks.{victim}")).await,
+        1
+    );
+    guard.run().await;
+    app.stop().await;
+}
