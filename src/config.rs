@@ -266,6 +266,13 @@ pub struct AmqpSettings {
     /// How many unacked replies the dispatcher takes at once (the most one
     /// recorded batch holds).
     pub reply_prefetch: u16,
+    /// The most bytes of replies waiting in the reply queue: beyond it the
+    /// broker refuses new replies (`reject-publish`; a worker keeps its
+    /// result and sends it again), so a guest that floods the shared reply
+    /// path cannot fill the broker's memory or disk. Set by the dispatcher
+    /// as the policy `bora-reply-limit` on the reply queue; 0 sets no
+    /// policy (for operators who manage the queue's policies themselves).
+    pub reply_queue_max_bytes: u64,
 }
 
 impl AmqpSettings {

@@ -25,23 +25,28 @@ pub struct ScanReport {
 
 impl App {
     /// Ends attempts whose worker went silent for `heartbeat_timeout_s`, and
-    /// attempts with no result `timeout_s` (+ `grace_s`) after their publish.
+    /// attempts with no result `timeout_s` (+ `grace_s`) after their publish,
+    /// judging both up to `heard_until`: the moment up to which every reply
+    /// sent has been recorded (the clock when the consumer keeps up; earlier
+    /// while it is behind, so a late heartbeat or result is not a silence).
     ///
     /// # Errors
     /// A store failure (nothing changed; the next scan tries again).
     #[instrument(skip_all)]
     pub async fn scan(
         &self,
+        heard_until: i64,
         heartbeat_timeout_s: u64,
         grace_s: u64,
     ) -> Result<ScanReport, AppError> {
         let now = now_us();
+        let heard_until = heard_until.min(now);
         let mut report = ScanReport::default();
         let mut tx = self.begin().await?;
-        let cutoff = now - heartbeat_timeout_s as i64 * 1_000_000;
-        let grace_us = grace_s as i64 * 1_000_000;
+        let cutoff = heard_until.saturating_sub(secs_us(heartbeat_timeout_s));
+        let grace_us = secs_us(grace_s);
         let silent = tx.silent_running(cutoff).await?;
-        let overdue = tx.overdue(now, grace_us).await?;
+        let overdue = tx.overdue(heard_until, grace_us).await?;
         if silent.is_empty() && overdue.is_empty() {
             // Nothing to change: no need to hold the write lock for a commit.
             return Ok(report);
@@ -164,6 +169,13 @@ impl App {
         };
         end_attempt(uow, task, &result, retry, paused, now)
     }
+}
+
+/// Seconds as microseconds, saturating (the settings bound them far below).
+fn secs_us(s: u64) -> i64 {
+    i64::try_from(s)
+        .unwrap_or(i64::MAX)
+        .saturating_mul(1_000_000)
 }
 
 /// The current attempt got no result within `timeout_s` of its publish: it

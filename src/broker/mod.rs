@@ -8,6 +8,7 @@
 //! declares it, so either side may declare first (oslo-wire 8).
 
 pub mod management;
+pub mod probe;
 pub mod reconnect;
 pub mod rpc;
 
@@ -167,7 +168,10 @@ impl Broker {
             std::process::id(),
             uuid::Uuid::new_v4().simple()
         );
-        let mut pool_config = PoolConfig::new(4);
+        // Held for good: the relay's publisher, the result consumer, the
+        // probe sender and the RPC API; the rest serve short asks
+        // (registration's declares, a queue's depth).
+        let mut pool_config = PoolConfig::new(6);
         pool_config.timeouts = Timeouts {
             wait: Some(Duration::from_secs(10)),
             create: Some(Duration::from_secs(10)),
@@ -543,6 +547,9 @@ pub struct ReplyDelivery {
     pub exchange: String,
     /// The broker-validated `user_id` property.
     pub user_id: Option<String>,
+    /// The AMQP `type` property (a dispatcher's probe says
+    /// [`probe::PROBE_TYPE`]).
+    pub kind: Option<String>,
 }
 
 /// Consumes the reply queue in batches; acks after the caller committed.
@@ -596,6 +603,7 @@ fn convert(d: lapin::message::Delivery) -> ReplyDelivery {
         delivery_tag: d.delivery_tag,
         exchange: d.exchange.to_string(),
         user_id: d.properties.user_id().as_ref().map(ShortString::to_string),
+        kind: d.properties.kind().as_ref().map(ShortString::to_string),
         body: d.data,
     }
 }

@@ -1,5 +1,5 @@
 //! The dispatcher process (`bora serve`): wires the store, the use cases, the
-//! broker, the REST API, the outbox relay and the result consumer together,
+//! broker, the REST API, the outbox relay, the result consumer, its probe and the scanner together,
 //! and shuts them down in order.
 //!
 //! Start-up refuses settings out of range (an empty or short API token among
@@ -8,6 +8,7 @@
 //! one the store's secrets are sealed with; a broker that is down is not fatal: the relay and the
 //! consumer retry in the background and `/readyz` says 503 meanwhile.
 
+mod probe;
 mod relay;
 mod replies;
 mod scanner;
@@ -84,25 +85,32 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
     let addr = listener.local_addr()?;
 
     let listening = replies::Listening::default();
-    let mut tasks = Vec::new();
-    tasks.push(tokio::spawn(relay::run(
-        app.clone(),
-        broker.clone(),
-        settings.clone(),
-        shutdown.clone(),
-    )));
-    tasks.push(tokio::spawn(scanner::run(
-        app.clone(),
-        settings.clone(),
-        listening.clone(),
-        shutdown.clone(),
-    )));
-    tasks.push(tokio::spawn(replies::run(
-        app.clone(),
-        broker.clone(),
-        listening,
-        shutdown.clone(),
-    )));
+    let mut tasks = vec![
+        tokio::spawn(relay::run(
+            app.clone(),
+            broker.clone(),
+            settings.clone(),
+            shutdown.clone(),
+        )),
+        tokio::spawn(scanner::run(
+            app.clone(),
+            settings.clone(),
+            listening.clone(),
+            shutdown.clone(),
+        )),
+        tokio::spawn(probe::run(
+            broker.clone(),
+            settings.clone(),
+            listening.clone(),
+            shutdown.clone(),
+        )),
+        tokio::spawn(replies::run(
+            app.clone(),
+            broker.clone(),
+            listening,
+            shutdown.clone(),
+        )),
+    ];
     let registry =
         crate::registration::Registry::new(settings.clone(), broker.clone(), app.clone())
             .context("configuring the management API client")?;

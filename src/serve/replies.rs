@@ -3,9 +3,11 @@
 //! between commit and ack redelivers the batch; recording is once per
 //! (task, attempt), so the redelivery changes nothing and is counted.
 //!
-//! It also keeps [`Listening`]: since when the consumer has been taking
-//! replies without a break, which the scanner needs before it may call any
-//! silence a lost worker.
+//! It also keeps [`Listening`], what the scanner needs before it may call
+//! any silence a lost worker: since when the consumer has been taking
+//! replies without a break, up to when it has heard everything sent (the
+//! stamp of the newest recorded probe, see `broker::probe`), and when the
+//! reply queue last refused a probe for being full.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -15,32 +17,81 @@ use tracing::{error, warn};
 
 use crate::app::now_us;
 use crate::app::{App, Incoming, Verdict};
-use crate::broker::Broker;
 use crate::broker::reconnect::Reconnect;
+use crate::broker::{Broker, ReplyDelivery, probe};
 
-/// Since when (store clock, µs) the result consumer has been consuming
-/// without a break; unset while it is not. Heartbeats sent while nobody
-/// consumed wait in `reply_bora`: silence before this moment was not heard,
-/// so it proves nothing about a worker. Cheap to clone.
+/// What the result consumer has heard, for the scanner; cheap to clone.
+/// Times are the dispatcher's clock (µs); 0 stands for unset.
 #[derive(Clone, Default)]
-pub struct Listening(Arc<AtomicI64>);
+pub struct Listening(Arc<Heard>);
+
+#[derive(Default)]
+struct Heard {
+    /// Start of the current unbroken stretch of consuming. Heartbeats sent
+    /// while nobody consumed wait in `reply_bora`: silence before this
+    /// moment was not heard, so it proves nothing about a worker.
+    since: AtomicI64,
+    /// The stamp of the newest probe recorded: every reply sent before it
+    /// has been recorded.
+    until: AtomicI64,
+    /// When the reply queue last refused a probe (full): replies sent then,
+    /// heartbeats among them, may have been refused too.
+    refused_at: AtomicI64,
+}
+
+fn get(a: &AtomicI64) -> Option<i64> {
+    match a.load(Ordering::Acquire) {
+        0 => None,
+        t => Some(t),
+    }
+}
 
 impl Listening {
     /// The start of the current unbroken stretch of consuming, if any.
     pub fn since(&self) -> Option<i64> {
-        match self.0.load(Ordering::Acquire) {
-            0 => None,
-            t => Some(t),
-        }
+        get(&self.0.since)
+    }
+
+    /// Up to when every reply sent has been recorded (the newest recorded
+    /// probe's stamp); unset until the first probe comes back.
+    pub fn heard_until(&self) -> Option<i64> {
+        get(&self.0.until)
+    }
+
+    /// When the reply queue last refused a probe for being full.
+    pub fn refused_at(&self) -> Option<i64> {
+        get(&self.0.refused_at)
+    }
+
+    /// A probe stamped `sent_us` was refused: the reply queue is full.
+    pub fn probe_refused(&self, at_us: i64) {
+        self.0.refused_at.fetch_max(at_us.max(1), Ordering::AcqRel);
+    }
+
+    fn heard(&self, sent_us: i64) {
+        self.0.until.fetch_max(sent_us.max(1), Ordering::AcqRel);
     }
 
     fn started(&self) {
-        self.0.store(now_us().max(1), Ordering::Release);
+        self.0.since.store(now_us().max(1), Ordering::Release);
     }
 
     fn stopped(&self) {
-        self.0.store(0, Ordering::Release);
+        self.0.since.store(0, Ordering::Release);
     }
+}
+
+/// The stamp of `d` if it is a probe from the dispatcher's own broker user
+/// (`dispatcher_user`) through the reply exchange; anything else, however
+/// it is labelled, is a reply like any other.
+fn probe_stamp(d: &ReplyDelivery, dispatcher_user: &str, reply_exchange: &str) -> Option<i64> {
+    if d.kind.as_deref() != Some(probe::PROBE_TYPE)
+        || d.user_id.as_deref() != Some(dispatcher_user)
+        || d.exchange != reply_exchange
+    {
+        return None;
+    }
+    probe::decode(&d.body)
 }
 
 pub async fn run(app: App, broker: Broker, listening: Listening, shutdown: CancellationToken) {
@@ -83,6 +134,17 @@ async fn consume(app: &App, broker: &Broker, listening: &Listening, shutdown: &C
             };
             let received = std::time::Instant::now();
             let last = batch.iter().map(|d| d.delivery_tag).max().unwrap_or(0);
+            // Probes are taken out: they only say how far the consumer got.
+            let config = app.config();
+            let mut heard = None;
+            let batch: Vec<ReplyDelivery> = batch
+                .into_iter()
+                .filter(|d| {
+                    let stamp = probe_stamp(d, &config.dispatcher_user, &config.reply_exchange);
+                    heard = heard.max(stamp);
+                    stamp.is_none()
+                })
+                .collect();
             let incoming: Vec<Incoming> = batch
                 .into_iter()
                 .map(|d| Incoming {
@@ -98,6 +160,9 @@ async fn consume(app: &App, broker: &Broker, listening: &Listening, shutdown: &C
             // only when the dispatcher dies or loses the broker (a crash that
             // repeats on the same reply is what the limit is for).
             let verdicts = loop {
+                if incoming.is_empty() {
+                    break Vec::new();
+                }
                 match app.record_replies(&incoming).await {
                     Ok(verdicts) => break verdicts,
                     Err(e) => {
@@ -135,6 +200,10 @@ async fn consume(app: &App, broker: &Broker, listening: &Listening, shutdown: &C
                             .increment(1);
                     }
                 }
+            }
+            // Everything before the probes in this batch is committed.
+            if let Some(sent) = heard {
+                listening.heard(sent);
             }
             if let Err(e) = consumer.ack_through(last).await {
                 warn!(error = %e, "ack failed after commit; the broker will redeliver and the duplicates will be dropped");

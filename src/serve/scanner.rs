@@ -6,9 +6,15 @@
 //!
 //! Silence only counts once it could have been heard: the scanner judges
 //! nothing until the result consumer has been consuming for
-//! `heartbeat_timeout_s` without a break. After a dispatcher restart or a
+//! `heartbeat_timeout_s` without a break (after a dispatcher restart or a
 //! lost broker connection, the heartbeats and results sent meanwhile are in
-//! `reply_bora`, and the workers that sent them are not lost.
+//! `reply_bora`, and the workers that sent them are not lost), and judges
+//! time only up to what the consumer has heard: the stamp of the newest
+//! probe it recorded (`serve::probe`), not the clock. A consumer behind a
+//! flood of replies or a slow store therefore never makes a live worker
+//! look silent. While the reply queue refuses probes (full, see
+//! `amqp.reply_queue_max_bytes`), and for `heartbeat_timeout_s` after, it
+//! may have refused heartbeats too: no silence counts then.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,11 +45,24 @@ pub async fn run(
             _ = tick.tick() => {}
         }
         let window = settings.dispatch.heartbeat_timeout_us();
+        let now = now_us();
         // Not consuming, or not for long enough to have heard a heartbeat.
-        if listening.since().is_none_or(|t| now_us() - t < window) {
+        if listening.since().is_none_or(|t| now - t < window) {
             continue;
         }
-        match app.scan(heartbeat_timeout, grace).await {
+        // Heard up to the newest recorded probe (and up to a probe interval
+        // after it: the next probe was not sent yet).
+        let Some(heard) = listening.heard_until() else {
+            continue;
+        };
+        let lag = (now - heard).max(0);
+        metrics::gauge!("bora_reply_lag_seconds").set(lag as f64 / 1e6);
+        if listening.refused_at().is_some_and(|t| now - t < window) {
+            continue;
+        }
+        let interval = i64::try_from(super::probe::PROBE_INTERVAL.as_micros()).unwrap_or(i64::MAX);
+        let heard_until = now.min(heard.saturating_add(interval));
+        match app.scan(heard_until, heartbeat_timeout, grace).await {
             Ok(r) => {
                 metrics::counter!("bora_attempts_lost_total").increment(r.lost as u64);
                 metrics::counter!("bora_attempts_expired_total").increment(r.expired as u64);

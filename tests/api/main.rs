@@ -4,6 +4,7 @@
 //! `tests/e2e`.)
 
 mod e2e;
+mod flood;
 mod fuzz;
 mod groups;
 mod helpers;
