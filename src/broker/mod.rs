@@ -12,7 +12,7 @@ pub mod probe;
 pub mod reconnect;
 pub mod rpc;
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use deadpool_lapin::{Object, Pool, PoolConfig, Runtime, Timeouts};
@@ -27,6 +27,9 @@ use lapin::{BasicProperties, Channel, ConnectionProperties, Consumer, ExchangeKi
 
 use crate::config::{AmqpSettings, QueueType, SecretUrl};
 use crate::protocol::{CONTENT_ENCODING, CONTENT_TYPE};
+
+/// The most channels [`Publisher::ensure_servers_queues`] declares on at once.
+pub const DECLARE_CHANNELS: usize = 32;
 
 /// The longest the publisher waits for the confirms of one batch.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
@@ -460,6 +463,76 @@ impl Publisher {
         declare_server_queues(&self.topology, &self.settings, server_id).await?;
         self.declared.insert(server_id.to_owned());
         Ok(())
+    }
+
+    /// Makes sure the task and control queues of every server in `servers`
+    /// exist and are bound, as [`Publisher::ensure_server_queues`] does for
+    /// one, declaring the missing ones on up to [`DECLARE_CHANNELS`]
+    /// channels at once: a declare is a round trip and a queue's creation
+    /// is the broker's slowest step, so thousands of new servers (a
+    /// fan-out, a first deployment) are declared side by side, not one
+    /// after another. Returns the servers whose queues exist with other
+    /// arguments (their declares are refused; everyone else's go on).
+    ///
+    /// # Errors
+    /// A broken connection or any refusal other than inequivalent arguments.
+    pub async fn ensure_servers_queues<'a>(
+        &mut self,
+        servers: impl IntoIterator<Item = &'a String>,
+    ) -> Result<BTreeMap<String, BrokerError>, BrokerError> {
+        let todo: Vec<&String> = servers
+            .into_iter()
+            .filter(|s| !self.declared.contains(s.as_str()))
+            .collect();
+        let mut refused = BTreeMap::new();
+        if todo.len() <= 1 {
+            for server in todo {
+                match self.ensure_server_queues(server).await {
+                    Ok(()) => {}
+                    Err(e @ BrokerError::Inequivalent { .. }) => {
+                        refused.insert(server.clone(), e);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            return Ok(refused);
+        }
+        let lanes = todo.len().min(DECLARE_CHANNELS);
+        let mut groups: Vec<Vec<&String>> = vec![Vec::new(); lanes];
+        for (i, server) in todo.into_iter().enumerate() {
+            groups[i % lanes].push(server);
+        }
+        let (conn, settings) = (&self._conn, &self.settings);
+        let outcomes =
+            futures_util::future::try_join_all(groups.into_iter().map(|group| async move {
+                let mut ch = conn.create_channel().await?;
+                let mut outcome = Vec::with_capacity(group.len());
+                for server in group {
+                    match declare_server_queues(&ch, settings, server).await {
+                        Ok(()) => outcome.push((server, None)),
+                        Err(e @ BrokerError::Inequivalent { .. }) => {
+                            // The refusal closed the channel.
+                            outcome.push((server, Some(e)));
+                            ch = conn.create_channel().await?;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                let _ = ch.close(200, "declared".into()).await;
+                Ok::<_, BrokerError>(outcome)
+            }))
+            .await?;
+        for (server, refusal) in outcomes.into_iter().flatten() {
+            match refusal {
+                None => {
+                    self.declared.insert(server.clone());
+                }
+                Some(e) => {
+                    refused.insert(server.clone(), e);
+                }
+            }
+        }
+        Ok(refused)
     }
 
     /// Makes sure a notification queue exists, as oslo's Notifier declares it

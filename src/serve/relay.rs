@@ -364,18 +364,14 @@ async fn send(
     // A queue that exists with other arguments (another queue type) is an
     // operator's error about that queue: its messages wait, everyone
     // else's go. Any other failure is the connection's.
-    let mut refused = BTreeSet::new();
-    let mut refused_queues = BTreeSet::new();
-    for server in &servers {
-        match publisher.ensure_server_queues(server).await {
-            Ok(()) => {}
-            Err(e @ BrokerError::Inequivalent { .. }) => {
-                error!(server_id = %server, error = %e, "cannot declare the server's queues; its messages wait");
-                refused.insert(server.clone());
-            }
-            Err(e) => return Err((e.into(), unrecorded(&sending))),
-        }
+    let refused = match publisher.ensure_servers_queues(&servers).await {
+        Ok(refused) => refused,
+        Err(e) => return Err((e.into(), unrecorded(&sending))),
+    };
+    for (server, e) in &refused {
+        error!(server_id = %server, error = %e, "cannot declare the server's queues; its messages wait");
     }
+    let mut refused_queues = BTreeSet::new();
     for queue in &notification_queues {
         match publisher.ensure_notification_queue(queue).await {
             Ok(()) => {}
@@ -393,7 +389,7 @@ async fn send(
             sending
                 .into_iter()
                 .partition(|(item, msg)| match item.kind {
-                    OutboxKind::Task | OutboxKind::Cancel => refused.contains(&item.server_id),
+                    OutboxKind::Task | OutboxKind::Cancel => refused.contains_key(&item.server_id),
                     OutboxKind::TaskEnd | OutboxKind::WorkflowEnd => {
                         refused_queues.contains(&msg.routing_key)
                     }
