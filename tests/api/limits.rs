@@ -1,10 +1,13 @@
 //! What a flood or a careless peer gets (issue #19): the workflow list's
-//! state filter evaluated by the store.
+//! state filter evaluated by the store, the API's header-read timeout and
+//! connection limit.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::helpers::*;
 
@@ -138,5 +141,111 @@ async fn the_state_filter_lists_what_each_workflow_says_it_is() {
             w.name
         );
     }
+    app.stop().await;
+}
+
+/// Reads from `stream` until the server closes it (`true`), or gives up
+/// after `bound` (`false`). A reset counts as closed.
+async fn closed_by_server(stream: &mut tokio::net::TcpStream, bound: Duration) -> bool {
+    let mut buf = [0u8; 1024];
+    let read_to_end = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(bound, read_to_end).await.is_ok()
+}
+
+/// Sends `GET path` on `stream` (kept alive) and returns the status line
+/// once the whole answer is in.
+async fn raw_get(stream: &mut tokio::net::TcpStream, path: &str) -> String {
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: bora\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(20), stream.read(&mut buf))
+            .await
+            .expect("an answer")
+            .unwrap();
+        assert!(n > 0, "closed before answering");
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got);
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end]
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().ok())
+                        .flatten()
+                })
+                .expect("a content-length");
+            if got.len() >= end + 4 + length {
+                return text.lines().next().unwrap_or_default().to_owned();
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_headers_is_closed() {
+    let app = spawn_app_with(&[("BORA__API__HEADER_READ_TIMEOUT_S", "1")]).await;
+    let mut slow = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    slow.write_all(b"GET /v1/workflows HT").await.unwrap();
+    assert!(
+        closed_by_server(&mut slow, Duration::from_secs(30)).await,
+        "a half-sent request line kept its connection open"
+    );
+    // An idle connection, after an answered request, goes the same way.
+    let mut idle = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    assert_eq!(raw_get(&mut idle, "/healthz").await, "HTTP/1.1 200 OK");
+    assert!(
+        closed_by_server(&mut idle, Duration::from_secs(30)).await,
+        "an idle kept-alive connection stayed open"
+    );
+    // Everyone else is served.
+    assert_eq!(app.get("/v1/workflows").await.0, StatusCode::OK);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn connections_beyond_the_limit_wait_for_a_free_one() {
+    let mut app = spawn_app_with(&[
+        ("BORA__API__MAX_CONNECTIONS", "2"),
+        ("BORA__API__MAX_EVENT_STREAMS", "1"),
+        ("BORA__API__HEADER_READ_TIMEOUT_S", "600"),
+    ])
+    .await;
+    // The client that waited for readiness keeps a connection open: close it.
+    app.http = reqwest::Client::new();
+    // Two connections, each answered once and then held open, idle.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+        assert_eq!(raw_get(&mut s, "/healthz").await, "HTTP/1.1 200 OK");
+        held.push(s);
+    }
+    // A third client is not served while they are open.
+    let fresh = reqwest::Client::new();
+    let url = app.url("/v1/workflows");
+    let third = tokio::spawn(async move { fresh.get(url).send().await.map(|r| r.status()) });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!third.is_finished(), "a third connection was served");
+    // One closes: the third is served, and the API answers again.
+    drop(held.pop());
+    let status = tokio::time::timeout(Duration::from_secs(20), third)
+        .await
+        .expect("the waiting client was never served")
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    drop(held);
+    assert_eq!(app.get("/v1/workflows").await.0, StatusCode::OK);
     app.stop().await;
 }
