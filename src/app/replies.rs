@@ -310,11 +310,21 @@ impl App {
 }
 
 /// What of a chunk of live output is kept under the per-stream `cap`:
-/// (offset, text, marker); `None` when none of it is.
+/// (offset, text, marker); `None` when none of it is. A NUL is kept as
+/// U+FFFD: PostgreSQL's text cannot hold it, and one such chunk would fail
+/// its whole reply batch again at every try (offsets are keys, so the
+/// longer text changes nothing else).
 fn kept(chunk: OutputChunk, cap: u64) -> Option<(i64, String, bool)> {
+    let clean = |data: String| {
+        if data.contains('\0') {
+            data.replace('\0', "\u{fffd}")
+        } else {
+            data
+        }
+    };
     if chunk.truncated {
         // The worker's marker where its stream stopped.
-        return (chunk.offset <= cap).then_some((chunk.offset as i64, chunk.data, true));
+        return (chunk.offset <= cap).then(|| (chunk.offset as i64, clean(chunk.data), true));
     }
     if chunk.offset >= cap {
         return None;
@@ -328,7 +338,7 @@ fn kept(chunk: OutputChunk, cap: u64) -> Option<(i64, String, bool)> {
         }
         data.truncate(end);
     }
-    Some((chunk.offset as i64, data, false))
+    Some((chunk.offset as i64, clean(data), false))
 }
 
 /// Whether `task` may declare a secret output: a cheap test on the stored
@@ -400,4 +410,29 @@ pub(super) fn again(
     uow.keep(&task, moved);
     uow.publish(&task, at);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kept;
+    use crate::protocol::{OutputChunk, OutputStream};
+
+    fn chunk(offset: u64, data: &str) -> OutputChunk {
+        OutputChunk {
+            stream: OutputStream::Stdout,
+            offset,
+            data: data.to_owned(),
+            truncated: false,
+        }
+    }
+
+    #[test]
+    fn live_output_is_cut_at_the_cap_and_nul_is_kept_as_a_replacement() {
+        assert_eq!(kept(chunk(0, "abcdef"), 4), Some((0, "abcd".into(), false)));
+        assert_eq!(kept(chunk(4, "ef"), 4), None);
+        assert_eq!(
+            kept(chunk(2, "a\0b\0\0c"), 6),
+            Some((2, "a\u{fffd}b\u{fffd}".into(), false))
+        );
+    }
 }
