@@ -543,6 +543,8 @@ pub struct ReplyDelivery {
     pub exchange: String,
     /// The broker-validated `user_id` property.
     pub user_id: Option<String>,
+    /// The `correlation_id` property (bora's worker: the reply's `_msg_id`).
+    pub correlation_id: Option<String>,
 }
 
 /// Consumes the reply queue in batches; acks after the caller committed.
@@ -596,6 +598,11 @@ fn convert(d: lapin::message::Delivery) -> ReplyDelivery {
         delivery_tag: d.delivery_tag,
         exchange: d.exchange.to_string(),
         user_id: d.properties.user_id().as_ref().map(ShortString::to_string),
+        correlation_id: d
+            .properties
+            .correlation_id()
+            .as_ref()
+            .map(ShortString::to_string),
         body: d.data,
     }
 }

@@ -1,10 +1,11 @@
 //! What a flood or a careless peer gets (issue #19): the workflow list's
 //! state filter evaluated by the store, the API's header-read timeout and
-//! connection limit.
+//! connection limit, and results too large to record.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use bora::protocol::{RpcReply, TaskResult};
 use reqwest::StatusCode;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -247,5 +248,125 @@ async fn connections_beyond_the_limit_wait_for_a_free_one() {
     assert_eq!(status, StatusCode::OK);
     drop(held);
     assert_eq!(app.get("/v1/workflows").await.0, StatusCode::OK);
+    app.stop().await;
+}
+
+/// Registers a guest server and returns the broker URL issued to it.
+async fn register_guest(app: &TestApp, server: &str) -> String {
+    let (s, reg) = app
+        .post("/v1/servers", json!({"server_id": server, "kind": "guest"}))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{reg}");
+    reg["amqp_url"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_result_too_large_to_read_fails_its_attempt_and_is_not_run_again() {
+    let app = spawn_app_with(&[
+        ("BORA__DISPATCH__REQUIRE_REGISTRATION", "true"),
+        ("BORA__DISPATCH__MAX_RESULT_BYTES", "65536"),
+    ])
+    .await;
+    let server = format!("big-{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+    let url = register_guest(&app, &server).await;
+    let wf = app
+        .create_workflow(json!({"name": "big", "tasks": [
+            {"name": "t", "server_id": server, "retries": 2},
+            {"name": "after", "server_id": server, "depends_on": ["t"]}
+        ]}))
+        .await;
+    let id = wf.id();
+    let mut worker = FakeWorker::connect(&url, &app.settings, &server).await;
+    let msg = worker.next_task().await;
+    assert_eq!(
+        msg.max_result_bytes,
+        Some(65_536),
+        "the limit travels with the task"
+    );
+    worker.started(&msg).await;
+    app.wait_task_state(&id, "t", "running").await;
+    let msg_id = bora::protocol::task_msg_id(msg.id, msg.attempt);
+    let body = |nuls: usize| {
+        let r = TaskResult::from_streams(msg.attempt, 0, "\0".repeat(nuls), String::new());
+        RpcReply::final_result(&msg_id, serde_json::to_value(r).unwrap()).encode()
+    };
+    // An oversized reply that names the attempt from someone who may not
+    // report on it (the dispatcher's user, with registration required) is
+    // dropped; one without a correlation_id (an oslo peer's) too.
+    let other = app.fake_worker("unrelated").await;
+    other.send_raw_correlated(&body(30_000), &msg_id).await;
+    worker.send_raw(&body(40_000)).await;
+    // The server's own: the attempt fails, with the sizes.
+    let own = body(20_000);
+    assert!(own.len() > 65_536);
+    worker.send_raw_correlated(&own, &msg_id).await;
+    let t = app.wait_task_state(&id, "t", "failed").await;
+    assert_eq!(t.attempt, 1, "{t:?}");
+    let error = t.result().error.clone().unwrap_or_default();
+    assert!(
+        error.starts_with("result_too_large")
+            && error.contains(&own.len().to_string())
+            && error.contains("65536"),
+        "{error}"
+    );
+    let (s, attempts) = app
+        .get(&format!("/v1/workflows/{id}/tasks/t/attempts"))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        attempts["attempts"].as_array().map(Vec::len),
+        Some(1),
+        "{attempts}"
+    );
+    // Its dependent goes the way of any failure; nothing is sent again.
+    let wf = app.wait_workflow_state(&id, "failed").await;
+    assert_eq!(wf.task_counts.skipped, 1, "{wf:?}");
+    worker.expect_nothing(Duration::from_secs(2)).await;
+    // A late, fitting result for the ended attempt changes nothing.
+    worker.finish(&msg, 0).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(app.task(&id, "t").await.state, "failed");
+    other.close().await;
+    worker.close().await;
+    let _ = app
+        .http
+        .delete(app.url(&format!("/v1/servers/{server}")))
+        .send()
+        .await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_honest_large_result_is_cut_to_fit_and_recorded_once() {
+    let app = spawn_app().await;
+    let _worker = crate::e2e::start_worker(&app, "large", &[]).await;
+    let wf = app
+        .create_workflow(json!({"name": "large", "tasks": [{
+            "name": "t", "server_id": "large", "outputs": ["big"],
+            "config": "#!/bin/sh\nhead -c 1048576 /dev/zero\nhead -c 1048576 /dev/zero >&2\n\
+                       head -c 1048576 /dev/zero | tr '\\0' 'x' > \"$heat_outputs_path.big\"\n"
+        }]}))
+        .await;
+    let id = wf.id();
+    let t = app.wait_task_state(&id, "t", "succeeded").await;
+    assert_eq!(t.attempt, 1, "{:?}", t.state);
+    let (_, full) = app.get(&format!("/v1/workflows/{id}/tasks/t")).await;
+    let result = &full["result"];
+    assert_eq!(
+        result["trimmed"],
+        json!(["stdout", "stderr"]),
+        "{:.300}",
+        result
+    );
+    assert_eq!(result["stdout_bytes"], 1_048_576);
+    assert_eq!(
+        result["outputs"]["big"].as_str().map(str::len),
+        Some(1_048_576)
+    );
+    let (s, attempts) = app
+        .get(&format!("/v1/workflows/{id}/tasks/t/attempts"))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(attempts["attempts"].as_array().map(Vec::len), Some(1));
     app.stop().await;
 }
