@@ -255,7 +255,7 @@ async fn report(
     msg_id: &str,
     result: TaskResult,
 ) {
-    let reply = fit::final_reply(task, msg_id, result);
+    let reply = fitted(task, msg_id, result).await;
     worker.publisher.publish_final(reply).await;
     worker.registry.finish(ticket);
 }
@@ -270,13 +270,32 @@ async fn finish_without_process(
     msg_id: &str,
     result: TaskResult,
 ) {
-    let reply = fit::final_reply(task, msg_id, result);
+    let reply = fitted(task, msg_id, result).await;
     if worker.publisher.publish_final(reply).await {
         ack(delivery).await;
     }
     // Not confirmed: the result is kept and re-published after a reconnect,
     // and a redelivery of this attempt is dropped as finished.
     worker.registry.finish(ticket);
+}
+
+/// The final reply of `result`, cut to fit the dispatcher's limit off the
+/// async runtime (encoding a large result, maybe more than once, takes a
+/// while), in the task's span.
+async fn fitted(task: &TaskMessage, msg_id: &str, result: TaskResult) -> RpcReply {
+    let attempt = result.attempt;
+    let (task, id) = (task.clone(), msg_id.to_owned());
+    let span = tracing::Span::current();
+    let fit = move || span.in_scope(|| fit::final_reply(&task, &id, result));
+    match tokio::task::spawn_blocking(fit).await {
+        Ok(reply) => reply,
+        Err(e) => {
+            tracing::error!(error = %e, "the result could not be prepared");
+            let failed =
+                TaskResult::error(attempt, format!("the result could not be prepared: {e}"));
+            fit::reply_of(msg_id, &failed)
+        }
+    }
 }
 
 /// How long the last live output may take to go out before the result.
