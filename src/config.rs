@@ -517,6 +517,15 @@ impl Settings {
             86_400,
         )?;
         within("dispatch.outbox_lease_s", d.outbox_lease_s, 1, 3_600)?;
+        // Below a few KiB every result would be cut to its markers or fail
+        // with result_too_large; above RabbitMQ's largest message no reply
+        // could reach it anyway.
+        within(
+            "dispatch.max_result_bytes",
+            d.max_result_bytes as u64,
+            4_096,
+            512 * 1024 * 1024,
+        )?;
         within(
             "dispatch.max_live_output_bytes",
             d.max_live_output_bytes,
@@ -738,6 +747,21 @@ mod tests {
         let err = Settings::load_with_env(Some(Path::new("/nonexistent/bora.toml")), env(&[]))
             .unwrap_err();
         assert!(err.to_string().contains("/nonexistent/bora.toml"), "{err}");
+    }
+
+    #[test]
+    fn the_result_limit_is_checked() {
+        for bad in ["0", "4095", "536870913"] {
+            let err =
+                Settings::load_with_env(None, env(&[("BORA__DISPATCH__MAX_RESULT_BYTES", bad)]))
+                    .unwrap_err();
+            assert!(
+                err.to_string().contains("dispatch.max_result_bytes"),
+                "{bad}: {err}"
+            );
+        }
+        let s = Settings::load_with_env(None, env(&[])).unwrap();
+        assert_eq!(s.dispatch.max_result_bytes, 8 * 1024 * 1024);
     }
 
     #[test]
