@@ -168,8 +168,8 @@ pub struct ApiSettings {
     /// refused with 503 and `Retry-After` (each open stream reads the store
     /// after every commit).
     pub max_event_streams: u32,
-    /// Seconds a client has to send a request's headers, from its first
-    /// byte (or, on a kept-alive connection, from the end of the previous
+    /// Seconds a client has to send a request's headers, from when its
+    /// connection opens (or, kept alive, from the end of the previous
     /// response); the connection is closed after (1 to 3600).
     pub header_read_timeout_s: u64,
     /// The most connections served at once; more wait in the listen

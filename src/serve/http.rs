@@ -1,17 +1,20 @@
 //! The REST API's HTTP server: an accept loop serving each connection with
 //! hyper's HTTP/1 server, under two limits `axum::serve` lacks.
 //!
-//! - A header-read timeout (`api.header_read_timeout_s`): a client that
-//!   opens a connection and trickles a request's headers, or keeps an idle
-//!   connection open, is closed after it.
+//! - A header-read timeout (`api.header_read_timeout_s`), counted from
+//!   when a connection opens or its previous response ended: a client that
+//!   trickles a request's headers, sends nothing, or keeps an idle
+//!   connection open is closed after it.
 //! - A connection limit (`api.max_connections`): a permit per connection,
 //!   taken before the next accept, so connections beyond the limit wait in
 //!   the listen backlog, unserved, until one closes (refusing them would
 //!   turn a burst of honest clients away too).
 //!
 //! At shutdown it stops accepting and waits for the open connections to
-//! finish their requests (idle ones are closed; event streams end on the
-//! same shutdown token). It knows nothing of routes.
+//! finish their requests: idle ones are closed at once, one still waiting
+//! for its first request at the header-read timeout at the latest, and
+//! event streams end on the same shutdown token. It knows nothing of
+//! routes.
 
 use std::sync::Arc;
 use std::time::Duration;

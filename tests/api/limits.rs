@@ -203,6 +203,12 @@ async fn a_client_that_never_finishes_its_headers_is_closed() {
         closed_by_server(&mut slow, Duration::from_secs(30)).await,
         "a half-sent request line kept its connection open"
     );
+    // So is one that never sends a byte.
+    let mut silent = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    assert!(
+        closed_by_server(&mut silent, Duration::from_secs(30)).await,
+        "a silent connection stayed open"
+    );
     // An idle connection, after an answered request, goes the same way.
     let mut idle = tokio::net::TcpStream::connect(app.addr).await.unwrap();
     assert_eq!(raw_get(&mut idle, "/healthz").await, "HTTP/1.1 200 OK");
