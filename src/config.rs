@@ -168,6 +168,21 @@ pub struct ApiSettings {
     /// refused with 503 and `Retry-After` (each open stream reads the store
     /// after every commit).
     pub max_event_streams: u32,
+    /// Seconds a client has to send a request's headers, from when its
+    /// connection opens (or, kept alive, from the end of the previous
+    /// response); the connection is closed after (1 to 3600).
+    pub header_read_timeout_s: u64,
+    /// The most connections served at once; more wait in the listen
+    /// backlog until one closes (each open event stream holds one, so it
+    /// must exceed `max_event_streams`).
+    pub max_connections: u32,
+}
+
+impl ApiSettings {
+    /// `header_read_timeout_s` as a duration.
+    pub fn header_read_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.header_read_timeout_s)
+    }
 }
 
 /// Whether `presented` (trimmed, not empty) is one of `candidates`: their
@@ -509,6 +524,15 @@ impl Settings {
             86_400,
         )?;
         within("dispatch.outbox_lease_s", d.outbox_lease_s, 1, 3_600)?;
+        // Below a few KiB every result would be cut to its markers or fail
+        // with result_too_large; above RabbitMQ's largest message no reply
+        // could reach it anyway.
+        within(
+            "dispatch.max_result_bytes",
+            d.max_result_bytes as u64,
+            4_096,
+            512 * 1024 * 1024,
+        )?;
         within(
             "dispatch.max_live_output_bytes",
             d.max_live_output_bytes,
@@ -532,6 +556,26 @@ impl Settings {
             1,
             1_000_000,
         )?;
+        within(
+            "api.header_read_timeout_s",
+            self.api.header_read_timeout_s,
+            1,
+            3_600,
+        )?;
+        within(
+            "api.max_connections",
+            u64::from(self.api.max_connections),
+            2,
+            1_000_000,
+        )?;
+        if self.api.max_event_streams >= self.api.max_connections {
+            return Err(ConfigError::Check(format!(
+                "api.max_event_streams ({}) must be below api.max_connections ({}): each open \
+                 event stream holds a connection, and the API must still answer when they are \
+                 all open",
+                self.api.max_event_streams, self.api.max_connections
+            )));
+        }
         if self.amqp.reply_prefetch == 0 {
             return bad("amqp.reply_prefetch must be at least 1");
         }
@@ -710,6 +754,54 @@ mod tests {
         let err = Settings::load_with_env(Some(Path::new("/nonexistent/bora.toml")), env(&[]))
             .unwrap_err();
         assert!(err.to_string().contains("/nonexistent/bora.toml"), "{err}");
+    }
+
+    #[test]
+    fn the_result_limit_is_checked() {
+        for bad in ["0", "4095", "536870913"] {
+            let err =
+                Settings::load_with_env(None, env(&[("BORA__DISPATCH__MAX_RESULT_BYTES", bad)]))
+                    .unwrap_err();
+            assert!(
+                err.to_string().contains("dispatch.max_result_bytes"),
+                "{bad}: {err}"
+            );
+        }
+        let s = Settings::load_with_env(None, env(&[])).unwrap();
+        assert_eq!(s.dispatch.max_result_bytes, 8 * 1024 * 1024);
+    }
+
+    #[test]
+    fn the_api_connection_limits_are_checked() {
+        let s = Settings::load_with_env(None, env(&[])).unwrap();
+        assert_eq!(s.api.header_read_timeout_s, 10);
+        assert_eq!(s.api.max_connections, 2048);
+        for (key, value, named) in [
+            (
+                "BORA__API__HEADER_READ_TIMEOUT_S",
+                "0",
+                "api.header_read_timeout_s",
+            ),
+            ("BORA__API__MAX_CONNECTIONS", "1", "api.max_connections"),
+            // The default 1024 event streams would hold every connection.
+            (
+                "BORA__API__MAX_CONNECTIONS",
+                "1024",
+                "api.max_event_streams",
+            ),
+        ] {
+            let err = Settings::load_with_env(None, env(&[(key, value)])).unwrap_err();
+            assert!(err.to_string().contains(named), "{key}={value}: {err}");
+        }
+        let s = Settings::load_with_env(
+            None,
+            env(&[
+                ("BORA__API__MAX_CONNECTIONS", "2"),
+                ("BORA__API__MAX_EVENT_STREAMS", "1"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.api.max_connections, 2);
     }
 
     const T1: &str = "token-one-0123456789";

@@ -75,33 +75,20 @@ pub(super) async fn list(
         .map(str::parse::<WorkflowState>)
         .transpose()
         .map_err(|e| ApiError::unprocessable("invalid_query", format!("state: {e}")))?;
-    let mut marker = q
+    let marker = q
         .marker
         .as_deref()
         .map(str::parse::<WorkflowId>)
         .transpose()
         .map_err(|_| ApiError::unprocessable("invalid_query", "marker must be a workflow id"))?;
-    let mut out = Vec::new();
-    let mut next_marker = None;
-    'pages: loop {
-        let page = state.store().workflows_after(marker, limit).await?;
-        let exhausted = page.len() < limit as usize;
-        for row in page {
-            marker = Some(row.id);
-            let counts = state.store().task_counts(row.id).await?;
-            let view = WorkflowView::new(row, counts);
-            if filter.is_none_or(|f| f == view.state) {
-                out.push(view);
-                if out.len() == limit as usize {
-                    next_marker = marker;
-                    break 'pages;
-                }
-            }
-        }
-        if exhausted {
-            break;
-        }
-    }
+    let page = state.store().workflow_page(marker, limit, filter).await?;
+    let next_marker = (page.len() == limit as usize)
+        .then(|| page.last().map(|(w, _)| w.id))
+        .flatten();
+    let out: Vec<WorkflowView> = page
+        .into_iter()
+        .map(|(row, counts)| WorkflowView::new(row, counts))
+        .collect();
     Ok(Json(WorkflowList {
         workflows: out,
         next_marker,

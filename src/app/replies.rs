@@ -2,7 +2,9 @@
 //! results, and idle heartbeats, a batch in one transaction. A reply
 //! changes state at most once per (task, attempt): anything for an unknown
 //! task, another attempt or an ended task is dropped with a reason the
-//! consumer logs and counts. Who may send a reply is checked here too.
+//! consumer logs and counts. Who may send a reply is checked here too. A
+//! reply too large to read ends the attempt it names in its
+//! `correlation_id` (bora's worker sets it) `failed`, never a silent re-run.
 
 use std::collections::{HashMap, HashSet};
 
@@ -31,6 +33,25 @@ pub struct Incoming {
     pub exchange: String,
     /// The broker-validated `user_id` property, if set.
     pub user_id: Option<String>,
+    /// The `correlation_id` property: bora's worker sets it to the reply's
+    /// `_msg_id`, so a reply too large to read still names its attempt
+    /// (oslo servers set none).
+    pub correlation_id: Option<String>,
+}
+
+impl Incoming {
+    /// Whether the body is over `dispatch.max_result_bytes` (left unread).
+    fn oversized(&self, config: &AppConfig) -> bool {
+        self.body.len() > config.max_result_bytes
+    }
+
+    /// The attempt an oversized reply names in its `correlation_id`.
+    fn oversized_attempt(&self) -> Option<(TaskId, u32)> {
+        match parse_msg_id(self.correlation_id.as_deref()?) {
+            Ok(MsgTarget::Attempt { task, attempt }) => Some((task, attempt)),
+            _ => None,
+        }
+    }
 }
 
 /// What became of one reply.
@@ -111,11 +132,16 @@ impl Batch {
         let decoded: Vec<Option<RpcReply>> = batch
             .iter()
             .map(|i| {
-                (i.body.len() <= config.max_result_bytes)
+                (!i.oversized(config))
                     .then(|| RpcReply::decode(&i.body).ok())
                     .flatten()
             })
             .collect();
+        for i in batch.iter().filter(|i| i.oversized(config)) {
+            if let Some((task, _)) = i.oversized_attempt() {
+                task_ids.insert(task);
+            }
+        }
         for reply in decoded.iter().flatten() {
             match parse_msg_id(&reply.msg_id) {
                 Ok(MsgTarget::Server(s)) => {
@@ -229,8 +255,8 @@ impl App {
         reply: Option<RpcReply>,
         now: i64,
     ) -> Result<Verdict, AppError> {
-        if incoming.body.len() > self.config.max_result_bytes {
-            return Ok(Verdict::Dropped("oversized"));
+        if incoming.oversized(&self.config) {
+            return self.oversized(batch, uow, incoming, now);
         }
         let Some(reply) = reply else {
             return Ok(Verdict::Dropped("malformed"));
@@ -309,12 +335,88 @@ impl App {
     }
 }
 
+impl App {
+    /// A reply over `dispatch.max_result_bytes`, left unread. When its
+    /// `correlation_id` names the current attempt of a task still running,
+    /// and its sender may report on that task ([`authorize`]), the attempt
+    /// ends `failed` with a `result_too_large` error (no retry: the same
+    /// result would not fit again); anything else is dropped.
+    fn oversized(
+        &self,
+        batch: &mut Batch,
+        uow: &mut UnitOfWork,
+        incoming: &Incoming,
+        now: i64,
+    ) -> Result<Verdict, AppError> {
+        let dropped = Ok(Verdict::Dropped("oversized"));
+        let Some((task_id, attempt)) = incoming.oversized_attempt() else {
+            return dropped;
+        };
+        let Some(task) = uow
+            .task(task_id)
+            .cloned()
+            .or_else(|| batch.tasks.get(&task_id).cloned())
+        else {
+            return dropped;
+        };
+        if task.runs_nowhere() {
+            return dropped;
+        }
+        let row = batch.servers.get(&task.server_id);
+        if let Err(reason) = authorize(&self.config, incoming, &task.server_id, row) {
+            return Ok(Verdict::Dropped(reason));
+        }
+        if task.attempt != i64::from(attempt) || attempt == 0 || task.state().is_terminal() {
+            return dropped;
+        }
+        batch.touch(&task.server_id);
+        let result = TaskResult::error(
+            attempt,
+            format!(
+                "result_too_large: the worker's reply was {} bytes, over the {} bytes of \
+                 dispatch.max_result_bytes; it was not read",
+                incoming.body.len(),
+                self.config.max_result_bytes
+            ),
+        );
+        tracing::warn!(
+            task_id = %task.id,
+            workflow_id = %task.workflow_id,
+            server_id = %task.server_id,
+            attempt,
+            bytes = incoming.body.len(),
+            limit = self.config.max_result_bytes,
+            "result too large; the task fails"
+        );
+        let paused = batch
+            .paused
+            .get(&task.workflow_id)
+            .copied()
+            .unwrap_or(false);
+        let walk_on = batch.with_dependents.contains(&task_id) || task.parent_id.is_some();
+        if end_attempt(uow, task, &result, Retry::Never, paused, now)? && walk_on {
+            batch.ended_with_dependents.push(task_id);
+        }
+        Ok(Verdict::Recorded)
+    }
+}
+
 /// What of a chunk of live output is kept under the per-stream `cap`:
-/// (offset, text, marker); `None` when none of it is.
+/// (offset, text, marker); `None` when none of it is. A NUL is kept as
+/// U+FFFD: PostgreSQL's text cannot hold it, and one such chunk would fail
+/// its whole reply batch again at every try (offsets are keys, so the
+/// longer text changes nothing else).
 fn kept(chunk: OutputChunk, cap: u64) -> Option<(i64, String, bool)> {
+    let clean = |data: String| {
+        if data.contains('\0') {
+            data.replace('\0', "\u{fffd}")
+        } else {
+            data
+        }
+    };
     if chunk.truncated {
         // The worker's marker where its stream stopped.
-        return (chunk.offset <= cap).then_some((chunk.offset as i64, chunk.data, true));
+        return (chunk.offset <= cap).then(|| (chunk.offset as i64, clean(chunk.data), true));
     }
     if chunk.offset >= cap {
         return None;
@@ -328,7 +430,7 @@ fn kept(chunk: OutputChunk, cap: u64) -> Option<(i64, String, bool)> {
         }
         data.truncate(end);
     }
-    Some((chunk.offset as i64, data, false))
+    Some((chunk.offset as i64, clean(data), false))
 }
 
 /// Whether `task` may declare a secret output: a cheap test on the stored
@@ -400,4 +502,29 @@ pub(super) fn again(
     uow.keep(&task, moved);
     uow.publish(&task, at);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kept;
+    use crate::protocol::{OutputChunk, OutputStream};
+
+    fn chunk(offset: u64, data: &str) -> OutputChunk {
+        OutputChunk {
+            stream: OutputStream::Stdout,
+            offset,
+            data: data.to_owned(),
+            truncated: false,
+        }
+    }
+
+    #[test]
+    fn live_output_is_cut_at_the_cap_and_nul_is_kept_as_a_replacement() {
+        assert_eq!(kept(chunk(0, "abcdef"), 4), Some((0, "abcd".into(), false)));
+        assert_eq!(kept(chunk(4, "ef"), 4), None);
+        assert_eq!(
+            kept(chunk(2, "a\0b\0\0c"), 6),
+            Some((2, "a\u{fffd}b\u{fffd}".into(), false))
+        );
+    }
 }

@@ -66,6 +66,7 @@ fn result(task: &Task, exit_code: i64) -> Incoming {
             .encode(),
         exchange: String::new(),
         user_id: None,
+        correlation_id: None,
     }
 }
 

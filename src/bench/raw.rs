@@ -130,6 +130,7 @@ impl Raw {
             delivery: Delivery::AtLeastOnce,
             // As bora's own messages carry it.
             live_output_bytes: Some(settings.dispatch.max_live_output_bytes),
+            max_result_bytes: Some(settings.dispatch.max_result_bytes as u64),
             secrets: Vec::new(),
         };
         let body = task

@@ -623,6 +623,8 @@ pub struct ReplyDelivery {
     /// The AMQP `type` property (a dispatcher's probe says
     /// [`probe::PROBE_TYPE`]).
     pub kind: Option<String>,
+    /// The `correlation_id` property (bora's worker: the reply's `_msg_id`).
+    pub correlation_id: Option<String>,
 }
 
 /// Consumes the reply queue in batches; acks after the caller committed.
@@ -677,6 +679,11 @@ fn convert(d: lapin::message::Delivery) -> ReplyDelivery {
         exchange: d.exchange.to_string(),
         user_id: d.properties.user_id().as_ref().map(ShortString::to_string),
         kind: d.properties.kind().as_ref().map(ShortString::to_string),
+        correlation_id: d
+            .properties
+            .correlation_id()
+            .as_ref()
+            .map(ShortString::to_string),
         body: d.data,
     }
 }

@@ -180,6 +180,11 @@ pub enum WorkflowState {
 }
 
 impl WorkflowState {
+    /// The task ends that make a finished workflow `failed` (rather than
+    /// `cancelled`) when not all of its tasks succeeded.
+    pub const FAILING: [TaskState; 3] =
+        [TaskState::Failed, TaskState::TimedOut, TaskState::Skipped];
+
     /// The snake_case name the APIs and notifications use.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -212,7 +217,7 @@ impl WorkflowState {
             WorkflowState::Running
         } else if get(TaskState::Succeeded) == total {
             WorkflowState::Succeeded
-        } else if get(TaskState::Failed) + get(TaskState::TimedOut) + get(TaskState::Skipped) > 0 {
+        } else if Self::FAILING.iter().any(|s| get(*s) > 0) {
             WorkflowState::Failed
         } else {
             WorkflowState::Cancelled

@@ -389,6 +389,12 @@ pub struct TaskMessage {
     /// attempt (SPEC 7.5); absent: the worker sends none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub live_output_bytes: Option<u64>,
+    /// The largest reply (bytes of the encoded message) the dispatcher
+    /// records (`dispatch.max_result_bytes`): a bora worker trims its result
+    /// to fit. Absent (an older dispatcher): the worker trims nothing. An
+    /// oslo endpoint takes it as one more key it does not read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_result_bytes: Option<u64>,
     /// The names of the inputs that are secrets (SPEC 7.4): a bora worker
     /// scrubs their values from the streams and outputs it reports. Left
     /// out when there are none, so a message without secrets is what it
@@ -453,6 +459,7 @@ impl TaskMessage {
             attempt: task.attempt as u32,
             delivery: task.delivery,
             live_output_bytes: None,
+            max_result_bytes: None,
             secrets,
         })
     }
@@ -598,9 +605,16 @@ pub struct TaskResult {
     /// The outputs that came back, name → value.
     #[serde(default)]
     pub outputs: Map<String, Value>,
-    /// Whether stdout or stderr was cut to the cap (head and tail kept).
+    /// Whether stdout or stderr was cut to the cap (head and tail kept),
+    /// or to fit the reply limit (see `trimmed`).
     #[serde(default)]
     pub truncated: bool,
+    /// What the worker cut so that its reply fits `dispatch.max_result_bytes`:
+    /// `stdout`, `stderr`, `outputs.<name>`; each cut part carries a marker
+    /// `...[N bytes cut by bora to fit dispatch.max_result_bytes]...`.
+    /// Absent when nothing was.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trimmed: Vec<String>,
     /// The length of the whole standard output in bytes, before any cut.
     #[serde(default)]
     pub stdout_bytes: u64,
@@ -697,6 +711,7 @@ impl TaskResult {
             stderr,
             outputs: Map::new(),
             truncated: false,
+            trimmed: Vec::new(),
             error: None,
             attempt,
             timed_out: false,
@@ -941,6 +956,7 @@ mod tests {
             attempt: 3,
             delivery: Delivery::AtLeastOnce,
             live_output_bytes: None,
+            max_result_bytes: None,
             secrets: Vec::new(),
         }
     }

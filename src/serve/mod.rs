@@ -8,6 +8,7 @@
 //! one the store's secrets are sealed with; a broker that is down is not fatal: the relay and the
 //! consumer retry in the background and `/readyz` says 503 meanwhile.
 
+mod http;
 mod probe;
 mod relay;
 mod replies;
@@ -134,16 +135,16 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> anyhow::R
             settings.api.max_event_streams as usize,
         )),
     };
-    let app = api::router(state);
-    let stop = shutdown.clone();
-    tasks.push(tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "API server failed");
-        }
-    }));
+    let limits = http::Limits {
+        header_read_timeout: settings.api.header_read_timeout(),
+        max_connections: settings.api.max_connections as usize,
+    };
+    tasks.push(tokio::spawn(http::serve(
+        listener,
+        api::router(state),
+        limits,
+        shutdown.clone(),
+    )));
     info!(%addr, store = %settings.store.url, broker = %settings.amqp.url, "bora serve started");
     Ok(Dispatcher {
         addr,

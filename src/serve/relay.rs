@@ -498,6 +498,7 @@ async fn render(
                     routing_key: settings.amqp.task_queue(&item.server_id),
                     body: {
                         m.live_output_bytes = Some(settings.dispatch.max_live_output_bytes);
+                        m.max_result_bytes = Some(settings.dispatch.max_result_bytes as u64);
                         m.to_call(&settings.amqp.reply_queue, settings.worker.heartbeat_s)
                             .encode()
                     },

@@ -150,6 +150,7 @@ async fn consume(app: &App, broker: &Broker, listening: &Listening, shutdown: &C
                 .map(|d| Incoming {
                     exchange: d.exchange,
                     user_id: d.user_id,
+                    correlation_id: d.correlation_id,
                     body: d.body,
                 })
                 .collect();

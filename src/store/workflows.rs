@@ -5,9 +5,11 @@
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::sql::{InList, MAX_IN, Params, query};
+use std::sync::LazyLock;
+
+use super::sql::{InList, MAX_IN, Params, query, statement};
 use super::{Backend, Store, StoreError, WriteTx, parse_id};
-use crate::domain::{TaskId, Workflow, WorkflowId};
+use crate::domain::{TaskCounts, TaskId, TaskState, Workflow, WorkflowId, WorkflowState};
 
 macro_rules! workflow_columns {
     () => {
@@ -43,29 +45,112 @@ impl Store {
         row.as_ref().map(decode).transpose()
     }
 
-    /// One page of workflows in creation order, after `marker`.
+    /// One page of workflows in creation order after `marker`, each with
+    /// its task counts, in one statement; with `state`, only the workflows
+    /// whose derived state ([`WorkflowState::derive`]) it is, the rule
+    /// evaluated in SQL ([`derived_state_sql`]), so the page holds `limit`
+    /// of them whatever their share.
     ///
     /// # Errors
     /// A database failure.
-    pub async fn workflows_after(
+    pub async fn workflow_page(
         &self,
         marker: Option<WorkflowId>,
         limit: u32,
-    ) -> Result<Vec<Workflow>, StoreError> {
+        state: Option<WorkflowState>,
+    ) -> Result<Vec<(Workflow, TaskCounts)>, StoreError> {
         // Ids are UUIDv7: their text order is their creation order.
         let marker = marker.map(|m| m.to_string()).unwrap_or_default();
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            workflow_columns!(),
-            " FROM workflows WHERE id > $1 ORDER BY id LIMIT $2"
-        ))
-        .bind(marker)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(decode).collect()
+        let sql = &PAGE_SQL[usize::from(state.is_some())];
+        let mut q = statement(sql.clone(), true)
+            .bind(marker)
+            .bind(i64::from(limit));
+        if let Some(state) = state {
+            q = q.bind(state.as_str());
+        }
+        let rows = q.fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|row| {
+                let mut counts = TaskCounts::default();
+                for st in TaskState::ALL {
+                    let n: i64 = row.try_get(count_column(st).as_str())?;
+                    if n > 0 {
+                        counts.0.insert(st, n as u64);
+                    }
+                }
+                Ok((decode(row)?, counts))
+            })
+            .collect()
     }
 }
+
+/// The column of a page row that counts the workflow's tasks in `state`.
+fn count_column(state: TaskState) -> String {
+    format!("n_{}", state.as_str())
+}
+
+/// SQL counting the joined tasks (`t`) in any of `states`.
+fn count_of(states: impl IntoIterator<Item = TaskState>) -> String {
+    let list: Vec<String> = states
+        .into_iter()
+        .map(|s| format!("'{}'", s.as_str()))
+        .collect();
+    if list.is_empty() {
+        return "0".to_owned();
+    }
+    format!(
+        "SUM(CASE WHEN t.state IN ({}) THEN 1 ELSE 0 END)",
+        list.join(", ")
+    )
+}
+
+/// [`WorkflowState::derive`] as an SQL expression over a workflow row `w`
+/// grouped with its tasks `t`: the same tests in the same order, built
+/// from the same classification of task states.
+fn derived_state_sql() -> String {
+    let total = "COUNT(t.id)";
+    let unfinished = count_of(TaskState::ALL.into_iter().filter(|s| !s.is_terminal()));
+    let succeeded = count_of([TaskState::Succeeded]);
+    let failing = count_of(WorkflowState::FAILING);
+    format!(
+        "CASE WHEN w.cancelled <> 0 THEN '{cancelled}' \
+         WHEN {total} = 0 THEN '{empty}' \
+         WHEN {unfinished} > 0 THEN '{running}' \
+         WHEN {succeeded} = {total} THEN '{ok}' \
+         WHEN {failing} > 0 THEN '{failed}' \
+         ELSE '{cancelled}' END",
+        cancelled = WorkflowState::Cancelled.as_str(),
+        empty = WorkflowState::Empty.as_str(),
+        running = WorkflowState::Running.as_str(),
+        ok = WorkflowState::Succeeded.as_str(),
+        failed = WorkflowState::Failed.as_str(),
+    )
+}
+
+/// The page statements of [`Store::workflow_page`]: without, then with the
+/// state filter (`$3`). Keyset paging on the primary key, grouped by it
+/// alone (the other columns depend on it), so both backends walk the key's
+/// index in order and stop at `limit`; each workflow's tasks are counted
+/// through `tasks_by_state` (workflow_id, state).
+static PAGE_SQL: LazyLock<[String; 2]> = LazyLock::new(|| {
+    let counts: Vec<String> = TaskState::ALL
+        .into_iter()
+        .map(|s| format!("{} AS {}", count_of([s]), count_column(s)))
+        .collect();
+    let columns = "w.id, w.name, w.description, w.cancelled, w.paused, w.created_at, w.updated_at";
+    let page = |filter: &str| {
+        format!(
+            "SELECT {columns}, {counts} FROM workflows w \
+             LEFT JOIN tasks t ON t.workflow_id = w.id \
+             WHERE w.id > $1 GROUP BY w.id {filter} ORDER BY w.id LIMIT $2",
+            counts = counts.join(", "),
+        )
+    };
+    [
+        page(""),
+        page(&format!("HAVING {} = $3", derived_state_sql())),
+    ]
+});
 
 impl WriteTx {
     /// # Errors

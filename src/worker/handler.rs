@@ -6,8 +6,9 @@
 //! RabbitMQ's `consumer_timeout` cannot redeliver a long task (SPEC 4). Instant
 //! runners (`std.echo`, `std.noop`, a missing runner) send no `started`: their
 //! result is published and confirmed first, then the delivery is acked. A
-//! result is scrubbed of the task's secrets before it is reported. This
-//! module never logs a payload, an input value or a config body.
+//! result is scrubbed of the task's secrets before it is reported, then cut
+//! to fit the dispatcher's reply limit ([`super::fit`]). This module never
+//! logs a payload, an input value or a config body.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use lapin::options::{BasicAckOptions, BasicNackOptions};
 
 use super::Worker;
 use super::broker::SessionCtx;
+use super::fit;
 use super::live::{self, Live};
 use super::process::Stoppers;
 use super::registry::{Admission, Ticket};
@@ -131,7 +133,7 @@ async fn handle_task(
         if let Some(error) = refused {
             tracing::warn!(error, "at_most_once attempt refused");
             let result = TaskResult::error(task.attempt, error);
-            finish_without_process(&worker, &delivery, &ticket, &msg_id, result).await;
+            finish_without_process(&worker, &delivery, &ticket, &task, &msg_id, result).await;
             return;
         }
     }
@@ -145,13 +147,13 @@ async fn handle_task(
             && let Err(e) = worker.ledger.record(msg_id.clone()).await
         {
             let result = TaskResult::error(task.attempt, format!("at_most_once: {e}"));
-            finish_without_process(&worker, &delivery, &ticket, &msg_id, result).await;
+            finish_without_process(&worker, &delivery, &ticket, &task, &msg_id, result).await;
             return;
         }
         if let Runner::Missing(error) = &runner {
             tracing::warn!(error, "no runner");
         }
-        finish_without_process(&worker, &delivery, &ticket, &msg_id, result).await;
+        finish_without_process(&worker, &delivery, &ticket, &task, &msg_id, result).await;
         return;
     }
 
@@ -178,13 +180,13 @@ async fn handle_task(
         && let Err(e) = worker.ledger.record(msg_id.clone()).await
     {
         let result = TaskResult::error(task.attempt, format!("at_most_once: {e}"));
-        report(&worker, &ticket, &msg_id, result).await;
+        report(&worker, &ticket, &task, &msg_id, result).await;
         return;
     }
     if ticket.cancel.is_cancelled() {
         tracing::info!("cancelled before it started");
         let result = TaskResult::error(task.attempt, "cancelled");
-        report(&worker, &ticket, &msg_id, result).await;
+        report(&worker, &ticket, &task, &msg_id, result).await;
         return;
     }
     tracing::info!("task started");
@@ -241,13 +243,19 @@ async fn handle_task(
         timed_out = result.timed_out,
         "task finished"
     );
-    report(&worker, &ticket, &msg_id, result).await;
+    report(&worker, &ticket, &task, &msg_id, result).await;
 }
 
-/// Publishes the final result (kept for later if the broker is away) and
-/// forgets the attempt.
-async fn report(worker: &Worker, ticket: &Ticket, msg_id: &str, result: TaskResult) {
-    let reply = final_reply(msg_id, &result);
+/// Publishes the final result, cut to fit the dispatcher's limit (kept
+/// for later if the broker is away), and forgets the attempt.
+async fn report(
+    worker: &Worker,
+    ticket: &Ticket,
+    task: &TaskMessage,
+    msg_id: &str,
+    result: TaskResult,
+) {
+    let reply = fitted(task, msg_id, result).await;
     worker.publisher.publish_final(reply).await;
     worker.registry.finish(ticket);
 }
@@ -258,10 +266,11 @@ async fn finish_without_process(
     worker: &Worker,
     delivery: &Delivery,
     ticket: &Ticket,
+    task: &TaskMessage,
     msg_id: &str,
     result: TaskResult,
 ) {
-    let reply = final_reply(msg_id, &result);
+    let reply = fitted(task, msg_id, result).await;
     if worker.publisher.publish_final(reply).await {
         ack(delivery).await;
     }
@@ -270,9 +279,23 @@ async fn finish_without_process(
     worker.registry.finish(ticket);
 }
 
-fn final_reply(msg_id: &str, result: &TaskResult) -> RpcReply {
-    let value = serde_json::to_value(result).unwrap_or_default();
-    RpcReply::final_result(msg_id, value)
+/// The final reply of `result`, cut to fit the dispatcher's limit off the
+/// async runtime (encoding a large result, maybe more than once, takes a
+/// while), in the task's span.
+async fn fitted(task: &TaskMessage, msg_id: &str, result: TaskResult) -> RpcReply {
+    let attempt = result.attempt;
+    let (task, id) = (task.clone(), msg_id.to_owned());
+    let span = tracing::Span::current();
+    let fit = move || span.in_scope(|| fit::final_reply(&task, &id, result));
+    match tokio::task::spawn_blocking(fit).await {
+        Ok(reply) => reply,
+        Err(e) => {
+            tracing::error!(error = %e, "the result could not be prepared");
+            let failed =
+                TaskResult::error(attempt, format!("the result could not be prepared: {e}"));
+            fit::reply_of(msg_id, &failed)
+        }
+    }
 }
 
 /// How long the last live output may take to go out before the result.
@@ -352,7 +375,7 @@ async fn bad_message(worker: &Worker, delivery: &Delivery, msg_id: Option<&str>,
         let result = TaskResult::error(attempt, format!("bad task message: {why}"));
         worker
             .publisher
-            .publish_final(final_reply(msg_id, &result))
+            .publish_final(fit::reply_of(msg_id, &result))
             .await;
     }
     ack(delivery).await;

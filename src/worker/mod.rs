@@ -20,6 +20,7 @@
 
 mod broker;
 mod capture;
+mod fit;
 mod handler;
 mod ledger;
 mod live;

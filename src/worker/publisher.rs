@@ -1,6 +1,7 @@
 //! Replies to the dispatcher: started reports, heartbeats and final results,
 //! published to the `reply_bora` direct exchange with the broker's confirm,
-//! `mandatory`, persistent, and with the AMQP `user_id` the broker validates.
+//! `mandatory`, persistent, with the AMQP `user_id` the broker validates and
+//! the reply's `_msg_id` as `correlation_id`.
 //!
 //! The channel is swapped by the connection loop at each reconnect. A final
 //! result that cannot be published is kept and re-published after the next
@@ -80,7 +81,10 @@ impl Publisher {
             .with_content_type(CONTENT_TYPE.into())
             .with_content_encoding(CONTENT_ENCODING.into())
             .with_delivery_mode(2)
-            .with_user_id(self.inner.user_id.as_str().into());
+            .with_user_id(self.inner.user_id.as_str().into())
+            // The attempt (or server) it is about, readable without the
+            // body: a reply too large to be read still names its attempt.
+            .with_correlation_id(reply.msg_id.as_str().into());
         let confirm = channel
             .basic_publish(
                 self.inner.exchange.as_str().into(),

@@ -564,13 +564,23 @@ impl FakeWorker {
 
     /// Sends raw bytes to the reply queue (for poison-message tests).
     pub async fn send_raw(&self, body: &[u8]) {
+        self.send_raw_props(body, BasicProperties::default()).await;
+    }
+
+    /// Sends raw bytes with a `correlation_id`, as bora's worker sets it.
+    pub async fn send_raw_correlated(&self, body: &[u8], correlation_id: &str) {
+        let props = BasicProperties::default().with_correlation_id(correlation_id.into());
+        self.send_raw_props(body, props).await;
+    }
+
+    async fn send_raw_props(&self, body: &[u8], props: BasicProperties) {
         self.channel
             .basic_publish(
                 self.exchange.as_str().into(),
                 self.exchange.as_str().into(),
                 BasicPublishOptions::default(),
                 body,
-                BasicProperties::default()
+                props
                     .with_content_type("application/json".into())
                     .with_user_id(self.user.as_str().into()),
             )

@@ -9,6 +9,7 @@ mod fuzz;
 mod groups;
 mod helpers;
 mod labels;
+mod limits;
 mod live;
 mod management;
 mod operate;

@@ -45,6 +45,9 @@ pub struct Received {
     pub user_id: Option<String>,
     pub content_type: Option<String>,
     pub delivery_mode: Option<u8>,
+    pub correlation_id: Option<String>,
+    /// The size of the message body as published.
+    pub bytes: usize,
 }
 
 /// A fresh vhost with the dispatcher's topology, and (once started) a worker.
@@ -193,6 +196,8 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
                     user_id: p.user_id().as_ref().map(|s| s.to_string()),
                     content_type: p.content_type().as_ref().map(|s| s.to_string()),
                     delivery_mode: *p.delivery_mode(),
+                    correlation_id: p.correlation_id().as_ref().map(|s| s.to_string()),
+                    bytes: d.data.len(),
                 });
                 arrived.notify_waiters();
             }
@@ -415,6 +420,7 @@ impl TestApp {
             attempt: 1,
             delivery: Delivery::AtLeastOnce,
             live_output_bytes: None,
+            max_result_bytes: None,
             secrets: Vec::new(),
         }
     }

@@ -632,3 +632,50 @@ async fn output_files_that_are_not_regular_files_are_not_read() {
     let msg_id = app.publish(&next).await;
     assert_eq!(app.result(&msg_id, SHORT).await.stdout, "still here\n");
 }
+
+#[tokio::test]
+async fn a_result_over_the_reply_limit_is_cut_to_fit_and_marked() {
+    let mut app = spawn_app().await;
+    app.start_worker(&[]).await;
+    let runs = app.path("runs");
+    // 1 MiB of NULs on each stream (within the worker's cap, but seven
+    // bytes each once encoded twice), and a 1 MiB output.
+    let mut t = app.task(
+        "script",
+        &format!(
+            "#!/bin/sh\necho run >> {}\nhead -c 1048576 /dev/zero\nhead -c 1048576 /dev/zero >&2\n\
+             head -c 1048576 /dev/zero | tr '\\0' 'x' > \"$heat_outputs_path.big\"\n\
+             printf small > \"$heat_outputs_path.small\"\n",
+            runs.display()
+        ),
+    );
+    t.outputs = outputs(&["big", "small"]);
+    let limit = 8 * 1024 * 1024;
+    t.max_result_bytes = Some(limit as u64);
+    let msg_id = app.publish(&t).await;
+    let r = app.result(&msg_id, Duration::from_secs(60)).await;
+    assert_eq!((r.exit_code, &r.error), (0, &None), "{:.300?}", r.error);
+    let last = app.wait_reply(&msg_id, SHORT, |r| r.ending).await;
+    assert!(last.bytes <= limit, "a reply of {} bytes", last.bytes);
+    assert!(
+        last.bytes > limit / 2,
+        "cut far more than needed: {}",
+        last.bytes
+    );
+    assert_eq!(last.correlation_id.as_deref(), Some(msg_id.as_str()));
+    assert_eq!(app.finals(&msg_id), 1);
+    // Marked: what was cut, and where.
+    assert_eq!(r.trimmed, ["stdout", "stderr"]);
+    assert!(r.truncated);
+    for s in [&r.stdout, &r.stderr] {
+        assert!(s.starts_with('\0') && s.ends_with('\0'));
+        assert!(s.contains("bytes cut by bora to fit dispatch.max_result_bytes]"));
+    }
+    // Counts and digests describe the whole streams.
+    assert_eq!(r.stdout_bytes, 1_048_576);
+    assert_eq!(r.stderr_sha256, sha256_hex(&vec![0u8; 1_048_576]));
+    // The streams gave enough room: the outputs are whole.
+    assert_eq!(r.outputs["big"], "x".repeat(1_048_576));
+    assert_eq!(r.outputs["small"], "small");
+    assert_eq!(std::fs::read_to_string(&runs).unwrap(), "run\n");
+}
