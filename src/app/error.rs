@@ -40,6 +40,12 @@ pub enum AppError {
 }
 
 impl AppError {
+    /// Whether trying again may succeed (a store that is down or busy);
+    /// see [`StoreError::is_transient`].
+    pub fn is_transient(&self) -> bool {
+        matches!(self, AppError::Store(e) if e.is_transient())
+    }
+
     pub(crate) fn invalid(code: &'static str, message: impl Into<String>) -> Self {
         AppError::Invalid {
             code,

@@ -94,6 +94,46 @@ fn probe_stamp(d: &ReplyDelivery, dispatcher_user: &str, reply_exchange: &str) -
     probe::decode(&d.body)
 }
 
+/// Records `incoming` in one transaction; if the store refuses it for
+/// what it holds (not for being down or busy), records its halves apart,
+/// down to single replies, and drops a single reply the store refuses
+/// (`unrecordable`): one bad reply must not stop every reply behind it
+/// forever. Halves already committed are not undone; if a later half meets
+/// a store outage the whole batch is recorded again, which changes nothing
+/// for the replies already recorded (once per task and attempt).
+///
+/// # Errors
+/// A transient store failure: the caller keeps the batch and tries again.
+fn record_apart<'a>(
+    app: &'a App,
+    incoming: &'a [Incoming],
+) -> futures_util::future::BoxFuture<'a, Result<Vec<Verdict>, crate::app::AppError>> {
+    Box::pin(async move {
+        match app.record_replies(incoming).await {
+            Ok(verdicts) => Ok(verdicts),
+            Err(e) if e.is_transient() => Err(e),
+            Err(e) => match incoming {
+                [] => Ok(Vec::new()),
+                [one] => {
+                    error!(
+                        error = %e,
+                        user_id = one.user_id.as_deref().unwrap_or(""),
+                        exchange = %one.exchange,
+                        "the store refuses this reply; dropping it"
+                    );
+                    Ok(vec![Verdict::Dropped("unrecordable")])
+                }
+                _ => {
+                    let (a, b) = incoming.split_at(incoming.len() / 2);
+                    let mut verdicts = record_apart(app, a).await?;
+                    verdicts.extend(record_apart(app, b).await?);
+                    Ok(verdicts)
+                }
+            },
+        }
+    })
+}
+
 pub async fn run(app: App, broker: Broker, listening: Listening, shutdown: CancellationToken) {
     consume(&app, &broker, &listening, &shutdown).await;
     listening.stopped();
@@ -159,12 +199,14 @@ async fn consume(app: &App, broker: &Broker, listening: &Listening, shutdown: &C
             // and a quorum queue drops a message after `amqp.delivery_limit`
             // of them: a store outage would lose results. Held, they go back
             // only when the dispatcher dies or loses the broker (a crash that
-            // repeats on the same reply is what the limit is for).
+            // repeats on the same reply is what the limit is for). A reply
+            // the store refuses for what it holds is set apart and dropped,
+            // so it cannot hold back every reply after it.
             let verdicts = loop {
                 if incoming.is_empty() {
                     break Vec::new();
                 }
-                match app.record_replies(&incoming).await {
+                match record_apart(app, &incoming).await {
                     Ok(verdicts) => break verdicts,
                     Err(e) => {
                         error!(error = %e, "cannot record replies; keeping them and retrying");

@@ -101,6 +101,40 @@ impl From<crate::domain::Corrupt> for StoreError {
 }
 
 impl StoreError {
+    /// Whether the same statement may well succeed if tried again: the
+    /// database is unreachable, busy, out of resources, or rolled the
+    /// transaction back (a deadlock, a serialization failure). Anything
+    /// else — a constraint, a value the database refuses, a row bora
+    /// cannot read — fails again every time with the same data.
+    pub fn is_transient(&self) -> bool {
+        let StoreError::Db(e) = self else {
+            return false;
+        };
+        match e {
+            sqlx::Error::Database(db) => {
+                let code = db.code().unwrap_or_default();
+                if code.len() == 5 {
+                    // PostgreSQL's SQLSTATE: connection (08), transaction
+                    // rollback (40), insufficient resources (53), operator
+                    // intervention (57), system (58).
+                    matches!(&code[..2], "08" | "40" | "53" | "57" | "58")
+                } else {
+                    // SQLite's result code (primary code in the low byte):
+                    // BUSY, LOCKED, NOMEM, IOERR, FULL, CANTOPEN, PROTOCOL.
+                    code.parse::<i32>()
+                        .is_ok_and(|c| matches!(c & 0xff, 5 | 6 | 7 | 10 | 13 | 14 | 15))
+                }
+            }
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => true,
+            _ => false,
+        }
+    }
+
     /// Whether the error is a uniqueness violation (a duplicate name).
     pub fn is_unique_violation(&self) -> bool {
         match self {
