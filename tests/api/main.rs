@@ -12,6 +12,7 @@ mod live;
 mod management;
 mod operate;
 mod oslo;
+mod pages;
 mod quorum;
 mod refs;
 mod scanner;
