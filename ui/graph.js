@@ -6,7 +6,7 @@
 const NS = 'http://www.w3.org/2000/svg';
 const W = 190;
 const H = 44;
-const DX = 250;
+const DX = 240;
 const DY = 64;
 const STATES = ['waiting', 'queued', 'running', 'succeeded', 'failed', 'timed_out', 'cancelled', 'skipped'];
 
@@ -119,7 +119,7 @@ export class GraphView {
       }, this.edges);
     }
     for (const item of this.byId.values()) item.g = this.drawNode(item);
-    this.size = { w: summary.layers * DX, h: (maxOrder + 1) * DY };
+    this.size = { w: Math.max(summary.layers - 1, 0) * DX + W, h: maxOrder * DY + H };
     if (!this.fitted) {
       this.fit();
       this.fitted = true;

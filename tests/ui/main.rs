@@ -450,3 +450,60 @@ async fn a_100000_task_workflow_opens_folded_and_its_time_is_reported() {
     b.screenshot("workflow-100k").await;
     b.finish().await;
 }
+
+#[tokio::test]
+async fn the_console_is_served_from_the_binary_with_its_headers_and_needs_no_token() {
+    let app = spawn_app_with(&[("BORA__API__TOKENS", TOKEN)]).await;
+    let get = |path: &str| app.http.get(app.url(path)).send();
+    let page = get("/ui/").await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    let h = page.headers().clone();
+    assert!(h["content-type"].to_str().unwrap().starts_with("text/html"));
+    let csp = h["content-security-policy"].to_str().unwrap();
+    assert!(csp.starts_with("default-src 'self'"), "{csp}");
+    assert_eq!(h["cache-control"], "no-cache");
+    let html = page.text().await.unwrap();
+    // Nothing from another origin.
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "{html}"
+    );
+    // Unchanged: 304 on revalidation.
+    let etag = h["etag"].to_str().unwrap().to_owned();
+    let again = app
+        .http
+        .get(app.url("/ui/"))
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
+    for (path, ty) in [
+        ("/ui/app.js", "text/javascript"),
+        ("/ui/style.css", "text/css"),
+        ("/ui/favicon.svg", "image/svg+xml"),
+    ] {
+        let r = get(path).await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{path}");
+        assert!(
+            r.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with(ty),
+            "{path}"
+        );
+        let text = r.text().await.unwrap();
+        assert!(!text.contains("https://"), "{path} names another origin");
+    }
+    let (status, config) = split(get("/ui/config.json").await.unwrap()).await;
+    assert_eq!((status, config), (StatusCode::OK, json!({"auth": true})));
+    let missing = split(get("/ui/nope.js").await.unwrap()).await;
+    assert_error(&missing, StatusCode::NOT_FOUND, "not_found");
+    // The API itself still wants the token; the console is not in OpenAPI.
+    let (status, _) = split(get("/v1/workflows").await.unwrap()).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (_, doc) = split(get("/openapi.json").await.unwrap()).await;
+    let paths = doc["paths"].as_object().unwrap();
+    assert!(paths.keys().all(|p| !p.starts_with("/ui")));
+    assert!(paths.contains_key("/v1/workflows/{wf}/graph"));
+}
