@@ -9,10 +9,10 @@ use serde_json::{Value, json};
 
 use crate::helpers::*;
 
-/// A workflow of `n` tasks (`t00`, `t01`, ...) on two servers, alternating;
+/// A workflow of `n` tasks (`t000`, `t001`, ...) on two servers, alternating;
 /// returns its id and the task names in creation order.
 async fn workflow_of(app: &TestApp, n: usize) -> (String, Vec<String>) {
-    let names: Vec<String> = (0..n).map(|i| format!("t{i:02}")).collect();
+    let names: Vec<String> = (0..n).map(|i| format!("t{i:03}")).collect();
     let tasks: Vec<Value> = names
         .iter()
         .enumerate()
@@ -158,7 +158,7 @@ async fn the_rpc_api_lists_every_task_or_one_page() {
     let rest = call(json!({"workflow_id": wf, "limit": 3, "marker": m})).await;
     assert_eq!(
         names_of(&rest.result),
-        vec!["t03".to_owned(), "gate".into()]
+        vec!["t003".to_owned(), "gate".into()]
     );
     assert_eq!(rest.result["next_marker"], Value::Null);
     // A bad marker or limit is a ValidationError.
@@ -170,4 +170,44 @@ async fn the_rpc_api_lists_every_task_or_one_page() {
         let failure = r.failure.expect("a failure");
         assert!(failure.contains("ValidationError"), "{failure}");
     }
+}
+
+/// Runs the `bora` client against `app` and parses its `--json` output.
+async fn cli_json(app: &TestApp, args: &[&str]) -> Value {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_bora"))
+        .args(args)
+        .arg("--json")
+        .env("BORA_URL", &app.base)
+        .env_remove("BORA_TOKEN")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "bora {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn the_cli_follows_the_pages_and_prints_every_task() {
+    let app = spawn_app().await;
+    // More than one default page (100).
+    let (wf, names) = workflow_of(&app, 150).await;
+    let listed = cli_json(&app, &["task", "list", &wf]).await;
+    let got: Vec<&str> = listed["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    let mut want: Vec<&str> = names.iter().map(String::as_str).collect();
+    want.push("gate");
+    assert_eq!(got, want, "every task once, in creation order");
+    // With a filter: the pages of the filtered list.
+    let on_a = cli_json(&app, &["task", "list", &wf, "--server-id", "page-a"]).await;
+    assert_eq!(on_a["tasks"].as_array().unwrap().len(), 75);
+    let shown = cli_json(&app, &["workflow", "show", &wf]).await;
+    assert_eq!(shown["tasks"].as_array().unwrap().len(), 151);
 }
