@@ -196,17 +196,36 @@ async function workflowPage(wf) {
 
   const reloadHead = throttle(700, drawHead);
   const reloadGraph = throttle(1500, drawGraph);
-  const stop = follow(`/v1/workflows/${enc(wf)}/events`, (event, data) => {
-    if (event === 'task') {
-      if (!graph.update(data.task_id, data.state)) reloadGraph();
-      list.update(data.task_id, data.state);
-      reloadHead();
-    } else if (event === 'workflow' || event === 'end') {
-      reloadHead();
-      reloadGraph();
-    }
-  }, summary ? summary.last_event_id : null);
-  onLeave(stop);
+  // The stream closes once the workflow ended; a rerun or new tasks make
+  // it go on, so an ended stream is opened again every 3 s after the last
+  // event seen: it gives what happened since (nothing, usually) and ends.
+  let last = summary ? summary.last_event_id : null;
+  let stop = null;
+  const listen = () => {
+    let carried = false;
+    stop = follow(`/v1/workflows/${enc(wf)}/events`, (event, data, id) => {
+      if (id !== null) {
+        last = id;
+        carried = true;
+      }
+      if (event === 'task') {
+        if (!graph.update(data.task_id, data.state)) reloadGraph();
+        list.update(data.task_id, data.state);
+        reloadHead();
+      } else if (event === 'workflow') {
+        reloadHead();
+        reloadGraph();
+      } else if (event === 'end') {
+        stop = null;
+        if (carried) reloadHead();
+      }
+    }, last);
+  };
+  listen();
+  onLeave(() => stop && stop());
+  every(3000, () => {
+    if (!stop) listen();
+  });
 }
 
 // The paginated task list beside the graph.

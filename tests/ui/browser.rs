@@ -158,9 +158,10 @@ impl Browser {
                 }
             }
             if Instant::now() > deadline {
-                self.screenshot(&format!("timeout-{}", what.replace(' ', "-")))
+                self.screenshot(&format!("timeout-{}", what.replace([' ', '\''], "-")))
                     .await;
-                panic!("the page never showed {what}");
+                let log = self.client.issue_cmd(BrowserLog).await;
+                panic!("the page never showed {what}; the browser's console: {log:#?}");
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

@@ -507,3 +507,50 @@ async fn the_console_is_served_from_the_binary_with_its_headers_and_needs_no_tok
     assert!(paths.keys().all(|p| !p.starts_with("/ui")));
     assert!(paths.contains_key("/v1/workflows/{wf}/graph"));
 }
+
+#[tokio::test]
+async fn a_failed_workflow_rerun_from_its_page_is_followed_to_its_new_end() {
+    let app = spawn_app().await;
+    let server = unique("ui-r");
+    let _w = WorkerProcess::start(&app, &server);
+    let dir = tempfile::tempdir().unwrap();
+    let flag = dir.path().join("second-time");
+    // Fails the first time, succeeds the next.
+    let script = format!(
+        "test -f {0} && echo fixed && exit 0; touch {0}; echo broken >&2; exit 1",
+        flag.display()
+    );
+    let wf = app
+        .create_workflow(json!({"name": "flaky", "tasks": [
+            {"name": "flaky", "server_id": server, "config": script},
+            {"name": "after", "server_id": server, "config": "echo after", "depends_on": ["flaky"]},
+        ]}))
+        .await;
+    let id = wf.id().to_string();
+    app.wait_workflow_state(&id, "failed").await;
+    let flaky = app.task(&id, "flaky").await.id.to_string();
+
+    let b = Browser::start().await;
+    b.goto(&app.url(&format!("/ui/#/workflows/{id}"))).await;
+    b.wait_js(
+        "the failed workflow",
+        "return document.getElementById('wf-head')?.dataset.state === 'failed' \
+         && document.querySelector(`#graph .node[data-id='${arguments[0]}']`)?.dataset.state === 'failed';",
+        vec![json!(flaky)],
+    )
+    .await;
+    b.js("window.__kept = 'same page';", vec![]).await;
+    b.click("#wf-head button[data-action='rerun']").await;
+    // The stream had ended with the workflow; the page follows the rerun.
+    b.wait_js(
+        "the rerun's end",
+        "return document.getElementById('wf-head')?.dataset.state === 'succeeded' \
+         && [...document.querySelectorAll('#graph .node')].every(n => n.dataset.state === 'succeeded');",
+        vec![],
+    )
+    .await;
+    assert_eq!(b.js("return window.__kept;", vec![]).await, "same page");
+    let t = app.task(&id, "flaky").await;
+    assert_eq!((t.state.as_str(), t.attempt), ("succeeded", 2));
+    b.finish().await;
+}
