@@ -630,6 +630,25 @@ mod tests {
     }
 
     #[test]
+    fn a_wide_graph_keeps_each_layers_largest_nodes_and_one_for_the_rest() {
+        // 2,000 pairs a -> b: nothing folds, 4,000 nodes in two layers.
+        let t: Vec<GraphTask> = (0..4_000).map(|i| task(i, TaskState::Waiting)).collect();
+        let e: Vec<_> = (0..2_000).map(|i| (t[2 * i + 1].id, t[2 * i].id)).collect();
+        let s = summarise(wf(), t, &e);
+        assert!(s.truncated);
+        assert_eq!(s.layers, 2);
+        assert_eq!(s.nodes.len(), 2 * PER_LAYER);
+        let more: Vec<_> = s
+            .nodes
+            .iter()
+            .filter(|n| n.kind == NodeKind::More)
+            .collect();
+        assert_eq!(more.len(), 2);
+        assert_eq!(more[0].count, 2_000 - (PER_LAYER as u64 - 1));
+        assert_eq!(s.nodes.iter().map(|n| n.count).sum::<u64>(), 4_000);
+    }
+
+    #[test]
     fn any_graph_is_bounded() {
         // A ladder: two tasks per layer, each depending on both of the
         // layer before, 5,000 layers deep: nothing folds as a chain or a set.
