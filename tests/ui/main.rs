@@ -554,3 +554,82 @@ async fn a_failed_workflow_rerun_from_its_page_is_followed_to_its_new_end() {
     assert_eq!((t.state.as_str(), t.attempt), ("succeeded", 2));
     b.finish().await;
 }
+
+#[tokio::test]
+async fn a_group_task_is_one_node_counting_its_children() {
+    let app = spawn_app().await;
+    let role = unique("role");
+    let mut servers = Vec::new();
+    for _ in 0..3 {
+        let s = unique("ui-g");
+        let (status, body) = app
+            .post(
+                "/v1/servers",
+                json!({"server_id": s, "kind": "guest", "labels": {"role": role}}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        servers.push(s);
+    }
+    // No worker runs for these servers: the children stay queued.
+    let wf = app
+        .create_workflow(json!({"name": "group", "tasks": [
+            {"name": "deploy", "target": {"labels": {"role": role}}, "config": "true"},
+            {"name": "check", "group": "bora.approval", "depends_on": ["deploy"]},
+        ]}))
+        .await;
+    let id = wf.id().to_string();
+    let deploy = app.task(&id, "deploy").await;
+    assert_eq!(deploy.children.as_ref().map(Vec::len), Some(3));
+    for s in &servers {
+        app.wait_task_state(&id, &format!("deploy[{s}]"), "queued")
+            .await;
+    }
+
+    let b = Browser::start().await;
+    b.goto(&app.url(&format!("/ui/#/workflows/{id}"))).await;
+    let node = b
+        .wait_js(
+            "the group's node",
+            "const n = document.querySelector(`#graph .node[data-id='${arguments[0]}']`); \
+             return n && [n.dataset.kind, n.dataset.state, n.textContent];",
+            vec![json!(deploy.id.to_string())],
+        )
+        .await;
+    assert_eq!(node[0], "group");
+    assert_eq!(node[1], "queued");
+    assert!(node[2].as_str().unwrap().contains("3 tasks"), "{node}");
+    // Two nodes (the group and the gate after it) and one edge.
+    assert_eq!(
+        b.js(
+            "return document.querySelectorAll('#graph .node').length;",
+            vec![]
+        )
+        .await,
+        2
+    );
+    assert_eq!(
+        b.js(
+            "return document.querySelectorAll('#graph .edge').length;",
+            vec![]
+        )
+        .await,
+        1
+    );
+    // The group's page lists its children on their servers.
+    b.click(&format!("#graph .node[data-id='{}']", deploy.id))
+        .await;
+    let text = b
+        .wait_js(
+            "the group's children",
+            "return document.querySelector('main').dataset.ready === '1' \
+             && document.querySelector('main').textContent.includes('Children (3)') \
+             && document.querySelector('main').textContent;",
+            vec![],
+        )
+        .await;
+    for s in &servers {
+        assert!(text.as_str().unwrap().contains(s.as_str()), "{s}");
+    }
+    b.finish().await;
+}
