@@ -213,8 +213,19 @@ impl Browser {
     }
 
     /// Asserts the console showed no error, then ends the session.
-    pub async fn finish(mut self) {
-        let errors = self.console_errors().await;
+    pub async fn finish(self) {
+        self.finish_allowing(&[]).await;
+    }
+
+    /// Asserts the console showed no error but those whose message holds
+    /// one of `expected` (each must be there), then ends the session.
+    pub async fn finish_allowing(mut self, expected: &[&str]) {
+        let mut errors = self.console_errors().await;
+        for e in expected {
+            let before = errors.len();
+            errors.retain(|x| !x["message"].as_str().unwrap_or("").contains(e));
+            assert!(errors.len() < before, "no console entry holds {e:?}");
+        }
         let _ = self.client.clone().close().await;
         let _ = self.driver.kill().await;
         assert!(

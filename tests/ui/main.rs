@@ -330,14 +330,26 @@ async fn with_tokens_the_page_asks_for_one_and_works_once_given() {
     )
     .await;
     b.screenshot("token").await;
-    b.client
-        .find(fantoccini::Locator::Id("token-input"))
-        .await
-        .unwrap()
-        .send_keys(TOKEN)
-        .await
-        .unwrap();
-    b.click("#token-submit").await;
+    let give = async |token: &str| {
+        b.client
+            .find(fantoccini::Locator::Id("token-input"))
+            .await
+            .unwrap()
+            .send_keys(token)
+            .await
+            .unwrap();
+        b.click("#token-submit").await;
+    };
+    // A refused token: asked for again, saying so.
+    give("not-the-right-token-at-all").await;
+    b.wait_js(
+        "the dialog again, with the refusal",
+        "return document.getElementById('token-dialog').open \
+         && !document.getElementById('token-error').hidden;",
+        vec![],
+    )
+    .await;
+    give(TOKEN).await;
     let listed = b
         .wait_js(
             "the workflow listed",
@@ -360,7 +372,8 @@ async fn with_tokens_the_page_asks_for_one_and_works_once_given() {
         )
         .await;
     assert!(!urls.to_string().contains(TOKEN), "{urls}");
-    b.finish().await;
+    // The refused token's 401 is the one error the console shows.
+    b.finish_allowing(&["status of 401"]).await;
 }
 
 #[tokio::test]
