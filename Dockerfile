@@ -9,14 +9,16 @@ FROM rust:1.94-bookworm AS build
 WORKDIR /src
 # Manifests first, so the dependency build is cached while sources change.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir -p src tests/api tests/ops \
+RUN mkdir -p src tests/api tests/ops tests/faults tests/ui \
     && echo 'fn main() {}' > src/main.rs \
-    && touch src/lib.rs tests/api/main.rs tests/ops/main.rs \
+    && touch src/lib.rs tests/api/main.rs tests/ops/main.rs tests/faults/main.rs tests/ui/main.rs \
     && cargo build --release --locked --bin bora \
     && rm -rf src
 COPY src src
 COPY config config
 COPY migrations migrations
+# The web console's files, embedded into the binary at build time.
+COPY ui ui
 # Make sure cargo sees the real sources as newer than the stub build.
 RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin bora
 

@@ -37,6 +37,7 @@ use crate::broker::Broker;
 use crate::broker::reconnect::Reconnect;
 use crate::broker::rpc::RpcEndpoint;
 use crate::config::Settings;
+use crate::domain::TaskId;
 use crate::protocol::{Failure, RpcReply, RpcRequest};
 use crate::registration::{Registry, RegistryError};
 
@@ -141,6 +142,19 @@ struct WorkflowArg {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct ListTasksArgs {
+    workflow_id: String,
+    /// A page of at most this many (1 to api.max_page_size); with neither
+    /// this nor `marker`, every task.
+    #[serde(default)]
+    limit: Option<u32>,
+    /// The previous page's `next_marker`.
+    #[serde(default)]
+    marker: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct AddTaskArgs {
     workflow_id: String,
     task: NewTask,
@@ -230,15 +244,34 @@ async fn get_task(state: &RpcState, args: &Map<String, Value>) -> Result<Value, 
 }
 
 async fn list_tasks(state: &RpcState, args: &Map<String, Value>) -> Result<Value, CallError> {
-    let a: WorkflowArg = kwargs(args)?;
+    let a: ListTasksArgs = kwargs(args)?;
     let wf = state.app.existing_workflow(&a.workflow_id).await?;
-    let rows = state
-        .app
-        .store()
-        .tasks(wf, None, None)
-        .await
-        .map_err(AppError::from)?;
-    Ok(json!({ "tasks": state.app.task_views(wf, rows).await? }))
+    let marker = a
+        .marker
+        .as_deref()
+        .map(str::parse::<TaskId>)
+        .transpose()
+        .map_err(|_| CallError::Arguments("marker must be a task id".into()))?;
+    if a.limit.is_none() && marker.is_none() {
+        // Neither given: every task, as before paging existed.
+        let rows = state
+            .app
+            .store()
+            .tasks(wf, None, None)
+            .await
+            .map_err(AppError::from)?;
+        let tasks = state.app.task_views(wf, rows).await?;
+        return Ok(json!({ "tasks": tasks, "next_marker": null }));
+    }
+    let max = state.settings.api.max_page_size;
+    let limit = a.limit.unwrap_or(max.min(100));
+    if limit == 0 || limit > max {
+        return Err(CallError::Arguments(format!(
+            "limit must be between 1 and {max}"
+        )));
+    }
+    let page = state.app.task_page(wf, None, None, marker, limit).await?;
+    Ok(to_value(page))
 }
 
 async fn workflow_action(

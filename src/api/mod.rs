@@ -14,7 +14,9 @@ pub mod openapi;
 mod operate;
 mod output;
 mod servers;
+mod summary;
 pub(crate) mod tasks;
+mod ui;
 pub mod views;
 mod workflows;
 
@@ -96,6 +98,7 @@ fn api_routes(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(tasks::add, tasks::list))
         .routes(routes!(tasks::show, tasks::patch, tasks::cancel))
         .routes(routes!(events::stream))
+        .routes(routes!(summary::graph))
         .routes(routes!(servers::register, servers::list))
         .routes(routes!(servers::show, servers::patch, servers::revoke))
         .route_layer(axum::middleware::from_fn_with_state(
@@ -123,6 +126,7 @@ pub fn router(state: AppState) -> Router {
     let (router, doc) = api_routes(&state).split_for_parts();
     let doc = Arc::new(openapi::finish(doc));
     router
+        .merge(ui::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(Extension(doc))

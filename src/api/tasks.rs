@@ -12,7 +12,7 @@ use super::extract::{JsonBody, QueryParams};
 use super::views::{HeatSignal, TaskList, TaskView};
 use super::{AppState, workflow_id};
 use crate::app::input::{NewTask, TaskPatch};
-use crate::domain::{ServerId, TaskState};
+use crate::domain::{ServerId, TaskId, TaskState};
 
 /// Adds one task to a workflow.
 #[utoipa::path(post, path = "/workflows/{wf}/tasks", tag = "tasks",
@@ -46,13 +46,19 @@ pub(super) struct ListQuery {
     state: Option<String>,
     /// Only tasks for this server.
     server_id: Option<String>,
+    /// Page size, 1 to api.max_page_size (default 100).
+    #[param(minimum = 1)]
+    limit: Option<u32>,
+    /// The `next_marker` of the previous page: the id of its last task.
+    #[param(value_type = Option<TaskId>)]
+    marker: Option<String>,
 }
 
-/// Lists a workflow's tasks in creation order.
+/// Lists a workflow's tasks in creation order, one page at a time.
 #[utoipa::path(get, path = "/workflows/{wf}/tasks", tag = "tasks",
     params(("wf" = String, Path, description = "Workflow id"), ListQuery),
     responses(
-        (status = 200, description = "The tasks", body = TaskList),
+        (status = 200, description = "One page", body = TaskList),
         (status = 404, description = "Unknown workflow", body = ErrorBody),
         (status = 422, description = "Invalid query", body = ErrorBody),
     ))]
@@ -62,6 +68,14 @@ pub(super) async fn list(
     QueryParams(q): QueryParams<ListQuery>,
 ) -> Result<Json<TaskList>, ApiError> {
     let wf = state.app.existing_workflow(&wf).await?;
+    let max = state.settings.api.max_page_size;
+    let limit = q.limit.unwrap_or(max.min(100));
+    if limit == 0 || limit > max {
+        return Err(ApiError::unprocessable(
+            "invalid_query",
+            format!("limit must be between 1 and {max}"),
+        ));
+    }
     let filter = q
         .state
         .as_deref()
@@ -74,9 +88,20 @@ pub(super) async fn list(
         .map(ServerId::parse)
         .transpose()
         .map_err(|e| ApiError::unprocessable("invalid_query", e))?;
-    let rows = state.store().tasks(wf, filter, server.as_ref()).await?;
-    let tasks = state.app.task_views(wf, rows).await?;
-    Ok(Json(TaskList { tasks }))
+    let marker = q
+        .marker
+        .as_deref()
+        .map(str::parse::<TaskId>)
+        .transpose()
+        .map_err(|_| ApiError::unprocessable("invalid_query", "marker must be a task id"))?;
+    let page = state
+        .app
+        .task_page(wf, filter, server.as_ref(), marker, limit)
+        .await?;
+    Ok(Json(TaskList {
+        tasks: page.tasks,
+        next_marker: page.next_marker,
+    }))
 }
 
 /// How `GET .../tasks/{task}` answers.

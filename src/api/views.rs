@@ -21,11 +21,14 @@ pub struct WorkflowList {
     pub next_marker: Option<WorkflowId>,
 }
 
-/// `GET /v1/workflows/{wf}/tasks`.
+/// `GET /v1/workflows/{wf}/tasks`: one page.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TaskList {
-    /// The workflow's tasks that match the filters.
+    /// This page's tasks that match the filters, in id (creation) order.
     pub tasks: Vec<TaskView>,
+    /// Pass as `marker` for the next page; null on the last page.
+    #[schema(required)]
+    pub next_marker: Option<TaskId>,
 }
 
 /// One state change, the data of a `task` or `workflow` server-sent event.

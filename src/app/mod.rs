@@ -29,6 +29,7 @@ mod scan;
 mod schema;
 mod secrets;
 mod servers;
+pub mod summary;
 #[cfg(test)]
 mod tests;
 mod unit;

@@ -6,11 +6,11 @@ use std::collections::{BTreeSet, HashMap};
 
 use super::input::{LabelPatch, NewTask, NewWorkflow, validate_tasks};
 use super::views::{
-    AttemptView, AttemptsView, ChildView, ServerList, ServerView, TaskView, WorkflowView,
+    AttemptView, AttemptsView, ChildView, ServerList, ServerView, TaskPage, TaskView, WorkflowView,
 };
 use super::{App, AppError};
 use crate::domain::{Labels, ServerId, carries_all};
-use crate::domain::{Task, TaskState, WorkflowId};
+use crate::domain::{Task, TaskId, TaskState, WorkflowId};
 use crate::protocol::TaskResult;
 
 /// What an operator does to a whole workflow.
@@ -25,6 +25,10 @@ pub enum WorkflowAction {
     /// Run every task that ended unsuccessfully again.
     Rerun,
 }
+
+/// Up to this many tasks, [`App::task_views`] reads the edges of those
+/// tasks only (a page of a large workflow); beyond, the workflow's.
+const PAGE_EDGES: usize = 1_000;
 
 /// Parses a workflow id given by a client; anything else names no workflow.
 ///
@@ -134,6 +138,37 @@ impl App {
         })
     }
 
+    /// One page of a workflow's tasks in creation order (see
+    /// [`crate::store::Store::tasks_page`]), with the marker of the next
+    /// page when there is one: one row more than the page is read to know.
+    ///
+    /// # Errors
+    /// A store failure, or stored data that does not parse.
+    pub async fn task_page(
+        &self,
+        workflow: WorkflowId,
+        state: Option<TaskState>,
+        server: Option<&ServerId>,
+        after: Option<TaskId>,
+        limit: u32,
+    ) -> Result<TaskPage, AppError> {
+        let mut rows = self
+            .store()
+            .tasks_page(workflow, state, server, after, limit.saturating_add(1))
+            .await?;
+        let more = rows.len() > limit as usize;
+        rows.truncate(limit as usize);
+        let next_marker = if more {
+            rows.last().map(|r| r.id)
+        } else {
+            None
+        };
+        Ok(TaskPage {
+            tasks: self.task_views(workflow, rows).await?,
+            next_marker,
+        })
+    }
+
     /// Views of many tasks of one workflow, with two extra queries in all.
     ///
     /// # Errors
@@ -143,9 +178,15 @@ impl App {
         workflow: WorkflowId,
         rows: Vec<Task>,
     ) -> Result<Vec<TaskView>, AppError> {
+        // A page reads its own tasks' edges; a whole batch, the workflow's.
         let mut deps: HashMap<_, Vec<(String, TaskState)>> = HashMap::new();
-        for (task, name, state) in self.store().dependency_edges(workflow).await? {
-            deps.entry(task).or_default().push((name, state));
+        if rows.len() <= PAGE_EDGES {
+            let ids: Vec<TaskId> = rows.iter().map(|r| r.id).collect();
+            deps = self.store().dependencies_many(&ids).await?;
+        } else {
+            for (task, name, state) in self.store().dependency_edges(workflow).await? {
+                deps.entry(task).or_default().push((name, state));
+            }
         }
         // Only the servers these tasks name, not every server bora knows.
         let servers: BTreeSet<&str> = rows.iter().map(|r| r.server_id.as_str()).collect();
@@ -313,7 +354,10 @@ impl App {
             .await?
             .ok_or_else(|| AppError::NotFound(format!("server {server} not found")))?;
         let online = self.online(row.last_seen);
-        Ok(ServerView::new(row, online))
+        let unfinished = self.store().unfinished_by_server().await?;
+        let mut view = ServerView::new(row, online);
+        view.unfinished_tasks = Some(unfinished.get(&view.server_id).copied().unwrap_or(0));
+        Ok(view)
     }
 
     /// The servers bora knows that carry every label of `wanted` (all of
@@ -322,6 +366,7 @@ impl App {
     /// # Errors
     /// A store failure.
     pub async fn servers_view(&self, wanted: &Labels) -> Result<ServerList, AppError> {
+        let unfinished = self.store().unfinished_by_server().await?;
         let servers = self
             .store()
             .servers()
@@ -330,7 +375,9 @@ impl App {
             .filter(|r| carries_all(&r.labels, wanted))
             .map(|r| {
                 let online = self.online(r.last_seen);
-                ServerView::new(r, online)
+                let mut view = ServerView::new(r, online);
+                view.unfinished_tasks = Some(unfinished.get(&view.server_id).copied().unwrap_or(0));
+                view
             })
             .collect();
         Ok(ServerList { servers })

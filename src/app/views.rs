@@ -114,6 +114,11 @@ pub struct ServerView {
     pub online: bool,
     /// When bora first registered or heard from it (RFC 3339).
     pub created_at: String,
+    /// How many of its tasks are unfinished (waiting, queued or running);
+    /// in `GET /v1/servers` and `GET /v1/servers/{id}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub unfinished_tasks: Option<u64>,
 }
 
 impl ServerView {
@@ -128,6 +133,7 @@ impl ServerView {
             last_seen: row.last_seen.map(timestamp),
             online,
             created_at: timestamp(row.created_at),
+            unfinished_tasks: None,
         }
     }
 }
@@ -331,6 +337,17 @@ impl TaskView {
             finished_at: row.finished_at.map(timestamp),
         })
     }
+}
+
+/// One page of a workflow's tasks, as both APIs list them.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TaskPage {
+    /// The page's tasks, in id (creation) order.
+    pub tasks: Vec<TaskView>,
+    /// The last task's id when more follow (the next page's `marker`);
+    /// null on the last page.
+    #[schema(required)]
+    pub next_marker: Option<TaskId>,
 }
 
 /// The result of one attempt of a task (`GET .../attempts`).

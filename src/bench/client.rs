@@ -34,6 +34,7 @@ struct WorkflowBody {
 #[derive(Deserialize)]
 struct TaskList {
     tasks: Vec<TaskInfo>,
+    next_marker: Option<String>,
 }
 
 /// What the bench reads back of a task.
@@ -210,19 +211,29 @@ impl Client {
         }
     }
 
-    /// Every task of a workflow.
+    /// Every task of a workflow, page after page.
     ///
     /// # Errors
     /// A request failure.
     pub async fn tasks(&self, id: &str) -> anyhow::Result<Vec<TaskInfo>> {
-        let list: TaskList = self
-            .http
-            .get(format!("{}/v1/workflows/{id}/tasks", self.base))
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
-        Ok(list.tasks)
+        let mut all = Vec::new();
+        let mut marker: Option<String> = None;
+        loop {
+            // A marker is a task id: nothing in it needs escaping.
+            let after = marker.map(|m| format!("?marker={m}")).unwrap_or_default();
+            let page: TaskList = self
+                .http
+                .get(format!("{}/v1/workflows/{id}/tasks{after}", self.base))
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            all.extend(page.tasks);
+            marker = page.next_marker;
+            if marker.is_none() {
+                return Ok(all);
+            }
+        }
     }
 }

@@ -207,6 +207,29 @@ fn task_path(wf: &str, task: &str) -> String {
     format!("{}/tasks/{}", wf_path(wf), segment(task))
 }
 
+/// Every task of a workflow matching `query` (`key=value` pairs), page
+/// after page.
+async fn all_tasks(c: &Client, workflow: &str, query: &[String]) -> anyhow::Result<Vec<Value>> {
+    let mut all = Vec::new();
+    let mut marker: Option<String> = None;
+    loop {
+        let mut q = query.to_vec();
+        if let Some(m) = &marker {
+            q.push(format!("marker={}", segment(m)));
+        }
+        let mut path = format!("{}/tasks", wf_path(workflow));
+        if !q.is_empty() {
+            path = format!("{path}?{}", q.join("&"));
+        }
+        let page = c.get(&path).await?;
+        all.extend(array(&page, "tasks"));
+        marker = page["next_marker"].as_str().map(str::to_owned);
+        if marker.is_none() {
+            return Ok(all);
+        }
+    }
+}
+
 fn array(v: &Value, key: &str) -> Vec<Value> {
     v[key].as_array().cloned().unwrap_or_default()
 }
@@ -267,13 +290,13 @@ pub async fn run_workflow(args: WorkflowArgs) -> anyhow::Result<Outcome> {
         }
         WorkflowCommand::Show { workflow } => {
             let wf = c.get(&wf_path(&workflow)).await?;
-            let tasks = c.get(&format!("{}/tasks", wf_path(&workflow))).await?;
+            let tasks = all_tasks(&c, &workflow, &[]).await?;
             if json {
                 let mut wf = wf;
-                wf["tasks"] = tasks["tasks"].clone();
+                wf["tasks"] = Value::Array(tasks);
                 print_json(&wf)?;
             } else {
-                print!("{}", render::workflow_details(&wf, &array(&tasks, "tasks")));
+                print!("{}", render::workflow_details(&wf, &tasks));
             }
         }
         WorkflowCommand::Cancel { workflow } => action(&c, &workflow, "cancel", json).await?,
@@ -293,8 +316,7 @@ pub async fn run_workflow(args: WorkflowArgs) -> anyhow::Result<Outcome> {
         }
         WorkflowCommand::Graph { workflow, mermaid } => {
             let wf = c.get(&wf_path(&workflow)).await?;
-            let tasks = c.get(&format!("{}/tasks", wf_path(&workflow))).await?;
-            let tasks = array(&tasks, "tasks");
+            let tasks = all_tasks(&c, &workflow, &[]).await?;
             if mermaid {
                 print!("{}", graph::mermaid(&tasks));
             } else {
@@ -413,15 +435,11 @@ pub async fn run_task(args: TaskArgs) -> anyhow::Result<Outcome> {
             if let Some(s) = &server_id {
                 q.push(format!("server_id={}", segment(s)));
             }
-            let mut path = format!("{}/tasks", wf_path(&workflow));
-            if !q.is_empty() {
-                path = format!("{path}?{}", q.join("&"));
-            }
-            let tasks = c.get(&path).await?;
+            let tasks = all_tasks(&c, &workflow, &q).await?;
             if json {
-                print_json(&tasks)?;
+                print_json(&json!({ "tasks": tasks }))?;
             } else {
-                print!("{}", render::task_table(&array(&tasks, "tasks")));
+                print!("{}", render::task_table(&tasks));
             }
         }
         TaskCommand::Show { workflow, task } => {

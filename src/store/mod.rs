@@ -27,6 +27,7 @@
 pub mod attempts;
 pub mod deps;
 pub mod events;
+pub mod graph;
 mod meta;
 pub mod outbox;
 pub mod output;
@@ -46,6 +47,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 
 pub use attempts::{AttemptRow, NewAttempt};
 pub use events::{EventRow, NewEvent};
+pub use graph::GraphTask;
 pub use outbox::{NewMessage, OutboxItem, OutboxKind, Queued};
 pub use output::{ChunkRow, NewChunk};
 pub use servers::ServerRow;

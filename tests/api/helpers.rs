@@ -289,14 +289,20 @@ impl TestApp {
         )
     }
 
-    /// The tasks of a workflow; `query` is empty or starts with `?`.
+    /// Every task of a workflow, page after page; `query` is empty or
+    /// starts with `?`.
     pub async fn tasks(&self, wf: &str, query: &str) -> Vec<TaskOut> {
-        let list: TaskListOut = expect_body(
-            self.get(&format!("/v1/workflows/{wf}/tasks{query}")).await,
-            StatusCode::OK,
-            "task list",
-        );
-        list.tasks
+        let mut all = Vec::new();
+        let mut path = format!("/v1/workflows/{wf}/tasks{query}");
+        loop {
+            let list: TaskListOut = expect_body(self.get(&path).await, StatusCode::OK, "task list");
+            all.extend(list.tasks);
+            let Some(m) = list.next_marker else {
+                return all;
+            };
+            let sep = if query.is_empty() { '?' } else { '&' };
+            path = format!("/v1/workflows/{wf}/tasks{query}{sep}marker={m}");
+        }
     }
 
     /// PATCHes a task (asserting 200).

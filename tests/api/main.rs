@@ -14,6 +14,7 @@ mod live;
 mod management;
 mod operate;
 mod oslo;
+mod pages;
 mod quorum;
 mod refs;
 mod scanner;

@@ -245,6 +245,7 @@ impl WorkflowListOut {
 #[derive(Debug, Clone, Deserialize)]
 pub struct TaskListOut {
     pub tasks: Vec<TaskOut>,
+    pub next_marker: Option<TaskId>,
 }
 
 /// The data of a `task` or `workflow` event of `GET .../events`. Exactly

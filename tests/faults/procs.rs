@@ -377,12 +377,19 @@ impl Api {
         }
     }
 
+    /// Every task of a workflow, page after page.
     pub async fn tasks(&self, wf: &str) -> Vec<TaskOut> {
-        let v = self
-            .get(&format!("/v1/workflows/{wf}/tasks"))
-            .await
-            .expect("task list");
-        parse::<TaskListOut>("task list", v).tasks
+        let mut all = Vec::new();
+        let mut path = format!("/v1/workflows/{wf}/tasks");
+        loop {
+            let v = self.get(&path).await.expect("task list");
+            let page = parse::<TaskListOut>("task list", v);
+            all.extend(page.tasks);
+            let Some(m) = page.next_marker else {
+                return all;
+            };
+            path = format!("/v1/workflows/{wf}/tasks?marker={m}");
+        }
     }
 
     /// The whole event stream of an ended workflow (it closes after `end`).

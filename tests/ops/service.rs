@@ -75,6 +75,7 @@ async fn openapi_documents_every_route_body_and_error() {
         "GET /v1/workflows/{wf}/tasks/{task}/attempts",
         "GET /v1/workflows/{wf}/tasks/{task}/output",
         "GET /v1/workflows/{wf}/events",
+        "GET /v1/workflows/{wf}/graph",
         "GET /v1/workflows/{wf}/tasks",
         "POST /v1/workflows/{wf}/tasks",
         "GET /v1/workflows/{wf}/tasks/{task}",

@@ -116,6 +116,36 @@ impl Store {
         rows.iter().map(decode).collect()
     }
 
+    /// One page of a workflow's tasks in creation (id) order, optionally
+    /// filtered: at most `limit` tasks after `after` (keyset, not an
+    /// offset, so a page costs the same wherever it is).
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn tasks_page(
+        &self,
+        workflow: WorkflowId,
+        state: Option<TaskState>,
+        server: Option<&ServerId>,
+        after: Option<TaskId>,
+        limit: u32,
+    ) -> Result<Vec<Task>, StoreError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            task_columns!(),
+            " FROM tasks WHERE workflow_id = $1 AND ($2 = '' OR state = $2) \
+             AND ($3 = '' OR server_id = $3) AND id > $4 ORDER BY id LIMIT $5"
+        ))
+        .bind(workflow.to_string())
+        .bind(state.map(TaskState::as_str).unwrap_or(""))
+        .bind(server.map(ServerId::as_str).unwrap_or(""))
+        .bind(after.map(|a| a.to_string()).unwrap_or_default())
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(decode).collect()
+    }
+
     /// The children of group `group` (or, with `workflow`, of every group
     /// of that workflow), in id order.
     ///
@@ -178,6 +208,28 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         counts_of(&rows)
+    }
+
+    /// How many unfinished tasks each server has (servers with none are
+    /// left out): what the servers' views show.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn unfinished_by_server(
+        &self,
+    ) -> Result<std::collections::HashMap<String, u64>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT server_id, COUNT(*) AS n FROM tasks \
+             WHERE state IN ('waiting', 'queued', 'running') GROUP BY server_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = std::collections::HashMap::new();
+        for row in rows {
+            let n: i64 = row.try_get("n")?;
+            out.insert(row.try_get("server_id")?, n as u64);
+        }
+        Ok(out)
     }
 
     /// Task counts per state over every workflow (the `bora_tasks` gauge).
