@@ -74,7 +74,8 @@ function every(ms, f) {
   onLeave(() => { stopped = true; clearTimeout(timer); });
 }
 
-// Calls `f` at most once per `ms`, the last call winning.
+// Calls `f` at most once per `ms` (a number, or a function giving it), the
+// last call winning.
 function throttle(ms, f) {
   let timer = null;
   onLeave(() => clearTimeout(timer));
@@ -83,7 +84,7 @@ function throttle(ms, f) {
     timer = setTimeout(async () => {
       timer = null;
       try { await f(); } catch (e) { setStatus(String(e.message || e)); }
-    }, ms);
+    }, typeof ms === 'function' ? ms() : ms);
   };
 }
 
@@ -182,8 +183,11 @@ async function workflowPage(wf) {
     head.dataset.state = w.state;
   };
   let summary = null;
+  let took = 0;
   const drawGraph = async () => {
+    const t0 = performance.now();
     summary = await get(`/v1/workflows/${enc(wf)}/graph`);
+    took = performance.now() - t0;
     graph.render(summary);
     note.textContent = `${summary.tasks.toLocaleString()} tasks · ${summary.nodes.length} nodes`
       + (summary.folded ? ' · chains, fan-outs and groups folded' : '')
@@ -195,7 +199,9 @@ async function workflowPage(wf) {
   main.dataset.ready = '1';
 
   const reloadHead = throttle(700, drawHead);
-  const reloadGraph = throttle(1500, drawGraph);
+  // A large workflow's summary costs the dispatcher more: read it again
+  // at most every 1.5 s, or every 5 times as long as it last took.
+  const reloadGraph = throttle(() => Math.max(1500, 5 * took), drawGraph);
   // The stream closes once the workflow ended; a rerun or new tasks make
   // it go on, so an ended stream is opened again every 3 s after the last
   // event seen: it gives what happened since (nothing, usually) and ends.
