@@ -58,6 +58,44 @@ pub fn final_reply(task: &TaskMessage, msg_id: &str, result: TaskResult) -> RpcR
     reply
 }
 
+/// The reply's bytes besides the parts [`surely_fits`] counts: the
+/// envelope, the field names, numbers, flags and digests, generously.
+const FIXED_BYTES: usize = 4096;
+
+/// Whether the reply of `result` surely fits `task`'s limit, judged
+/// without encoding it: every byte of a string (streams, error, msg id,
+/// the names in `trimmed`) is at most seven once escaped twice (a control
+/// byte: `\\u0000`), and the outputs' own JSON at most twice its length
+/// (escaped once more inside oslo's envelope). Most results are far below
+/// the limit, and so need neither an encoding to measure nor a trip off
+/// the async runtime; `false` only means "measure it".
+pub fn surely_fits(task: &TaskMessage, msg_id: &str, result: &TaskResult) -> bool {
+    let Some(limit) = task.max_result_bytes else {
+        return true;
+    };
+    if result.servers.is_some() || result.decision.is_some() {
+        return false;
+    }
+    let strings = result.stdout.len()
+        + result.stderr.len()
+        + result.error.as_ref().map_or(0, String::len)
+        + msg_id.len()
+        + result.trimmed.iter().map(String::len).sum::<usize>();
+    let outputs = if result.outputs.is_empty() {
+        0
+    } else {
+        match serde_json::to_vec(&result.outputs) {
+            Ok(v) => v.len(),
+            Err(_) => return false,
+        }
+    };
+    let bound = strings
+        .saturating_mul(7)
+        .saturating_add(outputs.saturating_mul(2))
+        .saturating_add(FIXED_BYTES);
+    u64::try_from(bound).is_ok_and(|b| b <= limit)
+}
+
 /// The reply of `result`, unchanged.
 pub fn reply_of(msg_id: &str, result: &TaskResult) -> RpcReply {
     let value = serde_json::to_value(result).unwrap_or_default();
@@ -281,6 +319,7 @@ fn cut(text: &str, budget: usize, tail: bool) -> String {
 
 #[cfg(test)]
 mod tests {
+
     use super::*;
     use crate::domain::{Delivery, ServerId, TaskId, WorkflowId};
     use crate::worker::scrub::Scrubber;
@@ -311,6 +350,35 @@ mod tests {
             max_result_bytes: limit,
             secrets: Vec::new(),
         }
+    }
+
+    #[test]
+    fn what_surely_fits_does_fit_and_a_small_result_needs_no_measure() {
+        let hostile = "\u{0}\u{1}\"\\\n\u{7f}é\u{2028}x".repeat(500);
+        let mut outputs = serde_json::Map::new();
+        outputs.insert("a".into(), Value::String(hostile.clone()));
+        outputs.insert("b".into(), serde_json::json!({"k": [1, "\"\\", null]}));
+        let results = [
+            TaskResult::from_streams(1, 0, String::new(), String::new()),
+            TaskResult::from_streams(1, 0, hostile.clone(), hostile.clone()),
+            TaskResult {
+                outputs,
+                error: Some(hostile.clone()),
+                ..TaskResult::from_streams(1, 3, hostile.clone(), String::new())
+            },
+        ];
+        for limit in [4096u64, 10_000, 60_000, 200_000, 1 << 20] {
+            let task = task(Some(limit), &[]);
+            for r in &results {
+                if surely_fits(&task, "m.1", r) {
+                    let size = reply_of("m.1", r).encode().len() as u64;
+                    assert!(size <= limit, "judged to fit {limit} but is {size}");
+                }
+            }
+        }
+        let task = task(Some(1 << 20), &[]);
+        assert!(surely_fits(&task, "m.1", &results[0]));
+        assert!(surely_fits(&task, "m.1", &results[1]));
     }
 
     fn decoded(reply: &RpcReply) -> TaskResult {

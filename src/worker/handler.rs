@@ -283,6 +283,10 @@ async fn finish_without_process(
 /// async runtime (encoding a large result, maybe more than once, takes a
 /// while), in the task's span.
 async fn fitted(task: &TaskMessage, msg_id: &str, result: TaskResult) -> RpcReply {
+    if fit::surely_fits(task, msg_id, &result) {
+        // The common case: far below the limit, nothing to measure.
+        return fit::reply_of(msg_id, &result);
+    }
     let attempt = result.attempt;
     let (task, id) = (task.clone(), msg_id.to_owned());
     let span = tracing::Span::current();
