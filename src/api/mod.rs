@@ -77,6 +77,20 @@ pub(crate) fn workflow_id(raw: &str) -> Result<WorkflowId, ApiError> {
     Ok(crate::app::queries::workflow_id(raw)?)
 }
 
+/// A list's page size: `limit` if given, else 100 (or `api.max_page_size`
+/// if smaller); 422 outside 1 to `api.max_page_size`.
+pub(crate) fn page_limit(settings: &Settings, limit: Option<u32>) -> Result<u32, ApiError> {
+    let max = settings.api.max_page_size;
+    let limit = limit.unwrap_or(max.min(100));
+    if limit == 0 || limit > max {
+        return Err(ApiError::unprocessable(
+            "invalid_query",
+            format!("limit must be between 1 and {max}"),
+        ));
+    }
+    Ok(limit)
+}
+
 /// Every documented route, with its OpenAPI description.
 fn api_routes(state: &AppState) -> OpenApiRouter<AppState> {
     let v1 = OpenApiRouter::new()

@@ -68,14 +68,7 @@ pub(super) async fn list(
     QueryParams(q): QueryParams<ListQuery>,
 ) -> Result<Json<TaskList>, ApiError> {
     let wf = state.app.existing_workflow(&wf).await?;
-    let max = state.settings.api.max_page_size;
-    let limit = q.limit.unwrap_or(max.min(100));
-    if limit == 0 || limit > max {
-        return Err(ApiError::unprocessable(
-            "invalid_query",
-            format!("limit must be between 1 and {max}"),
-        ));
-    }
+    let limit = super::page_limit(&state.settings, q.limit)?;
     let filter = q
         .state
         .as_deref()

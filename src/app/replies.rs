@@ -120,6 +120,27 @@ struct Batch {
 }
 
 impl Batch {
+    /// Ends `task`'s current attempt with `result` (see [`end_attempt`]),
+    /// held while its workflow is paused; a task that ended with
+    /// dependents, or a group's child (which moves its group on), is walked
+    /// on from after the batch.
+    fn end(
+        &mut self,
+        uow: &mut UnitOfWork,
+        task: Task,
+        result: &TaskResult,
+        retry: Retry,
+        now: i64,
+    ) -> Result<Verdict, AppError> {
+        let task_id = task.id;
+        let paused = self.paused.get(&task.workflow_id).copied().unwrap_or(false);
+        let walk_on = self.with_dependents.contains(&task_id) || task.parent_id.is_some();
+        if end_attempt(uow, task, result, retry, paused, now)? && walk_on {
+            self.ended_with_dependents.push(task_id);
+        }
+        Ok(Verdict::Recorded)
+    }
+
     /// Reads what `batch` needs; returns it and each reply decoded
     /// (`None`: oversized, left unread, or malformed).
     async fn load(
@@ -321,17 +342,7 @@ impl App {
         if declares_secrets(&task) {
             seal_outputs(&self.sealer, &mut result, &task.outputs()?)?;
         }
-        let paused = batch
-            .paused
-            .get(&task.workflow_id)
-            .copied()
-            .unwrap_or(false);
-        // A group's child that ends moves its group on.
-        let walk_on = batch.with_dependents.contains(&task_id) || task.parent_id.is_some();
-        if end_attempt(uow, task, &result, Retry::Policy, paused, now)? && walk_on {
-            batch.ended_with_dependents.push(task_id);
-        }
-        Ok(Verdict::Recorded)
+        batch.end(uow, task, &result, Retry::Policy, now)
     }
 }
 
@@ -388,16 +399,7 @@ impl App {
             limit = self.config.max_result_bytes,
             "result too large; the task fails"
         );
-        let paused = batch
-            .paused
-            .get(&task.workflow_id)
-            .copied()
-            .unwrap_or(false);
-        let walk_on = batch.with_dependents.contains(&task_id) || task.parent_id.is_some();
-        if end_attempt(uow, task, &result, Retry::Never, paused, now)? && walk_on {
-            batch.ended_with_dependents.push(task_id);
-        }
-        Ok(Verdict::Recorded)
+        batch.end(uow, task, &result, Retry::Never, now)
     }
 }
 

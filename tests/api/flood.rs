@@ -11,26 +11,10 @@ use std::time::Duration;
 use bora::protocol::{IDLE_HEARTBEAT_PREFIX, RpcReply};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
-use reqwest::StatusCode;
 use serde_json::json;
 use tokio::process::{Child, Command};
 
 use crate::helpers::*;
-
-fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}-{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..10]
-    )
-}
-
-async fn register(app: &TestApp, server: &str) -> String {
-    let (s, reg) = app
-        .post("/v1/servers", json!({"server_id": server, "kind": "guest"}))
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{reg}");
-    reg["amqp_url"].as_str().unwrap().to_owned()
-}
 
 fn worker(url: &str, server: &str, dir: &tempfile::TempDir) -> Child {
     Command::new(env!("CARGO_BIN_EXE_bora"))
@@ -132,8 +116,8 @@ async fn run_under_flood(extra: &[(&str, &str)]) -> (f64, u64) {
     env.extend_from_slice(extra);
     let app = spawn_app_with(&env).await;
     let (honest, flooder) = (unique("honest"), unique("flood"));
-    let honest_url = register(&app, &honest).await;
-    let flood_url = register(&app, &flooder).await;
+    let honest_url = app.register_guest(&honest).await;
+    let flood_url = app.register_guest(&flooder).await;
     let dir = tempfile::tempdir().unwrap();
     let ran = dir.path().join("ran");
     let _worker = worker(&honest_url, &honest, &dir);

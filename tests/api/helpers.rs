@@ -408,6 +408,15 @@ impl TestApp {
     }
 
     /// A scripted worker for one server on this app's vhost.
+    /// Registers `server` as a guest and returns the broker URL issued to it.
+    pub async fn register_guest(&self, server: &str) -> String {
+        let (s, reg) = self
+            .post("/v1/servers", json!({"server_id": server, "kind": "guest"}))
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{reg}");
+        reg["amqp_url"].as_str().unwrap().to_owned()
+    }
+
     pub async fn fake_worker(&self, server: &str) -> FakeWorker {
         FakeWorker::connect(&self.vhost.amqp_url(), &self.settings, server).await
     }
@@ -756,4 +765,13 @@ impl RpcCaller {
             panic!("{what} was answered: {r:?}");
         }
     }
+}
+
+/// `prefix` and ten random hex digits: a name no other test uses (broker
+/// users are global, not per vhost).
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..10]
+    )
 }

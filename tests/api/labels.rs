@@ -14,13 +14,6 @@ use serde_json::{Value, json};
 
 use crate::helpers::*;
 
-fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}-{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..10]
-    )
-}
-
 /// A request with the test token (ignored by an app without tokens).
 async fn call(
     app: &TestApp,

@@ -257,15 +257,6 @@ async fn connections_beyond_the_limit_wait_for_a_free_one() {
     app.stop().await;
 }
 
-/// Registers a guest server and returns the broker URL issued to it.
-async fn register_guest(app: &TestApp, server: &str) -> String {
-    let (s, reg) = app
-        .post("/v1/servers", json!({"server_id": server, "kind": "guest"}))
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{reg}");
-    reg["amqp_url"].as_str().unwrap().to_owned()
-}
-
 #[tokio::test]
 async fn a_result_too_large_to_read_fails_its_attempt_and_is_not_run_again() {
     let app = spawn_app_with(&[
@@ -274,7 +265,7 @@ async fn a_result_too_large_to_read_fails_its_attempt_and_is_not_run_again() {
     ])
     .await;
     let server = format!("big-{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
-    let url = register_guest(&app, &server).await;
+    let url = app.register_guest(&server).await;
     let wf = app
         .create_workflow(json!({"name": "big", "tasks": [
             {"name": "t", "server_id": server, "retries": 2},

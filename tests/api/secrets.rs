@@ -14,13 +14,6 @@ use serde_json::{Value, json};
 
 use crate::helpers::*;
 
-fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}-{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..10]
-    )
-}
-
 /// Every text of a view, for a search of the plain value.
 fn text(v: &Value) -> String {
     v.to_string()

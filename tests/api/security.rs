@@ -15,13 +15,6 @@ use serde_json::{Value, json};
 
 use crate::helpers::*;
 
-fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}-{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..10]
-    )
-}
-
 async fn register(app: &TestApp, server: &str, kind: &str) -> Value {
     let (s, reg) = app
         .post("/v1/servers", json!({"server_id": server, "kind": kind}))
