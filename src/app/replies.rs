@@ -141,23 +141,16 @@ impl Batch {
         Ok(Verdict::Recorded)
     }
 
-    /// Reads what `batch` needs; returns it and each reply decoded
-    /// (`None`: oversized, left unread, or malformed).
+    /// Reads what `batch` needs, given each reply `decoded` (see
+    /// [`decode_all`]).
     async fn load(
         tx: &mut WriteTx,
         config: &AppConfig,
         batch: &[Incoming],
-    ) -> Result<(Self, Vec<Option<RpcReply>>), AppError> {
+        decoded: &[Option<RpcReply>],
+    ) -> Result<Self, AppError> {
         let mut task_ids = HashSet::new();
         let mut server_ids = HashSet::new();
-        let decoded: Vec<Option<RpcReply>> = batch
-            .iter()
-            .map(|i| {
-                (!i.oversized(config))
-                    .then(|| RpcReply::decode(&i.body).ok())
-                    .flatten()
-            })
-            .collect();
         for i in batch.iter().filter(|i| i.oversized(config)) {
             if let Some((task, _)) = i.oversized_attempt() {
                 task_ids.insert(task);
@@ -208,7 +201,7 @@ impl Batch {
             touched_set: HashSet::new(),
             ended_with_dependents: Vec::new(),
         };
-        Ok((context, decoded))
+        Ok(context)
     }
 
     fn touch(&mut self, server: &str) {
@@ -226,9 +219,10 @@ impl App {
     /// A store failure: nothing was recorded, the caller must not ack.
     #[instrument(skip_all, fields(replies = batch.len()))]
     pub async fn record_replies(&self, batch: &[Incoming]) -> Result<Vec<Verdict>, AppError> {
+        let decoded = decode_all(&self.config, batch).await;
         let now = now_us();
         let mut tx = self.begin().await?;
-        let (mut ctx, decoded) = Batch::load(&mut tx, &self.config, batch).await?;
+        let mut ctx = Batch::load(&mut tx, &self.config, batch, &decoded).await?;
         let mut uow = UnitOfWork::default();
         for (wf, paused) in &ctx.paused {
             uow.note_paused(*wf, *paused);
@@ -400,6 +394,45 @@ impl App {
             "result too large; the task fails"
         );
         batch.end(uow, task, &result, Retry::Never, now)
+    }
+}
+
+/// Batches whose bodies exceed this many bytes in all are decoded on the
+/// blocking pool.
+const DECODE_INLINE_BYTES: usize = 1 << 20;
+
+/// Each reply of `batch` decoded (`None`: oversized, left unread, or
+/// malformed), before any transaction. A large batch (a flood of big
+/// replies can bring hundreds of megabytes) is decoded on the blocking
+/// pool, so parsing it neither holds the store's write lock nor stalls the
+/// runtime's other tasks, the API's connections among them.
+async fn decode_all(config: &AppConfig, batch: &[Incoming]) -> Vec<Option<RpcReply>> {
+    let max = config.max_result_bytes;
+    let decode = move |body: &[u8]| {
+        (body.len() <= max)
+            .then(|| RpcReply::decode(body).ok())
+            .flatten()
+    };
+    let total: usize = batch.iter().map(|i| i.body.len()).sum();
+    if total <= DECODE_INLINE_BYTES {
+        return batch.iter().map(|i| decode(&i.body)).collect();
+    }
+    // Oversized bodies are never read: not copied either.
+    let bodies: Vec<Option<Vec<u8>>> = batch
+        .iter()
+        .map(|i| (i.body.len() <= max).then(|| i.body.clone()))
+        .collect();
+    let decoded = tokio::task::spawn_blocking(move || {
+        bodies
+            .iter()
+            .map(|b| b.as_deref().and_then(decode))
+            .collect::<Vec<_>>()
+    })
+    .await;
+    match decoded {
+        Ok(decoded) => decoded,
+        // The blocking pool is gone (shutting down): decode here.
+        Err(_) => batch.iter().map(|i| decode(&i.body)).collect(),
     }
 }
 
