@@ -356,7 +356,7 @@ impl DispatchSettings {
 
 /// Seconds as microseconds, saturating (the settings' checks keep every
 /// configured value far below that).
-fn secs_to_us(s: u64) -> i64 {
+pub(crate) fn secs_to_us(s: u64) -> i64 {
     i64::try_from(s)
         .unwrap_or(i64::MAX)
         .saturating_mul(1_000_000)

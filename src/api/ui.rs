@@ -72,7 +72,7 @@ fn serve(path: &str, headers: &HeaderMap) -> Response {
     let mut resp = if fresh {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
-        file.data.into_owned().into_response()
+        file.data.into_response()
     };
     let h = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(file.metadata.mimetype()) {

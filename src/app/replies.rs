@@ -407,21 +407,16 @@ const DECODE_INLINE_BYTES: usize = 1 << 20;
 /// pool, so parsing it neither holds the store's write lock nor stalls the
 /// runtime's other tasks, the API's connections among them.
 async fn decode_all(config: &AppConfig, batch: &[Incoming]) -> Vec<Option<RpcReply>> {
-    let max = config.max_result_bytes;
-    let decode = move |body: &[u8]| {
-        (body.len() <= max)
-            .then(|| RpcReply::decode(body).ok())
-            .flatten()
-    };
+    let decode = |body: &[u8]| RpcReply::decode(body).ok();
+    // Oversized bodies are never read (nor copied for the pool).
+    let readable = batch
+        .iter()
+        .map(|i| (!i.oversized(config)).then_some(&i.body));
     let total: usize = batch.iter().map(|i| i.body.len()).sum();
     if total <= DECODE_INLINE_BYTES {
-        return batch.iter().map(|i| decode(&i.body)).collect();
+        return readable.map(|b| b.and_then(|b| decode(b))).collect();
     }
-    // Oversized bodies are never read: not copied either.
-    let bodies: Vec<Option<Vec<u8>>> = batch
-        .iter()
-        .map(|i| (i.body.len() <= max).then(|| i.body.clone()))
-        .collect();
+    let bodies: Vec<Option<Vec<u8>>> = readable.map(|b| b.cloned()).collect();
     let decoded = tokio::task::spawn_blocking(move || {
         bodies
             .iter()
@@ -432,7 +427,10 @@ async fn decode_all(config: &AppConfig, batch: &[Incoming]) -> Vec<Option<RpcRep
     match decoded {
         Ok(decoded) => decoded,
         // The blocking pool is gone (shutting down): decode here.
-        Err(_) => batch.iter().map(|i| decode(&i.body)).collect(),
+        Err(_) => batch
+            .iter()
+            .map(|i| (!i.oversized(config)).then(|| decode(&i.body)).flatten())
+            .collect(),
     }
 }
 

@@ -11,6 +11,7 @@ use super::release::walk;
 use super::replies::{Retry, again, end_attempt};
 use super::unit::UnitOfWork;
 use super::{App, AppError, now_us};
+use crate::config::secs_to_us;
 use crate::domain::{Delivery, TargetMode, Task, TaskId, TaskState, WorkflowId};
 use crate::protocol::TaskResult;
 
@@ -43,8 +44,8 @@ impl App {
         let heard_until = heard_until.min(now);
         let mut report = ScanReport::default();
         let mut tx = self.begin().await?;
-        let cutoff = heard_until.saturating_sub(secs_us(heartbeat_timeout_s));
-        let grace_us = secs_us(grace_s);
+        let cutoff = heard_until.saturating_sub(secs_to_us(heartbeat_timeout_s));
+        let grace_us = secs_to_us(grace_s);
         let silent = tx.silent_running(cutoff).await?;
         let overdue = tx.overdue(heard_until, grace_us).await?;
         if silent.is_empty() && overdue.is_empty() {
@@ -169,13 +170,6 @@ impl App {
         };
         end_attempt(uow, task, &result, retry, paused, now)
     }
-}
-
-/// Seconds as microseconds, saturating (the settings bound them far below).
-fn secs_us(s: u64) -> i64 {
-    i64::try_from(s)
-        .unwrap_or(i64::MAX)
-        .saturating_mul(1_000_000)
 }
 
 /// The current attempt got no result within `timeout_s` of its publish: it

@@ -453,7 +453,7 @@ impl Publisher {
     ///
     /// # Errors
     /// A refused declare (a queue made with other flags) or a broken channel.
-    pub async fn ensure_server_queues(&mut self, server_id: &str) -> Result<(), BrokerError> {
+    async fn ensure_server_queues(&mut self, server_id: &str) -> Result<(), BrokerError> {
         if self.declared.contains(server_id) {
             return Ok(());
         }

@@ -72,8 +72,8 @@ impl Store {
         rows.iter()
             .map(|row| {
                 let mut counts = TaskCounts::default();
-                for st in TaskState::ALL {
-                    let n: i64 = row.try_get(count_column(st).as_str())?;
+                for (st, column) in TaskState::ALL.into_iter().zip(COUNT_COLUMNS.iter()) {
+                    let n: i64 = row.try_get(column.as_str())?;
                     if n > 0 {
                         counts.0.insert(st, n as u64);
                     }
@@ -84,10 +84,14 @@ impl Store {
     }
 }
 
-/// The column of a page row that counts the workflow's tasks in `state`.
-fn count_column(state: TaskState) -> String {
-    format!("n_{}", state.as_str())
-}
+/// The columns of a page row that count the workflow's tasks in each
+/// state, in the order of [`TaskState::ALL`].
+static COUNT_COLUMNS: LazyLock<Vec<String>> = LazyLock::new(|| {
+    TaskState::ALL
+        .into_iter()
+        .map(|s| format!("n_{}", s.as_str()))
+        .collect()
+});
 
 /// SQL counting the joined tasks (`t`) in any of `states`.
 fn count_of(states: impl IntoIterator<Item = TaskState>) -> String {
@@ -135,9 +139,14 @@ fn derived_state_sql() -> String {
 static PAGE_SQL: LazyLock<[String; 2]> = LazyLock::new(|| {
     let counts: Vec<String> = TaskState::ALL
         .into_iter()
-        .map(|s| format!("{} AS {}", count_of([s]), count_column(s)))
+        .zip(COUNT_COLUMNS.iter())
+        .map(|(s, column)| format!("{} AS {column}", count_of([s])))
         .collect();
-    let columns = "w.id, w.name, w.description, w.cancelled, w.paused, w.created_at, w.updated_at";
+    let columns: Vec<String> = workflow_columns!()
+        .split(", ")
+        .map(|c| format!("w.{c}"))
+        .collect();
+    let columns = columns.join(", ");
     let page = |filter: &str| {
         format!(
             "SELECT {columns}, {counts} FROM workflows w \
