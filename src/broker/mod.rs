@@ -559,17 +559,14 @@ impl Publisher {
         self.declared.remove(server_id);
     }
 
-    /// Publishes a batch to the task exchange, mandatory and persistent, and
-    /// waits for every confirm: the publishes are pipelined, so a batch costs
-    /// about one round trip.
+    /// Publishes `batch` (persistent, each `mandatory` as it says) and
+    /// returns once its frames are queued for the wire, without waiting for
+    /// the broker's confirms: [`Confirms::outcomes`] waits for them, in the
+    /// order of `batch`. The caller may publish more meanwhile.
     ///
     /// # Errors
-    /// The channel broke; outcomes of the batch are unknown (the caller
-    /// publishes it again: workers and oslo servers tolerate a re-sent attempt).
-    pub async fn publish_batch(
-        &mut self,
-        batch: &[Outgoing],
-    ) -> Result<Vec<Published>, BrokerError> {
+    /// The channel or connection broke.
+    pub async fn publish_batch(&mut self, batch: &[Outgoing]) -> Result<Confirms, BrokerError> {
         // lapin's `basic_publish` resolves once its frames are written:
         // awaited one by one, every message costs a wake-up of the
         // connection's I/O thread and a write of its own. Polled together,
@@ -588,13 +585,26 @@ impl Publisher {
                 message_properties(),
             )
         });
-        let pending = futures_util::future::try_join_all(publishes).await?;
-        // Bounded: a broker that stops confirming (but keeps the connection)
-        // must not stall the relay forever; the caller reconnects and the
-        // unconfirmed messages are sent again.
+        Ok(Confirms(
+            futures_util::future::try_join_all(publishes).await?,
+        ))
+    }
+}
+
+/// The broker's confirms of one [`Publisher::publish_batch`], still to come.
+pub struct Confirms(Vec<lapin::PublisherConfirm>);
+
+impl Confirms {
+    /// What became of each message, in the order published.
+    ///
+    /// # Errors
+    /// The channel or connection broke, or the broker kept the connection
+    /// but confirmed nothing for [`CONFIRM_TIMEOUT`] (the caller reconnects
+    /// and the unconfirmed messages are sent again).
+    pub async fn outcomes(self) -> Result<Vec<Published>, BrokerError> {
         let confirms = async {
-            let mut outcomes = Vec::with_capacity(pending.len());
-            for confirm in pending {
+            let mut outcomes = Vec::with_capacity(self.0.len());
+            for confirm in self.0 {
                 outcomes.push(match confirm.await? {
                     Confirmation::Ack(None) | Confirmation::NotRequested => Published::Confirmed,
                     Confirmation::Ack(Some(_)) => Published::Unroutable,

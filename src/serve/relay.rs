@@ -12,17 +12,27 @@
 //! confirmed it, so a crash or a broken connection re-sends it; workers and
 //! oslo servers tolerate the duplicate (fixed `_unique_id`, results
 //! recorded once per attempt).
+//!
+//! Publishing never waits for the broker's confirms: a round's messages go
+//! out, their confirms are collected as they come while later rounds are
+//! published, and what was confirmed is recorded in a transaction of its
+//! own (once per [`FLUSH_WINDOW`], off the publishing loop). A released
+//! task therefore waits neither for the confirms of the messages before it
+//! nor for the store's writer.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesOrdered;
+use futures_util::{FutureExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::app::{App, AppError, now_us};
 use crate::broker::reconnect::Reconnect;
-use crate::broker::{Broker, BrokerError, Outgoing, Published, Publisher};
+use crate::broker::{Broker, BrokerError, Confirms, Outgoing, Published, Publisher};
 use crate::config::Settings;
 use crate::domain::{Task, TaskId, TaskState, WorkflowState};
 use crate::protocol::{CancelMessage, Notification, TaskEndPayload, WorkflowEndPayload};
@@ -30,6 +40,9 @@ use crate::store::{OutboxItem, OutboxKind, StoreError};
 
 /// Messages taken from the outbox per round.
 const BATCH: u32 = 500;
+/// Messages published and not yet confirmed beyond which the relay waits
+/// for confirms before it publishes more.
+const MAX_UNCONFIRMED: usize = 4 * BATCH as usize;
 /// Delay before a refused or unroutable publish is tried again.
 const RETRY_US: i64 = 1_000_000;
 /// Delay before messages for a queue the broker refused to declare (it
@@ -100,6 +113,9 @@ pub async fn run(app: App, broker: Broker, settings: Arc<Settings>, shutdown: Ca
             let fresh_after = now_us() - lease_us / 2;
             pending.retain(|i| i.created_at > fresh_after);
             let round = async {
+                // Confirms that came meanwhile; and, with too many messages
+                // unconfirmed, the oldest round's confirms first.
+                held.collect_confirms(&mut publisher).await?;
                 if !pending.is_empty() {
                     let items = std::mem::take(&mut pending);
                     held.take(&mut publisher, items).await?;
@@ -148,6 +164,13 @@ pub async fn run(app: App, broker: Broker, settings: Arc<Settings>, shutdown: Ca
                     return;
                 }
                 Some(item) = handed.recv() => pending.push(item),
+                Some((items, confirms)) = held.in_flight.next() => {
+                    if let Err(e) = held.confirmed(&mut publisher, items, confirms).await {
+                        warn!(error = %e, "publish failed; reconnecting (unconfirmed messages stay in the outbox)");
+                        held.abandon().await;
+                        continue 'connect;
+                    }
+                }
                 _ = wake.notified() => sweep = true,
                 _ = tokio::time::sleep_until(next_sweep) => sweep = true,
                 _ = async {
@@ -193,16 +216,25 @@ impl Outcome {
     }
 }
 
+/// A published round: its messages, and their confirms when they come.
+type InFlight = BoxFuture<'static, (Vec<OutboxItem>, Result<Vec<Published>, BrokerError>)>;
+
 /// What the relay holds between a publish and the transaction that records
-/// it: the outcome of the task and cancel messages sent (at once, a worker
-/// waits for them), and the notifications not sent yet (they take store
+/// it: the rounds published whose confirms are still to come, the outcome
+/// of those confirmed, and the notifications not sent yet (they take store
 /// reads to render, and nobody waits for them).
 struct Held {
     app: App,
     settings: Arc<Settings>,
+    /// Published rounds, oldest first.
+    in_flight: FuturesOrdered<InFlight>,
+    /// Messages in `in_flight`.
+    unconfirmed: usize,
     outcome: Outcome,
     notes: Vec<OutboxItem>,
     since: Option<tokio::time::Instant>,
+    /// The transaction recording the last flush's outcome, while it runs.
+    recording: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Held {
@@ -210,9 +242,60 @@ impl Held {
         Self {
             app,
             settings,
+            in_flight: FuturesOrdered::new(),
+            unconfirmed: 0,
             outcome: Outcome::default(),
             notes: Vec::new(),
             since: None,
+            recording: None,
+        }
+    }
+
+    /// Publishes a round's rendered messages; their confirms are collected
+    /// later ([`Held::collect_confirms`], or the relay's wait).
+    fn launch(&mut self, round: Option<(Vec<OutboxItem>, Confirms)>) {
+        if let Some((items, confirms)) = round {
+            self.unconfirmed += items.len();
+            self.in_flight
+                .push_back(async move { (items, confirms.outcomes().await) }.boxed());
+        }
+    }
+
+    /// Takes in the confirms that came, and waits for the oldest rounds'
+    /// while too many messages are unconfirmed.
+    async fn collect_confirms(&mut self, publisher: &mut Publisher) -> Result<(), RelayError> {
+        loop {
+            let next = if self.unconfirmed > MAX_UNCONFIRMED {
+                self.in_flight.next().await
+            } else {
+                match self.in_flight.next().now_or_never() {
+                    Some(next) => next,
+                    None => return Ok(()),
+                }
+            };
+            let Some((items, confirms)) = next else {
+                return Ok(());
+            };
+            self.confirmed(publisher, items, confirms).await?;
+        }
+    }
+
+    /// Sorts a round's confirms into the outcome. A broken channel gives the
+    /// round's rows back (sent again after the reconnect).
+    async fn confirmed(
+        &mut self,
+        publisher: &mut Publisher,
+        items: Vec<OutboxItem>,
+        confirms: Result<Vec<Published>, BrokerError>,
+    ) -> Result<(), RelayError> {
+        self.unconfirmed = self.unconfirmed.saturating_sub(items.len());
+        match confirms {
+            Ok(outcomes) => {
+                self.since.get_or_insert_with(tokio::time::Instant::now);
+                sort_outcomes(publisher, items, outcomes, &mut self.outcome);
+                Ok(())
+            }
+            Err(e) => self.give_back_on_error(Err((e.into(), items))).await,
         }
     }
 
@@ -239,7 +322,9 @@ impl Held {
             &mut self.outcome,
         )
         .await;
-        self.give_back_on_error(sent).await
+        let round = self.give_back_on_error(sent).await?;
+        self.launch(round);
+        Ok(())
     }
 
     fn flush_due(&self) -> bool {
@@ -251,7 +336,9 @@ impl Held {
         self.since.map(|t| t + FLUSH_WINDOW)
     }
 
-    /// Sends the notifications and records everything held.
+    /// Sends the notifications held, and starts recording the outcome
+    /// held (unless the previous recording still runs: then it waits for
+    /// the next window).
     async fn flush(&mut self, publisher: &mut Publisher) -> Result<(), RelayError> {
         let notes = std::mem::take(&mut self.notes);
         let sent = send(
@@ -262,17 +349,34 @@ impl Held {
             &mut self.outcome,
         )
         .await;
-        self.give_back_on_error(sent).await?;
-        self.record().await?;
+        let round = self.give_back_on_error(sent).await?;
+        self.launch(round);
+        if self.recording.as_ref().is_some_and(|r| !r.is_finished()) {
+            self.since = Some(tokio::time::Instant::now());
+            return Ok(());
+        }
+        let outcome = std::mem::take(&mut self.outcome);
+        self.since = None;
+        if outcome.len() > 0 {
+            let app = self.app.clone();
+            self.recording = Some(tokio::spawn(async move {
+                // A store failure leaves the rows claimed until their lease
+                // ends: sent again then.
+                if let Err(e) = record(&app, outcome).await {
+                    error!(error = %e, "relay cannot record what the broker confirmed; it is sent again when its lease ends");
+                }
+            }));
+        }
         Ok(())
     }
 
-    async fn give_back_on_error(
+    async fn give_back_on_error<T>(
         &mut self,
-        sent: Result<(), (RelayError, Vec<OutboxItem>)>,
-    ) -> Result<(), RelayError> {
-        let Err((e, unsent)) = sent else {
-            return Ok(());
+        sent: Result<T, (RelayError, Vec<OutboxItem>)>,
+    ) -> Result<T, RelayError> {
+        let (e, unsent) = match sent {
+            Ok(t) => return Ok(t),
+            Err(e) => e,
         };
         // Claimed rows would wait for their lease to end: give them back
         // now, for whichever relay reconnects first.
@@ -282,52 +386,106 @@ impl Held {
         Err(e)
     }
 
-    /// Records the outcome held. A store failure leaves the rows claimed
-    /// until their lease ends: sent again then.
-    async fn record(&mut self) -> Result<(), AppError> {
-        let o = std::mem::take(&mut self.outcome);
-        self.since = None;
-        debug!(
-            confirmed = o.confirmed.len(),
-            failed = o.failed.len(),
-            waiting = o.waiting.len(),
-            moot = o.moot.len(),
-            unsendable = o.unsendable.len(),
-            "relay round"
-        );
-        self.app.fail_unsendable(&o.unsendable).await?;
-        self.app.confirm_published(&o.confirmed).await?;
-        self.app.postpone(&o.failed, now_us() + RETRY_US).await?;
-        self.app
-            .postpone(&o.waiting, now_us() + REFUSED_RETRY_US)
-            .await?;
-        self.app.discard(&o.moot).await
-    }
-
-    /// The connection is gone or the relay stops: records what was
-    /// confirmed and gives the unsent notifications back.
+    /// The connection is gone or the relay stops: collects the confirms
+    /// still to come (a broken channel fails them at once) and records
+    /// them, and gives back the unsent notifications and the messages whose
+    /// confirm never came.
     async fn abandon(&mut self) {
-        let notes = std::mem::take(&mut self.notes);
-        if let Err(e) = self.app.postpone(&notes, now_us()).await {
+        let mut unsent = std::mem::take(&mut self.notes);
+        while let Some((items, confirms)) = self.in_flight.next().await {
+            match confirms {
+                Ok(outcomes) => sort_published(items, outcomes, &mut self.outcome, |_| {}),
+                Err(_) => unsent.extend(items),
+            }
+        }
+        self.unconfirmed = 0;
+        if let Err(e) = self.app.postpone(&unsent, now_us()).await {
             warn!(error = %e, "cannot give claimed outbox rows back; they are due again when their lease ends");
         }
-        if let Err(e) = self.record().await {
+        if let Some(r) = self.recording.take() {
+            let _ = r.await;
+        }
+        self.since = None;
+        if let Err(e) = record(&self.app, std::mem::take(&mut self.outcome)).await {
             warn!(error = %e, "cannot record confirmed publishes; they are sent again");
         }
     }
 }
 
-/// Renders and publishes `items`, sorting them into `outcome`. On a broker
-/// error, returns it with the items not sent.
+/// Records an outcome: confirmed attempts become `queued` and their rows
+/// leave the outbox, refused ones are tried again later, moot ones go.
+async fn record(app: &App, o: Outcome) -> Result<(), AppError> {
+    debug!(
+        confirmed = o.confirmed.len(),
+        failed = o.failed.len(),
+        waiting = o.waiting.len(),
+        moot = o.moot.len(),
+        unsendable = o.unsendable.len(),
+        "relay round"
+    );
+    app.fail_unsendable(&o.unsendable).await?;
+    app.confirm_published(&o.confirmed).await?;
+    app.postpone(&o.failed, now_us() + RETRY_US).await?;
+    app.postpone(&o.waiting, now_us() + REFUSED_RETRY_US)
+        .await?;
+    app.discard(&o.moot).await
+}
+
+/// Sorts a round's confirms into the outcome; an unroutable message makes
+/// the publisher forget its server's queues (declared again next time).
+fn sort_outcomes(
+    publisher: &mut Publisher,
+    items: Vec<OutboxItem>,
+    outcomes: Vec<Published>,
+    outcome: &mut Outcome,
+) {
+    sort_published(items, outcomes, outcome, |server| {
+        publisher.forget_server(server)
+    });
+}
+
+fn sort_published(
+    items: Vec<OutboxItem>,
+    outcomes: Vec<Published>,
+    outcome: &mut Outcome,
+    mut unroutable: impl FnMut(&str),
+) {
+    let mut confirmed = 0u64;
+    let confirmed_at = now_us();
+    for (item, published) in items.into_iter().zip(outcomes) {
+        match published {
+            Published::Confirmed => {
+                confirmed += 1;
+                metrics::histogram!("bora_publish_latency_seconds")
+                    .record((confirmed_at - item.created_at).max(0) as f64 / 1e6);
+                outcome.confirmed.push(item);
+            }
+            Published::Unroutable => {
+                warn!(server_id = %item.server_id, kind = item.kind.as_str(), "publish returned unroutable; redeclaring the server's queues");
+                unroutable(&item.server_id);
+                outcome.failed.push(item);
+            }
+            Published::Nacked => {
+                warn!(server_id = %item.server_id, kind = item.kind.as_str(), "broker nacked a publish; retrying");
+                outcome.failed.push(item);
+            }
+        }
+    }
+    metrics::counter!("bora_messages_published_total").increment(confirmed);
+}
+
+/// Renders and publishes `items`: those with nothing to send, or that
+/// wait for their queue, go to `outcome`; the rest are returned with their
+/// confirms to come. On a broker error, returns it with the items not sent.
 async fn send(
     app: &App,
     publisher: &mut Publisher,
     settings: &Settings,
     items: Vec<OutboxItem>,
     outcome: &mut Outcome,
-) -> Result<(), (RelayError, Vec<OutboxItem>)> {
+) -> Result<Option<(Vec<OutboxItem>, Confirms)>, (RelayError, Vec<OutboxItem>)> {
     if items.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     let context = match RenderContext::load(app, &items).await {
         Ok(c) => c,
@@ -399,34 +557,14 @@ async fn send(
             .extend(blocked.into_iter().map(|(item, _)| item));
         go
     };
-    let batch: Vec<Outgoing> = sending.iter().map(|(_, m)| m.clone()).collect();
-    let outcomes = match publisher.publish_batch(&batch).await {
-        Ok(o) => o,
-        Err(e) => return Err((e.into(), unrecorded(&sending))),
-    };
-    let mut confirmed = 0u64;
-    let confirmed_at = now_us();
-    for ((item, _), published) in sending.into_iter().zip(outcomes) {
-        match published {
-            Published::Confirmed => {
-                confirmed += 1;
-                metrics::histogram!("bora_publish_latency_seconds")
-                    .record((confirmed_at - item.created_at).max(0) as f64 / 1e6);
-                outcome.confirmed.push(item);
-            }
-            Published::Unroutable => {
-                warn!(server_id = %item.server_id, kind = item.kind.as_str(), "publish returned unroutable; redeclaring the server's queues");
-                publisher.forget_server(&item.server_id);
-                outcome.failed.push(item);
-            }
-            Published::Nacked => {
-                warn!(server_id = %item.server_id, kind = item.kind.as_str(), "broker nacked a publish; retrying");
-                outcome.failed.push(item);
-            }
-        }
+    if sending.is_empty() {
+        return Ok(None);
     }
-    metrics::counter!("bora_messages_published_total").increment(confirmed);
-    Ok(())
+    let (items, batch): (Vec<OutboxItem>, Vec<Outgoing>) = sending.into_iter().unzip();
+    match publisher.publish_batch(&batch).await {
+        Ok(confirms) => Ok(Some((items, confirms))),
+        Err(e) => Err((e.into(), items)),
+    }
 }
 
 /// What the task-end notifications of a round need from the store, read
