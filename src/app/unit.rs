@@ -318,7 +318,7 @@ impl UnitOfWork {
                 .filter(|wf| !dispatched_in.contains(wf))
                 .collect();
             for wf in ended_in {
-                if tx.open_tasks(wf).await? == 0 {
+                if !tx.has_open_tasks(wf).await? {
                     let end = NewMessage {
                         kind: OutboxKind::WorkflowEnd,
                         task_id: None,

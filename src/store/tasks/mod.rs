@@ -427,19 +427,20 @@ impl WriteTx {
         Ok(n as u64)
     }
 
-    /// How many of a workflow's tasks are unfinished.
+    /// Whether any of a workflow's tasks is unfinished: one index probe,
+    /// not a count (a workflow of 100,000 tasks asks this at every end).
     ///
     /// # Errors
     /// A database failure.
-    pub async fn open_tasks(&mut self, workflow: WorkflowId) -> Result<u64, StoreError> {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM tasks WHERE workflow_id = $1 \
-             AND state IN ('waiting', 'queued', 'running')",
+    pub async fn has_open_tasks(&mut self, workflow: WorkflowId) -> Result<bool, StoreError> {
+        let open: Option<i32> = sqlx::query_scalar(
+            "SELECT 1 FROM tasks WHERE workflow_id = $1 \
+             AND state IN ('waiting', 'queued', 'running') LIMIT 1",
         )
         .bind(workflow.to_string())
-        .fetch_one(&mut *self.tx)
+        .fetch_optional(&mut *self.tx)
         .await?;
-        Ok(n as u64)
+        Ok(open.is_some())
     }
 
     /// The tasks a batch of replies is about, each with whether any task
