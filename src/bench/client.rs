@@ -1,4 +1,4 @@
-//! The REST calls the bench makes to the embedded dispatcher: create a
+//! The REST calls the bench makes to its dispatcher: create a
 //! workflow with its tasks, poll a workflow until it ends, and read its
 //! tasks' `finished_at` afterwards.
 
@@ -101,11 +101,25 @@ pub fn noop(name: &str, server: &str, depends_on: &[String]) -> Value {
 }
 
 impl Client {
-    pub fn new(addr: SocketAddr) -> Self {
-        Self {
-            http: reqwest::Client::new(),
-            base: format!("http://{addr}"),
+    /// A client of the API at `addr`, sending `token` as a bearer token.
+    ///
+    /// # Errors
+    /// The token is not a valid header value, or the TLS backend fails to
+    /// initialise.
+    pub fn new(addr: SocketAddr, token: Option<&str>) -> anyhow::Result<Self> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(t) = token {
+            let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {t}"))
+                .context("the bench's API token")?;
+            v.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, v);
         }
+        Ok(Self {
+            http: reqwest::Client::builder()
+                .default_headers(headers)
+                .build()?,
+            base: format!("http://{addr}"),
+        })
     }
 
     /// Waits until `/readyz` answers 200 (store and broker reachable).

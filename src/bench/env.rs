@@ -1,10 +1,11 @@
 //! The bench's surroundings: a fresh vhost, a temporary directory (or, with
 //! a `postgres://` `--store-url`, a fresh database on that server), the
-//! embedded dispatcher and the workers, and their teardown in reverse order
-//! (workers, dispatcher, database, vhost). The vhost and the database are
-//! deleted even when the bench fails, is interrupted, or panics (`Drop`
-//! fallbacks).
+//! dispatcher (a `bora serve` process of its own, so its memory and CPU are
+//! its own) and the workers, and their teardown in reverse order (workers,
+//! dispatcher, database, vhost). The vhost and the database are deleted
+//! even when the bench fails, is interrupted, or panics (`Drop` fallbacks).
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -20,11 +21,10 @@ use crate::broker::Broker;
 use crate::broker::management::Management;
 use crate::config::{SecretUrl, Settings};
 use crate::domain::ServerId;
-use crate::serve::Dispatcher;
 use crate::store::Backend;
 use crate::store::scratch::BenchDatabase;
 
-/// Largest request body of the embedded dispatcher: a `--dag-tasks` workflow
+/// Largest request body of the bench's dispatcher: a `--dag-tasks` workflow
 /// is created in one request.
 const BENCH_MAX_BODY: usize = 512 * 1024 * 1024;
 
@@ -101,12 +101,12 @@ pub struct Env {
     /// the dispatcher stopped.
     database: Option<BenchDatabase>,
     dir: tempfile::TempDir,
-    /// The dispatcher's settings (vhost, store, port 0).
+    /// The dispatcher's settings (vhost, store, address, token).
     settings: Settings,
     config_file: Option<PathBuf>,
     servers: Vec<String>,
-    dispatcher: Option<Dispatcher>,
-    stop_dispatcher: CancellationToken,
+    /// The `bora serve` process, once started.
+    dispatcher: Option<Child>,
     processes: Vec<Child>,
     in_process: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
     stop_workers: CancellationToken,
@@ -133,8 +133,11 @@ impl Env {
         let mut s = settings.clone();
         s.amqp.url = SecretUrl::new(url.as_str());
         s.worker.amqp_url = None;
-        s.api.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-        s.api.tokens = Vec::new();
+        s.api.listen = free_loopback_port()?;
+        // A token of the bench's own, whatever the configuration says.
+        s.api.tokens = vec![crate::config::Secret::new(
+            uuid::Uuid::new_v4().simple().to_string(),
+        )];
         s.api.max_body_bytes = s.api.max_body_bytes.max(BENCH_MAX_BODY);
         let biggest = args.dag_tasks.unwrap_or(0).max(args.chain).max(args.batch) as u64;
         s.dispatch.max_tasks_per_workflow = s.dispatch.max_tasks_per_workflow.max(biggest);
@@ -169,7 +172,6 @@ impl Env {
             config_file,
             servers,
             dispatcher: None,
-            stop_dispatcher: CancellationToken::new(),
             processes: Vec::new(),
             in_process: Vec::new(),
             stop_workers: CancellationToken::new(),
@@ -204,7 +206,7 @@ impl Env {
         self.settings.amqp.url.expose()
     }
 
-    /// The embedded dispatcher's settings.
+    /// The dispatcher's settings.
     pub fn settings(&self) -> &Settings {
         &self.settings
     }
@@ -220,10 +222,7 @@ impl Env {
     /// # Errors
     /// The dispatcher cannot start or a worker cannot be spawned.
     pub async fn start(&mut self, args: &BenchArgs) -> anyhow::Result<()> {
-        let d = crate::serve::start(self.settings.clone(), self.stop_dispatcher.clone())
-            .await
-            .context("starting the embedded dispatcher")?;
-        self.dispatcher = Some(d);
+        self.spawn_dispatcher()?;
         match args.worker_mode() {
             WorkerMode::Processes | WorkerMode::Auto => {
                 self.declare_server_queues().await?;
@@ -254,7 +253,78 @@ impl Env {
                 self.stand_in = Some(r);
             }
         }
-        self.client()?.wait_ready().await
+        let ready = self.client()?.wait_ready().await;
+        ready.map_err(|e| {
+            let log = std::fs::read_to_string(self.dispatcher_log()).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            e.context(format!("the dispatcher's log ends:\n{}", tail.join("\n")))
+        })
+    }
+
+    fn dispatcher_log(&self) -> PathBuf {
+        self.dir.path().join("dispatcher.log")
+    }
+
+    /// Starts `bora serve` (this executable) with the bench's settings: the
+    /// configuration file given to the bench, then these in the
+    /// environment, which override it.
+    fn spawn_dispatcher(&mut self) -> anyhow::Result<()> {
+        let exe = std::env::current_exe().context("finding the bora executable")?;
+        let s = &self.settings;
+        let log = std::fs::File::create(self.dispatcher_log())
+            .context("creating the dispatcher's log file")?;
+        let mut cmd = Command::new(&exe);
+        if let Some(c) = &self.config_file {
+            cmd.arg("--config").arg(c);
+        }
+        let tokens: Vec<&str> = s.api.tokens.iter().map(|t| t.expose()).collect();
+        cmd.arg("serve")
+            .env("BORA__AMQP__URL", s.amqp.url.expose())
+            .env_remove("BORA__WORKER__AMQP_URL")
+            .env("BORA__STORE__URL", s.store.url.expose())
+            .env("BORA__API__LISTEN", s.api.listen.to_string())
+            .env("BORA__API__TOKENS", tokens.join(","))
+            .env(
+                "BORA__API__MAX_BODY_BYTES",
+                s.api.max_body_bytes.to_string(),
+            )
+            .env(
+                "BORA__DISPATCH__MAX_TASKS_PER_WORKFLOW",
+                s.dispatch.max_tasks_per_workflow.to_string(),
+            )
+            .env("BORA__DISPATCH__REQUIRE_REGISTRATION", "false")
+            .env("BORA__LOG__LEVEL", "warn")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true);
+        if let Some(key) = &s.store.secret_key {
+            cmd.env("BORA__STORE__SECRET_KEY", key.expose());
+        }
+        self.dispatcher = Some(cmd.spawn().context("spawning the dispatcher")?);
+        Ok(())
+    }
+
+    /// CPU time (user and system, µs) used so far by the dispatcher
+    /// process and by the worker processes together (`None` for workers
+    /// that are not processes of their own).
+    pub fn cpu_us(&self) -> (Option<u64>, Option<u64>) {
+        let of = |c: &Child| c.id().and_then(super::cpu_us_of);
+        let dispatcher = self.dispatcher.as_ref().and_then(of);
+        let workers = if self.processes.is_empty() {
+            None
+        } else {
+            self.processes.iter().map(of).sum()
+        };
+        (dispatcher, workers)
+    }
+
+    /// The dispatcher process's resident and peak resident memory.
+    pub fn dispatcher_rss(&self) -> Option<(u64, u64)> {
+        let pid = self.dispatcher.as_ref()?.id()?;
+        super::rss_bytes(&format!("/proc/{pid}/status"))
     }
 
     /// Declares every server's queues, as registration would, so the
@@ -335,16 +405,14 @@ impl Env {
         Ok(())
     }
 
-    /// A client of the embedded dispatcher's API.
+    /// A client of the dispatcher's API.
     ///
     /// # Errors
     /// The dispatcher is not started.
     pub fn client(&self) -> anyhow::Result<Client> {
-        let d = self
-            .dispatcher
-            .as_ref()
-            .context("the dispatcher is not started")?;
-        Ok(Client::new(d.addr))
+        anyhow::ensure!(self.dispatcher.is_some(), "the dispatcher is not started");
+        let token = self.settings.api.tokens.first().map(|t| t.expose());
+        Client::new(self.settings.api.listen, token)
     }
 
     /// The broker's memory use (`mem_used` of `/api/nodes`).
@@ -356,21 +424,10 @@ impl Env {
     /// the bench made one) and deletes the vhost.
     pub async fn teardown(mut self) {
         for child in &self.processes {
-            if let Some(pid) = child.id() {
-                // SIGTERM: the worker's own orderly shutdown.
-                // SAFETY: kill(2) has no memory effects; `pid` is our own child.
-                unsafe {
-                    libc::kill(pid as libc::pid_t, libc::SIGTERM);
-                }
-            }
+            terminate(child);
         }
         for child in &mut self.processes {
-            if tokio::time::timeout(Duration::from_secs(5), child.wait())
-                .await
-                .is_err()
-            {
-                let _ = child.kill().await;
-            }
+            stop(child, Duration::from_secs(5)).await;
         }
         self.stop_workers.cancel();
         for worker in self.in_process.drain(..) {
@@ -379,13 +436,37 @@ impl Env {
         if let Some(r) = self.stand_in.take() {
             r.close().await;
         }
-        if let Some(d) = self.dispatcher.take() {
-            self.stop_dispatcher.cancel();
-            let _ = tokio::time::timeout(Duration::from_secs(10), d.wait()).await;
+        if let Some(mut d) = self.dispatcher.take() {
+            stop(&mut d, Duration::from_secs(10)).await;
         }
         if let Some(db) = self.database.as_mut() {
             db.drop_now().await;
         }
         self.vhost.delete().await;
     }
+}
+
+/// Sends SIGTERM: a bora process's own orderly shutdown.
+fn terminate(child: &Child) {
+    if let Some(pid) = child.id() {
+        // SAFETY: kill(2) has no memory effects; `pid` is our own child.
+        unsafe {
+            libc::kill(pid as libc::pid_t, libc::SIGTERM);
+        }
+    }
+}
+
+/// SIGTERM, then SIGKILL if the process has not ended within `grace`.
+async fn stop(child: &mut Child, grace: Duration) {
+    terminate(child);
+    if tokio::time::timeout(grace, child.wait()).await.is_err() {
+        let _ = child.kill().await;
+    }
+}
+
+/// A loopback address with a port free now (the dispatcher binds it a
+/// moment later; a port taken meanwhile fails the start, clearly).
+fn free_loopback_port() -> anyhow::Result<SocketAddr> {
+    let l = std::net::TcpListener::bind(("127.0.0.1", 0)).context("finding a free port")?;
+    Ok(l.local_addr()?)
 }

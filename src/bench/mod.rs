@@ -1,8 +1,9 @@
 //! `bora bench`: an end-to-end benchmark against the configured broker.
 //!
 //! It makes a fresh vhost (deleted afterwards, also on error and Ctrl-C),
-//! starts an embedded dispatcher ([`crate::serve::start`] on 127.0.0.1:0 with
-//! a temporary SQLite file, or `--store-url`: a `postgres://` server gets a
+//! starts a dispatcher (`bora serve`, this executable, as a process of its
+//! own on a free loopback port, with a token of the bench's own and a
+//! temporary SQLite file, or `--store-url`: a `postgres://` server gets a
 //! fresh database, dropped afterwards like the vhost), and workers for the servers:
 //! real `bora worker` processes (the same executable) by default, bora's
 //! worker code run in-process (`--workers in-process`, one instance and one
@@ -17,12 +18,13 @@
 //!    the first request to the last `finished_at` the API reports;
 //! 3. chain: L strictly sequential tasks on two servers taking turns; a
 //!    link's latency is the gap between consecutive `finished_at`s;
-//! 4. optionally one large DAG (`--dag-tasks`): creation time, RSS, drain time;
+//! 4. optionally one large DAG (`--dag-tasks`): creation time, the
+//!    dispatcher process's RSS, drain time;
 //! 5. the raw baseline with lapin alone, same topology and message bodies:
 //!    pipelined throughput, and one-at-a-time round trips.
 //!
 //! # Layout
-//! - [`env`]: vhost, temporary directory, embedded dispatcher, workers, teardown.
+//! - [`env`]: vhost, temporary directory, dispatcher process, workers, teardown.
 //! - [`crate::store::scratch`] (in `store`, with all of bora's SQL): the
 //!   fresh PostgreSQL database of a `postgres://` `--store-url`.
 //! - [`client`]: the few REST calls the bench makes.
@@ -191,10 +193,17 @@ async fn measure(env: &mut Env, args: &BenchArgs) -> anyhow::Result<Report> {
         "throughput: {} tasks over {} servers",
         args.tasks, args.servers
     ));
+    let cpu_before = env.cpu_us();
     report.throughput = Some(
         scenarios::throughput(&client, &servers, args.tasks, args.batch, args.print_bytes).await?,
     );
-    report.dispatcher_rss = rss_bytes();
+    let cpu_after = env.cpu_us();
+    let per_task = |b: Option<u64>, a: Option<u64>| Some(a?.saturating_sub(b?) / args.tasks as u64);
+    report.cpu_per_task = (
+        per_task(cpu_before.0, cpu_after.0),
+        per_task(cpu_before.1, cpu_after.1),
+    );
+    report.dispatcher_rss = env.dispatcher_rss();
     report.broker_mem = env.broker_mem().await;
 
     say(&format!("chain: {} sequential tasks", args.chain));
@@ -252,10 +261,10 @@ async fn measure(env: &mut Env, args: &BenchArgs) -> anyhow::Result<Report> {
     Ok(report)
 }
 
-/// Resident and peak resident memory of this process (which holds the
-/// embedded dispatcher), from `/proc/self/status`.
-fn rss_bytes() -> Option<(u64, u64)> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+/// Resident and peak resident memory (`VmRSS`, `VmHWM`) from a
+/// `/proc/<pid>/status` file.
+fn rss_bytes(status_file: &str) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(status_file).ok()?;
     let field = |name: &str| {
         status
             .lines()
@@ -264,6 +273,20 @@ fn rss_bytes() -> Option<(u64, u64)> {
             .map(|kb| kb * 1024)
     };
     Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// CPU time (user and system, µs) a process has used, from
+/// `/proc/<pid>/stat` (fields 14 and 15, in clock ticks).
+fn cpu_us_of(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces: count after its ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    // SAFETY: sysconf has no memory effects.
+    let ticks = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).ok()?;
+    ((utime + stime) * 1_000_000).checked_div(ticks)
 }
 
 /// Polling period while waiting for workflows to end (the measurement itself

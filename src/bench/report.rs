@@ -34,8 +34,12 @@ pub struct Report {
     pub raw_throughput: Option<i64>,
     /// Raw round trips (µs).
     pub raw_rtt: Vec<i64>,
-    /// This process's (the embedded dispatcher's) RSS and peak RSS after the throughput run.
+    /// The dispatcher process's RSS and peak RSS after the throughput run.
     pub dispatcher_rss: Option<(u64, u64)>,
+    /// CPU time per task of the throughput run (µs): the dispatcher
+    /// process's, and the worker processes' together (when they are
+    /// processes).
+    pub cpu_per_task: (Option<u64>, Option<u64>),
     /// The broker's `mem_used` after the throughput run.
     pub broker_mem: Option<u64>,
 }
@@ -79,6 +83,7 @@ impl Report {
             raw_throughput: None,
             raw_rtt: Vec::new(),
             dispatcher_rss: None,
+            cpu_per_task: (None, None),
             broker_mem: None,
         }
     }
@@ -154,6 +159,8 @@ impl Report {
             "dispatcher_peak_rss_mb",
             json!(self.dispatcher_rss.map(|(_, p)| mb(p))),
         );
+        put("dispatcher_cpu_us_per_task", json!(self.cpu_per_task.0));
+        put("workers_cpu_us_per_task", json!(self.cpu_per_task.1));
         put("broker_mem_mb", json!(self.broker_mem.map(mb)));
         if let Some(f) = &self.fanout {
             put("fanout_servers", json!(f.servers));
@@ -174,7 +181,12 @@ impl Report {
                 "dag_tps",
                 json!(round(d.tasks as f64 / (d.total_us.max(1) as f64 / 1e6), 1)),
             );
+            put(
+                "dag_drain_tps",
+                json!(round(d.tasks as f64 / (d.drain_us.max(1) as f64 / 1e6), 1)),
+            );
             put("dag_rss_mb", json!(d.rss_after_create.map(mb)));
+            put("dag_peak_rss_mb", json!(d.peak_rss.map(mb)));
             put(
                 "dag_broker_mem_mb",
                 json!(d.broker_mem_after_create.map(mb)),
@@ -249,6 +261,16 @@ impl Report {
                     f("dispatcher_peak_rss_mb")
                 )
             );
+            println!(
+                "{:<34} {:>14}",
+                "CPU per task (µs): dispatcher",
+                f("dispatcher_cpu_us_per_task")
+            );
+            println!(
+                "{:<34} {:>14}",
+                "CPU per task (µs): workers",
+                f("workers_cpu_us_per_task")
+            );
             println!("{:<34} {:>14}", "broker mem_used (MB)", f("broker_mem_mb"));
             if self.fanout.is_some() {
                 println!("{:<34} {:>14}", "fan-out: servers", f("fanout_servers"));
@@ -276,10 +298,16 @@ impl Report {
                     f("dag_drain_s")
                 );
                 println!("{:<34} {:>14}", "dag: tasks/s overall", f("dag_tps"));
+                println!("{:<34} {:>14}", "dag: drained tasks/s", f("dag_drain_tps"));
                 println!(
                     "{:<34} {:>14}",
-                    "dag: RSS after create (MB)",
+                    "dag: dispatcher RSS after create (MB)",
                     f("dag_rss_mb")
+                );
+                println!(
+                    "{:<34} {:>14}",
+                    "dag: dispatcher peak RSS (MB)",
+                    f("dag_peak_rss_mb")
                 );
                 println!(
                     "{:<34} {:>14}",

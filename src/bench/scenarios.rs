@@ -37,8 +37,11 @@ pub struct Dag {
     pub drain_us: i64,
     /// Start of the create request to the last `finished_at`.
     pub total_us: i64,
-    /// This process's RSS after the create (bytes).
+    /// The dispatcher process's RSS after the create (bytes).
     pub rss_after_create: Option<u64>,
+    /// The dispatcher process's peak RSS once the workflow ended (bytes;
+    /// over its whole life, the runs before included).
+    pub peak_rss: Option<u64>,
     pub broker_mem_after_create: Option<u64>,
 }
 
@@ -209,9 +212,10 @@ pub async fn dag(client: &Client, servers: &[String], n: usize, env: &Env) -> an
     let start = now_us();
     let id = client.create_workflow("bench-dag", tasks).await?;
     let created = now_us();
-    let rss_after_create = super::rss_bytes().map(|(rss, _)| rss);
+    let rss_after_create = env.dispatcher_rss().map(|(rss, _)| rss);
     let broker_mem_after_create = env.broker_mem().await;
     client.wait_succeeded(&id).await?;
+    let peak_rss = env.dispatcher_rss().map(|(_, peak)| peak);
     let last = last_finished(&client.tasks(&id).await?)?;
     Ok(Dag {
         tasks: n,
@@ -219,6 +223,7 @@ pub async fn dag(client: &Client, servers: &[String], n: usize, env: &Env) -> an
         drain_us: last - created,
         total_us: last - start,
         rss_after_create,
+        peak_rss,
         broker_mem_after_create,
     })
 }

@@ -24,6 +24,8 @@ fn bench_prints_a_sane_json_line() {
         "4",
         "--chain",
         "20",
+        "--dag-tasks",
+        "100",
         "--json-only",
     ]);
     let pg = store::postgres_selected().then(store::pg_admin_url);
@@ -66,6 +68,16 @@ fn bench_prints_a_sane_json_line() {
         "chain_ratio",
         "chain_refs_link_p50_us",
         "chain_refs_ratio",
+        // Of the dispatcher process, apart from the bench's own.
+        "dispatcher_rss_mb",
+        "dispatcher_peak_rss_mb",
+        "dispatcher_cpu_us_per_task",
+        "workers_cpu_us_per_task",
+        "dag_create_s",
+        "dag_drain_s",
+        "dag_drain_tps",
+        "dag_rss_mb",
+        "dag_peak_rss_mb",
     ] {
         let v = j[key]
             .as_f64()
@@ -74,6 +86,11 @@ fn bench_prints_a_sane_json_line() {
     }
     assert_eq!(j["tasks"], 200, "{j}");
     assert_eq!(j["servers"], 4, "{j}");
+    assert_eq!(j["dag_tasks"], 100, "{j}");
+    assert!(
+        j["dispatcher_peak_rss_mb"].as_f64() >= j["dispatcher_rss_mb"].as_f64(),
+        "{j}"
+    );
     assert!(
         j["chain_link_p99_us"].as_f64() >= j["chain_link_p50_us"].as_f64(),
         "{j}"
