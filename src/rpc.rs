@@ -215,8 +215,20 @@ async fn call(
 }
 
 async fn create_workflow(state: &RpcState, args: &Map<String, Value>) -> Result<Value, CallError> {
-    let new: NewWorkflow = kwargs(args)?;
-    Ok(to_value(state.app.create_workflow_view(new).await?))
+    // `minimal=True`: the answer leaves the tasks out (REST's `Prefer:
+    // return=minimal`).
+    let minimal = match args.get("minimal") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(CallError::Arguments("minimal: expected a boolean".into())),
+    };
+    let mut rest = args.clone();
+    rest.remove("minimal");
+    let new: NewWorkflow = serde_json::from_value(Value::Object(rest))
+        .map_err(|e| CallError::Arguments(e.to_string()))?;
+    Ok(to_value(
+        state.app.create_workflow_view(new, !minimal).await?,
+    ))
 }
 
 async fn add_task(state: &RpcState, args: &Map<String, Value>) -> Result<Value, CallError> {

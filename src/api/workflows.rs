@@ -2,7 +2,8 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
@@ -15,11 +16,16 @@ use crate::app::queries::WorkflowAction;
 use crate::domain::{WorkflowId, WorkflowState};
 
 /// Creates a workflow, optionally with a first batch of tasks (which may
-/// refer to each other by name, in any order).
+/// refer to each other by name, in any order). With `Prefer:
+/// return=minimal` (RFC 7240) the answer leaves the tasks out: what a
+/// client of a large batch that needs only the id asks for.
 #[utoipa::path(post, path = "/workflows", tag = "workflows",
     request_body = NewWorkflow,
+    params(
+        ("Prefer" = Option<String>, Header, description = "`return=minimal`: answer without `tasks`"),
+    ),
     responses(
-        (status = 201, description = "Created; with `tasks` when some were given", body = WorkflowView),
+        (status = 201, description = "Created; with `tasks` when some were given, unless `Prefer: return=minimal`", body = WorkflowView),
         (status = 400, description = "Malformed JSON", body = ErrorBody),
         (status = 409, description = "Duplicate task name", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
@@ -27,12 +33,33 @@ use crate::domain::{WorkflowId, WorkflowState};
     ))]
 pub(super) async fn create(
     State(state): State<AppState>,
+    headers: HeaderMap,
     JsonBody(new): JsonBody<NewWorkflow>,
-) -> Result<(StatusCode, Json<WorkflowView>), ApiError> {
-    Ok((
-        StatusCode::CREATED,
-        Json(state.app.create_workflow_view(new).await?),
-    ))
+) -> Result<Response, ApiError> {
+    let minimal = prefers_minimal(&headers);
+    let view = state.app.create_workflow_view(new, !minimal).await?;
+    let mut resp = (StatusCode::CREATED, Json(view)).into_response();
+    if minimal {
+        resp.headers_mut().insert(
+            "preference-applied",
+            HeaderValue::from_static("return=minimal"),
+        );
+    }
+    Ok(resp)
+}
+
+/// Whether a `Prefer` header asks for `return=minimal` (RFC 7240: a
+/// comma-separated list; unknown preferences are ignored).
+fn prefers_minimal(headers: &HeaderMap) -> bool {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| {
+            let p = p.split(';').next().unwrap_or_default().trim();
+            p.eq_ignore_ascii_case("return=minimal")
+        })
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

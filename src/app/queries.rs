@@ -227,16 +227,18 @@ impl App {
     }
 
     /// Creates a workflow and its first tasks; the view lists the tasks
-    /// when some were given.
+    /// when some were given and `list_tasks` says so (a large batch's
+    /// views are most of its answer's cost).
     ///
     /// # Errors
     /// Invalid fields (all of them), or any error of [`App::create_workflow`].
     pub async fn create_workflow_view(
         &self,
         mut new: NewWorkflow,
+        list_tasks: bool,
     ) -> Result<WorkflowView, AppError> {
         let tasks = new.tasks.take();
-        let with_tasks = tasks.is_some();
+        let with_tasks = tasks.is_some() && list_tasks;
         let specs =
             validate_tasks(tasks.unwrap_or_default(), "tasks").map_err(AppError::validation)?;
         let (id, mut rows) = self.create_workflow(new, specs).await?;

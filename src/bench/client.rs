@@ -149,6 +149,8 @@ impl Client {
         let r = self
             .http
             .post(format!("{}/v1/workflows", self.base))
+            // Only the id is needed: not the views of every task.
+            .header("prefer", "return=minimal")
             .json(&json!({"name": name, "tasks": tasks}))
             .send()
             .await

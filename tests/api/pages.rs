@@ -211,3 +211,54 @@ async fn the_cli_follows_the_pages_and_prints_every_task() {
     let shown = cli_json(&app, &["workflow", "show", &wf]).await;
     assert_eq!(shown["tasks"].as_array().unwrap().len(), 151);
 }
+
+/// `Prefer: return=minimal` (RFC 7240) leaves the created tasks out of a
+/// create's answer (a large batch's views are most of its cost); the tasks
+/// are created all the same, and without the preference they are listed.
+#[tokio::test]
+async fn a_create_that_prefers_minimal_answers_without_the_tasks() {
+    let app = spawn_app().await;
+    let body = json!({"name": "minimal", "tasks": [
+        {"name": "a", "server_id": "s1", "group": "std.noop"},
+        {"name": "b", "server_id": "s1", "group": "std.noop", "depends_on": ["a"]},
+    ]});
+    for (prefer, listed) in [
+        (Some("return=minimal"), false),
+        (Some("respond-async, RETURN=minimal; x=1"), false),
+        (Some("return=representation"), true),
+        (None, true),
+    ] {
+        let mut req = app.http.post(app.url("/v1/workflows")).json(&body);
+        if let Some(p) = prefer {
+            req = req.header("prefer", p);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED, "{prefer:?}");
+        let applied = r
+            .headers()
+            .get("preference-applied")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let wf: Value = r.json().await.unwrap();
+        assert_eq!(wf.get("tasks").is_some(), listed, "{prefer:?}: {wf}");
+        assert_eq!(
+            applied.as_deref(),
+            (!listed).then_some("return=minimal"),
+            "{prefer:?}"
+        );
+        let total: u64 = wf["task_counts"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_u64().unwrap())
+            .sum();
+        assert_eq!(total, 2, "{wf}");
+        let tasks = app
+            .get(&format!(
+                "/v1/workflows/{}/tasks",
+                wf["id"].as_str().unwrap()
+            ))
+            .await;
+        assert_eq!(tasks.1["tasks"].as_array().unwrap().len(), 2, "{prefer:?}");
+    }
+    app.stop().await;
+}

@@ -204,6 +204,19 @@ def main():
     except oslo_messaging.RemoteError as e:
         assert e.exc_type == "NoSuchMethod", e.exc_type
 
+    # minimal=True leaves the created tasks out of the answer (REST's
+    # Prefer: return=minimal); they are created all the same.
+    small = client.call(ctxt, "create_workflow", name="minimal-over-rpc", minimal=True,
+                        tasks=[{"name": "m", "server_id": "oslo-client-x",
+                                "group": "std.noop"}])
+    assert "tasks" not in small, small
+    assert sum(small["task_counts"].values()) == 1, small
+    listed = client.call(ctxt, "list_tasks", workflow_id=small["id"])
+    assert [t["name"] for t in listed["tasks"]] == ["m"], listed
+    expect_remote_error(
+        lambda: client.call(ctxt, "create_workflow", name="x", minimal="yes"),
+        "ValidationError", "minimal")
+
     # A cast is accepted too (no reply): cancel a second workflow that way.
     wf2 = client.call(ctxt, "create_workflow", name="cast-me")
     client.cast(ctxt, "cancel_workflow", workflow_id=wf2["id"])
