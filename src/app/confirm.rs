@@ -1,8 +1,9 @@
 //! What the relay reports back: messages the broker confirmed (a task's
 //! attempt becomes `queued`, the row leaves the outbox), messages to try
 //! again later, messages that became moot, and task messages that cannot
-//! be rendered (their tasks fail). Each is one transaction
-//! under the locks of the workflows the messages are about.
+//! be rendered (their tasks fail). Each is one transaction under the locks
+//! of the workflows the messages are about (a confirm: of those whose task
+//! still waits for it).
 
 use tracing::instrument;
 
@@ -26,9 +27,7 @@ impl App {
         }
         let now = now_us();
         let mut tx = self.begin().await?;
-        lock_workflows(&mut tx, confirmed).await?;
         let ids: Vec<i64> = confirmed.iter().map(|i| i.id).collect();
-        tx.delete_outbox_many(&ids).await?;
         // Confirmed task messages: (task, attempt).
         let published: Vec<(TaskId, i64)> = confirmed
             .iter()
@@ -38,12 +37,36 @@ impl App {
         let mut uow = UnitOfWork::default();
         if !published.is_empty() {
             let tasks: Vec<TaskId> = published.iter().map(|(t, _)| *t).collect();
+            // Read before any lock: an attempt no longer waiting for its
+            // confirm never waits for it again (attempts only count up, and
+            // one taken back was never sent), so only the workflows of the
+            // tasks still waiting are locked. A chain's task has mostly
+            // ended by the time its confirm is recorded: then nothing is
+            // locked, and this transaction never makes a result wait.
             let mut rows: std::collections::HashMap<TaskId, crate::domain::Task> = tx
                 .tasks_by_ids(&tasks)
                 .await?
                 .into_iter()
                 .map(|t| (t.id, t))
                 .collect();
+            let waiting: Vec<TaskId> = published
+                .iter()
+                .filter(|(id, attempt)| {
+                    rows.get(id)
+                        .is_some_and(|t| t.state() == TaskState::Waiting && t.attempt == *attempt)
+                })
+                .map(|(id, _)| *id)
+                .collect();
+            if !waiting.is_empty() && tx.locks_workflows() {
+                tx.lock_workflows_of(&waiting).await?;
+                // Read again under the locks: they may have moved on.
+                rows.extend(
+                    tx.tasks_by_ids(&waiting)
+                        .await?
+                        .into_iter()
+                        .map(|t| (t.id, t)),
+                );
+            }
             for (id, attempt) in published {
                 if let Some(task) = rows.get_mut(&id)
                     && task.confirm_published(attempt, now)?
@@ -52,6 +75,7 @@ impl App {
                 }
             }
         }
+        tx.delete_outbox_many(&ids).await?;
         if uow.is_empty() {
             self.commit_plain(tx, false).await?;
         } else {

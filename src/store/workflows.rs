@@ -291,6 +291,12 @@ impl WriteTx {
         Ok(out)
     }
 
+    /// Whether [`WriteTx::lock_workflows_of`] takes locks: not on SQLite,
+    /// whose one writer runs one transaction at a time.
+    pub fn locks_workflows(&self) -> bool {
+        self.backend != Backend::Sqlite
+    }
+
     /// Locks, until this transaction ends, the workflows of `tasks` (see
     /// [`WriteTx::workflow`]); call it before reading any of their rows.
     /// The locks are taken in id order, the same for every transaction, so
