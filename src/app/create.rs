@@ -20,6 +20,10 @@ use crate::domain::{
 };
 use crate::store::WriteTx;
 
+/// Tasks created at once beyond which the store's planner statistics are
+/// refreshed (PostgreSQL).
+const BULK_TASKS: usize = 1_000;
+
 impl App {
     /// Creates a workflow and its first batch of tasks (validated already);
     /// returns its id and the tasks as committed.
@@ -49,7 +53,21 @@ impl App {
             .filter_map(|id| uow.task(*id).cloned())
             .collect();
         self.commit(tx, uow, now).await.map_err(duplicate_names)?;
+        if tasks.len() >= BULK_TASKS {
+            self.refresh_statistics();
+        }
         Ok((id, tasks))
+    }
+
+    /// After a bulk insert, refreshes the store's planner statistics in
+    /// the background ([`crate::store::Store::analyze_tasks`]).
+    fn refresh_statistics(&self) {
+        let store = self.store().clone();
+        tokio::spawn(async move {
+            if let Err(e) = store.analyze_tasks().await {
+                tracing::warn!(error = %e, "cannot refresh the store's statistics after a bulk insert");
+            }
+        });
     }
 
     /// Adds a batch of tasks to a workflow. Tasks in the batch may refer to

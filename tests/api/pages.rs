@@ -262,3 +262,62 @@ async fn a_create_that_prefers_minimal_answers_without_the_tasks() {
     }
     app.stop().await;
 }
+
+/// A bulk create refreshes PostgreSQL's planner statistics of the task
+/// tables (stale ones made the release walk of a 100,000-task workflow
+/// hash-join whole tables).
+#[tokio::test]
+async fn a_bulk_create_refreshes_the_planner_statistics() {
+    use sqlx::{Connection, Row};
+    let app = spawn_app().await;
+    let tasks: Vec<Value> = (0..1000)
+        .map(|i| {
+            let deps: Vec<String> = if i > 0 {
+                vec![format!("t{}", i - 1)]
+            } else {
+                vec![]
+            };
+            json!({"name": format!("t{i}"), "server_id": "s1", "group": "std.noop",
+                   "depends_on": deps})
+        })
+        .collect();
+    let r = app
+        .http
+        .post(app.url("/v1/workflows"))
+        .header("prefer", "return=minimal")
+        .json(&json!({"name": "bulk", "tasks": tasks}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let wf: Value = r.json().await.unwrap();
+    assert_eq!(
+        wf["task_counts"]["waiting"].as_u64().unwrap()
+            + wf["task_counts"]["queued"].as_u64().unwrap(),
+        1000,
+        "{wf}"
+    );
+    if app.store.is_postgres() {
+        let mut c = sqlx::PgConnection::connect(&app.store.url).await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let rows = sqlx::query(
+                "SELECT relname, last_analyze IS NOT NULL AS analyzed \
+                 FROM pg_stat_user_tables WHERE relname IN ('tasks', 'task_deps')",
+            )
+            .fetch_all(&mut c)
+            .await
+            .unwrap();
+            let analyzed = rows.iter().filter(|r| r.get::<bool, _>("analyzed")).count();
+            if analyzed == 2 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the task tables were not analyzed after a bulk create"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    app.stop().await;
+}
