@@ -130,8 +130,11 @@ fn no_such_method(method: &str) -> Failure {
 
 /// Parses a call's keyword arguments into `T`; a mismatch is a ValidationError.
 fn kwargs<T: DeserializeOwned>(args: &Map<String, Value>) -> Result<T, CallError> {
-    serde_json::from_value(Value::Object(args.clone()))
-        .map_err(|e| CallError::Arguments(e.to_string()))
+    kwargs_owned(args.clone())
+}
+
+fn kwargs_owned<T: DeserializeOwned>(args: Map<String, Value>) -> Result<T, CallError> {
+    serde_json::from_value(Value::Object(args)).map_err(|e| CallError::Arguments(e.to_string()))
 }
 
 #[derive(Deserialize)]
@@ -224,8 +227,7 @@ async fn create_workflow(state: &RpcState, args: &Map<String, Value>) -> Result<
     };
     let mut rest = args.clone();
     rest.remove("minimal");
-    let new: NewWorkflow = serde_json::from_value(Value::Object(rest))
-        .map_err(|e| CallError::Arguments(e.to_string()))?;
+    let new: NewWorkflow = kwargs_owned(rest)?;
     Ok(to_value(
         state.app.create_workflow_view(new, !minimal).await?,
     ))

@@ -292,7 +292,11 @@ impl Held {
         match confirms {
             Ok(outcomes) => {
                 self.since.get_or_insert_with(tokio::time::Instant::now);
-                sort_outcomes(publisher, items, outcomes, &mut self.outcome);
+                // An unroutable message: its server's queues are declared
+                // again next time.
+                sort_published(items, outcomes, &mut self.outcome, |server| {
+                    publisher.forget_server(server)
+                });
                 Ok(())
             }
             Err(e) => self.give_back_on_error(Err((e.into(), items))).await,
@@ -431,19 +435,8 @@ async fn record(app: &App, o: Outcome) -> Result<(), AppError> {
     app.discard(&o.moot).await
 }
 
-/// Sorts a round's confirms into the outcome; an unroutable message makes
-/// the publisher forget its server's queues (declared again next time).
-fn sort_outcomes(
-    publisher: &mut Publisher,
-    items: Vec<OutboxItem>,
-    outcomes: Vec<Published>,
-    outcome: &mut Outcome,
-) {
-    sort_published(items, outcomes, outcome, |server| {
-        publisher.forget_server(server)
-    });
-}
-
+/// Sorts a round's confirms into the outcome, calling `unroutable` with
+/// the server of each message no queue took.
 fn sort_published(
     items: Vec<OutboxItem>,
     outcomes: Vec<Published>,

@@ -47,7 +47,8 @@ pub async fn run(
         }
         let window = settings.dispatch.heartbeat_timeout_us();
         let now = now_us();
-        if let Some(heard) = listening.heard_until() {
+        let heard = listening.heard_until();
+        if let Some(heard) = heard {
             let lag = (now - heard).max(0);
             metrics::gauge!("bora_reply_lag_seconds").set(lag as f64 / 1e6);
         }
@@ -55,7 +56,7 @@ pub async fn run(
             now,
             window,
             listening.since(),
-            listening.heard_until(),
+            heard,
             listening.refused_at(),
         ) else {
             continue;
