@@ -164,6 +164,7 @@ impl App {
         }
         task.set_spec(&spec);
         task.updated_at = now;
+        uow.respecify(task.id);
         let id = task.id;
         let name = task.name.clone();
         evaluate(&mut tx, &mut uow, &self.config, task, dependencies, now).await?;

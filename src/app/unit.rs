@@ -22,6 +22,10 @@ pub(crate) struct UnitOfWork {
     order: Vec<TaskId>,
     /// Tasks created here (not in the store yet).
     created: Vec<TaskId>,
+    /// Existing tasks whose spec changed here (a patch): written whole, like
+    /// the created ones; every other task changed here is written with
+    /// what its life changes only ([`WriteTx::write`]).
+    respecified: HashSet<TaskId>,
     /// The events owed, in order.
     events: Vec<NewEvent>,
     /// Messages to queue: (kind, task, attempt then, due at).
@@ -117,6 +121,12 @@ impl UnitOfWork {
         if self.tasks.insert(task.id, task.clone()).is_none() {
             self.order.push(task.id);
         }
+    }
+
+    /// Notes that `task`'s spec changed (a patch), so its row is written
+    /// whole; keep it too.
+    pub fn respecify(&mut self, task: TaskId) {
+        self.respecified.insert(task);
     }
 
     /// Keeps a new task (not in the store yet) as it is, with its
@@ -284,12 +294,15 @@ impl UnitOfWork {
                 }
             }
         }
-        let rows: Vec<&Task> = self
+        let created: HashSet<TaskId> = self.created.iter().copied().collect();
+        let (rows, lived): (Vec<&Task>, Vec<&Task>) = self
             .order
             .iter()
             .filter_map(|id| self.tasks.get(id))
-            .collect();
-        let queued = tx.write(&rows, &self.events, &messages, now).await?;
+            .partition(|t| created.contains(&t.id) || self.respecified.contains(&t.id));
+        let queued = tx
+            .write(&rows, &lived, &self.events, &messages, now)
+            .await?;
         if !self.archived.is_empty() {
             tx.insert_attempts(&self.archived, now).await?;
         }

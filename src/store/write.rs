@@ -9,8 +9,10 @@ use super::{Backend, NewEvent, NewMessage, Queued, StoreError, WriteTx, events, 
 use crate::domain::Task;
 
 impl WriteTx {
-    /// Writes `rows` whole (insert or overwrite), appends `events` in order
-    /// and queues `messages`, all at `now`; returns the messages' ids.
+    /// Writes `rows` whole (insert or overwrite) and what the lives of
+    /// `lived` changed (existing rows: see [`WriteTx::update_lives`]),
+    /// appends `events` in order and queues `messages`, all at `now`;
+    /// returns the messages' ids.
     ///
     /// # Errors
     /// A database failure, or a duplicate task name
@@ -18,17 +20,27 @@ impl WriteTx {
     pub async fn write(
         &mut self,
         rows: &[&Task],
+        lived: &[&Task],
         events: &[NewEvent],
         messages: &[NewMessage],
         now: i64,
     ) -> Result<Vec<Queued>, StoreError> {
-        let parts = [!rows.is_empty(), !events.is_empty(), !messages.is_empty()];
+        let nonempty = [
+            !rows.is_empty(),
+            !lived.is_empty(),
+            !events.is_empty(),
+            !messages.is_empty(),
+        ];
         let fits = rows.len() <= MAX_PARAMS / tasks::COLS
+            && lived.len() <= MAX_PARAMS / (tasks::LIFE_COLS + 1)
             && events.len() <= MAX_PARAMS / events::COLS
             && messages.len() <= MAX_PARAMS / outbox::COLS;
-        if self.backend == Backend::Sqlite || !fits || parts.iter().filter(|p| **p).count() < 2 {
+        if self.backend == Backend::Sqlite || !fits || nonempty.iter().filter(|p| **p).count() < 2 {
             if !rows.is_empty() {
                 self.write_tasks(rows).await?;
+            }
+            if !lived.is_empty() {
+                self.update_lives(lived).await?;
             }
             if !events.is_empty() {
                 self.insert_events(events, now).await?;
@@ -40,44 +52,38 @@ impl WriteTx {
             };
         }
         // One statement: the last non-empty part is the main statement, the
-        // others are `WITH` parts before it, bound in the same order.
+        // others are `WITH` parts before it, numbered in binding order.
         let mut p = Params::new(self.backend);
-        let mut with = Vec::new();
-        let mut main = String::new();
-        let mut push = |part: String, alias: &str, is_last: bool| {
-            if is_last {
-                main = part;
-            } else {
-                with.push(format!("{alias} AS ({part})"));
-            }
-        };
-        let last = if !messages.is_empty() {
-            2
-        } else if !events.is_empty() {
-            1
-        } else {
-            0
-        };
+        // (alias, statement) of each non-empty part, in binding order; the
+        // update of lived rows reads its values from a `WITH` part of its own.
+        let mut with: Vec<String> = Vec::new();
+        let mut parts: Vec<(&str, String)> = Vec::new();
         if !rows.is_empty() {
             let values = p.values(rows.len(), tasks::COLS);
-            push(
-                format!("{}{values}{}", tasks::INSERT, tasks::UPSERT),
-                "t",
-                last == 0,
-            );
+            parts.push(("t", format!("{}{values}{}", tasks::INSERT, tasks::UPSERT)));
+        }
+        if !lived.is_empty() {
+            let (values, update) = tasks::update_life_many(&mut p, lived.len());
+            with.push(values);
+            parts.push(("l", update));
         }
         if !events.is_empty() {
             let values = p.values(events.len(), events::COLS);
-            push(format!("{}{values}", events::INSERT), "e", last == 1);
+            parts.push(("e", format!("{}{values}", events::INSERT)));
         }
         if !messages.is_empty() {
             let values = p.values(messages.len(), outbox::COLS);
-            push(
-                format!("{}{values}{}", outbox::INSERT, outbox::RETURNING),
+            parts.push((
                 "o",
-                last == 2,
-            );
+                format!("{}{values}{}", outbox::INSERT, outbox::RETURNING),
+            ));
         }
+        let main = parts.pop().map(|(_, part)| part).unwrap_or_default();
+        with.extend(
+            parts
+                .into_iter()
+                .map(|(alias, part)| format!("{alias} AS ({part})")),
+        );
         let sql = if with.is_empty() {
             main
         } else {
@@ -85,10 +91,16 @@ impl WriteTx {
         };
         // A chain link's shape (two rows, an event, two messages) and other
         // small ones are prepared once.
-        let small = rows.len() <= SMALL && events.len() <= SMALL && messages.len() <= SMALL;
+        let small = rows.len() <= SMALL
+            && lived.len() <= SMALL
+            && events.len() <= SMALL
+            && messages.len() <= SMALL;
         let mut q = statement(sql, small);
         for t in rows {
             q = tasks::bind(q, t);
+        }
+        for t in lived {
+            q = tasks::bind_life(q, t);
         }
         for e in events {
             q = events::bind(q, e, now);

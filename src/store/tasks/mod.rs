@@ -7,13 +7,16 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
 use super::servers::ServerRow;
-use super::sql::{InList, MAX_IN, MAX_PARAMS, Params, query};
+use super::sql::{InList, MAX_IN, MAX_PARAMS, Params, query, statement};
 use super::{Store, StoreError, WriteTx};
 use crate::domain::{ServerId, Task, TaskCounts, TaskId, TaskState, WorkflowId};
 
 mod row;
 
-pub(in crate::store) use row::{COLS, INSERT, UPSERT, bind, decode, task_columns};
+pub(in crate::store) use row::{
+    COLS, INSERT, LIFE_COLS, UPSERT, bind, bind_life, decode, task_columns, update_life_many,
+    update_life_one,
+};
 
 /// A task of `workflow` by id, else by name.
 pub(super) async fn by_ref(
@@ -260,6 +263,39 @@ impl WriteTx {
             let mut q = query(sql, chunk.len() == size, chunk.len());
             for t in chunk {
                 q = bind(q, t);
+            }
+            q.execute(&mut *self.tx).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes what the lives of existing tasks changed (their state,
+    /// attempt, times, result...; see `row::LIFE`), never their spec: on
+    /// SQLite a prepared statement per task, on PostgreSQL a statement per
+    /// chunk.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub async fn update_lives(&mut self, tasks: &[&Task]) -> Result<(), StoreError> {
+        if self.backend == super::Backend::Sqlite {
+            let sql = update_life_one();
+            for t in tasks {
+                bind_life(statement(sql.to_owned(), true), t)
+                    .execute(&mut *self.tx)
+                    .await?;
+            }
+            return Ok(());
+        }
+        let size = MAX_PARAMS / (LIFE_COLS + 1);
+        for chunk in tasks.chunks(size) {
+            let (with, update) = update_life_many(&mut Params::new(self.backend), chunk.len());
+            let mut q = query(
+                format!("WITH {with} {update}"),
+                chunk.len() == size,
+                chunk.len(),
+            );
+            for t in chunk {
+                q = bind_life(q, t);
             }
             q.execute(&mut *self.tx).await?;
         }
