@@ -26,7 +26,7 @@ const BULK_TASKS: usize = 1_000;
 
 impl App {
     /// Creates a workflow and its first batch of tasks (validated already);
-    /// returns its id and the tasks as committed.
+    /// returns its id and, with `keep_tasks`, the tasks as committed.
     ///
     /// # Errors
     /// Invalid name, or any error of [`App::add_tasks`].
@@ -35,6 +35,7 @@ impl App {
         &self,
         new: NewWorkflow,
         tasks: Vec<TaskSpec>,
+        keep_tasks: bool,
     ) -> Result<(WorkflowId, Vec<Task>), AppError> {
         check_workflow_name(&new.name)?;
         check_description(new.description.as_deref())?;
@@ -48,12 +49,18 @@ impl App {
         let created = self
             .insert_tasks(&mut tx, &mut uow, &wf, 0, tasks, now)
             .await?;
-        let tasks: Vec<Task> = created
-            .iter()
-            .filter_map(|id| uow.task(*id).cloned())
-            .collect();
+        // A copy of every task only for a caller that shows them: a large
+        // batch's copy would double what the create holds.
+        let tasks: Vec<Task> = if keep_tasks {
+            created
+                .iter()
+                .filter_map(|id| uow.task(*id).cloned())
+                .collect()
+        } else {
+            Vec::new()
+        };
         self.commit(tx, uow, now).await.map_err(duplicate_names)?;
-        if tasks.len() >= BULK_TASKS {
+        if created.len() >= BULK_TASKS {
             self.refresh_statistics();
         }
         Ok((id, tasks))
@@ -284,6 +291,8 @@ impl App {
             seal_inputs(&self.sealer, &mut spec.inputs)?;
             uow.create(Task::new(wf.id, spec, now));
         }
+        // The tasks hold all the specs say from here on.
+        drop(tasks);
         // Released dependencies first, so a skip travels down the batch in
         // one pass and each row is written as it ends up.
         for &i in &order {
@@ -301,7 +310,7 @@ impl App {
                 .collect();
             decide(tx, uow, &self.config, task, &dependencies, now).await?;
         }
-        for i in 0..tasks.len() {
+        for i in 0..ids.len() {
             uow.add_edges(batch_edges[i].iter().map(|&j| (ids[i], ids[j])));
             uow.add_edges(existing_deps[i].iter().map(|&d| (ids[i], d)));
         }

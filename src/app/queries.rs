@@ -241,7 +241,7 @@ impl App {
         let with_tasks = tasks.is_some() && list_tasks;
         let specs =
             validate_tasks(tasks.unwrap_or_default(), "tasks").map_err(AppError::validation)?;
-        let (id, mut rows) = self.create_workflow(new, specs).await?;
+        let (id, mut rows) = self.create_workflow(new, specs, with_tasks).await?;
         let mut view = self.workflow_view(id).await?;
         if with_tasks {
             // The tasks as committed (not read back: a batch may be large),

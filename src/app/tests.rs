@@ -47,7 +47,7 @@ async fn join_workflow(tracker: &App) -> WorkflowId {
         description: None,
         tasks: None,
     };
-    tracker.create_workflow(new, tasks).await.unwrap().0
+    tracker.create_workflow(new, tasks, false).await.unwrap().0
 }
 
 fn specs(tasks: Value) -> Vec<TaskSpec> {
@@ -246,7 +246,11 @@ async fn workflow_of(tracker: &App, tasks: Value) -> WorkflowId {
         description: None,
         tasks: None,
     };
-    tracker.create_workflow(new, specs(tasks)).await.unwrap().0
+    tracker
+        .create_workflow(new, specs(tasks), false)
+        .await
+        .unwrap()
+        .0
 }
 
 #[tokio::test]
