@@ -204,11 +204,7 @@ pub(in crate::store) fn bind<'q>(q: AnyQuery<'q>, t: &'q Task) -> AnyQuery<'q> {
         )
         .bind(t.next_attempt_at)
         .bind(i64::from(t.released()))
-        .bind(
-            t.target
-                .as_ref()
-                .and_then(|target| serde_json::to_string(target).ok()),
-        )
+        .bind(target_text(t))
         .bind(t.parent_id.map(|p| p.to_string()))
 }
 
@@ -229,9 +225,12 @@ pub(in crate::store) fn bind_life<'q>(q: AnyQuery<'q>, t: &'q Task) -> AnyQuery<
         .bind(i64::from(t.released()))
         .bind(&t.resolved_inputs)
         .bind(&t.server_id)
-        .bind(
-            t.target
-                .as_ref()
-                .and_then(|target| serde_json::to_string(target).ok()),
-        )
+        .bind(target_text(t))
+}
+
+/// The `target` column's text of `t`.
+fn target_text(t: &Task) -> Option<String> {
+    t.target
+        .as_ref()
+        .and_then(|target| serde_json::to_string(target).ok())
 }
