@@ -60,7 +60,8 @@ pub(in crate::store) const UPSERT: &str = " ON CONFLICT (id) DO UPDATE SET name 
 /// The columns a task's life changes: everything a dispatch, a confirm, a
 /// heartbeat, a result, a retry, a cancel, a pause or a rerun writes. The
 /// rest (its name, spec and origin) only a create or a patch writes, so a
-/// task that only lived is written with [`UPDATE_LIFE`]: fewer values to
+/// task that only lived is written with [`update_life_one`] (or
+/// [`update_life_many`]): fewer values to
 /// bind and no write to the indexes of columns it did not change.
 const LIFE: [&str; LIFE_COLS] = [
     "state",
@@ -79,7 +80,7 @@ const LIFE: [&str; LIFE_COLS] = [
     "server_id",
     "target",
 ];
-/// How many values [`bind_life`] binds per task (its id, then [`LIFE`]).
+/// How many columns [`LIFE`] names ([`bind_life`] binds one more: the id).
 pub(in crate::store) const LIFE_COLS: usize = 15;
 
 /// `UPDATE tasks SET` the [`LIFE`] columns of one task `WHERE id =`, its
