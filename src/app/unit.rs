@@ -22,10 +22,10 @@ pub(crate) struct UnitOfWork {
     order: Vec<TaskId>,
     /// Tasks created here (not in the store yet).
     created: Vec<TaskId>,
-    /// Existing tasks whose spec changed here (a patch): written whole, like
-    /// the created ones; every other task changed here is written with
-    /// what its life changes only ([`WriteTx::write`]).
-    respecified: HashSet<TaskId>,
+    /// Tasks written whole: those created here, and existing ones whose
+    /// spec changed here (a patch); every other task changed here is
+    /// written in what its life changes only ([`WriteTx::write`]).
+    whole: HashSet<TaskId>,
     /// The events owed, in order.
     events: Vec<NewEvent>,
     /// Messages to queue: (kind, task, attempt then, due at).
@@ -126,13 +126,14 @@ impl UnitOfWork {
     /// Notes that `task`'s spec changed (a patch), so its row is written
     /// whole; keep it too.
     pub fn respecify(&mut self, task: TaskId) {
-        self.respecified.insert(task);
+        self.whole.insert(task);
     }
 
     /// Keeps a new task (not in the store yet) as it is, with its
     /// creation event (`waiting`).
     pub fn create(&mut self, task: Task) {
         self.created.push(task.id);
+        self.whole.insert(task.id);
         self.events.push(event_of(&task));
         self.order.push(task.id);
         self.tasks.insert(task.id, task);
@@ -294,12 +295,11 @@ impl UnitOfWork {
                 }
             }
         }
-        let created: HashSet<TaskId> = self.created.iter().copied().collect();
         let (rows, lived): (Vec<&Task>, Vec<&Task>) = self
             .order
             .iter()
             .filter_map(|id| self.tasks.get(id))
-            .partition(|t| created.contains(&t.id) || self.respecified.contains(&t.id));
+            .partition(|t| self.whole.contains(&t.id));
         let queued = tx
             .write(&rows, &lived, &self.events, &messages, now)
             .await?;

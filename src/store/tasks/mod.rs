@@ -7,7 +7,7 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
 use super::servers::ServerRow;
-use super::sql::{InList, MAX_IN, MAX_PARAMS, Params, query, statement};
+use super::sql::{InList, MAX_IN, MAX_PARAMS, Params, query};
 use super::{Store, StoreError, WriteTx};
 use crate::domain::{ServerId, Task, TaskCounts, TaskId, TaskState, WorkflowId};
 
@@ -278,9 +278,8 @@ impl WriteTx {
     /// A database failure.
     pub async fn update_lives(&mut self, tasks: &[&Task]) -> Result<(), StoreError> {
         if self.backend == super::Backend::Sqlite {
-            let sql = update_life_one();
             for t in tasks {
-                bind_life(statement(sql.to_owned(), true), t)
+                bind_life(sqlx::query(update_life_one()).persistent(true), t)
                     .execute(&mut *self.tx)
                     .await?;
             }
