@@ -42,8 +42,8 @@ mod write;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use sqlx::AnyPool;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyConnection, AnyPool, Connection};
 
 pub use attempts::{AttemptRow, NewAttempt};
 pub use events::{EventRow, NewEvent};
@@ -52,6 +52,7 @@ pub use outbox::{NewMessage, OutboxItem, OutboxKind, Queued};
 pub use output::{ChunkRow, NewChunk};
 pub use servers::ServerRow;
 pub use tasks::ReplyContext;
+use tx::SqliteWriter;
 pub use tx::WriteTx;
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -159,11 +160,36 @@ pub fn now_us() -> i64 {
 pub struct Store {
     /// Readers.
     pool: AnyPool,
-    /// Writers. For SQLite a single connection: SQLite has one writer at a
-    /// time, and queueing on the pool is fairer and cheaper than spinning on
-    /// `SQLITE_BUSY`. For PostgreSQL the same pool as `pool`.
-    writer: AnyPool,
+    /// SQLite's one writer connection (SQLite has one writer at a time,
+    /// and queueing for it is fairer and cheaper than spinning on
+    /// `SQLITE_BUSY`); PostgreSQL's transactions take connections of
+    /// `pool`.
+    writer: Option<SqliteWriter>,
     backend: Backend,
+}
+
+/// A pooled connection idle at least this long is pinged before it is
+/// handed out (one that was busy a moment ago is not: sqlx's default pings
+/// every time, a round trip to the database on every acquire). A broken
+/// connection in use fails its statement, the caller retries, and sqlx
+/// closes it when it comes back.
+const PING_IF_IDLE: Duration = Duration::from_secs(1);
+
+/// Pool options shared by both backends: at most `max` connections, and
+/// the ping only for connections idle a while ([`PING_IF_IDLE`]).
+fn pool_options(max: u32) -> AnyPoolOptions {
+    AnyPoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(Duration::from_secs(10))
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= PING_IF_IDLE {
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
 }
 
 impl Store {
@@ -182,16 +208,14 @@ impl Store {
 
     async fn open_postgres(url: &str, max_connections: u32) -> Result<Self, StoreError> {
         let options = AnyConnectOptions::from_str(url)?;
-        let pool = AnyPoolOptions::new()
-            .max_connections(max_connections.max(2))
-            .acquire_timeout(Duration::from_secs(10))
+        let pool = pool_options(max_connections.max(2))
             .connect_with(options)
             .await?;
         // sqlx's migrator holds an advisory lock while it runs, so
         // dispatchers starting together migrate once.
         POSTGRES_MIGRATIONS.run(&pool).await?;
         Ok(Self {
-            writer: pool.clone(),
+            writer: None,
             pool,
             backend: Backend::Postgres,
         })
@@ -209,34 +233,20 @@ impl Store {
         let conn_url = format!("sqlite://{path}{sep}mode=rwc");
         let options = AnyConnectOptions::from_str(&conn_url)?;
 
-        let writer = AnyPoolOptions::new()
-            .max_connections(1)
-            .after_connect(|conn, _| {
-                Box::pin(async move {
-                    // WAL: readers never block the writer nor the writer them.
-                    // NORMAL is durable across process crashes in WAL mode.
-                    sqlx::query("PRAGMA journal_mode = WAL")
-                        .execute(&mut *conn)
-                        .await?;
-                    sqlx::query("PRAGMA synchronous = NORMAL")
-                        .execute(&mut *conn)
-                        .await?;
-                    sqlx::query("PRAGMA busy_timeout = 10000")
-                        .execute(&mut *conn)
-                        .await?;
-                    sqlx::query("PRAGMA foreign_keys = ON")
-                        .execute(&mut *conn)
-                        .await?;
-                    Ok(())
-                })
-            })
-            .connect_with(options.clone())
-            .await?;
-        SQLITE_MIGRATIONS.run(&writer).await?;
+        let mut writer = AnyConnection::connect_with(&options).await?;
+        // WAL: readers never block the writer nor the writer them.
+        // NORMAL is durable across process crashes in WAL mode.
+        for pragma in [
+            "PRAGMA journal_mode = WAL",
+            "PRAGMA synchronous = NORMAL",
+            "PRAGMA busy_timeout = 10000",
+            "PRAGMA foreign_keys = ON",
+        ] {
+            sqlx::query(pragma).execute(&mut writer).await?;
+        }
+        SQLITE_MIGRATIONS.run(&mut writer).await?;
 
-        let pool = AnyPoolOptions::new()
-            .max_connections(max_connections.max(1))
-            .acquire_timeout(Duration::from_secs(10))
+        let pool = pool_options(max_connections.max(1))
             .after_connect(|conn, _| {
                 Box::pin(async move {
                     sqlx::query("PRAGMA busy_timeout = 10000")
@@ -252,7 +262,7 @@ impl Store {
             .await?;
         Ok(Self {
             pool,
-            writer,
+            writer: Some(SqliteWriter::new(writer)),
             backend: Backend::Sqlite,
         })
     }
@@ -294,22 +304,22 @@ impl Store {
     /// # Errors
     /// The database does not answer.
     pub async fn begin(&self) -> Result<WriteTx, StoreError> {
-        let tx = match self.backend {
-            // IMMEDIATE takes the write lock now, so a transaction that reads
-            // and then writes can never fail half-way on a lock upgrade.
-            Backend::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await?,
+        match &self.writer {
+            // `BEGIN IMMEDIATE` on the one writer.
+            Some(writer) => WriteTx::on_writer(writer).await,
             // READ COMMITTED: each statement sees what committed before it,
             // and the row locks a transaction takes first serialise it with
             // any other that changes the same workflow.
-            Backend::Postgres => self.writer.begin().await?,
-        };
-        Ok(WriteTx::new(tx, self.backend))
+            None => WriteTx::pooled(&self.pool, self.backend).await,
+        }
     }
 
     /// Closes the pools, waiting for connections in use.
     pub async fn close(&self) {
         self.pool.close().await;
-        self.writer.close().await;
+        if let Some(writer) = &self.writer {
+            writer.close().await;
+        }
     }
 }
 

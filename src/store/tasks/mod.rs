@@ -14,8 +14,8 @@ use crate::domain::{ServerId, Task, TaskCounts, TaskId, TaskState, WorkflowId};
 mod row;
 
 pub(in crate::store) use row::{
-    COLS, INSERT, LIFE_COLS, UPSERT, bind, bind_life, decode, task_columns, update_life_many,
-    update_life_one,
+    COLS, INSERT, LIFE_COLS, UPSERT, bind, bind_life, bind_life_id_last, decode, task_columns,
+    update_life_many, update_life_one,
 };
 
 /// A task of `workflow` by id, else by name.
@@ -279,7 +279,7 @@ impl WriteTx {
     pub async fn update_lives(&mut self, tasks: &[&Task]) -> Result<(), StoreError> {
         if self.backend == super::Backend::Sqlite {
             for t in tasks {
-                bind_life(sqlx::query(update_life_one()).persistent(true), t)
+                bind_life_id_last(sqlx::query(update_life_one()).persistent(true), t)
                     .execute(&mut *self.tx)
                     .await?;
             }

@@ -83,17 +83,15 @@ const LIFE: [&str; LIFE_COLS] = [
 /// How many columns [`LIFE`] names ([`bind_life`] binds one more: the id).
 pub(in crate::store) const LIFE_COLS: usize = 15;
 
-/// `UPDATE tasks SET` the [`LIFE`] columns of one task `WHERE id =`, its
-/// values numbered in [`bind_life`]'s order (SQLite: a prepared statement
-/// per row costs less there than a join).
+/// `UPDATE tasks SET` the [`LIFE`] columns of one task `WHERE id =`, with
+/// SQLite's anonymous placeholders in [`bind_life_id_last`]'s order (so
+/// several can follow each other in one call, each binding the next
+/// values). SQLite: a prepared statement per row costs less there than a
+/// join.
 pub(in crate::store) fn update_life_one() -> &'static str {
     static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        let sets: Vec<String> = LIFE
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{c} = ?{}", i + 2))
-            .collect();
-        format!("UPDATE tasks SET {} WHERE id = ?1", sets.join(", "))
+        let sets: Vec<String> = LIFE.iter().map(|c| format!("{c} = ?")).collect();
+        format!("UPDATE tasks SET {} WHERE id = ?", sets.join(", "))
     });
     &SQL
 }
@@ -209,10 +207,20 @@ pub(in crate::store) fn bind<'q>(q: AnyQuery<'q>, t: &'q Task) -> AnyQuery<'q> {
         .bind(t.parent_id.map(|p| p.to_string()))
 }
 
-/// Binds `t`'s id, then its [`LIFE`] columns in that order.
+/// Binds `t`'s id, then its [`LIFE`] columns in that order (a row of
+/// [`update_life_many`]'s values).
 pub(in crate::store) fn bind_life<'q>(q: AnyQuery<'q>, t: &'q Task) -> AnyQuery<'q> {
-    q.bind(t.id.to_string())
-        .bind(t.state().as_str())
+    bind_life_columns(q.bind(t.id.to_string()), t)
+}
+
+/// Binds `t`'s [`LIFE`] columns in that order, then its id (an
+/// [`update_life_one`]).
+pub(in crate::store) fn bind_life_id_last<'q>(q: AnyQuery<'q>, t: &'q Task) -> AnyQuery<'q> {
+    bind_life_columns(q, t).bind(t.id.to_string())
+}
+
+fn bind_life_columns<'q>(q: AnyQuery<'q>, t: &'q Task) -> AnyQuery<'q> {
+    q.bind(t.state().as_str())
         .bind(t.attempt)
         .bind(t.failures)
         .bind(t.redeliveries)
