@@ -111,6 +111,37 @@ pub struct Env {
     in_process: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
     stop_workers: CancellationToken,
     stand_in: Option<Responder>,
+    /// The broker's node processes, when they run on this machine.
+    broker_pids: Vec<u32>,
+}
+
+/// CPU time (µs, user and system) of the processes a run involves, so far
+/// or per task. `None`: not measurable here (workers inside the bench, a
+/// broker or database on another machine).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Cpu {
+    /// The `bora serve` process.
+    pub dispatcher: Option<u64>,
+    /// The worker processes together.
+    pub workers: Option<u64>,
+    /// The broker's node processes.
+    pub broker: Option<u64>,
+    /// PostgreSQL's server processes on this machine (a `postgres://`
+    /// store only; SQLite works inside the dispatcher).
+    pub database: Option<u64>,
+}
+
+impl Cpu {
+    /// What was used from `before` to `self`, per each of `tasks`.
+    pub fn per_task_since(&self, before: &Cpu, tasks: u64) -> Cpu {
+        let per = |b: Option<u64>, a: Option<u64>| Some(a?.saturating_sub(b?) / tasks.max(1));
+        Cpu {
+            dispatcher: per(before.dispatcher, self.dispatcher),
+            workers: per(before.workers, self.workers),
+            broker: per(before.broker, self.broker),
+            database: per(before.database, self.database),
+        }
+    }
 }
 
 impl Env {
@@ -164,7 +195,18 @@ impl Env {
             s.store.secret_key = Some(crate::config::Secret::new(key));
         }
         let servers = (0..args.servers).map(|i| format!("bench-{i:05}")).collect();
+        // Only a broker on this machine: a pid the API reports for a node
+        // elsewhere may be any process here.
+        let broker_pids = match vhost.mgmt.nodes().await {
+            Ok(nodes) => nodes
+                .iter()
+                .filter_map(|n| n.os_pid)
+                .filter(|pid| super::process_name(*pid).is_some_and(|n| n.starts_with("beam")))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
         Ok(Self {
+            broker_pids,
             vhost,
             database,
             dir,
@@ -307,18 +349,32 @@ impl Env {
         Ok(())
     }
 
-    /// CPU time (user and system, µs) used so far by the dispatcher
-    /// process and by the worker processes together (`None` for workers
-    /// that are not processes of their own).
-    pub fn cpu_us(&self) -> (Option<u64>, Option<u64>) {
+    /// CPU time used so far by the processes of the run (see [`Cpu`]).
+    pub fn cpu_us(&self) -> Cpu {
         let of = |c: &Child| c.id().and_then(super::cpu_us_of);
-        let dispatcher = self.dispatcher.as_ref().and_then(of);
+        let sum = |pids: &[u32]| -> Option<u64> {
+            if pids.is_empty() {
+                None
+            } else {
+                pids.iter().map(|p| super::cpu_us_of(*p)).sum()
+            }
+        };
         let workers = if self.processes.is_empty() {
             None
         } else {
             self.processes.iter().map(of).sum()
         };
-        (dispatcher, workers)
+        let database = if self.database.is_some() {
+            sum(&super::processes_named("postgres"))
+        } else {
+            None
+        };
+        Cpu {
+            dispatcher: self.dispatcher.as_ref().and_then(of),
+            workers,
+            broker: sum(&self.broker_pids),
+            database,
+        }
     }
 
     /// The dispatcher process's resident and peak resident memory.
@@ -417,7 +473,8 @@ impl Env {
 
     /// The broker's memory use (`mem_used` of `/api/nodes`).
     pub async fn broker_mem(&self) -> Option<u64> {
-        self.vhost.mgmt.nodes_mem_used().await.ok()
+        let nodes = self.vhost.mgmt.nodes().await.ok()?;
+        Some(nodes.iter().map(|n| n.mem_used).sum())
     }
 
     /// Stops the workers, then the dispatcher, then drops the database (if

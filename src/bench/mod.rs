@@ -198,11 +198,7 @@ async fn measure(env: &mut Env, args: &BenchArgs) -> anyhow::Result<Report> {
         scenarios::throughput(&client, &servers, args.tasks, args.batch, args.print_bytes).await?,
     );
     let cpu_after = env.cpu_us();
-    let per_task = |b: Option<u64>, a: Option<u64>| Some(a?.saturating_sub(b?) / args.tasks as u64);
-    report.cpu_per_task = (
-        per_task(cpu_before.0, cpu_after.0),
-        per_task(cpu_before.1, cpu_after.1),
-    );
+    report.cpu_per_task = cpu_after.per_task_since(&cpu_before, args.tasks as u64);
     report.dispatcher_rss = env.dispatcher_rss();
     report.broker_mem = env.broker_mem().await;
 
@@ -253,7 +249,12 @@ async fn measure(env: &mut Env, args: &BenchArgs) -> anyhow::Result<Report> {
             "raw throughput: {} messages over {} queues",
             args.tasks, args.servers
         ));
+        let cpu_before = env.cpu_us();
         report.raw_throughput = Some(raw.throughput(args.tasks).await?);
+        report.raw_broker_cpu_per_task = env
+            .cpu_us()
+            .per_task_since(&cpu_before, args.tasks as u64)
+            .broker;
         say(&format!("raw round trips: {}", args.chain));
         report.raw_rtt = raw.round_trips(args.chain).await?;
         raw.close().await;
@@ -273,6 +274,22 @@ fn rss_bytes(status_file: &str) -> Option<(u64, u64)> {
             .map(|kb| kb * 1024)
     };
     Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// A process's command name (`/proc/<pid>/comm`), if it is visible here.
+fn process_name(pid: u32) -> Option<String> {
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    Some(comm.trim_end().to_owned())
+}
+
+/// The processes of this machine whose command name is `name`.
+fn processes_named(name: &str) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| process_name(*pid).is_some_and(|n| n == name))
+        .collect()
 }
 
 /// CPU time (user and system, µs) a process has used, from

@@ -36,10 +36,10 @@ pub struct Report {
     pub raw_rtt: Vec<i64>,
     /// The dispatcher process's RSS and peak RSS after the throughput run.
     pub dispatcher_rss: Option<(u64, u64)>,
-    /// CPU time per task of the throughput run (µs): the dispatcher
-    /// process's, and the worker processes' together (when they are
-    /// processes).
-    pub cpu_per_task: (Option<u64>, Option<u64>),
+    /// CPU time per task of the throughput run (µs), per process kind.
+    pub cpu_per_task: super::env::Cpu,
+    /// The broker's CPU time per message of the raw throughput run (µs).
+    pub raw_broker_cpu_per_task: Option<u64>,
     /// The broker's `mem_used` after the throughput run.
     pub broker_mem: Option<u64>,
 }
@@ -83,7 +83,8 @@ impl Report {
             raw_throughput: None,
             raw_rtt: Vec::new(),
             dispatcher_rss: None,
-            cpu_per_task: (None, None),
+            cpu_per_task: super::env::Cpu::default(),
+            raw_broker_cpu_per_task: None,
             broker_mem: None,
         }
     }
@@ -159,8 +160,20 @@ impl Report {
             "dispatcher_peak_rss_mb",
             json!(self.dispatcher_rss.map(|(_, p)| mb(p))),
         );
-        put("dispatcher_cpu_us_per_task", json!(self.cpu_per_task.0));
-        put("workers_cpu_us_per_task", json!(self.cpu_per_task.1));
+        put(
+            "dispatcher_cpu_us_per_task",
+            json!(self.cpu_per_task.dispatcher),
+        );
+        put("workers_cpu_us_per_task", json!(self.cpu_per_task.workers));
+        put("broker_cpu_us_per_task", json!(self.cpu_per_task.broker));
+        put(
+            "raw_broker_cpu_us_per_task",
+            json!(self.raw_broker_cpu_per_task),
+        );
+        put(
+            "database_cpu_us_per_task",
+            json!(self.cpu_per_task.database),
+        );
         put("broker_mem_mb", json!(self.broker_mem.map(mb)));
         if let Some(f) = &self.fanout {
             put("fanout_servers", json!(f.servers));
@@ -270,6 +283,17 @@ impl Report {
                 "{:<34} {:>14}",
                 "CPU per task (µs): workers",
                 f("workers_cpu_us_per_task")
+            );
+            println!(
+                "{:<34} {:>14} {:>14}",
+                "CPU per task (µs): broker",
+                f("broker_cpu_us_per_task"),
+                f("raw_broker_cpu_us_per_task")
+            );
+            println!(
+                "{:<34} {:>14}",
+                "CPU per task (µs): PostgreSQL",
+                f("database_cpu_us_per_task")
             );
             println!("{:<34} {:>14}", "broker mem_used (MB)", f("broker_mem_mb"));
             if self.fanout.is_some() {

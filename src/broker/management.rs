@@ -326,15 +326,18 @@ impl Management {
         Ok(())
     }
 
-    /// Bytes of memory the broker's nodes use (`mem_used` of `/api/nodes`, summed).
+    /// The cluster's nodes: the memory each uses, and its operating-system
+    /// process id (`os_pid`, which RabbitMQ gives as a string).
     ///
     /// # Errors
     /// The API is unreachable or refuses.
-    pub async fn nodes_mem_used(&self) -> Result<u64, ManagementError> {
+    pub async fn nodes(&self) -> Result<Vec<Node>, ManagementError> {
         #[derive(Deserialize)]
-        struct Node {
+        struct Raw {
             #[serde(default)]
             mem_used: u64,
+            #[serde(default)]
+            os_pid: Option<Value>,
         }
         let resp = self
             .http
@@ -350,9 +353,28 @@ impl Management {
                 body: String::new(),
             });
         }
-        let nodes: Vec<Node> = resp.json().await?;
-        Ok(nodes.iter().map(|n| n.mem_used).sum())
+        let nodes: Vec<Raw> = resp.json().await?;
+        Ok(nodes
+            .into_iter()
+            .map(|n| Node {
+                mem_used: n.mem_used,
+                os_pid: match n.os_pid {
+                    Some(Value::String(s)) => s.parse().ok(),
+                    Some(Value::Number(p)) => p.as_u64().and_then(|p| u32::try_from(p).ok()),
+                    _ => None,
+                },
+            })
+            .collect())
     }
+}
+
+/// A broker node, as the management API reports it.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// Bytes of memory the node uses.
+    pub mem_used: u64,
+    /// Its operating-system process id, if reported.
+    pub os_pid: Option<u32>,
 }
 
 /// Escapes a name for use inside a RabbitMQ regex (permissions, policy

@@ -129,7 +129,11 @@ async fn every_management_call_works_on_the_broker() {
     let queues = mgmt_get(&format!("queues/{vhost}")).await;
     assert_eq!(queues, json!([]), "{queues}");
 
-    assert!(mgmt.nodes_mem_used().await.unwrap() > 0);
+    let nodes = mgmt.nodes().await.unwrap();
+    assert!(nodes.iter().map(|n| n.mem_used).sum::<u64>() > 0);
+    // The test broker runs on this machine: its node is a process here.
+    let pid = nodes.iter().find_map(|n| n.os_pid).expect("an os_pid");
+    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
 
     // A refusal says which call and why.
     let e = mgmt

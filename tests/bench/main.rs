@@ -73,6 +73,9 @@ fn bench_prints_a_sane_json_line() {
         "dispatcher_peak_rss_mb",
         "dispatcher_cpu_us_per_task",
         "workers_cpu_us_per_task",
+        // The test broker runs on this machine.
+        "broker_cpu_us_per_task",
+        "raw_broker_cpu_us_per_task",
         "dag_create_s",
         "dag_drain_s",
         "dag_drain_tps",
@@ -99,6 +102,8 @@ fn bench_prints_a_sane_json_line() {
         None => {
             assert_eq!(j["store"], "sqlite", "{j}");
             assert!(j.get("store_database").is_none(), "{j}");
+            // SQLite works inside the dispatcher: no server to measure.
+            assert!(j["database_cpu_us_per_task"].is_null(), "{j}");
         }
         Some(url) => {
             assert_eq!(j["store"], "postgres", "{j}");
@@ -106,6 +111,8 @@ fn bench_prints_a_sane_json_line() {
                 .as_str()
                 .unwrap_or_else(|| panic!("no store_database: {j}"));
             assert!(db.starts_with("bora_bench_"), "{j}");
+            // The server runs on this machine (a short run may round to 0).
+            assert!(j["database_cpu_us_per_task"].is_u64(), "{j}");
             assert!(!database_exists(url, db), "the bench left {db} behind");
         }
     }
