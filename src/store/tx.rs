@@ -18,6 +18,10 @@ use tokio::sync::{Mutex, OwnedMappedMutexGuard, OwnedMutexGuard};
 
 use super::{Backend, StoreError};
 
+/// How long a transaction waits for SQLite's writer before it fails with a
+/// transient error (its caller retries).
+const WRITER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// SQLite's one writer connection, shared by every write transaction of
 /// the store, one at a time (waiters are served in order).
 #[derive(Clone)]
@@ -37,11 +41,14 @@ impl SqliteWriter {
         Self(Arc::new(Mutex::new(Some(WriterConn { conn, open: false }))))
     }
 
-    /// Waits for the writer, then begins `BEGIN IMMEDIATE` on it (the write
-    /// lock is taken now, so a transaction that reads and then writes never
-    /// fails half-way on a lock upgrade).
+    /// Waits for the writer (at most [`WRITER_WAIT`], as a pool's acquire
+    /// would), then begins `BEGIN IMMEDIATE` on it (the write lock is taken
+    /// now, so a transaction that reads and then writes never fails
+    /// half-way on a lock upgrade).
     async fn begin(&self) -> Result<WriterTx, StoreError> {
-        let slot = self.0.clone().lock_owned().await;
+        let slot = tokio::time::timeout(WRITER_WAIT, self.0.clone().lock_owned())
+            .await
+            .map_err(|_| StoreError::Db(sqlx::Error::PoolTimedOut))?;
         let Ok(mut guard) = OwnedMutexGuard::try_map(slot, Option::as_mut) else {
             return Err(StoreError::Db(sqlx::Error::PoolClosed));
         };
