@@ -51,102 +51,29 @@ impl WriteTx {
             && lived.len() <= SMALL
             && events.len() <= SMALL
             && messages.len() <= SMALL;
-        if self.backend == Backend::Sqlite && fits && lived.len() <= SQLITE_ONE_CALL {
-            return self
-                .write_one_call(rows, lived, events, messages, now, small)
-                .await;
-        }
-        if self.backend == Backend::Sqlite || parts < 2 || !fits {
+        let one_call = fits
+            && match self.backend {
+                Backend::Sqlite => lived.len() <= SQLITE_ONE_CALL,
+                // One statement is worth its `WITH` only for two parts or more.
+                Backend::Postgres => parts >= 2,
+            };
+        if !one_call {
             return self.write_each(rows, lived, events, messages, now).await;
         }
-        // One statement: the last non-empty part is the main statement, the
-        // others are `WITH` parts before it, numbered in binding order.
         let mut p = Params::new(self.backend);
-        // (alias, statement) of each non-empty part, in binding order; the
-        // update of lived rows reads its values from a `WITH` part of its own.
-        let mut with: Vec<String> = Vec::new();
-        let mut parts: Vec<(&str, String)> = Vec::new();
-        if !rows.is_empty() {
-            let values = p.values(rows.len(), tasks::COLS);
-            parts.push(("t", format!("{}{values}{}", tasks::INSERT, tasks::UPSERT)));
-        }
-        if !lived.is_empty() {
-            let (values, update) = tasks::update_life_many(&mut p, lived.len());
-            with.push(values);
-            parts.push(("l", update));
-        }
-        if !events.is_empty() {
-            let values = p.values(events.len(), events::COLS);
-            parts.push(("e", format!("{}{values}", events::INSERT)));
-        }
-        if !messages.is_empty() {
-            let values = p.values(messages.len(), outbox::COLS);
-            parts.push((
-                "o",
-                format!("{}{values}{}", outbox::INSERT, outbox::RETURNING),
-            ));
-        }
-        let main = parts.pop().map(|(_, part)| part).unwrap_or_default();
-        with.extend(
-            parts
-                .into_iter()
-                .map(|(alias, part)| format!("{alias} AS ({part})")),
-        );
-        let sql = if with.is_empty() {
-            main
-        } else {
-            format!("WITH {} {main}", with.join(", "))
+        let sql = match self.backend {
+            Backend::Sqlite => in_turn(&mut p, rows, lived, events, messages),
+            Backend::Postgres => one_statement(&mut p, rows, lived, events, messages),
         };
         let mut q = statement(sql, small);
         for t in rows {
             q = tasks::bind(q, t);
         }
         for t in lived {
-            q = tasks::bind_life(q, t);
-        }
-        for e in events {
-            q = events::bind(q, e, now);
-        }
-        for m in messages {
-            q = outbox::bind(q, m, now);
-        }
-        let returned = q.fetch_all(&mut *self.tx).await?;
-        outbox::queued(&returned)
-    }
-
-    /// [`WriteTx::write`] on SQLite: the statements one after the other in
-    /// one call, each binding the next values (`?` placeholders), the
-    /// messages' insert last (its `RETURNING` rows are the only rows).
-    async fn write_one_call(
-        &mut self,
-        rows: &[&Task],
-        lived: &[&Task],
-        events: &[NewEvent],
-        messages: &[NewMessage],
-        now: i64,
-        cached: bool,
-    ) -> Result<Vec<Queued>, StoreError> {
-        let mut p = Params::new(self.backend);
-        let mut sql: Vec<String> = Vec::with_capacity(lived.len() + 3);
-        if !rows.is_empty() {
-            let values = p.values(rows.len(), tasks::COLS);
-            sql.push(format!("{}{values}{}", tasks::INSERT, tasks::UPSERT));
-        }
-        sql.extend(lived.iter().map(|_| tasks::update_life_one().to_owned()));
-        if !events.is_empty() {
-            let values = p.values(events.len(), events::COLS);
-            sql.push(format!("{}{values}", events::INSERT));
-        }
-        if !messages.is_empty() {
-            let values = p.values(messages.len(), outbox::COLS);
-            sql.push(format!("{}{values}{}", outbox::INSERT, outbox::RETURNING));
-        }
-        let mut q = statement(sql.join("; "), cached);
-        for t in rows {
-            q = tasks::bind(q, t);
-        }
-        for t in lived {
-            q = tasks::bind_life_id_last(q, t);
+            q = match self.backend {
+                Backend::Sqlite => tasks::bind_life_id_last(q, t),
+                Backend::Postgres => tasks::bind_life(q, t),
+            };
         }
         for e in events {
             q = events::bind(q, e, now);
@@ -189,3 +116,77 @@ impl WriteTx {
 /// the call's text, parsed anew unless the shape is cached; past this a
 /// prepared statement per row costs less.
 const SQLITE_ONE_CALL: usize = 64;
+
+/// The write as one statement (PostgreSQL): the last non-empty part is the
+/// main statement, the others `WITH` parts before it, numbered in binding
+/// order (the update of lived rows reads its values from a `WITH` part of
+/// its own).
+fn one_statement(
+    p: &mut Params,
+    rows: &[&Task],
+    lived: &[&Task],
+    events: &[NewEvent],
+    messages: &[NewMessage],
+) -> String {
+    // (alias, statement) of each non-empty part, in binding order.
+    let mut with: Vec<String> = Vec::new();
+    let mut parts: Vec<(&str, String)> = Vec::new();
+    if !rows.is_empty() {
+        let values = p.values(rows.len(), tasks::COLS);
+        parts.push(("t", format!("{}{values}{}", tasks::INSERT, tasks::UPSERT)));
+    }
+    if !lived.is_empty() {
+        let (values, update) = tasks::update_life_many(p, lived.len());
+        with.push(values);
+        parts.push(("l", update));
+    }
+    if !events.is_empty() {
+        let values = p.values(events.len(), events::COLS);
+        parts.push(("e", format!("{}{values}", events::INSERT)));
+    }
+    if !messages.is_empty() {
+        let values = p.values(messages.len(), outbox::COLS);
+        parts.push((
+            "o",
+            format!("{}{values}{}", outbox::INSERT, outbox::RETURNING),
+        ));
+    }
+    let main = parts.pop().map(|(_, part)| part).unwrap_or_default();
+    with.extend(
+        parts
+            .into_iter()
+            .map(|(alias, part)| format!("{alias} AS ({part})")),
+    );
+    if with.is_empty() {
+        main
+    } else {
+        format!("WITH {} {main}", with.join(", "))
+    }
+}
+
+/// The write as statements one after the other in one call (SQLite), each
+/// binding the next values (`?` placeholders), a lived row's update each;
+/// the messages' insert last (its `RETURNING` rows are the only rows).
+fn in_turn(
+    p: &mut Params,
+    rows: &[&Task],
+    lived: &[&Task],
+    events: &[NewEvent],
+    messages: &[NewMessage],
+) -> String {
+    let mut sql: Vec<String> = Vec::with_capacity(lived.len() + 3);
+    if !rows.is_empty() {
+        let values = p.values(rows.len(), tasks::COLS);
+        sql.push(format!("{}{values}{}", tasks::INSERT, tasks::UPSERT));
+    }
+    sql.extend(lived.iter().map(|_| tasks::update_life_one().to_owned()));
+    if !events.is_empty() {
+        let values = p.values(events.len(), events::COLS);
+        sql.push(format!("{}{values}", events::INSERT));
+    }
+    if !messages.is_empty() {
+        let values = p.values(messages.len(), outbox::COLS);
+        sql.push(format!("{}{values}{}", outbox::INSERT, outbox::RETURNING));
+    }
+    sql.join("; ")
+}
