@@ -37,15 +37,14 @@ pub async fn run(
 ) {
     let user = user_of(settings.amqp.url.expose());
     let mut link = Reconnect::new("probe");
-    let mut limited = settings.amqp.reply_queue_max_bytes == 0;
+    if settings.amqp.reply_queue_max_bytes > 0 {
+        tokio::spawn(keep_trying_to_limit(settings.clone(), shutdown.clone()));
+    }
     loop {
         let connected = link.connect(&shutdown, || broker.probe_sender(&user)).await;
         let Some(sender) = connected else {
             return;
         };
-        if !limited {
-            limited = limit_reply_queue(&settings).await;
-        }
         let mut tick = tokio::time::interval(PROBE_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -77,9 +76,26 @@ pub async fn run(
     }
 }
 
+/// How long after a failed attempt to set the reply queue's limit the next
+/// is made.
+const LIMIT_RETRY: Duration = Duration::from_secs(5);
+
+/// Sets the reply queue's limit ([`limit_reply_queue`]), trying again every
+/// [`LIMIT_RETRY`] until it is set: a management API that was busy or down
+/// when the dispatcher started (a loaded broker) must not leave the reply
+/// path unlimited for the dispatcher's whole life.
+async fn keep_trying_to_limit(settings: Arc<Settings>, shutdown: CancellationToken) {
+    while !limit_reply_queue(&settings).await {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(LIMIT_RETRY) => {}
+        }
+    }
+}
+
 /// Sets the policy that limits the reply queue's waiting bytes, refusing
 /// new replies beyond (`reject-publish`). Returns whether it is set; a
-/// failure is logged and tried again at the next connection.
+/// failure is logged.
 async fn limit_reply_queue(settings: &Settings) -> bool {
     let a = &settings.amqp;
     let set = async {
@@ -99,7 +115,7 @@ async fn limit_reply_queue(settings: &Settings) -> bool {
             true
         }
         Err(e) => {
-            warn!(error = %e, queue = %a.reply_queue, "could not set the reply queue's length limit (policy {REPLY_POLICY}); trying again at the next connection");
+            warn!(error = %e, queue = %a.reply_queue, "could not set the reply queue's length limit (policy {REPLY_POLICY}); trying again in {} s", LIMIT_RETRY.as_secs());
             false
         }
     }
